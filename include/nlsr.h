@@ -1,0 +1,121 @@
+/* nlsr: Neuron-Level Safety Realignment of fine-tuned LLM checkpoints, streamed out of core.
+ *
+ * The one public header. Every function returns 0 (or a count) on success and a negative code
+ * on failure: -errno passed through from the kernel, or one of NLSR_E_* below. The context
+ * (nlsr_ctx) keeps the first error's one-line message, naming file, tensor and value:
+ * nlsr_ctx_error(). Handles are opaque; every *_free(NULL) is a no-op.
+ */
+#ifndef NLSR_H
+#define NLSR_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NLSR_VERSION "0.1.0"
+
+/* Own error codes, below every -errno value. */
+enum {
+    NLSR_E_FORMAT = -5001,   /* malformed safetensors / index / config / patch file */
+    NLSR_E_DTYPE = -5002,    /* unknown or unsupported dtype for the operation */
+    NLSR_E_MISMATCH = -5003, /* checkpoints disagree (names, shapes, dtypes, adapters) */
+    NLSR_E_NOTFOUND = -5004, /* tensor, shard or file missing */
+    NLSR_E_BUDGET = -5005,   /* memory budget too small for the smallest unit */
+    NLSR_E_USAGE = -5006,    /* invalid argument */
+    NLSR_E_VALUE = -5007,    /* non-finite or otherwise invalid tensor value */
+    NLSR_E_EXISTS = -5008,   /* output exists (use force) */
+    NLSR_E_LOCKED = -5009,   /* another run holds the checkpoint's lock */
+    NLSR_E_JOURNAL = -5010,  /* interrupted or damaged journal */
+    NLSR_E_CHECKSUM = -5011  /* a stored checksum does not match */
+};
+
+/* Static description of a code; the context's message says more. */
+const char *nlsr_strerror(int code);
+
+/* Element types of safetensors, in the format's own names (nlsr_dtype_name). */
+typedef enum nlsr_dtype {
+    NLSR_DTYPE_F64, NLSR_DTYPE_F32, NLSR_DTYPE_F16, NLSR_DTYPE_BF16,
+    NLSR_DTYPE_I8, NLSR_DTYPE_U8, NLSR_DTYPE_I16, NLSR_DTYPE_U16,
+    NLSR_DTYPE_I32, NLSR_DTYPE_U32, NLSR_DTYPE_I64, NLSR_DTYPE_U64,
+    NLSR_DTYPE_BOOL, NLSR_DTYPE_F8_E4M3, NLSR_DTYPE_F8_E5M2,
+    NLSR_DTYPE_COUNT
+} nlsr_dtype;
+
+const char *nlsr_dtype_name(nlsr_dtype t);
+size_t nlsr_dtype_size(nlsr_dtype t);
+int nlsr_dtype_is_float(nlsr_dtype t);
+
+/* ---- context ---------------------------------------------------------------------------- */
+
+typedef struct nlsr_ctx nlsr_ctx;
+
+/* NULL on out-of-memory. */
+nlsr_ctx *nlsr_ctx_create(void);
+void nlsr_ctx_free(nlsr_ctx *ctx);
+/* The first error's message since the last clear ("" if none). Owned by ctx. */
+const char *nlsr_ctx_error(const nlsr_ctx *ctx);
+void nlsr_ctx_clear_error(nlsr_ctx *ctx);
+
+/* ---- checkpoints ------------------------------------------------------------------------ */
+
+typedef enum nlsr_ckpt_kind {
+    NLSR_CKPT_FULL,  /* model.safetensors, shards + index, or a single .safetensors file */
+    NLSR_CKPT_PEFT   /* adapter_model.safetensors + adapter_config.json */
+} nlsr_ckpt_kind;
+
+typedef struct nlsr_ckpt nlsr_ckpt;
+
+typedef struct nlsr_tensor_info {
+    const char *name;      /* owned by the checkpoint */
+    nlsr_dtype dtype;
+    int ndim;              /* 0..8 */
+    const uint64_t *shape; /* ndim entries, owned by the checkpoint */
+    uint64_t numel;
+    const char *file;      /* path of the shard holding it */
+    uint64_t offset;       /* absolute byte offset of the data in that file */
+    uint64_t nbytes;
+} nlsr_tensor_info;
+
+/* Opens and validates a checkpoint: a folder (model.safetensors, sharded with
+ * model.safetensors.index.json, or a PEFT adapter), or one .safetensors file. Every header is
+ * validated before anything else is done; no tensor data is read. */
+int nlsr_ckpt_open(nlsr_ctx *ctx, const char *path, nlsr_ckpt **out);
+void nlsr_ckpt_free(nlsr_ckpt *ck);
+
+nlsr_ckpt_kind nlsr_ckpt_get_kind(const nlsr_ckpt *ck);
+const char *nlsr_ckpt_path(const nlsr_ckpt *ck);
+/* Tensors are numbered in bytewise name order (C strcmp), the module order of METHOD.md. */
+size_t nlsr_ckpt_tensor_count(const nlsr_ckpt *ck);
+size_t nlsr_ckpt_shard_count(const nlsr_ckpt *ck);
+void nlsr_ckpt_tensor_info(const nlsr_ckpt *ck, size_t i, nlsr_tensor_info *info);
+/* Index of the named tensor, or NLSR_E_NOTFOUND. O(log n). */
+int nlsr_ckpt_find(const nlsr_ckpt *ck, const char *name, size_t *index);
+/* PEFT only: r, lora_alpha and the target module list of adapter_config.json (-1 / NULL for a
+ * full checkpoint). */
+int nlsr_ckpt_lora_r(const nlsr_ckpt *ck);
+double nlsr_ckpt_lora_alpha(const nlsr_ckpt *ck);
+
+/* Reads `count` elements starting at element `first` of tensor i, converted to double
+ * (floats exactly, integers exactly up to 2^53, booleans 0/1). */
+int nlsr_ckpt_read_f64(nlsr_ctx *ctx, const nlsr_ckpt *ck, size_t i, uint64_t first,
+                       uint64_t count, double *out);
+
+/* `nlsr inspect`: human listing, or one JSON object when json != 0. */
+int nlsr_ckpt_print_inspect(nlsr_ctx *ctx, const nlsr_ckpt *ck, int json, FILE *out);
+/* `nlsr dump`: one value per line, floats as %.9g of the f32 value, integers exactly,
+ * booleans as 0/1. Streams in bounded chunks. */
+int nlsr_ckpt_print_dump(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *tensor, FILE *out);
+
+/* Rewrites a checkpoint with nlsr's own writer (same tensors, values, metadata, shard layout,
+ * index and side files) into `out_dir`, which must not exist unless force. Used to prove the
+ * writer round-trips real files. */
+int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, int force);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

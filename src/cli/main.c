@@ -1,0 +1,121 @@
+/* The nlsr command line. It uses the public header only. Exit status: 0 success, 1 failure
+ * (bad input, I/O), 2 usage error. Every failure prints one line on stderr. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nlsr.h"
+#include "cli.h"
+
+static void usage(FILE *f)
+{
+    fputs("usage: nlsr COMMAND [options]\n"
+          "\n"
+          "commands:\n"
+          "  inspect PATH [--json]          validate a checkpoint and list its tensors\n"
+          "  dump PATH TENSOR               print a tensor's values, one per line\n"
+          "  rewrite PATH OUT [--force]     rewrite a checkpoint with nlsr's writer\n"
+          "  version                        print the version\n"
+          "\n"
+          "PATH is a safetensors file, a folder with model.safetensors or shards and\n"
+          "model.safetensors.index.json, or a PEFT adapter folder.\n",
+          f);
+}
+
+int cli_fail(nlsr_ctx *ctx, int rc)
+{
+    const char *msg = nlsr_ctx_error(ctx);
+    fprintf(stderr, "nlsr: error: %s\n", msg && *msg ? msg : nlsr_strerror(rc));
+    return rc == NLSR_E_USAGE ? 2 : 1;
+}
+
+int cli_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "nlsr: usage error: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (see 'nlsr help')\n");
+    va_end(ap);
+    return 2;
+}
+
+static int cmd_inspect(int argc, char **argv)
+{
+    const char *path = NULL;
+    int json = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) json = 1;
+        else if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error("unknown option '%s'", argv[i]);
+        else if (!path) path = argv[i];
+        else return cli_usage_error("unexpected argument '%s'", argv[i]);
+    }
+    if (!path) return cli_usage_error("inspect needs a PATH");
+    nlsr_ctx *ctx = nlsr_ctx_create();
+    if (!ctx) return 1;
+    nlsr_ckpt *ck = NULL;
+    int rc = nlsr_ckpt_open(ctx, path, &ck);
+    if (rc == 0) rc = nlsr_ckpt_print_inspect(ctx, ck, json, stdout);
+    int status = rc < 0 ? cli_fail(ctx, rc) : 0;
+    nlsr_ckpt_free(ck);
+    nlsr_ctx_free(ctx);
+    return status;
+}
+
+static int cmd_dump(int argc, char **argv)
+{
+    if (argc != 2) return cli_usage_error("dump needs PATH and TENSOR");
+    nlsr_ctx *ctx = nlsr_ctx_create();
+    if (!ctx) return 1;
+    nlsr_ckpt *ck = NULL;
+    int rc = nlsr_ckpt_open(ctx, argv[0], &ck);
+    if (rc == 0) rc = nlsr_ckpt_print_dump(ctx, ck, argv[1], stdout);
+    int status = rc < 0 ? cli_fail(ctx, rc) : 0;
+    nlsr_ckpt_free(ck);
+    nlsr_ctx_free(ctx);
+    return status;
+}
+
+static int cmd_rewrite(int argc, char **argv)
+{
+    const char *pos[2] = {0};
+    int npos = 0, force = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--force") == 0) force = 1;
+        else if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error("unknown option '%s'", argv[i]);
+        else if (npos < 2) pos[npos++] = argv[i];
+        else return cli_usage_error("unexpected argument '%s'", argv[i]);
+    }
+    if (npos != 2) return cli_usage_error("rewrite needs PATH and OUT");
+    nlsr_ctx *ctx = nlsr_ctx_create();
+    if (!ctx) return 1;
+    nlsr_ckpt *ck = NULL;
+    int rc = nlsr_ckpt_open(ctx, pos[0], &ck);
+    if (rc == 0) rc = nlsr_ckpt_rewrite(ctx, ck, pos[1], force);
+    int status = rc < 0 ? cli_fail(ctx, rc) : 0;
+    nlsr_ckpt_free(ck);
+    nlsr_ctx_free(ctx);
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("nlsr %s\n", NLSR_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "inspect") == 0) return cmd_inspect(argc - 2, argv + 2);
+    if (strcmp(cmd, "dump") == 0) return cmd_dump(argc - 2, argv + 2);
+    if (strcmp(cmd, "rewrite") == 0) return cmd_rewrite(argc - 2, argv + 2);
+    return cli_usage_error("unknown command '%s'", cmd);
+}
