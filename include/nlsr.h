@@ -60,6 +60,53 @@ void nlsr_ctx_free(nlsr_ctx *ctx);
 const char *nlsr_ctx_error(const nlsr_ctx *ctx);
 void nlsr_ctx_clear_error(nlsr_ctx *ctx);
 
+/* I/O backends for streaming reads and writes (see docs/DESIGN.md). AUTO tries io_uring, then
+ * pread, then mmap, and says once on stderr when it steps down. */
+typedef enum nlsr_io_kind { NLSR_IO_AUTO, NLSR_IO_URING, NLSR_IO_PREAD, NLSR_IO_MMAP } nlsr_io_kind;
+const char *nlsr_io_kind_name(nlsr_io_kind k);
+
+/* Memory budget in bytes for every buffer a job allocates (0 = unlimited; default 1 GiB). */
+void nlsr_ctx_set_mem_budget(nlsr_ctx *ctx, uint64_t bytes);
+/* Highest budget use so far, in bytes. */
+uint64_t nlsr_ctx_mem_peak(const nlsr_ctx *ctx);
+void nlsr_ctx_set_io(nlsr_ctx *ctx, nlsr_io_kind kind);
+/* The backend the last job actually used (after any fallback). */
+nlsr_io_kind nlsr_ctx_io_used(const nlsr_ctx *ctx);
+/* quiet != 0: no progress bar or human summary on stderr. */
+void nlsr_ctx_set_quiet(nlsr_ctx *ctx, int quiet);
+/* Compute threads (OpenBLAS and kernels); default 1. */
+void nlsr_ctx_set_threads(nlsr_ctx *ctx, int threads);
+/* Bytes read from and written to checkpoint files by jobs so far. */
+void nlsr_ctx_counters(const nlsr_ctx *ctx, uint64_t *bytes_read, uint64_t *bytes_written);
+/* Parses "512M", "1.5G", "4G", "1048576" (binary units) into bytes; NLSR_E_USAGE if invalid. */
+int nlsr_parse_size(const char *s, uint64_t *out);
+
+/* ---- realignment parameters (METHOD.md) -------------------------------------------------- */
+
+typedef enum nlsr_select_mode {
+    NLSR_SELECT_ADAPTIVE,  /* probability from the similarity rank, one splitmix64 draw each */
+    NLSR_SELECT_THRESHOLD, /* patched iff similarity < tau */
+    NLSR_SELECT_ALL,
+    NLSR_SELECT_NONE
+} nlsr_select_mode;
+
+typedef enum nlsr_semantics {
+    NLSR_SEMANTICS_PAPER,   /* least similar modules most likely patched (default) */
+    NLSR_SEMANTICS_AUTHORS  /* the authors' code: most similar most likely patched */
+} nlsr_semantics;
+
+typedef struct nlsr_select_params {
+    nlsr_select_mode mode;
+    nlsr_semantics semantics;
+    double prune_rate; /* 0.5 */
+    double epsilon;    /* 0.2 */
+    double tau;        /* 0.1 */
+    uint64_t seed;     /* 42 */
+} nlsr_select_params;
+
+#define NLSR_SELECT_PARAMS_DEFAULT                                                                \
+    ((nlsr_select_params){NLSR_SELECT_ADAPTIVE, NLSR_SEMANTICS_PAPER, 0.5, 0.2, 0.1, 42u})
+
 /* ---- checkpoints ------------------------------------------------------------------------ */
 
 typedef enum nlsr_ckpt_kind {

@@ -99,6 +99,16 @@ static int cmd_rewrite(int argc, char **argv)
     return status;
 }
 
+/* Each subcommand lives in its own cmd_*.c file (declared in cli.h) and is listed here once. */
+static const struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+} commands[] = {
+    {"inspect", cmd_inspect},
+    {"dump", cmd_dump},
+    {"rewrite", cmd_rewrite},
+};
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -114,8 +124,7 @@ int main(int argc, char **argv)
         printf("nlsr %s\n", NLSR_VERSION);
         return 0;
     }
-    if (strcmp(cmd, "inspect") == 0) return cmd_inspect(argc - 2, argv + 2);
-    if (strcmp(cmd, "dump") == 0) return cmd_dump(argc - 2, argv + 2);
-    if (strcmp(cmd, "rewrite") == 0) return cmd_rewrite(argc - 2, argv + 2);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(cmd, commands[i].name) == 0) return commands[i].fn(argc - 2, argv + 2);
     return cli_usage_error("unknown command '%s'", cmd);
 }

@@ -4,7 +4,13 @@
 
 nlsr_ctx *nlsr_ctx_create(void)
 {
-    return calloc(1, sizeof(nlsr_ctx));
+    nlsr_ctx *ctx = calloc(1, sizeof(nlsr_ctx));
+    if (!ctx) return NULL;
+    ctx->budget.limit = 1ull << 30;
+    ctx->io_kind = NLSR_IO_AUTO;
+    ctx->io_used = NLSR_IO_AUTO;
+    ctx->threads = 1;
+    return ctx;
 }
 
 void nlsr_ctx_free(nlsr_ctx *ctx)
@@ -20,4 +26,74 @@ const char *nlsr_ctx_error(const nlsr_ctx *ctx)
 void nlsr_ctx_clear_error(nlsr_ctx *ctx)
 {
     nlsr_err_clear(&ctx->err);
+}
+
+void nlsr_ctx_set_mem_budget(nlsr_ctx *ctx, uint64_t bytes)
+{
+    ctx->budget.limit = bytes;
+}
+
+uint64_t nlsr_ctx_mem_peak(const nlsr_ctx *ctx)
+{
+    return ctx->budget.peak;
+}
+
+void nlsr_ctx_set_io(nlsr_ctx *ctx, nlsr_io_kind kind)
+{
+    ctx->io_kind = kind;
+}
+
+nlsr_io_kind nlsr_ctx_io_used(const nlsr_ctx *ctx)
+{
+    return ctx->io_used;
+}
+
+void nlsr_ctx_set_quiet(nlsr_ctx *ctx, int quiet)
+{
+    ctx->quiet = quiet;
+}
+
+void nlsr_ctx_set_threads(nlsr_ctx *ctx, int threads)
+{
+    ctx->threads = threads > 0 ? threads : 1;
+}
+
+void nlsr_ctx_counters(const nlsr_ctx *ctx, uint64_t *bytes_read, uint64_t *bytes_written)
+{
+    if (bytes_read) *bytes_read = ctx->bytes_read;
+    if (bytes_written) *bytes_written = ctx->bytes_written;
+}
+
+const char *nlsr_io_kind_name(nlsr_io_kind k)
+{
+    switch (k) {
+    case NLSR_IO_AUTO: return "auto";
+    case NLSR_IO_URING: return "io_uring";
+    case NLSR_IO_PREAD: return "pread";
+    case NLSR_IO_MMAP: return "mmap";
+    }
+    return "?";
+}
+
+int nlsr_parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || !(v >= 0)) return NLSR_E_USAGE;
+    double mul = 1;
+    switch (*end) {
+    case '\0': break;
+    case 'k': case 'K': mul = 1024.0; end++; break;
+    case 'm': case 'M': mul = 1048576.0; end++; break;
+    case 'g': case 'G': mul = 1073741824.0; end++; break;
+    case 't': case 'T': mul = 1099511627776.0; end++; break;
+    default: return NLSR_E_USAGE;
+    }
+    if (*end == 'i' ) end++;
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end != '\0') return NLSR_E_USAGE;
+    double r = v * mul;
+    if (r >= 18446744073709549568.0) return NLSR_E_USAGE;
+    *out = (uint64_t)r;
+    return 0;
 }

@@ -1,11 +1,19 @@
-/* The context every public call takes: the error buffer and run-wide settings. */
+/* The context every public call takes: the error buffer, the memory budget, the I/O choice
+ * and the run's counters. */
 #ifndef NLSR_COMMON_CTX_H
 #define NLSR_COMMON_CTX_H
 
+#include "budget.h"
 #include "err.h"
 
 struct nlsr_ctx {
     nlsr_err err;
+    nlsr_budget budget;     /* limit from nlsr_ctx_set_mem_budget; default 1 GiB */
+    nlsr_io_kind io_kind;   /* requested backend */
+    nlsr_io_kind io_used;   /* backend actually used by the last stream */
+    int quiet;              /* no progress output */
+    int threads;            /* compute threads (OpenBLAS) */
+    uint64_t bytes_read, bytes_written;
 };
 
 #endif

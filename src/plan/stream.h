@@ -1,0 +1,46 @@
+/* Streaming reads of tensor element ranges from several checkpoints at once.
+ *
+ * A job describes its work as a list of units; each unit is up to NLSR_STREAM_MAX_SPANS spans
+ * (one element range of one tensor of one checkpoint, e.g. the same rows of base, aligned and
+ * fine-tuned). The stream delivers the units in order, each span as raw little-endian bytes in
+ * the tensor's own dtype, reading ahead while the caller computes. All buffers are charged to
+ * the context's memory budget when the stream is opened: depth x the largest unit. */
+#ifndef NLSR_PLAN_STREAM_H
+#define NLSR_PLAN_STREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../io/checkpoint.h"
+
+#define NLSR_STREAM_MAX_SPANS 4
+
+typedef struct nlsr_span {
+    const nlsr_ckpt *ck;
+    size_t tensor;       /* index in ck's name-sorted table */
+    uint64_t first;      /* first element */
+    uint64_t count;      /* elements */
+} nlsr_span;
+
+typedef struct nlsr_unit {
+    int nspans;
+    nlsr_span span[NLSR_STREAM_MAX_SPANS];
+    uint64_t tag;        /* the caller's, e.g. module index */
+} nlsr_unit;
+
+typedef struct nlsr_stream nlsr_stream;
+
+/* depth: units buffered (>= 1; 2 or more lets reads overlap compute). The unit array is
+ * copied. */
+int nlsr_stream_open(nlsr_ctx *ctx, const nlsr_unit *units, size_t nunits, unsigned depth,
+                     nlsr_stream **out);
+/* The next unit and its spans' bytes (data[k] for span k, valid until the next call).
+ * Returns 1, 0 after the last unit, or a negative error. */
+int nlsr_stream_next(nlsr_stream *s, const nlsr_unit **unit, const unsigned char *const **data);
+/* Frees buffers and releases their budget. NULL is a no-op. */
+void nlsr_stream_close(nlsr_stream *s);
+
+/* Bytes of one span. */
+uint64_t nlsr_span_bytes(const nlsr_span *sp);
+
+#endif
