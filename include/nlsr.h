@@ -107,6 +107,31 @@ typedef struct nlsr_select_params {
 #define NLSR_SELECT_PARAMS_DEFAULT                                                                \
     ((nlsr_select_params){NLSR_SELECT_ADAPTIVE, NLSR_SEMANTICS_PAPER, 0.5, 0.2, 0.1, 42u})
 
+/* The three steps' parameters. Full weights and PEFT adapters share them; LoRA-only fields are
+ * ignored for full checkpoints. */
+typedef enum nlsr_amplify_mode {
+    NLSR_AMPLIFY_PAPER,   /* LoRA: B_e = (1+beta) B_a, A_e = A_a */
+    NLSR_AMPLIFY_AUTHORS  /* LoRA: every factor p*alpha + p*alpha (the authors' script) */
+} nlsr_amplify_mode;
+
+typedef struct nlsr_realign_params {
+    double beta;                  /* 0.9: e = a + beta (a - b) */
+    double sparsity;              /* 0.8: k = (long)(n * sparsity), mask = score > k-th */
+    nlsr_select_params select;
+    const char *const *targets;   /* target name fragments; NULL = the seven defaults */
+    size_t ntargets;
+    nlsr_amplify_mode amplify;    /* LoRA only */
+    double alpha;                 /* LoRA authors' amplification factor, 0.9 */
+    const char *mask_path;        /* LoRA: masks from a safetensors file (authors' layout) */
+    int force;                    /* replace an existing output */
+    const char *report_path;      /* write the JSON report here (NULL = none) */
+    int json_stdout;              /* print the JSON report on stdout */
+} nlsr_realign_params;
+
+#define NLSR_REALIGN_PARAMS_DEFAULT                                                               \
+    ((nlsr_realign_params){0.9, 0.8, NLSR_SELECT_PARAMS_DEFAULT, NULL, 0, NLSR_AMPLIFY_PAPER,    \
+                           0.9, NULL, 0, NULL, 0})
+
 /* ---- checkpoints ------------------------------------------------------------------------ */
 
 typedef enum nlsr_ckpt_kind {
@@ -161,6 +186,29 @@ int nlsr_ckpt_print_dump(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *tensor,
  * index and side files) into `out_dir`, which must not exist unless force. Used to prove the
  * writer round-trips real files. */
 int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, int force);
+
+/* ---- jobs -------------------------------------------------------------------------------- */
+/* Each job validates every input (names, shapes, dtypes, finiteness of target tensors) before it
+ * writes anything, writes its output under a temporary name and renames it into place when
+ * complete. Paths are checkpoint folders or files as for nlsr_ckpt_open. */
+
+/* Step 1: the safety reference e = a + beta (a - b), written as a checkpoint shaped like
+ * `aligned` (base may be NULL for PEFT adapters: the zero adapter). */
+int nlsr_amplify(nlsr_ctx *ctx, const char *base, const char *aligned, const char *out_dir,
+                 const nlsr_realign_params *p);
+
+/* Steps 1-2 once per aligned model: the prepared patches file (docs/FORMAT.md). Exactly one of
+ * aligned / reference is non-NULL. */
+int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+                 const char *out_file, const nlsr_realign_params *p);
+
+/* Step 3 from a prepared patches file: similarity, selection, transplant into out_dir. */
+int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const char *out_dir,
+               const nlsr_realign_params *p);
+
+/* All three steps. Exactly one of aligned / reference is non-NULL. */
+int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+             const char *finetuned, const char *out_dir, const nlsr_realign_params *p);
 
 #ifdef __cplusplus
 }
