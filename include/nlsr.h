@@ -126,11 +126,13 @@ typedef struct nlsr_realign_params {
     int force;                    /* replace an existing output */
     const char *report_path;      /* write the JSON report here (NULL = none) */
     int json_stdout;              /* print the JSON report on stdout */
+    const char *mask_out_path;    /* LoRA prepare/run: also write the masks there, as a
+                                     safetensors file in the authors' layout (NULL = none) */
 } nlsr_realign_params;
 
 #define NLSR_REALIGN_PARAMS_DEFAULT                                                               \
     ((nlsr_realign_params){0.9, 0.8, NLSR_SELECT_PARAMS_DEFAULT, NULL, 0, NLSR_AMPLIFY_PAPER,    \
-                           0.9, NULL, 0, NULL, 0})
+                           0.9, NULL, 0, NULL, 0, NULL})
 
 /* ---- checkpoints ------------------------------------------------------------------------ */
 
@@ -209,6 +211,43 @@ int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const 
 /* All three steps. Exactly one of aligned / reference is non-NULL. */
 int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
              const char *finetuned, const char *out_dir, const nlsr_realign_params *p);
+
+/* ---- engine: plans and synthetic checkpoints ------------------------------------------- */
+
+/* `nlsr plan`: the plan of `nlsr amplify` (finetuned NULL) or of `nlsr run` (finetuned given),
+ * printed without reading tensor data: units (tensor, rows), passes, bytes read per checkpoint
+ * and written, the byte ranges read from each shard, peak memory (the context's budget), and
+ * the time at read_bw / write_bw bytes per second; 0 measures them with short O_DIRECT probes
+ * (reading an input, writing a temporary file in probe_dir, or beside `aligned` when NULL);
+ * a negative value skips the estimate. json != 0: one JSON object. */
+int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
+                    const nlsr_realign_params *p, double read_bw, double write_bw,
+                    const char *probe_dir, int json, FILE *out);
+
+typedef enum nlsr_synth_role {
+    NLSR_SYNTH_BASE,      /* W0 */
+    NLSR_SYNTH_ALIGNED,   /* W0 + a rank-4 alignment delta on every target module */
+    NLSR_SYNTH_FINETUNED  /* aligned + a rank-8 task delta, with 90% of the alignment delta
+                             removed in layers L where L % 3 != 1 (the "safety-broken" ones) */
+} nlsr_synth_role;
+
+typedef struct nlsr_synth_params {
+    const char *preset;   /* "tiny", "llama-8b", "llama-70b" */
+    int layers;           /* 0: the preset's own count */
+    nlsr_synth_role role;
+    uint64_t seed;        /* the three roles of one seed are related as above */
+    nlsr_dtype dtype;     /* BF16, F16 or F32 */
+    uint64_t shard_size;  /* bytes per shard at most (a larger tensor gets a shard alone) */
+    int force;            /* replace an existing output */
+} nlsr_synth_params;
+
+#define NLSR_SYNTH_PARAMS_DEFAULT                                                                 \
+    ((nlsr_synth_params){"tiny", 0, NLSR_SYNTH_BASE, 1u, NLSR_DTYPE_BF16, 5ull << 30, 0})
+
+/* Writes a synthetic Hugging Face checkpoint folder (config.json, shards, index) with the
+ * preset's real tensor names and shapes, deterministic for a seed, streaming within the
+ * context's memory budget. */
+int nlsr_synth(nlsr_ctx *ctx, const nlsr_synth_params *p, const char *out_dir);
 
 #ifdef __cplusplus
 }

@@ -10,4 +10,29 @@ int cli_usage_error(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)))
 #endif
     ;
+/* cmd_realign.c: run, prepare, apply (full weights and PEFT adapters). */
+int cmd_run(int argc, char **argv);
+int cmd_prepare(int argc, char **argv);
+int cmd_apply(int argc, char **argv);
+/* cmd_amplify.c, cmd_synth.c, cmd_plan.c: the engine commands. */
+int cmd_amplify(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
+/* Options the engine commands share: --mem-budget SIZE, --io KIND, -q/--quiet, --json. */
+typedef struct cli_common {
+    uint64_t mem;
+    int have_mem;
+    nlsr_io_kind io;
+    int quiet, json;
+} cli_common;
+/* 1 if argv[*i] is one of them (its value consumed), 0 if not, else a usage exit status. */
+int cli_common_opt(int argc, char **argv, int *i, cli_common *c);
+void cli_common_apply(const cli_common *c, nlsr_ctx *ctx);
+double cli_now(void);
+/* The process's peak resident set (VmHWM) in bytes, 0 if unknown. */
+uint64_t cli_peak_rss(void);
+/* The end-of-run summary: one JSON object on stdout with --json (bytes read and written,
+ * seconds, peak RSS, budget, backend), one line on stderr unless quiet. */
+void cli_summary(const char *job, const char *out_dir, nlsr_ctx *ctx, double seconds,
+                 uint64_t budget, const cli_common *c);
 #endif

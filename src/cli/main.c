@@ -16,6 +16,25 @@ static void usage(FILE *f)
           "  inspect PATH [--json]          validate a checkpoint and list its tensors\n"
           "  dump PATH TENSOR               print a tensor's values, one per line\n"
           "  rewrite PATH OUT [--force]     rewrite a checkpoint with nlsr's writer\n"
+          "  run --base B --aligned A|--reference R --finetuned T --out DIR [options]\n"
+          "                                 realign T: all three steps, streamed\n"
+          "  prepare --base B --aligned A|--reference R --out FILE.nlsrp [options]\n"
+          "                                 steps 1-2 once per aligned model: the patches\n"
+          "  apply --patches FILE --finetuned T --out DIR [options]\n"
+          "                                 step 3 from prepared patches\n"
+          "      options: --beta 0.9 --sparsity 0.8 --select adaptive|threshold|all|none\n"
+          "               --semantics paper|authors --prune-rate 0.5 --epsilon 0.2 --seed 42\n"
+          "               --tau 0.1 --targets LIST --report FILE --json -q --force\n"
+          "               --mem-budget SIZE --io auto|io_uring|pread|mmap\n"
+          "  amplify --base B --aligned A --out DIR [--beta 0.9] [--force]\n"
+          "                                 step 1 alone: the safety reference checkpoint\n"
+          "  plan --base B --aligned A [--finetuned T] [--bandwidth R[,W]] [--json]\n"
+          "                                 print the streaming plan (units, bytes, memory, time)\n"
+          "  synth --preset tiny|llama-8b|llama-70b --role base|aligned|finetuned --out DIR\n"
+          "        [--layers N] [--seed S] [--dtype bf16|f16|f32] [--shard-size 5G]\n"
+          "                                 write a synthetic checkpoint\n"
+          "      engine options: --mem-budget SIZE (default 1G) --io auto|uring|pread|mmap\n"
+          "                      -q --json\n"
           "  version                        print the version\n"
           "\n"
           "PATH is a safetensors file, a folder with model.safetensors or shards and\n"
@@ -107,6 +126,12 @@ static const struct {
     {"inspect", cmd_inspect},
     {"dump", cmd_dump},
     {"rewrite", cmd_rewrite},
+    {"run", cmd_run},
+    {"prepare", cmd_prepare},
+    {"apply", cmd_apply},
+    {"amplify", cmd_amplify},
+    {"synth", cmd_synth},
+    {"plan", cmd_plan},
 };
 
 int main(int argc, char **argv)

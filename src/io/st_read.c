@@ -312,8 +312,10 @@ int st_header_parse(const char *json, size_t len, uint64_t data_size, const char
         if (rc == 0) out->ntensors++;
     }
     if (rc < 0) goto done;
-    /* cJSON keeps duplicate keys; sorted names make them adjacent. */
-    qsort(out->tensors, out->ntensors, sizeof *out->tensors, cmp_tensor_name);
+    /* cJSON keeps duplicate keys; sorted names make them adjacent. (No tensors: tensors is
+     * NULL, which qsort must not be given even with a count of 0.) */
+    if (out->ntensors > 1)
+        qsort(out->tensors, out->ntensors, sizeof *out->tensors, cmp_tensor_name);
     for (size_t i = 1; i < out->ntensors; i++)
         if (strcmp(out->tensors[i - 1].name, out->tensors[i].name) == 0) {
             rc = nlsr_fail(e, NLSR_E_FORMAT, "%s: tensor '%.200s' appears twice in the header",

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "../common/ctx.h"
 #include "../compute/convert.h"
@@ -221,26 +222,36 @@ int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, i
     nlsr_err *e = &ctx->err;
     NLSR_FAIL_IF(nlsr_exists(out_dir) && !force, e, NLSR_E_EXISTS,
                  "%s: exists (use --force to replace it)", out_dir);
-    if (nlsr_exists(out_dir)) nlsr_remove_tree(out_dir);
-    NLSR_FAIL_IF(mkdir(out_dir, 0755) != 0, e, -errno, "%s: cannot create folder: %s", out_dir,
-                 strerror(errno));
+    /* Built under a temporary name and renamed when complete, so a failure half-way leaves
+     * no folder that looks like a finished checkpoint. */
+    size_t tl = strlen(out_dir) + 48;
+    char *tmp = malloc(tl);
+    NLSR_FAIL_IF(!tmp, e, -ENOMEM, "out of memory");
+    snprintf(tmp, tl, "%s.nlsr-tmp-%ld", out_dir, (long)getpid());
+    nlsr_remove_tree(tmp);
+    if (mkdir(tmp, 0755) != 0) {
+        int rc = -errno;
+        free(tmp);
+        return nlsr_fail(e, rc, "%s: cannot create folder: %s", out_dir, strerror(-rc));
+    }
     int rc = 0;
     for (size_t s = 0; s < ck->nshards && rc == 0; s++) {
-        char *dst = nlsr_path_join(out_dir, ck->shard_names[s]);
-        if (!dst) return nlsr_fail(e, -ENOMEM, "out of memory");
-        rc = rewrite_shard(ck->shards[s], dst, e);
+        char *dst = nlsr_path_join(tmp, ck->shard_names[s]);
+        if (!dst) rc = nlsr_fail(e, -ENOMEM, "out of memory");
+        else rc = rewrite_shard(ck->shards[s], dst, e);
         free(dst);
     }
-    /* Side files (index, config.json, adapter_config.json ...) are copied as they are. */
-    DIR *d = opendir(ck->dir);
+    /* Side files (index, config.json, adapter_config.json ...) are copied as they are, when
+     * the checkpoint is a folder: a lone .safetensors file's neighbours are not part of it. */
+    DIR *d = nlsr_is_dir(ck->path) == 1 ? opendir(ck->dir) : NULL;
     if (rc == 0 && d) {
         struct dirent *de;
         while (rc == 0 && (de = readdir(d)) != NULL) {
             const char *nm = de->d_name;
             size_t L = strlen(nm);
             if (nm[0] == '.' || (L > 12 && strcmp(nm + L - 12, ".safetensors") == 0)) continue;
-            if (strcmp(nm + (L > 5 ? L - 5 : 0), ".json") != 0) continue;
-            char *src = nlsr_path_join(ck->dir, nm), *dst = nlsr_path_join(out_dir, nm);
+            if (L < 5 || strcmp(nm + L - 5, ".json") != 0) continue;
+            char *src = nlsr_path_join(ck->dir, nm), *dst = nlsr_path_join(tmp, nm);
             if (!src || !dst) rc = nlsr_fail(e, -ENOMEM, "out of memory");
             else rc = nlsr_copy_file(src, dst, e);
             free(src);
@@ -248,6 +259,14 @@ int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, i
         }
     }
     if (d) closedir(d);
-    if (rc == 0) rc = nlsr_fsync_dir(out_dir, e);
+    if (rc == 0) rc = nlsr_fsync_dir(tmp, e);
+    if (rc == 0 && nlsr_exists(out_dir)) nlsr_remove_tree(out_dir);
+    if (rc == 0 && rename(tmp, out_dir) != 0) {
+        rc = -errno;
+        nlsr_fail(e, rc, "%s: rename of %s failed: %s", out_dir, tmp, strerror(-rc));
+    }
+    if (rc == 0) rc = nlsr_fsync_parent(out_dir, e);
+    else nlsr_remove_tree(tmp);
+    free(tmp);
     return rc;
 }

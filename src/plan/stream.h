@@ -43,4 +43,14 @@ void nlsr_stream_close(nlsr_stream *s);
 /* Bytes of one span. */
 uint64_t nlsr_span_bytes(const nlsr_span *sp);
 
+/* Buffer bytes one unit takes in a slot: each run of adjacent spans of one file is read as one
+ * window widened to 4096-byte boundaries (O_DIRECT), so this is a little more than the sum of
+ * its spans' bytes. */
+uint64_t nlsr_stream_unit_bytes(const nlsr_unit *u);
+/* What nlsr_stream_open charges to the budget for these units: depth (at most nunits) times
+ * the largest unit's nlsr_stream_unit_bytes. */
+uint64_t nlsr_stream_mem(const nlsr_unit *units, size_t nunits, unsigned depth);
+/* The backend the stream reads with (after any step-down). */
+nlsr_io_kind nlsr_stream_backend(const nlsr_stream *s);
+
 #endif

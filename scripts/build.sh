@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Configures and builds nlsr into ${BUILD_DIR:-build}; extra arguments go to cmake.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+dir=${BUILD_DIR:-build}
+cmake -S . -B "$dir" -DNLSR_WERROR=ON "$@" >/dev/null
+cmake --build "$dir" -j "$(nproc)"

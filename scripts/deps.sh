@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages nlsr builds and tests with (run as root, or with sudo present).
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config liburing-dev libopenblas-dev liblapacke-dev libzstd-dev
+      libcjson-dev clang libclang-rt-14-dev python3)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${missing[@]}"
+fi

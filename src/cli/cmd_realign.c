@@ -1,0 +1,271 @@
+/* `nlsr run`, `nlsr prepare`, `nlsr apply`: option parsing onto nlsr_realign_params and the
+ * public jobs. Options a command cannot honour are usage errors rather than silently ignored
+ * (e.g. --beta for apply: the patch file fixes it). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "nlsr.h"
+
+enum { C_RUN = 1, C_PREPARE = 2, C_APPLY = 4, C_ALL = 7 };
+
+enum opt_id {
+    O_BASE, O_ALIGNED, O_REFERENCE, O_FINETUNED, O_PATCHES, O_OUT, O_BETA, O_SPARSITY, O_SELECT,
+    O_SEMANTICS, O_PRUNE, O_EPSILON, O_SEED, O_TAU, O_TARGETS, O_REPORT, O_MEM, O_IO, O_JSON,
+    O_QUIET, O_FORCE, O_THREADS, O_AMPLIFY, O_ALPHA, O_MASK, O_MASK_OUT
+};
+
+static const struct opt {
+    const char *name;
+    enum opt_id id;
+    int has_arg;
+    int cmds;
+} opts[] = {
+    {"--base", O_BASE, 1, C_RUN | C_PREPARE},
+    {"--aligned", O_ALIGNED, 1, C_RUN | C_PREPARE},
+    {"--reference", O_REFERENCE, 1, C_RUN | C_PREPARE},
+    {"--finetuned", O_FINETUNED, 1, C_RUN | C_APPLY},
+    {"--patches", O_PATCHES, 1, C_APPLY},
+    {"--out", O_OUT, 1, C_ALL},
+    {"--beta", O_BETA, 1, C_RUN | C_PREPARE},
+    {"--sparsity", O_SPARSITY, 1, C_RUN | C_PREPARE},
+    {"--select", O_SELECT, 1, C_RUN | C_APPLY},
+    {"--semantics", O_SEMANTICS, 1, C_RUN | C_APPLY},
+    {"--prune-rate", O_PRUNE, 1, C_RUN | C_APPLY},
+    {"--epsilon", O_EPSILON, 1, C_RUN | C_APPLY},
+    {"--seed", O_SEED, 1, C_RUN | C_APPLY},
+    {"--tau", O_TAU, 1, C_RUN | C_APPLY},
+    {"--targets", O_TARGETS, 1, C_RUN | C_PREPARE},
+    {"--report", O_REPORT, 1, C_ALL},
+    {"--mem-budget", O_MEM, 1, C_ALL},
+    {"--io", O_IO, 1, C_ALL},
+    {"--json", O_JSON, 0, C_ALL},
+    {"-q", O_QUIET, 0, C_ALL},
+    {"--quiet", O_QUIET, 0, C_ALL},
+    {"--force", O_FORCE, 0, C_ALL},
+    {"--threads", O_THREADS, 1, C_ALL},
+    {"--amplify", O_AMPLIFY, 1, C_RUN | C_PREPARE},
+    {"--alpha", O_ALPHA, 1, C_RUN | C_PREPARE},
+    {"--mask", O_MASK, 1, C_RUN | C_PREPARE},
+    {"--mask-out", O_MASK_OUT, 1, C_RUN | C_PREPARE},
+};
+
+typedef struct args {
+    const char *base, *aligned, *reference, *finetuned, *patches, *out;
+    nlsr_realign_params p;
+    uint64_t mem;
+    int have_mem;
+    nlsr_io_kind io;
+    int quiet, threads;
+    char *targets_buf;  /* the --targets list, split in place */
+    const char **targets;
+} args;
+
+static int parse_double(const char *opt, const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || *end != '\0' || errno == ERANGE || !isfinite(v))
+        return cli_usage_error("%s needs a number, got '%s'", opt, s);
+    *out = v;
+    return 0;
+}
+
+static int parse_targets(args *a, const char *s)
+{
+    free(a->targets_buf);
+    free(a->targets);
+    a->targets = NULL;
+    a->targets_buf = strdup(s);
+    size_t n = 1;
+    for (const char *c = s; *c; c++) n += *c == ',';
+    a->targets = calloc(n, sizeof *a->targets);
+    if (!a->targets_buf || !a->targets) return cli_usage_error("out of memory");
+    size_t k = 0;
+    for (char *tok = strtok(a->targets_buf, ","); tok; tok = strtok(NULL, ","))
+        if (*tok) a->targets[k++] = tok;
+    if (k == 0) return cli_usage_error("--targets needs a comma-separated list of names");
+    a->p.targets = a->targets;
+    a->p.ntargets = k;
+    return 0;
+}
+
+static int set_opt(args *a, enum opt_id id, const char *opt, const char *v)
+{
+    nlsr_realign_params *p = &a->p;
+    switch (id) {
+    case O_BASE: a->base = v; break;
+    case O_ALIGNED: a->aligned = v; break;
+    case O_REFERENCE: a->reference = v; break;
+    case O_FINETUNED: a->finetuned = v; break;
+    case O_PATCHES: a->patches = v; break;
+    case O_OUT: a->out = v; break;
+    case O_BETA: return parse_double(opt, v, &p->beta);
+    case O_SPARSITY:
+        if (parse_double(opt, v, &p->sparsity)) return 2;
+        if (p->sparsity < 0 || p->sparsity > 1)
+            return cli_usage_error("--sparsity must lie in [0, 1], got '%s'", v);
+        break;
+    case O_SELECT:
+        if (strcmp(v, "adaptive") == 0) p->select.mode = NLSR_SELECT_ADAPTIVE;
+        else if (strcmp(v, "threshold") == 0) p->select.mode = NLSR_SELECT_THRESHOLD;
+        else if (strcmp(v, "all") == 0) p->select.mode = NLSR_SELECT_ALL;
+        else if (strcmp(v, "none") == 0) p->select.mode = NLSR_SELECT_NONE;
+        else return cli_usage_error("--select takes adaptive, threshold, all or none, not '%s'", v);
+        break;
+    case O_SEMANTICS:
+        if (strcmp(v, "paper") == 0) p->select.semantics = NLSR_SEMANTICS_PAPER;
+        else if (strcmp(v, "authors") == 0) p->select.semantics = NLSR_SEMANTICS_AUTHORS;
+        else return cli_usage_error("--semantics takes paper or authors, not '%s'", v);
+        break;
+    case O_PRUNE: return parse_double(opt, v, &p->select.prune_rate);
+    case O_EPSILON: return parse_double(opt, v, &p->select.epsilon);
+    case O_TAU: return parse_double(opt, v, &p->select.tau);
+    case O_SEED: {
+        char *end;
+        errno = 0;
+        unsigned long long s = strtoull(v, &end, 0);
+        if (end == v || *end != '\0' || errno == ERANGE || v[0] == '-')
+            return cli_usage_error("--seed needs a non-negative integer, got '%s'", v);
+        p->select.seed = (uint64_t)s;
+        break;
+    }
+    case O_TARGETS: return parse_targets(a, v);
+    case O_REPORT: p->report_path = v; break;
+    case O_MEM:
+        if (nlsr_parse_size(v, &a->mem) != 0)
+            return cli_usage_error("--mem-budget needs a size like 512M or 4G, got '%s'", v);
+        a->have_mem = 1;
+        break;
+    case O_IO:
+        if (strcmp(v, "auto") == 0) a->io = NLSR_IO_AUTO;
+        else if (strcmp(v, "io_uring") == 0 || strcmp(v, "uring") == 0) a->io = NLSR_IO_URING;
+        else if (strcmp(v, "pread") == 0) a->io = NLSR_IO_PREAD;
+        else if (strcmp(v, "mmap") == 0) a->io = NLSR_IO_MMAP;
+        else return cli_usage_error("--io takes auto, io_uring, pread or mmap, not '%s'", v);
+        break;
+    case O_JSON: p->json_stdout = 1; break;
+    case O_QUIET: a->quiet = 1; break;
+    case O_FORCE: p->force = 1; break;
+    case O_THREADS: {
+        char *end;
+        long t = strtol(v, &end, 10);
+        if (end == v || *end != '\0' || t < 1 || t > 4096)
+            return cli_usage_error("--threads needs a positive integer, got '%s'", v);
+        a->threads = (int)t;
+        break;
+    }
+    case O_AMPLIFY:
+        if (strcmp(v, "paper") == 0) p->amplify = NLSR_AMPLIFY_PAPER;
+        else if (strcmp(v, "authors") == 0) p->amplify = NLSR_AMPLIFY_AUTHORS;
+        else return cli_usage_error("--amplify takes paper or authors, not '%s'", v);
+        break;
+    case O_ALPHA: return parse_double(opt, v, &p->alpha);
+    case O_MASK: p->mask_path = v; break;
+    case O_MASK_OUT: p->mask_out_path = v; break;
+    }
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, int cmd, const char *cname, args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->p = NLSR_REALIGN_PARAMS_DEFAULT;
+    a->io = NLSR_IO_AUTO;
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i], *val = NULL;
+        size_t L = strlen(arg);
+        const char *eq = strchr(arg, '=');
+        if (eq && arg[0] == '-') L = (size_t)(eq - arg);
+        const struct opt *o = NULL;
+        for (size_t k = 0; k < sizeof opts / sizeof opts[0]; k++)
+            if (strlen(opts[k].name) == L && strncmp(opts[k].name, arg, L) == 0) o = &opts[k];
+        if (!o) return cli_usage_error("%s: unknown option or argument '%s'", cname, arg);
+        if (!(o->cmds & cmd))
+            return cli_usage_error("%s does not take %s%s", cname, o->name,
+                                   cmd == C_APPLY && (o->id == O_BETA || o->id == O_SPARSITY ||
+                                                      o->id == O_TARGETS)
+                                       ? " (the patch file fixes it)"
+                                       : "");
+        if (o->has_arg) {
+            if (eq && arg[0] == '-') val = eq + 1;
+            else if (i + 1 < argc) val = argv[++i];
+            else return cli_usage_error("%s needs a value", o->name);
+        } else if (eq) {
+            return cli_usage_error("%s takes no value", o->name);
+        }
+        int rc = set_opt(a, o->id, o->name, val);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static void args_free(args *a)
+{
+    free(a->targets_buf);
+    free(a->targets);
+}
+
+static int run_job(int cmd, args *a)
+{
+    nlsr_ctx *ctx = nlsr_ctx_create();
+    if (!ctx) {
+        fprintf(stderr, "nlsr: error: out of memory\n");
+        return 1;
+    }
+    if (a->have_mem) nlsr_ctx_set_mem_budget(ctx, a->mem);
+    nlsr_ctx_set_io(ctx, a->io);
+    nlsr_ctx_set_quiet(ctx, a->quiet);
+    if (a->threads) nlsr_ctx_set_threads(ctx, a->threads);
+    int rc;
+    if (cmd == C_RUN)
+        rc = nlsr_run(ctx, a->base, a->aligned, a->reference, a->finetuned, a->out, &a->p);
+    else if (cmd == C_PREPARE)
+        rc = nlsr_prepare(ctx, a->base, a->aligned, a->reference, a->out, &a->p);
+    else
+        rc = nlsr_apply(ctx, a->patches, a->finetuned, a->out, &a->p);
+    int status = rc < 0 ? cli_fail(ctx, rc) : 0;
+    nlsr_ctx_free(ctx);
+    return status;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    args a;
+    int rc = parse_args(argc, argv, C_RUN, "run", &a);
+    if (rc == 0 && (!a.aligned == !a.reference))
+        rc = cli_usage_error("run needs exactly one of --aligned and --reference");
+    if (rc == 0 && (!a.finetuned || !a.out))
+        rc = cli_usage_error("run needs --finetuned and --out");
+    if (rc == 0) rc = run_job(C_RUN, &a);
+    args_free(&a);
+    return rc;
+}
+
+int cmd_prepare(int argc, char **argv)
+{
+    args a;
+    int rc = parse_args(argc, argv, C_PREPARE, "prepare", &a);
+    if (rc == 0 && (!a.aligned == !a.reference))
+        rc = cli_usage_error("prepare needs exactly one of --aligned and --reference");
+    if (rc == 0 && !a.out) rc = cli_usage_error("prepare needs --out FILE.nlsrp");
+    if (rc == 0) rc = run_job(C_PREPARE, &a);
+    args_free(&a);
+    return rc;
+}
+
+int cmd_apply(int argc, char **argv)
+{
+    args a;
+    int rc = parse_args(argc, argv, C_APPLY, "apply", &a);
+    if (rc == 0 && (!a.patches || !a.finetuned || !a.out))
+        rc = cli_usage_error("apply needs --patches, --finetuned and --out");
+    if (rc == 0) rc = run_job(C_APPLY, &a);
+    args_free(&a);
+    return rc;
+}

@@ -1,0 +1,260 @@
+/* The public realignment jobs: nlsr_prepare, nlsr_apply, nlsr_run. They open the inputs,
+ * validate everything that can be validated from headers before anything is written, send
+ * PEFT adapters to the LoRA jobs (lora.h) and full checkpoints to realign_full.c, and own the
+ * output's temporary-folder-then-rename life cycle. `run` is prepare into a temporary patch
+ * file inside the output's temporary folder followed by apply, so that run and prepare + apply
+ * agree bit for bit by construction. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/ctx.h"
+#include "../io/file.h"
+#include "../io/patchfile.h"
+#include "realign_full.h"
+#include "report.h"
+
+#if defined(__has_include)
+#if __has_include("lora.h")
+#include "lora.h"
+#define NLSR_HAVE_LORA 1
+#endif
+#endif
+
+#define RUN_PATCH_NAME ".nlsr-run-patches.nlsrp"
+
+#ifndef NLSR_HAVE_LORA
+static int lora_missing(nlsr_ctx *ctx, const char *path)
+{
+    return nlsr_fail(&ctx->err, NLSR_E_USAGE, "%s: PEFT adapters are not supported by this build",
+                     path);
+}
+#endif
+
+/* An output file (prepare's patch file) must not exist unless force, must not be a folder and
+ * must not land on an input. */
+static int check_out_file(nlsr_ctx *ctx, const char *out, int force, const char *const *inputs,
+                          size_t n)
+{
+    nlsr_err *e = &ctx->err;
+    NLSR_FAIL_IF(nlsr_is_dir(out) == 1, e, NLSR_E_USAGE, "%s: is a folder, not a file name", out);
+    NLSR_FAIL_IF(nlsr_exists(out) && !force, e, NLSR_E_EXISTS,
+                 "%s: exists (use --force to replace it)", out);
+    return nlsr_out_check_inputs(ctx, out, inputs, n);
+}
+
+static int check_out_dir(nlsr_ctx *ctx, const char *out, int force, const char *const *inputs,
+                         size_t n)
+{
+    NLSR_FAIL_IF(nlsr_exists(out) && !force, &ctx->err, NLSR_E_EXISTS,
+                 "%s: exists (use --force to replace it)", out);
+    return nlsr_out_check_inputs(ctx, out, inputs, n);
+}
+
+static int open_pair(nlsr_ctx *ctx, const char *base, const char *src, nlsr_ckpt **b,
+                     nlsr_ckpt **s)
+{
+    *b = NULL;
+    *s = NULL;
+    NLSR_FORWARD(nlsr_ckpt_open(ctx, src, s));
+    if (base) NLSR_FORWARD(nlsr_ckpt_open(ctx, base, b));
+    return 0;
+}
+
+int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+                 const char *out_file, const nlsr_realign_params *p)
+{
+    nlsr_err *e = &ctx->err;
+    NLSR_FAIL_IF(!aligned == !reference, e, NLSR_E_USAGE,
+                 "prepare needs exactly one of an aligned model and a reference");
+    NLSR_FAIL_IF(!out_file, e, NLSR_E_USAGE, "prepare needs an output file");
+    const char *srcp = aligned ? aligned : reference;
+    int is_ref = aligned == NULL;
+    nlsr_ckpt *B = NULL, *S = NULL;
+    nlsr_report rep;
+    nlsr_report_init(&rep, ctx, "prepare", "full");
+    rep.has_selection = 0;
+    const char *inputs[2] = {base, srcp};
+    int rc = open_pair(ctx, base, srcp, &B, &S);
+    if (rc < 0) goto done;
+    if (nlsr_ckpt_get_kind(S) == NLSR_CKPT_PEFT) {
+        /* LoRA: the base is the zero adapter; a given base is not needed. */
+        rc = check_out_file(ctx, out_file, p->force, inputs, 2);
+#ifdef NLSR_HAVE_LORA
+        if (rc == 0) rc = nlsr_lora_prepare(ctx, S, is_ref, out_file, p);
+#else
+        if (rc == 0) rc = lora_missing(ctx, srcp);
+#endif
+        goto done;
+    }
+    if (!B) {
+        rc = nlsr_fail(e, NLSR_E_USAGE, "full checkpoints need the base model (--base)");
+        goto done;
+    }
+    if (nlsr_ckpt_get_kind(B) != NLSR_CKPT_FULL) {
+        rc = nlsr_fail(e, NLSR_E_MISMATCH, "base %s is a PEFT adapter but %s %s is a full checkpoint",
+                       base, is_ref ? "reference" : "aligned", srcp);
+        goto done;
+    }
+    rc = nlsr_full_check_sources(ctx, B, S, is_ref, p);
+    if (rc == 0) rc = check_out_file(ctx, out_file, p->force, inputs, 2);
+    if (rc == 0) rc = nlsr_full_prepare(ctx, B, S, is_ref, out_file, p, NULL, &rep);
+    if (rc == 0) rc = nlsr_report_emit(&rep, ctx, p);
+done:
+    nlsr_report_free(&rep);
+    nlsr_ckpt_free(B);
+    nlsr_ckpt_free(S);
+    return rc;
+}
+
+/* Step 3 of a full patch file into out_dir; shared by apply and run. `rep` gets the modules. */
+static int apply_full(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *T, const char *tmp,
+                      const nlsr_realign_params *p, nlsr_report *rep, nlsr_realign_params *used,
+                      const char ***names)
+{
+    *used = *p;
+    NLSR_FORWARD(nlsr_full_patch_params(ctx, pf, used, names));
+    NLSR_FORWARD(nlsr_full_check_patch(ctx, pf, T, used));
+    return nlsr_full_apply(ctx, pf, T, tmp, used, NULL, rep);
+}
+
+int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const char *out_dir,
+               const nlsr_realign_params *p)
+{
+    nlsr_err *e = &ctx->err;
+    NLSR_FAIL_IF(!patches || !finetuned || !out_dir, e, NLSR_E_USAGE,
+                 "apply needs a patch file, a fine-tuned model and an output folder");
+    nlsr_pf_reader *pf = NULL;
+    nlsr_ckpt *T = NULL;
+    char *tmp = NULL;
+    const char **names = NULL;
+    nlsr_realign_params used = *p;
+    nlsr_report rep;
+    nlsr_report_init(&rep, ctx, "apply", "full");
+    const char *inputs[2] = {patches, finetuned};
+    int rc = nlsr_pf_open(ctx, patches, &pf);
+    if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
+    if (rc < 0) goto done;
+    if (strcmp(pf->kind, "lora") == 0) {
+        nlsr_pf_close(pf);
+        pf = NULL;
+        rc = check_out_dir(ctx, out_dir, p->force, inputs, 2);
+#ifdef NLSR_HAVE_LORA
+        if (rc == 0) rc = nlsr_lora_apply(ctx, patches, T, out_dir, p);
+#else
+        if (rc == 0) rc = lora_missing(ctx, patches);
+#endif
+        goto done;
+    }
+    if (nlsr_ckpt_get_kind(T) != NLSR_CKPT_FULL) {
+        rc = nlsr_fail(e, NLSR_E_MISMATCH,
+                       "patch file %s holds full-weight patches but finetuned %s is a PEFT adapter",
+                       patches, finetuned);
+        goto done;
+    }
+    used = *p;
+    rc = nlsr_full_patch_params(ctx, pf, &used, &names);
+    if (rc == 0) rc = nlsr_full_check_patch(ctx, pf, T, &used);
+    if (rc == 0) rc = check_out_dir(ctx, out_dir, p->force, inputs, 2);
+    if (rc == 0) rc = nlsr_outdir_begin(ctx, out_dir, p->force, &tmp);
+    if (rc == 0) rc = nlsr_full_apply(ctx, pf, T, tmp, &used, NULL, &rep);
+    if (rc == 0) rc = nlsr_outdir_commit(ctx, tmp, out_dir, p->force);
+    if (rc == 0) {
+        free(tmp);
+        tmp = NULL;
+        rc = nlsr_report_emit(&rep, ctx, &used);
+    }
+done:
+    nlsr_outdir_abort(tmp);
+    free(tmp);
+    free(names);
+    nlsr_report_free(&rep);
+    nlsr_pf_close(pf);
+    nlsr_ckpt_free(T);
+    return rc;
+}
+
+int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+             const char *finetuned, const char *out_dir, const nlsr_realign_params *p)
+{
+    nlsr_err *e = &ctx->err;
+    NLSR_FAIL_IF(!aligned == !reference, e, NLSR_E_USAGE,
+                 "run needs exactly one of an aligned model and a reference");
+    NLSR_FAIL_IF(!finetuned || !out_dir, e, NLSR_E_USAGE,
+                 "run needs a fine-tuned model and an output folder");
+    const char *srcp = aligned ? aligned : reference;
+    int is_ref = aligned == NULL;
+    nlsr_ckpt *B = NULL, *S = NULL, *T = NULL;
+    nlsr_pf_reader *pf = NULL;
+    char *tmp = NULL, *patch = NULL;
+    const char **names = NULL;
+    nlsr_realign_params used = *p;
+    nlsr_report rep, prep_rep;
+    nlsr_report_init(&rep, ctx, "run", "full");
+    nlsr_report_init(&prep_rep, ctx, "prepare", "full");
+    const char *inputs[3] = {base, srcp, finetuned};
+    int rc = open_pair(ctx, base, srcp, &B, &S);
+    if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
+    if (rc < 0) goto done;
+    int s_peft = nlsr_ckpt_get_kind(S) == NLSR_CKPT_PEFT;
+    if (s_peft != (nlsr_ckpt_get_kind(T) == NLSR_CKPT_PEFT)) {
+        rc = nlsr_fail(e, NLSR_E_MISMATCH, "%s %s is %s but finetuned %s is %s",
+                       is_ref ? "reference" : "aligned", srcp,
+                       s_peft ? "a PEFT adapter" : "a full checkpoint", finetuned,
+                       s_peft ? "a full checkpoint" : "a PEFT adapter");
+        goto done;
+    }
+    if (s_peft) {
+        rc = check_out_dir(ctx, out_dir, p->force, inputs, 3);
+#ifdef NLSR_HAVE_LORA
+        if (rc == 0) rc = nlsr_lora_run(ctx, S, is_ref, T, out_dir, p);
+#else
+        if (rc == 0) rc = lora_missing(ctx, srcp);
+#endif
+        goto done;
+    }
+    if (!B) {
+        rc = nlsr_fail(e, NLSR_E_USAGE, "full checkpoints need the base model (--base)");
+        goto done;
+    }
+    if (nlsr_ckpt_get_kind(B) != NLSR_CKPT_FULL) {
+        rc = nlsr_fail(e, NLSR_E_MISMATCH, "base %s is a PEFT adapter but finetuned %s is not",
+                       base, finetuned);
+        goto done;
+    }
+    /* Everything a header can tell is checked before the temporary folder exists. */
+    rc = nlsr_full_check_sources(ctx, B, S, is_ref, p);
+    if (rc == 0) rc = nlsr_full_check_finetuned(ctx, S, T, p);
+    if (rc == 0) rc = check_out_dir(ctx, out_dir, p->force, inputs, 3);
+    if (rc == 0) rc = nlsr_outdir_begin(ctx, out_dir, p->force, &tmp);
+    if (rc == 0 && !(patch = nlsr_path_join(tmp, RUN_PATCH_NAME)))
+        rc = nlsr_fail(e, -ENOMEM, "out of memory");
+    if (rc == 0) rc = nlsr_full_prepare(ctx, B, S, is_ref, patch, p, NULL, &prep_rep);
+    if (rc == 0) rc = nlsr_pf_open(ctx, patch, &pf);
+    if (rc == 0) rc = apply_full(ctx, pf, T, tmp, p, &rep, &used, &names);
+    /* The patch file goes before the rename; pf stays open because `used` points into its
+     * header (the targets) until the report is out. */
+    if (patch) unlink(patch);
+    if (rc == 0) rc = nlsr_outdir_commit(ctx, tmp, out_dir, p->force);
+    if (rc == 0) {
+        free(tmp);
+        tmp = NULL;
+        rep.summary.patch_bytes = prep_rep.summary.patch_bytes;
+        rep.summary.model_bytes = prep_rep.summary.model_bytes;
+        rc = nlsr_report_emit(&rep, ctx, &used);
+    }
+done:
+    nlsr_outdir_abort(tmp);
+    free(tmp);
+    free(patch);
+    free(names);
+    nlsr_report_free(&rep);
+    nlsr_report_free(&prep_rep);
+    nlsr_pf_close(pf);
+    nlsr_ckpt_free(B);
+    nlsr_ckpt_free(S);
+    nlsr_ckpt_free(T);
+    return rc;
+}

@@ -1,0 +1,94 @@
+/* Full-weight realignment (METHOD.md steps 1-3 on safetensors checkpoints), streamed:
+ *
+ *   prepare: base + aligned (or a prebuilt reference) -> patch file. Per target module, in
+ *            module order: pass 1 streams base and aligned rows, checks finiteness, hashes the
+ *            bytes (content fingerprints) and builds the 65536-bin histogram of the scores'
+ *            high 16 bits; pass 2 decides the exact k-th smallest score inside the bucket that
+ *            holds rank k (its candidates through nlsr_kth_inplace, or a second histogram of
+ *            the low 16 bits when the candidates do not fit the budget); pass 3 emits the mask
+ *            and the values under it into the patch file. A module whose raw bytes fit the
+ *            budget is cached after pass 1, so passes 2 and 3 read nothing.
+ *   apply:   patch file + fine-tuned -> output checkpoint. Pass 1 streams the fine-tuned
+ *            target tensors beside the patch blocks (finiteness, masked cosine); selection;
+ *            pass 2 copies every shard cheaply and rewrites the patched tensors' bytes in the
+ *            copies (so every header byte and every other tensor stays identical). The
+ *            fine-tune is read once when its target tensors fit half the budget left (kept
+ *            from pass 1); otherwise pass 2 streams the patched tensors a second time. Base
+ *            and aligned are never read by apply.
+ *
+ * The public jobs (jobs.c) open the checkpoints, dispatch PEFT inputs to the LoRA jobs and
+ * handle the output folder with the nlsr_outdir_* helpers below, which the LoRA jobs may use
+ * too. */
+#ifndef NLSR_PLAN_REALIGN_FULL_H
+#define NLSR_PLAN_REALIGN_FULL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../io/checkpoint.h"
+#include "../io/patchfile.h"
+#include "report.h"
+
+/* Elements per patch block (and per streamed unit) unless tuned: bounds every per-block buffer
+ * at a few MiB whatever the matrix size. */
+#define NLSR_FULL_BLOCK_ELEMS 65536u
+
+/* Knobs for tests; NULL means the defaults (all zero). The patch file is the same whatever the
+ * knobs, except for block_elems, which changes only its block layout. */
+typedef struct nlsr_full_tuning {
+    int force_stream;     /* never cache a module in memory: passes 2 and 3 re-read */
+    int force_lowhist;    /* decide the threshold bucket by its low-16-bit histogram */
+    uint64_t block_elems; /* 0 = NLSR_FULL_BLOCK_ELEMS */
+    int apply_no_cache;   /* apply: stream the patched tensors again in pass 2 */
+} nlsr_full_tuning;
+
+/* Header-only checks before anything is read or written: base and source (aligned or
+ * reference) have the same target tensors (per p->targets) with the same shapes, float dtypes
+ * (the aligned one writable as F32/F16/BF16/F64). Messages name both checkpoints and the tensor. */
+int nlsr_full_check_sources(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
+                            int is_reference, const nlsr_realign_params *p);
+/* Header-only checks of a fine-tuned checkpoint against the source model: the same tensor
+ * names and shapes, float where the source is float, targets in a writable float dtype. */
+int nlsr_full_check_finetuned(nlsr_ctx *ctx, const nlsr_ckpt *src, const nlsr_ckpt *ft,
+                              const nlsr_realign_params *p);
+/* The same check against the model a patch file was prepared for. */
+int nlsr_full_check_patch(nlsr_ctx *ctx, const nlsr_pf_reader *pf, const nlsr_ckpt *ft,
+                          const nlsr_realign_params *p);
+
+/* Steps 1-2 into `out_file` (written under a temporary name, renamed when complete). Assumes
+ * nlsr_full_check_sources passed. rep (may be NULL) gets one module per target with its mask
+ * count, and the patch and model sizes in its summary. */
+int nlsr_full_prepare(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
+                      int is_reference, const char *out_file, const nlsr_realign_params *p,
+                      const nlsr_full_tuning *tune, nlsr_report *rep);
+
+/* The parameters a full patch file was prepared with (beta, sparsity, targets) copied over *p;
+ * the target strings point into pf's header. *names must be freed (free()). */
+int nlsr_full_patch_params(nlsr_ctx *ctx, const nlsr_pf_reader *pf, nlsr_realign_params *p,
+                           const char ***names);
+
+/* Step 3 into `out_dir`, an existing empty folder (the job's temporary output). Assumes
+ * nlsr_full_check_patch passed. rep gets every module with similarity and selection. */
+int nlsr_full_apply(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, const char *out_dir,
+                    const nlsr_realign_params *p, const nlsr_full_tuning *tune,
+                    nlsr_report *rep);
+
+/* ---- output folders (shared with the LoRA jobs) ------------------------------------------ */
+
+/* Refuses an output that would land on an input: the same path, an input inside it, or it
+ * inside an input folder. inputs[i] are paths as given (files or folders); NULLs skipped. */
+int nlsr_out_check_inputs(nlsr_ctx *ctx, const char *out, const char *const *inputs,
+                          size_t ninputs);
+/* Refuses an existing `out_dir` unless force, then creates the empty temporary folder
+ * "<out_dir>.nlsr-tmp-<pid>" beside it (*tmp_dir, malloc'd). */
+int nlsr_outdir_begin(nlsr_ctx *ctx, const char *out_dir, int force, char **tmp_dir);
+/* fsyncs tmp_dir and renames it to out_dir (replacing an existing one only if force). */
+int nlsr_outdir_commit(nlsr_ctx *ctx, const char *tmp_dir, const char *out_dir, int force);
+/* Removes the temporary folder (best effort); NULL is a no-op. */
+void nlsr_outdir_abort(const char *tmp_dir);
+/* Copies every regular, non-hidden file of `src_dir` not named in skip[] into dst_dir (the
+ * index, config.json, tokenizer files ...), counting the bytes written. */
+int nlsr_copy_side_files(nlsr_ctx *ctx, const char *src_dir, const char *dst_dir,
+                         char *const *skip, size_t nskip);
+
+#endif
