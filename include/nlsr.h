@@ -114,6 +114,47 @@ typedef enum nlsr_amplify_mode {
     NLSR_AMPLIFY_AUTHORS  /* LoRA: every factor p*alpha + p*alpha (the authors' script) */
 } nlsr_amplify_mode;
 
+/* Step 2's scorer (METHOD.md step 2, docs/LOWRANK.md): which score the magnitude rule's
+ * threshold (k = (long)(n * sparsity), mask = score > k-th smallest) is applied to. Full-weight
+ * checkpoints only: LoRA adapters take the magnitude rule or --mask FILE. */
+typedef enum nlsr_scorer_kind {
+    NLSR_SCORER_MAGNITUDE, /* s = |e_s - b|: data-free, the default */
+    NLSR_SCORER_LOWRANK,   /* s = |W_hat|, W_hat = U_r U_r^T W, U_r the top-r left singular
+                              vectors of W X^T (ActSVD; X = I without activations) */
+    NLSR_SCORER_WANDA      /* s = |W_ij| * ||X_:j||_2 (needs activations) */
+} nlsr_scorer_kind;
+
+/* How the low-rank scorer's base rank (rank, or rank_fraction * min(out, in)) becomes r.
+ * METHOD.md: the paper and the authors' code disagree. */
+typedef enum nlsr_rank_mode {
+    NLSR_RANK_MODE_PAPER,   /* r = base * (1 - sparsity), to the nearest integer (paper's r*) */
+    NLSR_RANK_MODE_AUTHORS, /* r = int(base * sparsity), truncated (the authors' code) */
+    NLSR_RANK_MODE_DIRECT   /* r = base, to the nearest integer */
+} nlsr_rank_mode;
+
+typedef enum nlsr_wanda_mode {
+    NLSR_WANDA_MODE_ROW,   /* each output row keeps its own top part (the authors' Wanda code) */
+    NLSR_WANDA_MODE_MATRIX /* one threshold per matrix, as the magnitude rule */
+} nlsr_wanda_mode;
+
+typedef struct nlsr_scorer_params {
+    nlsr_scorer_kind kind;        /* MAGNITUDE */
+    uint64_t rank;                /* lowrank: base rank (--rank); 0 = use rank_fraction */
+    double rank_fraction;         /* 1.0: base = rank_fraction * min(out, in), in (0, 1] */
+    nlsr_rank_mode rank_mode;     /* PAPER: with the defaults r = 0.2 min(out, in) */
+    int power_iters;              /* 2: randomized SVD power iterations (>= 0) */
+    uint64_t oversample;          /* 10: extra range-finder columns */
+    int exact_svd;                /* 0: exact SVD only for matrices up to 2^20 elements */
+    uint64_t seed;                /* 42: the randomized SVD's Gaussian test matrix */
+    const char *activations;      /* safetensors file of activations per target module (docs/
+                                     LOWRANK.md); NULL: X = I (lowrank only) */
+    nlsr_wanda_mode wanda_select; /* ROW */
+} nlsr_scorer_params;
+
+#define NLSR_SCORER_PARAMS_DEFAULT                                                                \
+    ((nlsr_scorer_params){NLSR_SCORER_MAGNITUDE, 0, 1.0, NLSR_RANK_MODE_PAPER, 2, 10u, 0, 42u,    \
+                          NULL, NLSR_WANDA_MODE_ROW})
+
 typedef struct nlsr_realign_params {
     double beta;                  /* 0.9: e = a + beta (a - b) */
     double sparsity;              /* 0.8: k = (long)(n * sparsity), mask = score > k-th */
@@ -128,11 +169,12 @@ typedef struct nlsr_realign_params {
     int json_stdout;              /* print the JSON report on stdout */
     const char *mask_out_path;    /* LoRA prepare/run: also write the masks there, as a
                                      safetensors file in the authors' layout (NULL = none) */
+    nlsr_scorer_params scorer;    /* step 2's scorer (full weights); magnitude by default */
 } nlsr_realign_params;
 
 #define NLSR_REALIGN_PARAMS_DEFAULT                                                               \
     ((nlsr_realign_params){0.9, 0.8, NLSR_SELECT_PARAMS_DEFAULT, NULL, 0, NLSR_AMPLIFY_PAPER,    \
-                           0.9, NULL, 0, NULL, 0, NULL})
+                           0.9, NULL, 0, NULL, 0, NULL, NLSR_SCORER_PARAMS_DEFAULT})
 
 /* ---- checkpoints ------------------------------------------------------------------------ */
 
@@ -212,6 +254,80 @@ int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const 
 int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
              const char *finetuned, const char *out_dir, const nlsr_realign_params *p);
 
+/* ---- in place (README "In place", docs/JOURNAL.md) ----------------------------------------- */
+/* Realigns a checkpoint folder (full weights or a PEFT adapter) in place: only the bytes of the
+ * patched tensors change; headers, other tensors and file sizes stay as they are. Before a range
+ * is overwritten its original bytes are in the folder's undo journal (.nlsr-journal), durable,
+ * so a kill, power cut or full disk at any moment leaves the folder either as it was or
+ * realigned, recoverably (nlsr_rollback). A lock (.nlsr.lock, flock) keeps two runs apart, and
+ * a state file (.nlsr-state.json) records what was applied: the same realignment again does
+ * nothing; another one is refused unless p->force, which rolls the recorded one back first
+ * (or, when its journal was discarded, applies the new one on top). A failure after the first
+ * write rolls back before returning. Outputs are bit-identical to nlsr_apply / nlsr_run into a
+ * folder. Codes: NLSR_E_LOCKED (locked, no wait), NLSR_E_JOURNAL (an interrupted journal:
+ * roll back first; nlsr_apply and nlsr_run into another folder refuse such a fine-tune too). */
+
+typedef struct nlsr_inplace_params {
+    int wait;         /* wait for another run's lock instead of failing with NLSR_E_LOCKED */
+    int follow_links; /* patch files reached through symbolic or hard links (a shared store) */
+    int dry_run;      /* check headers, lock, journal and state; write nothing */
+} nlsr_inplace_params;
+
+#define NLSR_INPLACE_PARAMS_DEFAULT ((nlsr_inplace_params){0, 0, 0})
+
+typedef enum nlsr_inplace_outcome {
+    NLSR_INPLACE_REALIGNED,     /* patched and recorded */
+    NLSR_INPLACE_ALREADY,       /* the same realignment is recorded: nothing done */
+    NLSR_INPLACE_WOULD_REALIGN, /* dry run */
+    NLSR_INPLACE_WOULD_SKIP,    /* dry run: already realigned */
+    NLSR_INPLACE_ROLLED_BACK,   /* nlsr_rollback: originals restored */
+    NLSR_INPLACE_NOTHING,       /* nlsr_rollback: no journal, nothing to do */
+    NLSR_INPLACE_DISCARDED      /* nlsr_rollback discard: journal deleted, realignment kept */
+} nlsr_inplace_outcome;
+
+/* "realigned", "already", "would-realign", "would-skip", "rolled-back", "nothing",
+ * "discarded". */
+const char *nlsr_inplace_outcome_name(nlsr_inplace_outcome o);
+
+typedef struct nlsr_inplace_result {
+    nlsr_inplace_outcome outcome;
+    size_t modules, patched;  /* target modules and patched ones (0 for dry runs of run) */
+    uint64_t bytes_written;   /* checkpoint bytes overwritten (rollback: restored); dry run:
+                                 the target tensors' bytes, an upper bound */
+    uint64_t journal_bytes;   /* bytes of journal written */
+    uint64_t ranges;          /* journal records written (rollback: restored) */
+    int rolled_back_first;    /* force: the previous realignment was rolled back first */
+    int stacked;              /* force without a journal: applied on top of the previous one */
+    char key[32];             /* "xxh64:" + 16 hex digits: patches + selection parameters */
+    char result[32];          /* "xxh64:" + 16 hex digits: the bytes written (docs/JOURNAL.md) */
+} nlsr_inplace_result;
+
+/* nlsr_apply into the checkpoint folder `dir` itself. res may be NULL. */
+int nlsr_apply_inplace(nlsr_ctx *ctx, const char *patches, const char *dir,
+                       const nlsr_realign_params *p, const nlsr_inplace_params *ip,
+                       nlsr_inplace_result *res);
+/* nlsr_run into `dir` itself: prepares the patches into a temporary file in dir (so the folder
+ * needs room for it and the journal), then applies them in place. */
+int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+                     const char *dir, const nlsr_realign_params *p,
+                     const nlsr_inplace_params *ip, nlsr_inplace_result *res);
+
+typedef struct nlsr_rollback_params {
+    int wait;    /* wait for another run's lock */
+    int force;   /* restore a finished realignment even where its bytes changed since */
+    int discard; /* keep a finished realignment and delete its journal (no undo after that) */
+} nlsr_rollback_params;
+
+#define NLSR_ROLLBACK_PARAMS_DEFAULT ((nlsr_rollback_params){0, 0, 0})
+
+/* Restores dir's original bytes from its journal (after a crash, or to undo a finished
+ * realignment), verifies them against the journal's checksums, updates the state file and
+ * deletes the journal. Without a journal: NLSR_INPLACE_NOTHING (NLSR_E_NOTFOUND when the state
+ * file records a realignment whose journal was discarded). A damaged journal is refused with
+ * NLSR_E_CHECKSUM / NLSR_E_JOURNAL and nothing is written. */
+int nlsr_rollback(nlsr_ctx *ctx, const char *dir, const nlsr_rollback_params *rp,
+                  nlsr_inplace_result *res);
+
 /* ---- engine: plans and synthetic checkpoints ------------------------------------------- */
 
 /* `nlsr plan`: the plan of `nlsr amplify` (finetuned NULL) or of `nlsr run` (finetuned given),
@@ -223,6 +339,12 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
 int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
                     const nlsr_realign_params *p, double read_bw, double write_bw,
                     const char *probe_dir, int json, FILE *out);
+
+/* Carries out only the reads of that plan (every unit through the context's backend, every
+ * page touched, nothing computed or written), to measure the read side alone; the bytes and
+ * backend are in the context's counters as after a job. */
+int nlsr_plan_read(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
+                   const nlsr_realign_params *p);
 
 typedef enum nlsr_synth_role {
     NLSR_SYNTH_BASE,      /* W0 */

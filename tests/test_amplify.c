@@ -291,10 +291,13 @@ static void test_backends_budgets(void)
     char *ref = tp("amp-ref"), *out = tp("amp-var");
     ASSERT_EQ_I(amplify_with(FIX "/sft", FIX "/finetuned", ref, NLSR_IO_AUTO, 0, 0.9, NULL, NULL,
                              NULL, 0), 0);
-    nlsr_io_kind kinds[] = {NLSR_IO_URING, NLSR_IO_PREAD, NLSR_IO_MMAP};
+    /* io_uring twice: O_DIRECT forced, and as chosen (buffered: the fixtures are cached). */
+    nlsr_io_kind kinds[] = {NLSR_IO_URING, NLSR_IO_URING, NLSR_IO_PREAD, NLSR_IO_MMAP};
     uint64_t budgets[] = {0, 1u << 30, 600u << 10, 320u << 10};
-    for (size_t k = 0; k < 3; k++)
+    for (size_t k = 0; k < 4; k++)
         for (size_t b = 0; b < 4; b++) {
+            if (k == 0) setenv("NLSR_IO_DIRECT", "1", 1);
+            else unsetenv("NLSR_IO_DIRECT");
             uint64_t rd = 0, wr = 0;
             char err[1024] = "";
             int rc = amplify_with(FIX "/sft", FIX "/finetuned", out, kinds[k], budgets[b], 0.9,
@@ -323,6 +326,7 @@ static void test_backends_budgets(void)
             nlsr_ctx_free(ctx);
         }
     /* Fallback paths give the same bytes too. */
+    setenv("NLSR_IO_DIRECT", "1", 1);
     setenv("NLSR_IO_FAULT", "uring-einval", 1);
     ASSERT_EQ_I(amplify_with(FIX "/sft", FIX "/finetuned", out, NLSR_IO_AUTO, 0, 0.9, NULL, NULL,
                              NULL, 0), 0);
@@ -332,6 +336,7 @@ static void test_backends_budgets(void)
                              NULL, 0), 0);
     ASSERT_TRUE(same_files(ref, out));
     unsetenv("NLSR_IO_FAULT");
+    unsetenv("NLSR_IO_DIRECT");
     free(ref);
     free(out);
 }
@@ -363,6 +368,19 @@ static void test_refusals(void)
     /* Output inside an input. */
     ASSERT_EQ_I(nlsr_amplify(ctx, FIX "/sft", FIX "/aligned", FIX "/aligned/x", NULL),
                 NLSR_E_USAGE);
+    /* PEFT adapters go to the LoRA job; a LoRA base is refused (the base is the zero
+     * adapter). */
+    nlsr_ctx_free(ctx);
+    ctx = nlsr_ctx_create();
+    nlsr_ctx_set_quiet(ctx, 1);
+    char *lo = tp("amp-lora");
+    ASSERT_EQ_I(nlsr_amplify(ctx, NULL, FIX "/lora_align", lo, NULL), 0);
+    char *am = nlsr_path_join(lo, "adapter_model.safetensors");
+    ASSERT_TRUE(nlsr_exists(am));
+    free(am);
+    nlsr_ctx_clear_error(ctx);
+    ASSERT_EQ_I(nlsr_amplify(ctx, FIX "/lora_align", FIX "/lora_align", out, NULL), NLSR_E_USAGE);
+    free(lo);
     nlsr_ctx_free(ctx);
     free(out);
 }

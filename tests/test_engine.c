@@ -19,6 +19,7 @@
 #include "../src/io/io.h"
 #include "../src/io/io_sink.h"
 #include "../src/io/safetensors.h"
+#include "../src/plan/planner.h"
 #include "../src/plan/stream.h"
 #include "test.h"
 
@@ -203,9 +204,18 @@ static void test_stream_small_chunks(void)
     run_stream(NLSR_IO_PREAD, 3, NLSR_IO_PREAD);
     setenv("NLSR_IO_DIRECT", "0", 1);
     run_stream(NLSR_IO_URING, 2, NLSR_IO_URING);
-    unsetenv("NLSR_IO_DIRECT");
+    setenv("NLSR_IO_DIRECT", "1", 1);
     unsetenv("NLSR_IO_CHUNK");
     unsetenv("NLSR_IO_QD");
+}
+
+/* Files in the page cache are read buffered (cachestat); the bytes are the same. */
+static void test_stream_cached(void)
+{
+    unsetenv("NLSR_IO_DIRECT");
+    run_stream(NLSR_IO_URING, 3, NLSR_IO_URING);
+    run_stream(NLSR_IO_AUTO, 1, NLSR_IO_URING);
+    setenv("NLSR_IO_DIRECT", "1", 1);
 }
 
 static void test_stream_fallback_env(void)
@@ -376,21 +386,147 @@ static void test_sink(void)
     sink_case(NLSR_IO_AUTO, 200001, 16384);
     setenv("NLSR_IO_DIRECT", "0", 1);
     sink_case(NLSR_IO_AUTO, 200001, 16384); /* buffered io_uring refused: steps down to pread */
-    unsetenv("NLSR_IO_DIRECT");
+    setenv("NLSR_IO_DIRECT", "1", 1);
     setenv("NLSR_IO_FAULT", "uring-setup", 1);
     sink_case(NLSR_IO_AUTO, 200001, 16384);
     unsetenv("NLSR_IO_FAULT");
 }
 
+#ifndef NLSR_TEST_DATA
+#define NLSR_TEST_DATA "tests/data"
+#endif
+
+/* Units cover every tensor of the layout exactly once, in file order per shard; targets read
+ * the same rows from every checkpoint; ranges are sorted, disjoint, and add up to the bytes. */
+static void check_plan(const nlsr_plan *p, const nlsr_ckpt *L)
+{
+    uint64_t *covered = calloc(L->n, sizeof *covered);
+    uint64_t last_off[64] = {0};
+    for (size_t i = 0; i < p->nunits; i++) {
+        const nlsr_unit *u = &p->units[i];
+        const nlsr_plan_unit *in = &p->info[i];
+        ASSERT_EQ_U(u->tag, i);
+        if (in->kind == NLSR_PLAN_TARGET) {
+            const nlsr_span *la = &u->span[p->span_of[1]];
+            ASSERT_TRUE(la->ck == L);
+            covered[la->tensor] += la->count;
+            for (int k = 0; k < u->nspans; k++) {
+                ASSERT_EQ_U(u->span[k].first, la->first);
+                ASSERT_EQ_U(u->span[k].count, la->count);
+                ASSERT_STR_EQ(u->span[k].ck->t[u->span[k].tensor].t->name, L->t[la->tensor].t->name);
+            }
+        } else {
+            for (int k = 0; k < u->nspans; k++) covered[u->span[k].tensor] += u->span[k].count;
+        }
+        /* Front to back through each output shard. */
+        const nlsr_span *s0 = in->kind == NLSR_PLAN_TARGET ? &u->span[p->span_of[1]] : &u->span[0];
+        uint64_t off = L->t[s0->tensor].t->begin + s0->first * nlsr_dtype_size(L->t[s0->tensor].t->dtype);
+        ASSERT_EQ_U(L->t[s0->tensor].shard, in->shard);
+        if (in->shard < 64) {
+            ASSERT_TRUE(off >= last_off[in->shard]);
+            last_off[in->shard] = off;
+        }
+        ASSERT_TRUE(nlsr_stream_unit_bytes(u) <= p->max_unit_bytes);
+    }
+    for (size_t t = 0; t < L->n; t++) ASSERT_EQ_U(covered[t], L->t[t].t->numel);
+    uint64_t per[NLSR_PLAN_MAX_CK] = {0};
+    for (size_t i = 0; i < p->nranges; i++) {
+        per[p->ranges[i].ck] += p->ranges[i].len;
+        if (i > 0 && p->ranges[i].ck == p->ranges[i - 1].ck &&
+            p->ranges[i].shard == p->ranges[i - 1].shard)
+            ASSERT_TRUE(p->ranges[i].off > p->ranges[i - 1].off + p->ranges[i - 1].len);
+    }
+    for (int k = 0; k < NLSR_PLAN_MAX_CK; k++) ASSERT_EQ_U(per[k], p->read_bytes[k]);
+    if (p->job.budget) ASSERT_TRUE(p->peak_mem <= p->job.budget);
+    ASSERT_EQ_U(p->stream_mem, nlsr_stream_mem(p->units, p->nunits, p->depth));
+    free(covered);
+}
+
+static void test_planner(void)
+{
+    nlsr_ctx *ctx = nlsr_ctx_create();
+    nlsr_ckpt *b = NULL, *a = NULL;
+    ASSERT_EQ_I(nlsr_ckpt_open(ctx, NLSR_TEST_DATA "/hf-tiny-llama/sft", &b), 0);
+    ASSERT_EQ_I(nlsr_ckpt_open(ctx, NLSR_TEST_DATA "/hf-tiny-llama/finetuned", &a), 0);
+    if (!a || !b) {
+        nlsr_ctx_free(ctx);
+        return;
+    }
+    uint64_t budgets[] = {0, 1u << 30, 4u << 20, 700u << 10, 330u << 10};
+    size_t prev_units = 0;
+    for (size_t i = 0; i < 5; i++) {
+        nlsr_ctx_set_mem_budget(ctx, budgets[i]);
+        nlsr_plan p;
+        ASSERT_EQ_I(nlsr_plan_amplify(ctx, b, a, NULL, &p), 0);
+        check_plan(&p, a);
+        ASSERT_TRUE(p.depth >= 2);
+        ASSERT_EQ_U(p.ntarget_tensors, 21);
+        ASSERT_TRUE(p.nunits >= prev_units); /* smaller budgets, smaller units */
+        prev_units = p.nunits;
+        nlsr_plan_free(&p);
+    }
+    /* Too small: refused with the minimum named, and that minimum is enough. */
+    nlsr_ctx_set_mem_budget(ctx, 100u << 10);
+    nlsr_plan p;
+    ASSERT_EQ_I(nlsr_plan_amplify(ctx, b, a, NULL, &p), NLSR_E_BUDGET);
+    const char *msg = nlsr_ctx_error(ctx);
+    ASSERT_CONTAINS(msg, "at least");
+    const char *k = strstr(msg, "--mem-budget ");
+    unsigned long long kib = k ? strtoull(k + 13, NULL, 10) : 0;
+    ASSERT_TRUE(kib > 100);
+    nlsr_ctx_clear_error(ctx);
+    nlsr_ctx_set_mem_budget(ctx, kib * 1024);
+    ASSERT_EQ_I(nlsr_plan_amplify(ctx, b, a, NULL, &p), 0);
+    if (!ctx->err.code) {
+        check_plan(&p, a);
+        nlsr_plan_free(&p);
+    }
+    /* A three-checkpoint job with a resident need per element: units shrink, memory holds. */
+    nlsr_ckpt *f = NULL;
+    ASSERT_EQ_I(nlsr_ckpt_open(ctx, NLSR_TEST_DATA "/hf-tiny-llama/finetuned_f32", &f), 0);
+    nlsr_job_desc j = {0};
+    j.name = "test";
+    j.ck[0] = b;
+    j.ck[1] = a;
+    j.ck[2] = f;
+    j.layout = 1;
+    j.target_read = 7u;
+    j.read_others = 1;
+    j.passes = 2;
+    j.writes = 1;
+    j.scratch_per_elem = 8;
+    j.resident_per_elem = 4;
+    j.budget = 2u << 20;
+    ASSERT_EQ_I(nlsr_plan_build(ctx, &j, &p), 0);
+    if (!ctx->err.code) {
+        ASSERT_EQ_I(p.span_of[0], 0);
+        ASSERT_EQ_I(p.span_of[2], 2);
+        ASSERT_EQ_U(p.resident_mem, 22272u * 4u); /* the largest target: 232 x 96 */
+        ASSERT_TRUE(p.peak_mem <= j.budget);
+        ASSERT_EQ_U(p.read_bytes[2], 2 * p.read_bytes[0]); /* F32 against BF16 */
+        nlsr_plan_free(&p);
+    }
+    nlsr_ckpt_free(f);
+    nlsr_ckpt_free(a);
+    nlsr_ckpt_free(b);
+    nlsr_ctx_free(ctx);
+}
+
 int main(void)
 {
+    /* The files here were just written and sit in the page cache, where the stream would read
+     * them buffered: force O_DIRECT so that its windows and step-downs are exercised. The
+     * cached path runs in test_stream_small_chunks and test_stream_cached. */
+    setenv("NLSR_IO_DIRECT", "1", 1);
     setup();
     RUN_TEST(test_stream_backends);
     RUN_TEST(test_stream_small_chunks);
+    RUN_TEST(test_stream_cached);
     RUN_TEST(test_stream_fallback_env);
     RUN_TEST(test_stream_fallback_seccomp);
     RUN_TEST(test_stream_budget);
     RUN_TEST(test_sink);
+    RUN_TEST(test_planner);
     nlsr_ckpt_free(ck_a);
     nlsr_ckpt_free(ck_b);
     nlsr_ctx_free(gctx);

@@ -29,6 +29,12 @@ for k in bytes_read bytes_written; do
 done
 [ "$(num peak_rss_bytes "$T/run.json")" -gt 0 ] || fail "no peak RSS in the summary"
 [ "$(str backend "$T/run.json")" = io_uring ] || fail "backend $(str backend "$T/run.json")"
+for io in uring pread mmap; do
+    "$NLSR" plan --base "$T/b" --aligned "$T/a" --mem-budget 512K --measure-read --io $io \
+        --json -q > "$T/read.json"
+    [ "$(num bytes_read "$T/read.json")" = "$(num bytes_read "$T/plan.json")" ] ||
+        fail "--measure-read --io $io read $(num bytes_read "$T/read.json") bytes"
+done
 "$NLSR" plan --base "$T/b" --aligned "$T/a" --bandwidth 1G > "$T/plan.txt"
 grep -q '^units:' "$T/plan.txt" || fail "human plan has no units line"
 grep -q 'read ranges' "$T/plan.txt" || fail "human plan has no read ranges"

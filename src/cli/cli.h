@@ -35,4 +35,25 @@ uint64_t cli_peak_rss(void);
  * seconds, peak RSS, budget, backend), one line on stderr unless quiet. */
 void cli_summary(const char *job, const char *out_dir, nlsr_ctx *ctx, double seconds,
                  uint64_t budget, const cli_common *c);
+/* cmd_rollback.c: `nlsr rollback`, and the in-place loop of run/apply --in-place: one job per
+ * checkpoint folder, one line each (stdout; stderr with --json, which prints a JSON summary on
+ * stdout), exit 0 only if all succeeded (5 for a sweep of several with a failure; else the
+ * failure's own status: 1, 3 locked, 4 interrupted journal). */
+typedef enum cli_inplace_op { CLI_INPLACE_APPLY, CLI_INPLACE_RUN, CLI_INPLACE_ROLLBACK } cli_inplace_op;
+typedef struct cli_inplace {
+    cli_inplace_op op;
+    const char *command;                /* "run", "apply", "rollback" (the JSON's) */
+    const char *base, *aligned, *reference, *patches;
+    const char *const *dirs;
+    int ndirs;
+    nlsr_realign_params p;              /* p.json_stdout must be 0: the summary owns stdout */
+    nlsr_inplace_params ip;
+    nlsr_rollback_params rp;
+    uint64_t mem;
+    int have_mem;
+    nlsr_io_kind io;
+    int quiet, threads, json;
+} cli_inplace;
+int cli_inplace_main(const cli_inplace *c);
+int cmd_rollback(int argc, char **argv);
 #endif

@@ -1,4 +1,5 @@
-/* `nlsr plan`: what a run would read, write, hold in memory and take, without running it. */
+/* `nlsr plan`: what a run would read, write, hold in memory and take, without running it; with
+ * --measure-read, the plan's reads alone, carried out and timed. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
@@ -6,6 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_scorer.h"
 #include "nlsr.h"
 
 /* "1.5G" or "1.5G,800M": read and write speeds per second (one value: both). */
@@ -29,15 +31,38 @@ int cmd_plan(int argc, char **argv)
 {
     const char *base = NULL, *aligned = NULL, *finetuned = NULL, *out = NULL;
     double rbw = 0, wbw = 0;
+    int measure = 0;
     nlsr_realign_params p = NLSR_REALIGN_PARAMS_DEFAULT;
     cli_common c = {0};
+    cli_scorer sc = {&p.scorer, 0};
+    int has_arg = 0;
     for (int i = 0; i < argc; i++) {
         const char *o = argv[i];
         int r = cli_common_opt(argc, argv, &i, &c);
         if (r == 1) continue;
         if (r != 0) return r;
+        /* Step 2's scorer and the sparsity its rank depends on: the plan shows its passes. */
+        if (cli_scorer_is_opt(o, &has_arg)) {
+            if (has_arg && i + 1 >= argc) return cli_usage_error("%s needs a value", o);
+            r = cli_scorer_set(&sc, o, has_arg ? argv[++i] : NULL);
+            if (r) return r;
+            continue;
+        }
+        if (strcmp(o, "--sparsity") == 0) {
+            char *end;
+            if (i + 1 >= argc) return cli_usage_error("%s needs a value", o);
+            const char *v = argv[++i];
+            p.sparsity = strtod(v, &end);
+            if (end == v || *end != '\0' || !(p.sparsity >= 0 && p.sparsity <= 1))
+                return cli_usage_error("--sparsity must lie in [0, 1], got '%s'", v);
+            continue;
+        }
         if (strcmp(o, "--no-time") == 0) {
             rbw = wbw = -1;
+            continue;
+        }
+        if (strcmp(o, "--measure-read") == 0) {
+            measure = 1;
             continue;
         }
         int known = strcmp(o, "--base") == 0 || strcmp(o, "--aligned") == 0 ||
@@ -55,9 +80,23 @@ int cmd_plan(int argc, char **argv)
                                    "1.5G,800M, not '%s'", v);
     }
     if (!base || !aligned) return cli_usage_error("plan needs --base B and --aligned A");
+    int r = cli_scorer_finish(&sc);
+    if (r) return r;
+    if (p.scorer.kind != NLSR_SCORER_MAGNITUDE && !finetuned)
+        return cli_usage_error("--scorer applies to the plan of a run: give --finetuned T");
     nlsr_ctx *ctx = nlsr_ctx_create();
     if (!ctx) return 1;
     cli_common_apply(&c, ctx);
+    if (measure) {
+        /* Only the plan's reads, timed: the read side alone against `cat` and the like. */
+        double t0 = cli_now();
+        int rc = nlsr_plan_read(ctx, base, aligned, finetuned, &p);
+        int status = rc < 0 ? cli_fail(ctx, rc) : 0;
+        if (rc == 0)
+            cli_summary("read", "", ctx, cli_now() - t0, c.have_mem ? c.mem : 1ull << 30, &c);
+        nlsr_ctx_free(ctx);
+        return status;
+    }
     /* The probe writes beside where the output would go: --out's folder, if given. */
     char *probe = NULL;
     if (out) {

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_scorer.h"
 #include "nlsr.h"
 
 enum { C_RUN = 1, C_PREPARE = 2, C_APPLY = 4, C_ALL = 7 };
@@ -16,7 +17,8 @@ enum { C_RUN = 1, C_PREPARE = 2, C_APPLY = 4, C_ALL = 7 };
 enum opt_id {
     O_BASE, O_ALIGNED, O_REFERENCE, O_FINETUNED, O_PATCHES, O_OUT, O_BETA, O_SPARSITY, O_SELECT,
     O_SEMANTICS, O_PRUNE, O_EPSILON, O_SEED, O_TAU, O_TARGETS, O_REPORT, O_MEM, O_IO, O_JSON,
-    O_QUIET, O_FORCE, O_THREADS, O_AMPLIFY, O_ALPHA, O_MASK, O_MASK_OUT
+    O_QUIET, O_FORCE, O_THREADS, O_AMPLIFY, O_ALPHA, O_MASK, O_MASK_OUT, O_SCORER,
+    O_IN_PLACE, O_WAIT, O_FOLLOW_LINKS, O_DRY_RUN
 };
 
 static const struct opt {
@@ -37,7 +39,7 @@ static const struct opt {
     {"--semantics", O_SEMANTICS, 1, C_RUN | C_APPLY},
     {"--prune-rate", O_PRUNE, 1, C_RUN | C_APPLY},
     {"--epsilon", O_EPSILON, 1, C_RUN | C_APPLY},
-    {"--seed", O_SEED, 1, C_RUN | C_APPLY},
+    {"--seed", O_SEED, 1, C_ALL},
     {"--tau", O_TAU, 1, C_RUN | C_APPLY},
     {"--targets", O_TARGETS, 1, C_RUN | C_PREPARE},
     {"--report", O_REPORT, 1, C_ALL},
@@ -52,6 +54,21 @@ static const struct opt {
     {"--alpha", O_ALPHA, 1, C_RUN | C_PREPARE},
     {"--mask", O_MASK, 1, C_RUN | C_PREPARE},
     {"--mask-out", O_MASK_OUT, 1, C_RUN | C_PREPARE},
+    /* Step 2's scorer (cli_scorer.c). */
+    {"--scorer", O_SCORER, 1, C_RUN | C_PREPARE},
+    {"--rank", O_SCORER, 1, C_RUN | C_PREPARE},
+    {"--rank-fraction", O_SCORER, 1, C_RUN | C_PREPARE},
+    {"--rank-reading", O_SCORER, 1, C_RUN | C_PREPARE},
+    {"--power-iters", O_SCORER, 1, C_RUN | C_PREPARE},
+    {"--oversample", O_SCORER, 1, C_RUN | C_PREPARE},
+    {"--exact-svd", O_SCORER, 0, C_RUN | C_PREPARE},
+    {"--activations", O_SCORER, 1, C_RUN | C_PREPARE},
+    {"--wanda-select", O_SCORER, 1, C_RUN | C_PREPARE},
+    /* In place (cmd_rollback.c runs the per-checkpoint loop). */
+    {"--in-place", O_IN_PLACE, 0, C_RUN | C_APPLY},
+    {"--wait", O_WAIT, 0, C_RUN | C_APPLY},
+    {"--follow-links", O_FOLLOW_LINKS, 0, C_RUN | C_APPLY},
+    {"--dry-run", O_DRY_RUN, 0, C_RUN | C_APPLY},
 };
 
 typedef struct args {
@@ -63,6 +80,12 @@ typedef struct args {
     int quiet, threads;
     char *targets_buf;  /* the --targets list, split in place */
     const char **targets;
+    cli_scorer sc;      /* writes a->p.scorer */
+    int seed_given;
+    int in_place;
+    nlsr_inplace_params ip;
+    const char **dirs;  /* apply --in-place DIR...: the positional checkpoint folders */
+    int ndirs;
 } args;
 
 static int parse_double(const char *opt, const char *s, double *out)
@@ -132,7 +155,10 @@ static int set_opt(args *a, enum opt_id id, const char *opt, const char *v)
         unsigned long long s = strtoull(v, &end, 0);
         if (end == v || *end != '\0' || errno == ERANGE || v[0] == '-')
             return cli_usage_error("--seed needs a non-negative integer, got '%s'", v);
+        /* One seed for the run's randomness: the selection's draws and the randomized SVD. */
         p->select.seed = (uint64_t)s;
+        p->scorer.seed = (uint64_t)s;
+        a->seed_given = 1;
         break;
     }
     case O_TARGETS: return parse_targets(a, v);
@@ -168,6 +194,11 @@ static int set_opt(args *a, enum opt_id id, const char *opt, const char *v)
     case O_ALPHA: return parse_double(opt, v, &p->alpha);
     case O_MASK: p->mask_path = v; break;
     case O_MASK_OUT: p->mask_out_path = v; break;
+    case O_SCORER: return cli_scorer_set(&a->sc, opt, v);
+    case O_IN_PLACE: a->in_place = 1; break;
+    case O_WAIT: a->ip.wait = 1; break;
+    case O_FOLLOW_LINKS: a->ip.follow_links = 1; break;
+    case O_DRY_RUN: a->ip.dry_run = 1; break;
     }
     return 0;
 }
@@ -176,9 +207,16 @@ static int parse_args(int argc, char **argv, int cmd, const char *cname, args *a
 {
     memset(a, 0, sizeof *a);
     a->p = NLSR_REALIGN_PARAMS_DEFAULT;
+    a->sc.sp = &a->p.scorer;
     a->io = NLSR_IO_AUTO;
+    a->ip = NLSR_INPLACE_PARAMS_DEFAULT;
+    if (!(a->dirs = calloc((size_t)argc + 1, sizeof *a->dirs))) return cli_usage_error("out of memory");
     for (int i = 0; i < argc; i++) {
         const char *arg = argv[i], *val = NULL;
+        if (cmd == C_APPLY && (arg[0] != '-' || !arg[1])) {
+            a->dirs[a->ndirs++] = arg; /* apply --in-place DIR... (checked by cmd_apply) */
+            continue;
+        }
         size_t L = strlen(arg);
         const char *eq = strchr(arg, '=');
         if (eq && arg[0] == '-') L = (size_t)(eq - arg);
@@ -202,11 +240,12 @@ static int parse_args(int argc, char **argv, int cmd, const char *cname, args *a
         int rc = set_opt(a, o->id, o->name, val);
         if (rc) return rc;
     }
-    return 0;
+    return cli_scorer_finish(&a->sc);
 }
 
 static void args_free(args *a)
 {
+    free(a->dirs);
     free(a->targets_buf);
     free(a->targets);
 }
@@ -234,12 +273,64 @@ static int run_job(int cmd, args *a)
     return status;
 }
 
+/* --in-place: checks of the options, then the per-checkpoint loop of cmd_rollback.c. */
+static int inplace_job(int cmd, args *a)
+{
+    const char *name = cmd == C_RUN ? "run" : "apply";
+    if (a->out) return cli_usage_error("%s --in-place writes into the checkpoint: drop --out", name);
+    if (a->finetuned) a->dirs[a->ndirs++] = a->finetuned;
+    if (a->ndirs == 0)
+        return cli_usage_error("%s --in-place needs the checkpoint folder%s", name,
+                               cmd == C_RUN ? " (--finetuned DIR)" : "s (DIR... or --finetuned DIR)");
+    if (cmd == C_RUN && a->ndirs > 1)
+        return cli_usage_error("run --in-place takes one checkpoint; sweep a store with prepare "
+                               "once and apply --in-place DIR...");
+    if (a->p.report_path && a->ndirs > 1)
+        return cli_usage_error("--report takes one checkpoint; --json summarizes a sweep");
+    cli_inplace c;
+    memset(&c, 0, sizeof c);
+    c.op = cmd == C_RUN ? CLI_INPLACE_RUN : CLI_INPLACE_APPLY;
+    c.command = name;
+    c.base = a->base;
+    c.aligned = a->aligned;
+    c.reference = a->reference;
+    c.patches = a->patches;
+    c.dirs = a->dirs;
+    c.ndirs = a->ndirs;
+    c.p = a->p;
+    c.json = c.p.json_stdout;
+    c.p.json_stdout = 0; /* stdout carries the in-place summary */
+    c.ip = a->ip;
+    c.mem = a->mem;
+    c.have_mem = a->have_mem;
+    c.io = a->io;
+    c.quiet = a->quiet;
+    c.threads = a->threads;
+    return cli_inplace_main(&c);
+}
+
+static int inplace_only(const args *a, const char *name)
+{
+    if (a->in_place) return 0;
+    if (a->ip.wait || a->ip.follow_links || a->ip.dry_run)
+        return cli_usage_error("%s: --wait, --follow-links and --dry-run go with --in-place", name);
+    if (a->ndirs)
+        return cli_usage_error("%s: unknown option or argument '%s'", name, a->dirs[0]);
+    return 0;
+}
+
 int cmd_run(int argc, char **argv)
 {
     args a;
     int rc = parse_args(argc, argv, C_RUN, "run", &a);
     if (rc == 0 && (!a.aligned == !a.reference))
         rc = cli_usage_error("run needs exactly one of --aligned and --reference");
+    if (rc == 0 && a.in_place) {
+        rc = inplace_job(C_RUN, &a);
+        args_free(&a);
+        return rc;
+    }
+    if (rc == 0) rc = inplace_only(&a, "run");
     if (rc == 0 && (!a.finetuned || !a.out))
         rc = cli_usage_error("run needs --finetuned and --out");
     if (rc == 0) rc = run_job(C_RUN, &a);
@@ -254,6 +345,9 @@ int cmd_prepare(int argc, char **argv)
     if (rc == 0 && (!a.aligned == !a.reference))
         rc = cli_usage_error("prepare needs exactly one of --aligned and --reference");
     if (rc == 0 && !a.out) rc = cli_usage_error("prepare needs --out FILE.nlsrp");
+    if (rc == 0 && a.seed_given && a.p.scorer.kind != NLSR_SCORER_LOWRANK)
+        rc = cli_usage_error("prepare takes --seed only for --scorer lowrank (the randomized "
+                             "SVD); the selection's seed is apply's");
     if (rc == 0) rc = run_job(C_PREPARE, &a);
     args_free(&a);
     return rc;
@@ -263,6 +357,13 @@ int cmd_apply(int argc, char **argv)
 {
     args a;
     int rc = parse_args(argc, argv, C_APPLY, "apply", &a);
+    if (rc == 0 && a.in_place) {
+        rc = a.patches ? inplace_job(C_APPLY, &a)
+                       : cli_usage_error("apply --in-place needs --patches FILE");
+        args_free(&a);
+        return rc;
+    }
+    if (rc == 0) rc = inplace_only(&a, "apply");
     if (rc == 0 && (!a.patches || !a.finetuned || !a.out))
         rc = cli_usage_error("apply needs --patches, --finetuned and --out");
     if (rc == 0) rc = run_job(C_APPLY, &a);

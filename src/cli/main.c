@@ -1,5 +1,6 @@
 /* The nlsr command line. It uses the public header only. Exit status: 0 success, 1 failure
- * (bad input, I/O), 2 usage error. Every failure prints one line on stderr. */
+ * (bad input, I/O), 2 usage error; in place also 3 locked, 4 interrupted journal (roll back
+ * first), 5 a sweep with a failed checkpoint. Every failure prints one line on stderr. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,14 +23,26 @@ static void usage(FILE *f)
           "                                 steps 1-2 once per aligned model: the patches\n"
           "  apply --patches FILE --finetuned T --out DIR [options]\n"
           "                                 step 3 from prepared patches\n"
+          "  run ... --finetuned DIR --in-place, apply --patches FILE --in-place DIR...\n"
+          "        [--wait] [--follow-links] [--dry-run] [--force] [--json]\n"
+          "                                 realign checkpoint folders in place, journaled\n"
+          "  rollback DIR... [--wait] [--force | --discard-journal] [--json]\n"
+          "                                 restore the originals from the undo journal\n"
           "      options: --beta 0.9 --sparsity 0.8 --select adaptive|threshold|all|none\n"
           "               --semantics paper|authors --prune-rate 0.5 --epsilon 0.2 --seed 42\n"
           "               --tau 0.1 --targets LIST --report FILE --json -q --force\n"
-          "               --mem-budget SIZE --io auto|io_uring|pread|mmap\n"
+          "               --mem-budget SIZE --io auto|io_uring|pread|mmap --threads N\n"
+          "      step 2 scorer (run, prepare; docs/LOWRANK.md): --scorer magnitude|lowrank|wanda\n"
+          "               --rank R | --rank-fraction 1 --rank-reading paper|authors|direct\n"
+          "               --power-iters 2 --oversample 10 --exact-svd --activations FILE\n"
+          "               --wanda-select row|matrix\n"
           "  amplify --base B --aligned A --out DIR [--beta 0.9] [--force]\n"
           "                                 step 1 alone: the safety reference checkpoint\n"
           "  plan --base B --aligned A [--finetuned T] [--bandwidth R[,W]] [--json]\n"
-          "                                 print the streaming plan (units, bytes, memory, time)\n"
+          "       [--sparsity S] [scorer options, with --finetuned] [--no-time]\n"
+          "       [--measure-read]\n"
+          "                                 print the streaming plan (units, bytes, memory, time),\n"
+          "                                 or only carry out and time its reads\n"
           "  synth --preset tiny|llama-8b|llama-70b --role base|aligned|finetuned --out DIR\n"
           "        [--layers N] [--seed S] [--dtype bf16|f16|f32] [--shard-size 5G]\n"
           "                                 write a synthetic checkpoint\n"
@@ -46,6 +59,10 @@ int cli_fail(nlsr_ctx *ctx, int rc)
 {
     const char *msg = nlsr_ctx_error(ctx);
     fprintf(stderr, "nlsr: error: %s\n", msg && *msg ? msg : nlsr_strerror(rc));
+    /* In place (README "In place"): a held lock and an interrupted journal get their own
+     * statuses, so that cron jobs can tell "try later" and "roll back first" from failures. */
+    if (rc == NLSR_E_LOCKED) return 3;
+    if (rc == NLSR_E_JOURNAL) return 4;
     return rc == NLSR_E_USAGE ? 2 : 1;
 }
 
@@ -129,6 +146,7 @@ static const struct {
     {"run", cmd_run},
     {"prepare", cmd_prepare},
     {"apply", cmd_apply},
+    {"rollback", cmd_rollback},
     {"amplify", cmd_amplify},
     {"synth", cmd_synth},
     {"plan", cmd_plan},

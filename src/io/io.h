@@ -21,7 +21,7 @@
  * Fault injection for tests: NLSR_IO_FAULT=uring-setup makes io_uring setup fail with ENOSYS,
  * NLSR_IO_FAULT=uring-einval makes the first io_uring completion fail with EINVAL,
  * NLSR_IO_FAULT=pread-setup makes the thread pool fail to start (several: comma-separated).
- * NLSR_IO_DIRECT=0 turns O_DIRECT off everywhere. */
+ * NLSR_IO_DIRECT=0 turns O_DIRECT off everywhere, NLSR_IO_DIRECT=1 forces it even for cached files. */
 #ifndef NLSR_IO_IO_H
 #define NLSR_IO_IO_H
 
@@ -46,6 +46,8 @@ typedef struct nlsr_io_req {
                             end of the file, so a read stops early once `need` bytes are in */
     uint64_t off;
     int buf_index;       /* registered buffer holding buf (io_uring), or -1 */
+    int async;           /* io_uring: always hand to a worker thread (buffered reads of cached
+                            data would otherwise be copied on the submitting thread) */
     void *user;          /* the caller's */
     /* set on completion */
     int res;             /* 0, or -errno of the first failure */
@@ -86,12 +88,17 @@ void nlsr_io_transfer_sync(nlsr_io_req *r);
 void nlsr_io_say_fallback(const char *what, nlsr_io_kind from, nlsr_io_kind to, const char *why,
                           int quiet);
 
-/* 1 unless NLSR_IO_DIRECT=0. */
+/* O_DIRECT policy: 0 never (NLSR_IO_DIRECT=0), 2 always (NLSR_IO_DIRECT=1, even for files
+ * already in the page cache), 1 otherwise (files mostly cached are read buffered). */
 int nlsr_io_direct_enabled(void);
 /* Opens path with O_DIRECT for reading (write = 0) or for writing an existing file
  * (write = 1). Returns the descriptor, or -errno (-EINVAL where the file system refuses
  * O_DIRECT, as tmpfs does). */
 int nlsr_io_open_direct(const char *path, int write);
+/* Fraction (0..1) of bytes [off, off+len) of fd in the page cache, from cachestat(2) (Linux
+ * 6.5+); -1 where the kernel cannot say. A file mostly cached is better read buffered: O_DIRECT
+ * would go to the disk for data already in memory. */
+double nlsr_io_cached_fraction(int fd, uint64_t off, uint64_t len);
 /* Test hook: the value of NLSR_IO_FAULT ("" if unset). */
 const char *nlsr_io_fault(void);
 
@@ -107,6 +114,10 @@ typedef struct nlsr_io_map {
  * proceeds while the caller computes on earlier windows. */
 int nlsr_io_map_read(int fd, uint64_t off, size_t len, int willneed, nlsr_io_map *m,
                      const unsigned char **data, const char *path, nlsr_err *e);
+/* Maps the whole window into the page tables now (MADV_POPULATE_READ, Linux 5.14+), waiting
+ * for data still being read: one call instead of a page fault every few pages when the caller
+ * walks it. A hint: failures do not matter. */
+void nlsr_io_map_populate(const nlsr_io_map *m);
 /* Maps bytes [off, off+len) of fd read-write and shared; off must be page-aligned. */
 int nlsr_io_map_write(int fd, uint64_t off, size_t len, nlsr_io_map *m, unsigned char **data,
                       const char *path, nlsr_err *e);

@@ -47,6 +47,9 @@ static int prep(nlsr_io *io, nlsr_io_req *r)
         else io_uring_prep_write(sqe, r->fd, p, n, off);
     }
     io_uring_sqe_set_data(sqe, r);
+    /* A buffered read of cached data would otherwise be copied inline by io_uring_enter on
+     * the caller's thread; punted to io_uring's workers it overlaps the caller's compute. */
+    if (r->async) sqe->flags |= IOSQE_ASYNC;
     io->queued++;
     return 0;
 }

@@ -227,6 +227,7 @@ static int run_plan(amp_run *R)
     const nlsr_unit *u;
     const unsigned char *const *data;
     while (rc == 0 && (rc = nlsr_stream_next(st, &u, &data)) == 1) {
+        rc = 0;
         const nlsr_plan_unit *in = &P->info[u->tag];
         rc = advance_to(R, in->shard);
         if (rc < 0) break;

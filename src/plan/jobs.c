@@ -13,6 +13,7 @@
 #include "../common/ctx.h"
 #include "../io/file.h"
 #include "../io/patchfile.h"
+#include "inplace.h"
 #include "realign_full.h"
 #include "report.h"
 
@@ -136,6 +137,7 @@ int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const 
     const char *inputs[2] = {patches, finetuned};
     int rc = nlsr_pf_open(ctx, patches, &pf);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
+    if (rc == 0) rc = nlsr_inplace_check_input(ctx, finetuned);
     if (rc < 0) goto done;
     if (strcmp(pf->kind, "lora") == 0) {
         nlsr_pf_close(pf);
@@ -197,6 +199,7 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     const char *inputs[3] = {base, srcp, finetuned};
     int rc = open_pair(ctx, base, srcp, &B, &S);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
+    if (rc == 0) rc = nlsr_inplace_check_input(ctx, finetuned);
     if (rc < 0) goto done;
     int s_peft = nlsr_ckpt_get_kind(S) == NLSR_CKPT_PEFT;
     if (s_peft != (nlsr_ckpt_get_kind(T) == NLSR_CKPT_PEFT)) {
@@ -242,6 +245,8 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
         free(tmp);
         tmp = NULL;
         rep.summary.patch_bytes = prep_rep.summary.patch_bytes;
+        rep.summary.module_passes = prep_rep.summary.module_passes;
+        rep.summary.module_disk_passes = prep_rep.summary.module_disk_passes;
         rep.summary.model_bytes = prep_rep.summary.model_bytes;
         rc = nlsr_report_emit(&rep, ctx, &used);
     }

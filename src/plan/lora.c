@@ -285,6 +285,16 @@ static int check_params(nlsr_ctx *ctx, const nlsr_realign_params *p)
                  "sparsity must be in [0, 1], got %g", p->sparsity);
     NLSR_FAIL_IF(p->amplify != NLSR_AMPLIFY_PAPER && p->amplify != NLSR_AMPLIFY_AUTHORS, e,
                  NLSR_E_USAGE, "unknown LoRA amplification mode %d", (int)p->amplify);
+    /* The low-rank and Wanda scorers act on a module's delta B A and its input activations;
+     * per factor they would mean something else (B's input is A X), so adapters keep the
+     * magnitude rule or take masks made elsewhere (docs/LOWRANK.md). */
+    NLSR_FAIL_IF(p->scorer.kind != NLSR_SCORER_MAGNITUDE || p->scorer.activations, e,
+                 NLSR_E_USAGE,
+                 "the %s scorer is for full-weight checkpoints; LoRA adapters use the magnitude "
+                 "rule or --mask FILE (e.g. masks from the authors' activation-based scorer)",
+                 p->scorer.kind == NLSR_SCORER_LOWRANK ? "lowrank"
+                 : p->scorer.kind == NLSR_SCORER_WANDA ? "wanda"
+                                                       : "magnitude (with activations)");
     return 0;
 }
 

@@ -16,6 +16,7 @@
 #include "../io/io.h"
 #include "../io/io_sink.h"
 #include "progress.h"
+#include "scorer.h"
 #include "targets.h"
 
 /* A unit's bytes are capped so that reads of the next units start early and a budget holds
@@ -785,18 +786,15 @@ static char *parent_dir(const char *path)
     return d;
 }
 
-int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
-                    const nlsr_realign_params *params, double read_bw, double write_bw,
-                    const char *probe_dir, int json, FILE *out)
+/* Opens the inputs and builds the plan of amplify (finetuned NULL) or run. */
+static int open_and_plan(nlsr_ctx *ctx, const char *base, const char *aligned,
+                         const char *finetuned, const nlsr_realign_params *pp,
+                         nlsr_ckpt *ck[NLSR_PLAN_MAX_CK], nlsr_plan *plan)
 {
     nlsr_err *e = &ctx->err;
-    nlsr_realign_params p = params ? *params : NLSR_REALIGN_PARAMS_DEFAULT;
+    nlsr_realign_params p = pp ? *pp : NLSR_REALIGN_PARAMS_DEFAULT;
     NLSR_FAIL_IF(!base || !aligned, e, NLSR_E_USAGE, "plan needs --base and --aligned");
-    nlsr_ckpt *ck[NLSR_PLAN_MAX_CK] = {NULL, NULL, NULL};
     const char *paths[NLSR_PLAN_MAX_CK] = {base, aligned, finetuned};
-    nlsr_plan plan;
-    memset(&plan, 0, sizeof plan);
-    char *pdir = NULL;
     int rc = 0;
     for (int k = 0; k < NLSR_PLAN_MAX_CK && rc == 0; k++)
         if (paths[k]) rc = nlsr_ckpt_open(ctx, paths[k], &ck[k]);
@@ -806,9 +804,9 @@ int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const 
                            "%s: is a PEFT adapter; plans are for full checkpoints (adapters are "
                            "read whole)",
                            paths[k]);
-    if (rc < 0) goto done;
+    if (rc < 0) return rc;
     if (!finetuned) {
-        rc = nlsr_plan_amplify(ctx, ck[0], ck[1], &p, &plan);
+        rc = nlsr_plan_amplify(ctx, ck[0], ck[1], &p, plan);
     } else {
         /* The I/O of `run`: base, aligned and fine-tuned rows of every target module streamed
          * together, every other tensor copied from the fine-tuned checkpoint, the output shaped
@@ -828,8 +826,22 @@ int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const 
         j.targets = p.targets;
         j.ntargets = p.ntargets;
         j.budget = ctx->budget.limit;
-        rc = nlsr_plan_build(ctx, &j, &plan);
+        rc = nlsr_plan_build(ctx, &j, plan);
     }
+    return rc;
+}
+
+int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
+                    const nlsr_realign_params *params, double read_bw, double write_bw,
+                    const char *probe_dir, int json, FILE *out)
+{
+    nlsr_err *e = &ctx->err;
+    nlsr_realign_params p = params ? *params : NLSR_REALIGN_PARAMS_DEFAULT;
+    nlsr_ckpt *ck[NLSR_PLAN_MAX_CK] = {NULL, NULL, NULL};
+    nlsr_plan plan;
+    memset(&plan, 0, sizeof plan);
+    char *pdir = NULL;
+    int rc = open_and_plan(ctx, base, aligned, finetuned, &p, ck, &plan);
     if (rc < 0) goto done;
     const char *src = "given";
     double *rp = read_bw == 0 ? &read_bw : NULL, *wp = write_bw == 0 ? &write_bw : NULL;
@@ -842,10 +854,49 @@ int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const 
     }
     if (read_bw < 0) read_bw = 0;
     if (write_bw < 0) write_bw = 0;
-    rc = nlsr_plan_print_to(&plan, read_bw, write_bw, src, json, out);
+    /* A run's plan with the lowrank or wanda scorer also shows the scorer's passes and memory. */
+    if (finetuned && p.scorer.kind != NLSR_SCORER_MAGNITUDE)
+        rc = nlsr_scorer_plan_print(ctx, &plan, ck[1], &p, read_bw, write_bw, src, json, out);
+    else
+        rc = nlsr_plan_print_to(&plan, read_bw, write_bw, src, json, out);
     if (rc < 0) nlsr_fail(e, rc, "plan: cannot print: %s", strerror(-rc));
 done:
     free(pdir);
+    nlsr_plan_free(&plan);
+    for (int k = 0; k < NLSR_PLAN_MAX_CK; k++) nlsr_ckpt_free(ck[k]);
+    return rc;
+}
+
+int nlsr_plan_read(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
+                   const nlsr_realign_params *params)
+{
+    nlsr_ckpt *ck[NLSR_PLAN_MAX_CK] = {NULL, NULL, NULL};
+    nlsr_plan plan;
+    memset(&plan, 0, sizeof plan);
+    nlsr_stream *st = NULL;
+    int rc = open_and_plan(ctx, base, aligned, finetuned, params, ck, &plan);
+    if (rc == 0) rc = nlsr_stream_open(ctx, plan.units, plan.nunits, plan.depth, &st);
+    nlsr_progress pr;
+    uint64_t total = 0;
+    for (int k = 0; k < NLSR_PLAN_MAX_CK; k++) total += plan.read_bytes[k];
+    nlsr_progress_start(&pr, ctx, "read", total);
+    const nlsr_unit *u;
+    const unsigned char *const *data;
+    volatile unsigned sink = 0;
+    while (rc == 0 && (rc = nlsr_stream_next(st, &u, &data)) == 1) {
+        rc = 0;
+        /* Touch every page, as a job would: with mmap nothing is read otherwise. */
+        unsigned acc = 0;
+        for (int k = 0; k < u->nspans; k++) {
+            uint64_t n = nlsr_span_bytes(&u->span[k]);
+            for (uint64_t i = 0; i < n; i += 4096) acc += data[k][i];
+            nlsr_progress_add(&pr, n);
+        }
+        sink += acc;
+    }
+    nlsr_progress_end(&pr);
+    if (st) ctx->io_used = nlsr_stream_backend(st);
+    nlsr_stream_close(st);
     nlsr_plan_free(&plan);
     for (int k = 0; k < NLSR_PLAN_MAX_CK; k++) nlsr_ckpt_free(ck[k]);
     return rc;

@@ -24,6 +24,8 @@
 #include "../compute/selection.h"
 #include "../compute/similarity.h"
 #include "../io/file.h"
+#include "../io/journal.h"
+#include "scorer.h"
 #include "stream.h"
 #include "targets.h"
 
@@ -262,6 +264,10 @@ int nlsr_full_patch_params(nlsr_ctx *ctx, const nlsr_pf_reader *pf, nlsr_realign
     const cJSON *tg = cJSON_GetObjectItemCaseSensitive(par, "targets");
     NLSR_FAIL_IF(!cJSON_IsNumber(beta) || !cJSON_IsNumber(sp) || !cJSON_IsArray(tg), e,
                  NLSR_E_FORMAT, "%s: header lacks params (beta, sparsity, targets)", pf->path);
+    /* The scorer step 2 used, for the report (absent in files from before scorers: magnitude). */
+    nlsr_scorer_params scorer;
+    NLSR_FORWARD(nlsr_scorer_params_from_json(cJSON_GetObjectItemCaseSensitive(par, "scorer"),
+                                              &scorer, pf->path, e));
     size_t n = (size_t)cJSON_GetArraySize(tg);
     const char **v = calloc(n ? n : 1, sizeof *v);
     NLSR_FAIL_IF(!v, e, -ENOMEM, "out of memory");
@@ -285,6 +291,7 @@ int nlsr_full_patch_params(nlsr_ctx *ctx, const nlsr_pf_reader *pf, nlsr_realign
     }
     p->beta = beta->valuedouble;
     p->sparsity = sp->valuedouble;
+    p->scorer = scorer;
     p->targets = v;
     p->ntargets = n;
     *names = v;
@@ -308,6 +315,8 @@ typedef struct prep {
     size_t scratch_bytes;
     nlsr_xxh64_state fp_base, fp_src;
     nlsr_pf_writer *w;
+    nlsr_acts *acts;           /* --activations, for the lowrank and wanda scorers */
+    uint64_t passes, disk_passes; /* module passes reading base + aligned; of them from disk */
 } prep;
 
 typedef struct pmod {
@@ -327,7 +336,14 @@ typedef struct pmod {
     float *cands;              /* pass 2 candidates */
     uint64_t ncand, cand_cap;
     uint64_t mask_count;
+    nlsr_scorer *sc;           /* lowrank or wanda scorer (scorer.h); NULL: magnitude */
+    int feeding;               /* the scorer's SVD passes are not over yet */
 } pmod;
+
+/* Module passes. Magnitude: FIRST (validate, hash, cache, histogram), CAND, MASK. With the
+ * low-rank SVD: FIRST (validate, hash, cache, feed) and FEED until the SVD is done, then HIST
+ * and CAND (which read nothing: the scores come from U_r and P), then MASK. */
+enum { PASS_FIRST = 1, PASS_CAND = 2, PASS_MASK = 3, PASS_FEED = 4, PASS_HIST = 5 };
 
 static int nonfinite_fail(nlsr_ctx *ctx, const char *file, const char *tensor, uint64_t el,
                           float v, const char *what)
@@ -399,10 +415,11 @@ static void fp_tensor_head(nlsr_xxh64_state *h, const st_tensor *t)
     }
 }
 
+/* araw / braw are NULL in the passes that read nothing (the scorer's scores need no input). */
 static int block_pass(prep *P, pmod *M, uint64_t first, size_t cnt, const unsigned char *araw,
                       const unsigned char *braw)
 {
-    if (M->pass == 1) {
+    if (M->pass == PASS_FIRST) {
         nlsr_xxh64_update(&P->fp_src, araw, cnt * M->asz);
         nlsr_xxh64_update(&P->fp_base, braw, cnt * M->bsz);
         if (M->cache_a) {
@@ -410,11 +427,22 @@ static int block_pass(prep *P, pmod *M, uint64_t first, size_t cnt, const unsign
             memcpy(M->cache_b + first * M->bsz, braw, cnt * M->bsz);
         }
         NLSR_FORWARD(compute_block(P, M, first, cnt, araw, braw, 1));
+    } else if (araw) {
+        NLSR_FORWARD(compute_block(P, M, first, cnt, araw, braw, 0));
+    }
+    if (M->sc) {
+        /* The delta W = e_s - b goes to fa (free after compute_block), the scores to fs. */
+        if (araw) nlsr_scorer_delta(P->fe, P->fb, P->fa, cnt);
+        if (M->feeding) return nlsr_scorer_feed(M->sc, first, cnt, P->fa);
+        NLSR_FORWARD(nlsr_scorer_scores(M->sc, first, cnt, araw ? P->fa : NULL, P->fs));
+    }
+    if (M->pass == PASS_FIRST || M->pass == PASS_HIST) {
+        if (M->sc && nlsr_scorer_per_row(M->sc))
+            return nlsr_scorer_row_add(M->sc, first, cnt, P->fs);
         nlsr_kth_hist_add(P->hist, P->fs, cnt);
         return 0;
     }
-    NLSR_FORWARD(compute_block(P, M, first, cnt, araw, braw, 0));
-    if (M->pass == 2) {
+    if (M->pass == PASS_CAND) {
         for (size_t j = 0; j < cnt; j++) {
             if (nlsr_kth_bucket_of(P->fs[j]) != M->bucket) continue;
             if (M->cands) {
@@ -429,9 +457,11 @@ static int block_pass(prep *P, pmod *M, uint64_t first, size_t cnt, const unsign
         return 0;
     }
     /* Pass 3: the mask (strictly above the threshold) and the values under it. */
+    const float *rthr = M->sc ? nlsr_scorer_row_thresholds(M->sc) : NULL;
+    uint64_t in = M->ts->ndim == 2 ? M->ts->shape[1] : 1;
     size_t m = 0;
     for (size_t j = 0; j < cnt; j++) {
-        if (!(P->fs[j] > M->thr)) continue;
+        if (!(P->fs[j] > (rthr ? rthr[(first + j) / in] : M->thr))) continue;
         P->idx[m] = first + j;
         memcpy(P->refm + m * M->asz, P->esraw + j * M->asz, M->asz);
         memcpy(P->basem + m * M->bsz, braw + j * M->bsz, M->bsz);
@@ -441,20 +471,25 @@ static int block_pass(prep *P, pmod *M, uint64_t first, size_t cnt, const unsign
     return nlsr_pf_writer_block(P->w, first, cnt, P->idx, m, P->refm, P->basem);
 }
 
-/* One pass over the module's blocks, from the cache or streamed. */
+/* One pass over the module's blocks, from the cache or streamed, or reading nothing when the
+ * scorer computes the scores from what it holds. */
 static int module_pass(prep *P, pmod *M, int pass)
 {
     M->pass = pass;
     if (M->nunits == 0) return 0; /* an empty tensor */
-    if (M->cache_a && pass > 1) {
+    int nodata = M->sc && !nlsr_scorer_needs_delta(M->sc) &&
+                 (pass == PASS_HIST || pass == PASS_CAND);
+    if (!nodata) P->passes++;
+    if (nodata || (M->cache_a && pass != PASS_FIRST)) {
         for (size_t u = 0; u < M->nunits; u++) {
             uint64_t first = M->units[u].span[0].first;
             size_t cnt = (size_t)M->units[u].span[0].count;
-            NLSR_FORWARD(block_pass(P, M, first, cnt, M->cache_a + first * M->asz,
-                                    M->cache_b + first * M->bsz));
+            NLSR_FORWARD(block_pass(P, M, first, cnt, nodata ? NULL : M->cache_a + first * M->asz,
+                                    nodata ? NULL : M->cache_b + first * M->bsz));
         }
         return 0;
     }
+    P->disk_passes++;
     nlsr_stream *s = NULL;
     NLSR_FORWARD(nlsr_stream_open(P->ctx, M->units, M->nunits, STREAM_DEPTH, &s));
     int rc;
@@ -474,6 +509,8 @@ static void pmod_release(prep *P, pmod *M)
     nlsr_budget_free(b, M->cache_a, M->n * M->asz);
     nlsr_budget_free(b, M->cache_b, M->n * M->bsz);
     nlsr_budget_free(b, M->cands, M->cand_cap * sizeof(float));
+    nlsr_scorer_free(M->sc);
+    M->sc = NULL;
     free(M->units);
     M->cache_a = M->cache_b = NULL;
     M->cands = NULL;
@@ -502,6 +539,13 @@ static int prep_module(prep *P, pmod *M, nlsr_report *rep)
         M->units[u].span[1] = (nlsr_span){P->base, M->ib, first, cnt};
         M->units[u].tag = u;
     }
+    /* Step 2's scorer other than magnitude (the empty mask needs none). It takes its memory
+     * before the cache is decided. */
+    if (P->p->scorer.kind != NLSR_SCORER_MAGNITUDE && M->k < M->n) {
+        rc = nlsr_scorer_begin(ctx, P->p, P->acts, M->ts->name, (size_t)M->ts->shape[0],
+                               (size_t)M->ts->shape[1], &M->sc);
+        if (rc < 0) goto done;
+    }
     /* Cache the module's raw bytes when they take at most half of what the budget has left:
      * passes 2 and 3 then read nothing. */
     M->cache_bytes = M->n * (M->asz + M->bsz);
@@ -516,10 +560,28 @@ static int prep_module(prep *P, pmod *M, nlsr_report *rep)
     fp_tensor_head(&P->fp_src, M->ts);
     fp_tensor_head(&P->fp_base, M->tb);
     memset(P->hist, 0, NHIST * sizeof *P->hist);
-    rc = module_pass(P, M, 1);
+    if (M->sc && nlsr_scorer_passes_left(M->sc) > 0) {
+        /* The SVD's passes over W (the first one validates, hashes and caches), then the
+         * histogram of the projection's scores. */
+        M->feeding = 1;
+        for (int pass = PASS_FIRST; rc == 0 && nlsr_scorer_passes_left(M->sc) > 0;
+             pass = PASS_FEED) {
+            rc = nlsr_scorer_pass_begin(M->sc);
+            if (rc == 0)
+                rc = nlsr_scorer_can_replay(M->sc) ? nlsr_scorer_replay(M->sc)
+                                                   : module_pass(P, M, pass);
+            if (rc == 0) rc = nlsr_scorer_pass_end(M->sc);
+        }
+        M->feeding = 0;
+        if (rc == 0) rc = module_pass(P, M, PASS_HIST);
+    } else {
+        rc = module_pass(P, M, PASS_FIRST);
+    }
     if (rc < 0) goto done;
     if (M->k >= M->n) {
         M->thr = INFINITY; /* k >= n: the empty mask (no finite score is above +inf) */
+    } else if (M->sc && nlsr_scorer_per_row(M->sc)) {
+        M->thr = NAN; /* per-row thresholds (wanda): nlsr_scorer_row_thresholds */
     } else {
         nlsr_kth_hist_pick(P->hist, M->k, &M->bucket, &M->below);
         uint64_t nc = P->hist[M->bucket];
@@ -531,7 +593,7 @@ static int prep_module(prep *P, pmod *M, nlsr_report *rep)
         } else {
             memset(P->hist2, 0, NHIST * sizeof *P->hist2);
         }
-        rc = module_pass(P, M, 2);
+        rc = module_pass(P, M, PASS_CAND);
         if (rc < 0) goto done;
         if (M->cands) {
             if (M->ncand != nc) {
@@ -559,7 +621,7 @@ static int prep_module(prep *P, pmod *M, nlsr_report *rep)
             rc = nlsr_pf_writer_block(P->w, M->units[u].span[0].first, M->units[u].span[0].count,
                                       NULL, 0, NULL, P->basem);
     } else {
-        rc = module_pass(P, M, 3);
+        rc = module_pass(P, M, PASS_MASK);
     }
     if (rc == 0) rc = nlsr_pf_writer_end_tensor(P->w);
     if (rc == 0) rc = nlsr_pf_writer_end_module(P->w);
@@ -636,6 +698,9 @@ static cJSON *header_extra(const prep *P, uint64_t *model_bytes)
     size_t nn = p->targets ? p->ntargets : NLSR_NTARGET_NAMES;
     for (size_t i = 0; i < nn; i++) cJSON_AddItemToArray(tg, cJSON_CreateString(names[i]));
     cJSON_AddNumberToObject(par, "block_elems", (double)P->blk);
+    cJSON *scp = nlsr_scorer_params_json(&p->scorer);
+    if (!scp) goto oom;
+    cJSON_AddItemToObject(par, "scorer", scp);
     if (!(src = cJSON_AddObjectToObject(x, "sources"))) goto oom;
     cJSON *b = source_json(P->base, &P->fp_base), *s = source_json(P->src, &P->fp_src);
     if (!b || !s) {
@@ -695,6 +760,16 @@ int nlsr_full_prepare(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src
     nlsr_xxh64_init(&P.fp_src, 0);
     cJSON *extra = NULL;
     rc = prep_alloc_scratch(&P);
+    /* The scorer's parameters, its activations file (names and widths against the model) and
+     * every module's rank and memory are checked before anything is written. */
+    if (rc == 0) rc = nlsr_scorer_check_params(ctx, &p->scorer);
+    if (rc == 0 && p->scorer.kind != NLSR_SCORER_MAGNITUDE) {
+        if (p->scorer.activations)
+            rc = nlsr_acts_open(ctx, p->scorer.activations, src, p, &P.acts);
+        if (rc == 0)
+            rc = nlsr_scorer_check_modules(ctx, src, p, P.acts,
+                                           STREAM_DEPTH * (P.blk * 16 + 4 * 4096));
+    }
     if (rc == 0) rc = nlsr_pf_writer_open(ctx, out_file, "full", &P.w);
     /* Module order: the source's target names, sorted; check_sources made sure base has each. */
     for (size_t j = 0; j < src->n && rc == 0; j++) {
@@ -721,9 +796,12 @@ int nlsr_full_prepare(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src
     if (rc == 0 && rep) {
         rep->summary.patch_bytes = file_bytes;
         rep->summary.model_bytes = model_bytes;
+        rep->summary.module_passes = P.passes;
+        rep->summary.module_disk_passes = P.disk_passes;
     }
     cJSON_Delete(extra);
     nlsr_pf_writer_abort(P.w);
+    nlsr_acts_free(P.acts);
     prep_free_scratch(&P);
     return rc;
 }
@@ -747,6 +825,10 @@ typedef struct apply_ctx {
     /* pass 2 */
     int *fds;
     char **dst;
+    /* In place (nlsr_full_apply_journal): writes go through the undo journal, whose file ids
+     * are the shard indexes; jn_mod is the module of the batch being staged. */
+    nlsr_journal *jn;
+    size_t jn_mod;
 } apply_ctx;
 
 static int apply_units(apply_ctx *A, const int *only, nlsr_unit **units, size_t *nunits)
@@ -857,9 +939,17 @@ static int write_block(apply_ctx *A, size_t mi, size_t bi, const unsigned char *
     nlsr_from_f32(t->dtype, A->em, A->conv, v.m);
     for (size_t j = 0; j < v.m; j++)
         memcpy(A->outraw + (v.idx[j] - first) * tsz, A->conv + j * tsz, tsz);
-    NLSR_FORWARD(nlsr_pwrite_all(A->fds[sh], A->outraw, cnt * tsz,
-                                 ft->shards[sh]->data_start + t->begin + first * tsz, A->dst[sh],
-                                 &ctx->err));
+    uint64_t off = ft->shards[sh]->data_start + t->begin + first * tsz;
+    if (A->jn) {
+        /* In place: raw is the range's current content, journaled before it is overwritten;
+         * one batch (one fsync pair) per tensor. The journal counts the bytes. */
+        if (A->jn_mod != mi) {
+            NLSR_FORWARD(nlsr_journal_flush(A->jn));
+            A->jn_mod = mi;
+        }
+        return nlsr_journal_stage(A->jn, sh, off, raw, A->outraw, cnt * tsz, tsz);
+    }
+    NLSR_FORWARD(nlsr_pwrite_all(A->fds[sh], A->outraw, cnt * tsz, off, A->dst[sh], &ctx->err));
     ctx->bytes_written += cnt * tsz;
     return 0;
 }
@@ -886,7 +976,8 @@ static int apply_write(apply_ctx *A, const nlsr_report *rep, const char *out_dir
     }
     for (size_t k = 0; k < ft->nshards; k++) A->fds[k] = -1;
     for (size_t i = 0; i < pf->nmodules; i++) only[i] = rep->m[i].patched;
-    for (size_t k = 0; k < ft->nshards && rc == 0; k++) {
+    /* In place there is no copy: the journal holds the shards open for writing. */
+    for (size_t k = 0; k < ft->nshards && rc == 0 && !A->jn; k++) {
         if (!(A->dst[k] = nlsr_path_join(out_dir, ft->shard_names[k]))) {
             rc = nlsr_fail(e, -ENOMEM, "out of memory");
             break;
@@ -894,7 +985,7 @@ static int apply_write(apply_ctx *A, const nlsr_report *rep, const char *out_dir
         rc = nlsr_copy_file(ft->shards[k]->path, A->dst[k], e);
         if (rc == 0) ctx->bytes_written += ft->shards[k]->file_size;
     }
-    for (size_t i = 0; i < pf->nmodules && rc == 0; i++) {
+    for (size_t i = 0; i < pf->nmodules && rc == 0 && !A->jn; i++) {
         uint32_t sh = ft->t[A->ti[i]].shard;
         if (!only[i] || A->fds[sh] >= 0) continue;
         A->fds[sh] = open(A->dst[sh], O_WRONLY | O_CLOEXEC);
@@ -920,6 +1011,7 @@ static int apply_write(apply_ctx *A, const nlsr_report *rep, const char *out_dir
             rc = write_block(A, A->umod[u->tag], A->ublk[u->tag], data[0]);
         nlsr_stream_close(s);
     }
+    if (rc == 0 && A->jn) rc = nlsr_journal_flush(A->jn);
     for (size_t k = 0; k < ft->nshards; k++) {
         if (A->fds[k] < 0) continue;
         if (rc == 0 && fsync(A->fds[k]) != 0)
@@ -927,7 +1019,7 @@ static int apply_write(apply_ctx *A, const nlsr_report *rep, const char *out_dir
         close(A->fds[k]);
     }
     /* Side files (index, config, tokenizer ...) come along unless the input was a lone file. */
-    if (rc == 0 && nlsr_is_dir(ft->path) == 1)
+    if (rc == 0 && !A->jn && nlsr_is_dir(ft->path) == 1)
         rc = nlsr_copy_side_files(ctx, ft->dir, out_dir, ft->shard_names, ft->nshards);
 done:
     free(units);
@@ -941,8 +1033,9 @@ done:
     return rc;
 }
 
-int nlsr_full_apply(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, const char *out_dir,
-                    const nlsr_realign_params *p, const nlsr_full_tuning *tune,
+/* Step 3 into out_dir (jn NULL) or in place through the journal jn (out_dir NULL). */
+static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, const char *out_dir,
+                    nlsr_journal *jn, const nlsr_realign_params *p, const nlsr_full_tuning *tune,
                     nlsr_report *rep)
 {
     nlsr_err *e = &ctx->err;
@@ -953,6 +1046,8 @@ int nlsr_full_apply(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
     A.ctx = ctx;
     A.pf = pf;
     A.ft = ft;
+    A.jn = jn;
+    A.jn_mod = SIZE_MAX;
     A.ti = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *A.ti);
     A.cache_off = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *A.cache_off);
     if (!A.ti || !A.cache_off) {
@@ -996,6 +1091,20 @@ int nlsr_full_apply(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
     free(A.ti);
     free(A.cache_off);
     return rc;
+}
+
+int nlsr_full_apply(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, const char *out_dir,
+                    const nlsr_realign_params *p, const nlsr_full_tuning *tune,
+                    nlsr_report *rep)
+{
+    return apply_to(ctx, pf, ft, out_dir, NULL, p, tune, rep);
+}
+
+int nlsr_full_apply_journal(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft,
+                            nlsr_journal *jn, const nlsr_realign_params *p,
+                            const nlsr_full_tuning *tune, nlsr_report *rep)
+{
+    return apply_to(ctx, pf, ft, NULL, jn, p, tune, rep);
 }
 
 /* ---- output folders ---------------------------------------------------------------------- */

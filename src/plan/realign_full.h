@@ -73,6 +73,16 @@ int nlsr_full_apply(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
                     const nlsr_realign_params *p, const nlsr_full_tuning *tune,
                     nlsr_report *rep);
 
+/* Step 3 in place: the same as nlsr_full_apply, but the patched tensors' bytes are overwritten
+ * in ft's own shards through the undo journal `jn` (src/io/journal.h), in which the caller has
+ * registered ft's shards in shard order (file id = shard index). Only the bytes of patched
+ * tensors are written; the journal is flushed but not synced or completed (the caller does
+ * both, see src/plan/inplace.c). */
+struct nlsr_journal;
+int nlsr_full_apply_journal(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft,
+                            struct nlsr_journal *jn, const nlsr_realign_params *p,
+                            const nlsr_full_tuning *tune, nlsr_report *rep);
+
 /* ---- output folders (shared with the LoRA jobs) ------------------------------------------ */
 
 /* Refuses an output that would land on an input: the same path, an input inside it, or it

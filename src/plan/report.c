@@ -17,6 +17,7 @@
 #include "../common/ctx.h"
 #include "../compute/selection.h"
 #include "../io/file.h"
+#include "scorer.h"
 
 static double now_seconds(void)
 {
@@ -171,6 +172,11 @@ int nlsr_report_json(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_par
                                 p->amplify == NLSR_AMPLIFY_PAPER ? "paper" : "authors");
         cJSON_AddItemToObject(par, "alpha", nlsr_json_number(p->alpha));
     }
+    if (strcmp(r->kind, "full") == 0) {
+        cJSON *sc = nlsr_scorer_params_json(&p->scorer);
+        if (!sc) goto oom;
+        cJSON_AddItemToObject(par, "scorer", sc);
+    }
     if (!(tg = cJSON_AddArrayToObject(par, "targets"))) goto oom;
     {
         const char *const *names = p->targets;
@@ -208,6 +214,10 @@ int nlsr_report_json(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_par
     cJSON_AddNumberToObject(sum, "peak_rss_bytes", (double)s->peak_rss_bytes);
     cJSON_AddNumberToObject(sum, "budget_peak_bytes", (double)s->budget_peak_bytes);
     cJSON_AddStringToObject(sum, "io_backend", s->io_backend ? s->io_backend : "pread");
+    if (s->module_passes) {
+        cJSON_AddNumberToObject(sum, "module_passes", (double)s->module_passes);
+        cJSON_AddNumberToObject(sum, "module_disk_passes", (double)s->module_disk_passes);
+    }
     if (s->patch_bytes) {
         cJSON_AddNumberToObject(sum, "patch_bytes", (double)s->patch_bytes);
         cJSON_AddNumberToObject(sum, "model_bytes", (double)s->model_bytes);
@@ -322,6 +332,11 @@ void nlsr_report_print_human(const nlsr_report *r, const nlsr_realign_params *p,
         fprintf(f, "nlsr %s: %zu target modules, %" PRIu64 " of %" PRIu64
                    " elements safety-critical (sparsity %g, beta %g)\n",
                 r->job, r->n, masked, numel, p->sparsity, p->beta);
+        if (strcmp(r->kind, "full") == 0 && p->scorer.kind != NLSR_SCORER_MAGNITUDE)
+            fprintf(f, "  scorer %s: %" PRIu64 " passes over the modules, %" PRIu64
+                       " of them from disk\n",
+                    nlsr_scorer_kind_name(p->scorer.kind), s->module_passes,
+                    s->module_disk_passes);
         if (s->patch_bytes) {
             char pb[32];
             human_size(s->patch_bytes, pb, sizeof pb);

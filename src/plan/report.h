@@ -47,6 +47,9 @@ typedef struct nlsr_report_summary {
     const char *io_backend;         /* nlsr_io_kind_name of the backend used */
     uint64_t patch_bytes;           /* size of the patch file, 0 if none (not printed) */
     uint64_t model_bytes;           /* bytes of the model the patch file describes */
+    uint64_t module_passes;         /* full prepare: passes over target modules reading base +
+                                       aligned (from disk or the module cache), 0 if none */
+    uint64_t module_disk_passes;    /* of them, streamed from disk */
 } nlsr_report_summary;
 
 typedef struct nlsr_report {

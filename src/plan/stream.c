@@ -33,7 +33,7 @@
 typedef struct stream_file {
     const st_file *f;
     int dfd;        /* O_DIRECT descriptor, -1 if none (yet, or refused) */
-    int direct;     /* 1 try O_DIRECT, 0 buffered */
+    int direct;     /* nonzero: try O_DIRECT; 0 buffered */
 } stream_file;
 
 typedef struct stream_slot {
@@ -333,6 +333,7 @@ static int submit_more(nlsr_stream *s)
         stream_slot *sl = &s->slot[s->sub_unit % s->depth];
         nlsr_io_req *r = &sl->req[sl->nsub];
         r->fd = file_fd(s, sl->rfile[sl->nsub]);
+        r->async = r->fd == s->files[sl->rfile[sl->nsub]].f->fd;
         int rc = nlsr_io_submit(s->io, r);
         if (rc < 0)
             return set_err(s, nlsr_fail(&s->ctx->err, rc, "read stream: cannot queue a read: %s",
@@ -419,7 +420,13 @@ int nlsr_stream_open(nlsr_ctx *ctx, const nlsr_unit *units, size_t nunits, unsig
                 s->files = nf;
                 s->files_cap = cap;
             }
-            s->files[s->nfiles++] = (stream_file){f, -1, direct};
+            /* Warm files are read buffered: O_DIRECT would fetch from the disk what the page
+             * cache already holds. */
+            int d = direct;
+            if (d == 1 &&
+                nlsr_io_cached_fraction(f->fd, f->data_start, f->file_size - f->data_start) >= 0.5)
+                d = 0;
+            s->files[s->nfiles++] = (stream_file){f, -1, d};
         }
     for (unsigned d = 0; d < depth; d++) {
         s->slot[d].cap = maxreq;
@@ -484,6 +491,8 @@ int nlsr_stream_next(nlsr_stream *s, const nlsr_unit **unit, const unsigned char
         NLSR_FORWARD(wait_one(s));
         NLSR_FORWARD(submit_more(s));
     }
+    if (s->kind == NLSR_IO_MMAP)
+        for (int k = 0; k < NLSR_STREAM_MAX_SPANS; k++) nlsr_io_map_populate(&sl->map[k]);
     const nlsr_unit *u = &s->units[s->next_deliver];
     for (int k = 0; k < u->nspans; k++) s->ctx->bytes_read += nlsr_span_bytes(&u->span[k]);
     s->next_deliver++;

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Bench of `nlsr run` (issue 4), cold cache. Writes bench/results/realign.csv and realign.md.
+#  1. llama-8b --layers ${LAYERS:-8} triple: wall time, bytes, peak RSS of `nlsr run` at a budget
+#     that allows a single pass, against the minimal I/O time (every input byte read once at
+#     the bandwidth `cat` gets on the same files + the bytes written at the write speed `dd`
+#     gets with fsync), all measured in this script.
+#  2. llama-8b --layers 2 triple: nlsr against bench/baseline_numpy.py (a plain numpy
+#     implementation that loads whole checkpoints): time, peak RSS, identical output bytes.
+#  3. llama-70b --layers 2 triple at --mem-budget 512M: peak RSS (target <= 576 MiB).
+# Needs root (drop_caches), python3-numpy and GNU time; ~35 GB free disk at the peak.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NLSR=${NLSR:-build/nlsr}
+DATA=${DATA:-/work/bench-realign}
+RES=bench/results
+LAYERS=${LAYERS:-8}
+mkdir -p "$RES" "$DATA"
+CSV=$RES/realign.csv
+echo "case,preset,layers,tool,budget,seconds,peak_rss_mib,bytes_read,bytes_written,note" >"$CSV"
+
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+# time_v OUTFILE CMD...: runs CMD under GNU time, leaves "seconds rss_kib" in OUTFILE.
+time_v() {
+  local out=$1; shift
+  /usr/bin/time -f "%e %M" -o "$out" "$@"
+}
+synth_triple() { # preset layers dir
+  for r in base aligned finetuned; do
+    [ -d "$3/$r" ] || $NLSR synth --preset "$1" --layers "$2" --role "$r" --seed 1 --out "$3/$r" -q
+  done
+}
+du_b() { du -cb "$@" | tail -n 1 | cut -f1; }
+
+# ---- 1. llama-8b, minimal I/O ratio -----------------------------------------------------
+D=$DATA/8b-$LAYERS
+synth_triple llama-8b "$LAYERS" "$D"
+IN_BYTES=$(du_b "$D"/base/*.safetensors "$D"/aligned/*.safetensors "$D"/finetuned/*.safetensors)
+drop
+time_v "$DATA/t" cat "$D"/base/*.safetensors "$D"/aligned/*.safetensors "$D"/finetuned/*.safetensors >/dev/null
+read CAT_S _ <"$DATA/t"
+W_BYTES=$((2 << 30))
+drop
+time_v "$DATA/t" dd if=/dev/zero of="$DATA/ddtest" bs=16M count=$((W_BYTES >> 24)) conv=fsync status=none
+read DD_S _ <"$DATA/t"
+rm -f "$DATA/ddtest"
+echo "1,llama-8b,$LAYERS,cat,-,$CAT_S,,$IN_BYTES,0,read bandwidth baseline" >>"$CSV"
+echo "1,llama-8b,$LAYERS,dd,-,$DD_S,,0,$W_BYTES,write bandwidth baseline (fsync)" >>"$CSV"
+for budget in 4G 1G; do
+  rm -rf "$D/out"
+  drop
+  time_v "$DATA/t" $NLSR run --base "$D/base" --aligned "$D/aligned" --finetuned "$D/finetuned" \
+    --out "$D/out" --mem-budget $budget --report "$DATA/report-$budget.json" -q
+  read S RSS <"$DATA/t"
+  BR=$(python3 -c "import json;print(json.load(open('$DATA/report-$budget.json'))['summary']['bytes_read'])")
+  BW=$(python3 -c "import json;print(json.load(open('$DATA/report-$budget.json'))['summary']['bytes_written'])")
+  echo "1,llama-8b,$LAYERS,nlsr run,$budget,$S,$((RSS / 1024)),$BR,$BW," >>"$CSV"
+done
+rm -rf "$D/out"
+
+# ---- 2. numpy baseline on llama-8b --layers 2 -------------------------------------------
+D2=$DATA/8b-2
+synth_triple llama-8b 2 "$D2"
+rm -rf "$D2/out-nlsr" "$D2/out-numpy"
+drop
+time_v "$DATA/t" $NLSR run --base "$D2/base" --aligned "$D2/aligned" --finetuned "$D2/finetuned" \
+  --out "$D2/out-nlsr" --mem-budget 1G --report "$DATA/report-np.json" -q
+read S RSS <"$DATA/t"
+echo "2,llama-8b,2,nlsr run,1G,$S,$((RSS / 1024)),,," >>"$CSV"
+drop
+time_v "$DATA/t" python3 bench/baseline_numpy.py "$D2/base" "$D2/aligned" "$D2/finetuned" "$D2/out-numpy"
+read S RSS <"$DATA/t"
+SAME=identical
+for f in "$D2"/out-nlsr/*; do cmp -s "$f" "$D2/out-numpy/$(basename "$f")" || SAME=DIFFERENT; done
+echo "2,llama-8b,2,numpy baseline,-,$S,$((RSS / 1024)),,,output bytes $SAME to nlsr" >>"$CSV"
+rm -rf "$D2" "$D"
+
+# ---- 3. llama-70b --layers 2 at 512M ------------------------------------------------------
+D3=$DATA/70b-2
+synth_triple llama-70b 2 "$D3"
+rm -rf "$D3/out"
+drop
+time_v "$DATA/t" $NLSR run --base "$D3/base" --aligned "$D3/aligned" --finetuned "$D3/finetuned" \
+  --out "$D3/out" --mem-budget 512M --report "$DATA/report-70b.json" -q
+read S RSS <"$DATA/t"
+echo "3,llama-70b,2,nlsr run,512M,$S,$((RSS / 1024)),,," >>"$CSV"
+rm -rf "$D3"
+echo "wrote $CSV"
+cat "$CSV"

@@ -1,0 +1,1173 @@
+/* The undo journal: writer, reader, rollback, and the durable-write helpers of in-place jobs.
+ * The format and the reasoning behind the write order are in journal.h and docs/JOURNAL.md. */
+#define _GNU_SOURCE
+#include "journal.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include "file.h"
+#include "patchfile.h" /* XXH64 */
+
+#define PRE_MAGIC "NLSRJRNL"
+#define SLOT_MAGIC "NLSRSLOT"
+#define REC_MAGIC "NLSRJREC"
+#define SLOT_A 512u
+#define SLOT_B 1024u
+#define SLOT_SIZE 64u
+#define PRE_SIZE 64u
+#define REC_HDR 96u
+#define REC_RANGE 1u
+#define REC_END 2u
+#define MAX_NAME 4096u
+#define MAX_END_JSON (16u << 20)
+#define DEFAULT_RECORD (4u << 20)
+#define DEFAULT_BATCH (64u << 20)
+/* Level 1: the journal is written once and read only on rollback, and compression must keep
+ * up with the disk; the byte planes do most of the work on float data. */
+#define ZLEVEL 1
+
+/* ---- little-endian fields ---------------------------------------------------------------- */
+
+static void put32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void put64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+static uint64_t get64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+const char *nlsr_journal_state_name(int state)
+{
+    switch (state) {
+    case NLSR_JOURNAL_NONE: return "none";
+    case NLSR_JOURNAL_WRITING: return "interrupted";
+    case NLSR_JOURNAL_COMPLETE: return "complete";
+    case NLSR_JOURNAL_ROLLING_BACK: return "rolling back";
+    case NLSR_JOURNAL_TORN: return "torn at creation";
+    }
+    return "?";
+}
+
+/* ---- fault injection --------------------------------------------------------------------- */
+
+/* Process-wide on purpose: the switch must reach every write of a job whichever object makes
+ * it, and in-place jobs are single-threaded. It is a test hook, not a reporting channel. */
+static struct {
+    uint64_t count, kill_at, record;
+    int torn;
+} fault;
+
+static uint64_t env_u64(const char *name)
+{
+    const char *s = getenv(name);
+    if (!s || !*s) return 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    return *end ? 0 : (uint64_t)v;
+}
+
+void nlsr_fault_reset(void)
+{
+    fault.count = 0;
+    fault.kill_at = env_u64("NLSR_TEST_KILL_AFTER_WRITES");
+    fault.torn = env_u64("NLSR_TEST_KILL_TORN") != 0;
+    fault.record = env_u64("NLSR_TEST_JOURNAL_RECORD");
+}
+
+uint64_t nlsr_fault_count(void)
+{
+    return fault.count;
+}
+
+int nlsr_fault_armed(void)
+{
+    return fault.kill_at != 0;
+}
+
+uint64_t nlsr_fault_record_bytes(void)
+{
+    return fault.record;
+}
+
+static void fault_after(void)
+{
+    fault.count++;
+    if (fault.kill_at && fault.count == fault.kill_at) raise(SIGKILL);
+}
+
+/* Bytes a write at the next point really writes: half of them when that point is the torn
+ * kill point. */
+static size_t fault_len(size_t len)
+{
+    if (fault.torn && fault.kill_at && fault.count + 1 == fault.kill_at && len > 1) return len / 2;
+    return len;
+}
+
+/* ---- counted primitives ------------------------------------------------------------------- */
+
+static int d_pwrite(nlsr_err *e, int fd, const void *buf, size_t len, uint64_t off,
+                    const char *path)
+{
+    int rc = nlsr_pwrite_all(fd, buf, fault_len(len), off, path, e);
+    fault_after();
+    return rc;
+}
+
+static int d_fsync(nlsr_err *e, int fd, const char *path)
+{
+    int rc = 0;
+    if (fsync(fd) != 0) {
+        rc = -errno;
+        nlsr_fail(e, rc, "%s: fsync failed: %s", path, strerror(-rc));
+    }
+    fault_after();
+    return rc;
+}
+
+static int d_fsync_dir(nlsr_err *e, const char *dir)
+{
+    int rc = nlsr_fsync_dir(dir, e);
+    fault_after();
+    return rc;
+}
+
+int nlsr_durable_write_file(nlsr_ctx *ctx, const char *dir, const char *name, const void *data,
+                            size_t len)
+{
+    nlsr_err *e = &ctx->err;
+    char *path = nlsr_path_join(dir, name);
+    size_t n = path ? strlen(path) + 5 : 0;
+    char *tmp = path ? malloc(n) : NULL;
+    if (!tmp) {
+        free(path);
+        return nlsr_fail(e, -ENOMEM, "out of memory");
+    }
+    snprintf(tmp, n, "%s.tmp", path);
+    int rc = 0;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0) {
+        rc = -errno;
+        nlsr_fail(e, rc, "%s: cannot create: %s", tmp, strerror(-rc));
+    }
+    fault_after();
+    if (rc == 0) rc = d_pwrite(e, fd, data, len, 0, tmp);
+    if (rc == 0) rc = d_fsync(e, fd, tmp);
+    if (fd >= 0) close(fd);
+    if (rc == 0) {
+        if (rename(tmp, path) != 0) {
+            rc = -errno;
+            nlsr_fail(e, rc, "%s: rename to %s failed: %s", tmp, path, strerror(-rc));
+        }
+        fault_after();
+    }
+    if (rc == 0) rc = d_fsync_dir(e, dir);
+    if (rc < 0) unlink(tmp);
+    else ctx->bytes_written += len;
+    free(tmp);
+    free(path);
+    return rc;
+}
+
+int nlsr_durable_unlink(nlsr_ctx *ctx, const char *dir, const char *name)
+{
+    nlsr_err *e = &ctx->err;
+    char *path = nlsr_path_join(dir, name);
+    NLSR_FAIL_IF(!path, e, -ENOMEM, "out of memory");
+    int rc = 0;
+    if (unlink(path) != 0 && errno != ENOENT) {
+        rc = -errno;
+        nlsr_fail(e, rc, "%s: cannot remove: %s", path, strerror(-rc));
+    }
+    fault_after();
+    free(path);
+    return rc < 0 ? rc : d_fsync_dir(e, dir);
+}
+
+/* ---- byte planes -------------------------------------------------------------------------- */
+
+/* Byte j of element i goes to j*m + i: sign/exponent bytes are repetitive and mantissa bytes
+ * noise; kept apart, zstd compresses the former well (as in the patch file). */
+static void to_planes(const unsigned char *src, unsigned char *dst, size_t len, size_t w)
+{
+    size_t m = len / w;
+    for (size_t i = 0; i < m; i++)
+        for (size_t b = 0; b < w; b++) dst[b * m + i] = src[i * w + b];
+}
+
+static void from_planes(const unsigned char *src, unsigned char *dst, size_t len, size_t w)
+{
+    size_t m = len / w;
+    for (size_t i = 0; i < m; i++)
+        for (size_t b = 0; b < w; b++) dst[i * w + b] = src[b * m + i];
+}
+
+static int plain_name(const char *s, size_t n)
+{
+    if (n == 0 || n > MAX_NAME || memchr(s, '\0', n) || memchr(s, '/', n)) return 0;
+    return !(n == 1 && s[0] == '.') && !(n == 2 && s[0] == '.' && s[1] == '.');
+}
+
+/* ---- writer ------------------------------------------------------------------------------- */
+
+typedef struct jfile {
+    char *name, *path;
+    int fd;
+    uint64_t size;
+    int dirty;
+} jfile;
+
+typedef struct staged {
+    uint32_t file;
+    uint64_t off;
+    size_t len, pos; /* bytes and their place in the batch buffer */
+} staged;
+
+struct nlsr_journal {
+    nlsr_ctx *ctx;
+    char *dir, *path;
+    int fd;             /* -1 until the journal file is created */
+    int follow;
+    int failed;         /* first failure: every later call returns it */
+    uint64_t id, seq;
+    uint64_t end, last, nrec;
+    size_t nfiles;
+    jfile *files;
+    size_t rec_cap;     /* original bytes per record */
+    unsigned char *batch, *plane, *cbuf;
+    size_t batch_cap, batch_used, cbuf_cap, charged;
+    staged *st;
+    size_t nst, st_cap;
+    ZSTD_CCtx *cctx;
+    nlsr_xxh64_state result;
+    uint64_t data_bytes, journal_bytes, ranges;
+};
+
+static int jfail(nlsr_journal *j, int rc)
+{
+    if (rc < 0 && !j->failed) j->failed = rc;
+    return rc;
+}
+
+static uint64_t new_id(void)
+{
+    uint64_t id = 0;
+    if (getrandom(&id, sizeof id, GRND_NONBLOCK) != (ssize_t)sizeof id) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        id = nlsr_xxh64(&ts, sizeof ts, (uint64_t)getpid());
+    }
+    return id ? id : 1;
+}
+
+int nlsr_journal_begin(nlsr_ctx *ctx, const char *dir, const nlsr_journal_opts *o,
+                       nlsr_journal **out)
+{
+    nlsr_err *e = &ctx->err;
+    *out = NULL;
+    nlsr_journal *j = calloc(1, sizeof *j);
+    NLSR_FAIL_IF(!j, e, -ENOMEM, "out of memory");
+    j->ctx = ctx;
+    j->fd = -1;
+    j->follow = o && o->follow_links;
+    j->id = new_id();
+    j->dir = strdup(dir);
+    j->path = nlsr_path_join(dir, NLSR_JOURNAL_NAME);
+    uint64_t rec = o && o->record_bytes ? o->record_bytes : nlsr_fault_record_bytes();
+    if (!rec) rec = DEFAULT_RECORD;
+    /* Record, planes and compressed record take about three records' worth of memory: keep
+     * them within a sixteenth of what the budget has left each. */
+    const nlsr_budget *b = &ctx->budget;
+    uint64_t room = !b->limit ? UINT64_MAX : b->limit > b->used ? b->limit - b->used : 0;
+    if (!(o && o->record_bytes) && rec > room / 16) rec = room / 16 / 8 * 8;
+    if (rec < 4096) rec = 4096;
+    if (rec > NLSR_JOURNAL_MAX_RECORD) rec = NLSR_JOURNAL_MAX_RECORD;
+    j->rec_cap = (size_t)rec;
+    /* The batch holds new bytes until their records are armed: the larger it is, the fewer
+     * fsyncs; it takes at most an eighth of what the budget has left, and one record at least. */
+    uint64_t batch = o && o->batch_bytes ? o->batch_bytes : DEFAULT_BATCH;
+    if (!(o && o->batch_bytes) && batch > room / 8) batch = room / 8;
+    if (batch < rec) batch = rec;
+    j->batch_cap = (size_t)batch;
+    j->cbuf_cap = REC_HDR + MAX_NAME + ZSTD_compressBound(j->rec_cap);
+    nlsr_xxh64_init(&j->result, 0);
+    int rc = 0;
+    if (!j->dir || !j->path) rc = nlsr_fail(e, -ENOMEM, "out of memory");
+    if (rc == 0)
+        rc = nlsr_budget_alloc(&ctx->budget, j->batch_cap, "journal batch", (void **)&j->batch, e);
+    if (rc == 0)
+        rc = nlsr_budget_alloc(&ctx->budget, j->rec_cap, "journal planes", (void **)&j->plane, e);
+    if (rc == 0)
+        rc = nlsr_budget_alloc(&ctx->budget, j->cbuf_cap, "journal record", (void **)&j->cbuf, e);
+    if (rc == 0 && !(j->cctx = ZSTD_createCCtx())) rc = nlsr_fail(e, -ENOMEM, "out of memory");
+    if (rc == 0) {
+        ZSTD_CCtx_setParameter(j->cctx, ZSTD_c_compressionLevel, ZLEVEL);
+        ZSTD_CCtx_setParameter(j->cctx, ZSTD_c_checksumFlag, 1);
+    }
+    if (rc < 0) {
+        nlsr_journal_close(j);
+        return rc;
+    }
+    *out = j;
+    return 0;
+}
+
+int nlsr_journal_add_file(nlsr_journal *j, const char *name, uint32_t *id)
+{
+    nlsr_err *e = &j->ctx->err;
+    NLSR_FAIL_IF(!plain_name(name, strlen(name)), e, NLSR_E_USAGE,
+                 "%s: '%s' is not a plain file name", j->dir, name);
+    char *path = nlsr_path_join(j->dir, name);
+    char *nm = strdup(name);
+    jfile *nf = realloc(j->files, (j->nfiles + 1) * sizeof *nf);
+    if (nf) j->files = nf;
+    if (!path || !nm || !nf) {
+        free(path);
+        free(nm);
+        return nlsr_fail(e, -ENOMEM, "out of memory");
+    }
+    int rc = 0, fd = -1;
+    struct stat ls, st;
+    if (lstat(path, &ls) != 0) {
+        rc = -errno;
+        nlsr_fail(e, rc, "%s: cannot stat: %s", path, strerror(-rc));
+        goto fail;
+    }
+    if (S_ISLNK(ls.st_mode) && !j->follow) {
+        char target[512];
+        ssize_t n = readlink(path, target, sizeof target - 1);
+        target[n > 0 ? n : 0] = '\0';
+        rc = nlsr_fail(e, NLSR_E_USAGE,
+                       "%s: is a symbolic link (to %s): it may point into a shared store such as "
+                       "the Hugging Face cache, where other snapshots use the same file; copy the "
+                       "checkpoint, or pass --follow-links to patch the file it points to",
+                       path, target);
+        goto fail;
+    }
+    fd = open(path, O_RDWR | O_CLOEXEC | (j->follow ? 0 : O_NOFOLLOW));
+    if (fd < 0) {
+        rc = -errno;
+        nlsr_fail(e, rc, "%s: cannot open for writing in place: %s", path, strerror(-rc));
+        goto fail;
+    }
+    if (fstat(fd, &st) != 0) {
+        rc = -errno;
+        nlsr_fail(e, rc, "%s: cannot stat: %s", path, strerror(-rc));
+        goto fail;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = nlsr_fail(e, NLSR_E_USAGE, "%s: not a regular file", path);
+        goto fail;
+    }
+    /* Root may write anything: a file without any write bit was marked read-only on purpose. */
+    if ((st.st_mode & 0222) == 0) {
+        rc = nlsr_fail(e, -EACCES,
+                       "%s: is read-only (mode %04o): make it writable (chmod u+w) to realign it in "
+                       "place, or write a realigned copy with --out",
+                       path, (unsigned)(st.st_mode & 07777));
+        goto fail;
+    }
+    if (st.st_nlink > 1 && !j->follow) {
+        rc = nlsr_fail(e, NLSR_E_USAGE,
+                       "%s: has %lu hard links: other paths share its bytes; copy the checkpoint, or "
+                       "pass --follow-links to patch the shared file",
+                       path, (unsigned long)st.st_nlink);
+        goto fail;
+    }
+    j->files[j->nfiles] = (jfile){nm, path, fd, (uint64_t)st.st_size, 0};
+    *id = (uint32_t)j->nfiles++;
+    return 0;
+fail:
+    if (fd >= 0) close(fd);
+    free(path);
+    free(nm);
+    return rc;
+}
+
+static void fill_preamble(unsigned char *p, uint64_t id, uint32_t flags)
+{
+    memcpy(p, PRE_MAGIC, 8);
+    put32(p + 8, NLSR_JOURNAL_VERSION);
+    put32(p + 12, flags);
+    put64(p + 16, id);
+    put64(p + 24, (uint64_t)time(NULL));
+    put64(p + 32, (uint64_t)getpid());
+    put64(p + 56, nlsr_xxh64(p, 56, 0));
+}
+
+static void fill_slot(unsigned char *p, uint64_t seq, uint32_t state, uint64_t records,
+                      uint64_t end, uint64_t last, uint64_t id)
+{
+    memset(p, 0, SLOT_SIZE);
+    memcpy(p, SLOT_MAGIC, 8);
+    put64(p + 8, seq);
+    put32(p + 16, state);
+    put64(p + 24, records);
+    put64(p + 32, end);
+    put64(p + 40, last);
+    put64(p + 48, id);
+    put64(p + 56, nlsr_xxh64(p, 56, 0));
+}
+
+static uint64_t slot_offset(uint64_t seq)
+{
+    return (seq & 1) ? SLOT_A : SLOT_B;
+}
+
+/* The next slot goes to the other place than the current one, so that a torn slot write
+ * leaves the previous slot readable. */
+static int write_slot(nlsr_journal *j, uint32_t state)
+{
+    unsigned char s[SLOT_SIZE];
+    j->seq++;
+    fill_slot(s, j->seq, state, j->nrec, j->end, j->last, j->id);
+    return d_pwrite(&j->ctx->err, j->fd, s, SLOT_SIZE, slot_offset(j->seq), j->path);
+}
+
+/* Creates the journal file: the header block (preamble, slot A: writing, no records) made
+ * durable, and the folder entry too, before any record exists. */
+static int create(nlsr_journal *j)
+{
+    nlsr_err *e = &j->ctx->err;
+    int flags = O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW;
+    j->fd = open(j->path, flags, 0644);
+    int rc = j->fd < 0 ? -errno : 0;
+    fault_after();
+    if (rc < 0) {
+        if (rc == -EEXIST)
+            return nlsr_fail(e, NLSR_E_JOURNAL, "%s: a journal appeared while this run prepared",
+                             j->path);
+        return nlsr_fail(e, rc, "%s: cannot create the journal: %s", j->path, strerror(-rc));
+    }
+    unsigned char *h = calloc(1, NLSR_JOURNAL_DATA_START);
+    NLSR_FAIL_IF(!h, e, -ENOMEM, "out of memory");
+    fill_preamble(h, j->id, j->follow ? NLSR_JOURNAL_FLAG_LINKS : 0);
+    j->seq = 1;
+    j->end = NLSR_JOURNAL_DATA_START;
+    fill_slot(h + slot_offset(1), 1, NLSR_JOURNAL_WRITING, 0, j->end, 0, j->id);
+    rc = d_pwrite(e, j->fd, h, NLSR_JOURNAL_DATA_START, 0, j->path);
+    free(h);
+    if (rc == 0) rc = d_fsync(e, j->fd, j->path);
+    if (rc == 0) rc = d_fsync_dir(e, j->dir);
+    if (rc == 0) {
+        j->journal_bytes += NLSR_JOURNAL_DATA_START;
+        j->ctx->bytes_written += NLSR_JOURNAL_DATA_START;
+    }
+    return rc;
+}
+
+/* Builds one record in buf (header, name, zstd frame of `src` as byte planes) and appends it. */
+static int append(nlsr_journal *j, unsigned char *buf, size_t cap, uint32_t type, const jfile *f,
+                  uint64_t off, const unsigned char *src, size_t len, size_t width,
+                  uint64_t h_new)
+{
+    nlsr_err *e = &j->ctx->err;
+    size_t nlen = f ? strlen(f->name) : 0;
+    const unsigned char *in = src;
+    if (width > 1) {
+        to_planes(src, j->plane, len, width);
+        in = j->plane;
+    }
+    unsigned char *pay = buf + REC_HDR + nlen;
+    size_t cs = ZSTD_compress2(j->cctx, pay, cap - REC_HDR - nlen, in, len);
+    NLSR_FAIL_IF(ZSTD_isError(cs), e, NLSR_E_FORMAT, "%s: zstd: %s", j->path, ZSTD_getErrorName(cs));
+    unsigned char *h = buf;
+    memset(h, 0, REC_HDR);
+    memcpy(h, REC_MAGIC, 8);
+    put32(h + 8, type);
+    put32(h + 12, (uint32_t)nlen);
+    put64(h + 16, j->nrec);
+    put64(h + 24, f ? f->size : 0);
+    put64(h + 32, off);
+    put64(h + 40, len);
+    put64(h + 48, cs);
+    put32(h + 56, (uint32_t)width);
+    put64(h + 64, nlsr_xxh64(src, len, 0));
+    put64(h + 72, h_new);
+    put64(h + 80, nlsr_xxh64(pay, cs, 0));
+    if (nlen) memcpy(h + REC_HDR, f->name, nlen);
+    nlsr_xxh64_state hs;
+    nlsr_xxh64_init(&hs, 0);
+    nlsr_xxh64_update(&hs, h, 88);
+    nlsr_xxh64_update(&hs, h + REC_HDR, nlen);
+    put64(h + 88, nlsr_xxh64_digest(&hs));
+    size_t total = REC_HDR + nlen + cs;
+    NLSR_FORWARD(d_pwrite(e, j->fd, buf, total, j->end, j->path));
+    j->last = j->end;
+    j->end += total;
+    j->nrec++;
+    j->journal_bytes += total;
+    j->ctx->bytes_written += total;
+    return 0;
+}
+
+int nlsr_journal_stage(nlsr_journal *j, uint32_t id, uint64_t off, const void *orig,
+                       const void *neu, size_t len, size_t width)
+{
+    nlsr_err *e = &j->ctx->err;
+    if (j->failed) return j->failed;
+    assert(id < j->nfiles);
+    assert((width == 1 || width == 2 || width == 4 || width == 8) && len % width == 0);
+    const jfile *f = &j->files[id];
+    NLSR_FAIL_IF(off > f->size || len > f->size - off, e, jfail(j, NLSR_E_USAGE),
+                 "%s: range at %" PRIu64 " of %zu bytes lies outside the file (%" PRIu64 " bytes)",
+                 f->path, off, len, f->size);
+    const unsigned char *o = orig, *n = neu;
+    size_t piece_max = j->rec_cap / width * width;
+    while (len > 0) {
+        size_t k = len < piece_max ? len : piece_max;
+        if (j->batch_used + k > j->batch_cap) NLSR_FORWARD(nlsr_journal_flush(j));
+        if (j->fd < 0) NLSR_FORWARD(jfail(j, create(j)));
+        if (j->nst == j->st_cap) {
+            size_t cap = j->st_cap ? 2 * j->st_cap : 64;
+            staged *ns = realloc(j->st, cap * sizeof *ns);
+            NLSR_FAIL_IF(!ns, e, jfail(j, -ENOMEM), "out of memory");
+            j->st = ns;
+            j->st_cap = cap;
+        }
+        uint64_t h_new = nlsr_xxh64(n, k, 0);
+        NLSR_FORWARD(jfail(j, append(j, j->cbuf, j->cbuf_cap, REC_RANGE, f, off, o, k, width,
+                                     h_new)));
+        memcpy(j->batch + j->batch_used, n, k);
+        j->st[j->nst++] = (staged){id, off, k, j->batch_used};
+        j->batch_used += k;
+        /* The result fingerprint takes the new bytes' checksum rather than the bytes: one
+         * pass over the data fewer, the same identity. */
+        unsigned char le[24];
+        put64(le, off);
+        put64(le + 8, k);
+        put64(le + 16, h_new);
+        nlsr_xxh64_update(&j->result, f->name, strlen(f->name) + 1);
+        nlsr_xxh64_update(&j->result, le, sizeof le);
+        j->ranges++;
+        o += k;
+        n += k;
+        off += k;
+        len -= k;
+    }
+    return 0;
+}
+
+int nlsr_journal_flush(nlsr_journal *j)
+{
+    nlsr_err *e = &j->ctx->err;
+    if (j->failed) return j->failed;
+    if (j->nst == 0) return 0;
+    /* Records durable, then the slot that arms them durable, then the data. */
+    NLSR_FORWARD(jfail(j, d_fsync(e, j->fd, j->path)));
+    NLSR_FORWARD(jfail(j, write_slot(j, NLSR_JOURNAL_WRITING)));
+    NLSR_FORWARD(jfail(j, d_fsync(e, j->fd, j->path)));
+    for (size_t i = 0; i < j->nst; i++) {
+        const staged *s = &j->st[i];
+        jfile *f = &j->files[s->file];
+        NLSR_FORWARD(jfail(j, d_pwrite(e, f->fd, j->batch + s->pos, s->len, s->off, f->path)));
+        f->dirty = 1;
+        j->data_bytes += s->len;
+        j->ctx->bytes_written += s->len;
+    }
+    j->nst = 0;
+    j->batch_used = 0;
+    return 0;
+}
+
+int nlsr_journal_sync(nlsr_journal *j)
+{
+    NLSR_FORWARD(nlsr_journal_flush(j));
+    for (size_t i = 0; i < j->nfiles; i++) {
+        jfile *f = &j->files[i];
+        if (!f->dirty) continue;
+        NLSR_FORWARD(jfail(j, d_fsync(&j->ctx->err, f->fd, f->path)));
+        f->dirty = 0;
+    }
+    return 0;
+}
+
+int nlsr_journal_complete(nlsr_journal *j, const char *json)
+{
+    nlsr_err *e = &j->ctx->err;
+    NLSR_FORWARD(nlsr_journal_sync(j));
+    size_t len = strlen(json);
+    NLSR_FAIL_IF(len > MAX_END_JSON, e, jfail(j, NLSR_E_USAGE), "%s: state of %zu bytes is too long",
+                 j->path, len);
+    if (j->fd < 0) NLSR_FORWARD(jfail(j, create(j)));
+    size_t cap = REC_HDR + ZSTD_compressBound(len);
+    unsigned char *buf = malloc(cap);
+    NLSR_FAIL_IF(!buf, e, jfail(j, -ENOMEM), "out of memory");
+    int rc = append(j, buf, cap, REC_END, NULL, 0, (const unsigned char *)json, len, 1, 0);
+    free(buf);
+    if (rc == 0) rc = d_fsync(e, j->fd, j->path);
+    if (rc == 0) rc = write_slot(j, NLSR_JOURNAL_COMPLETE);
+    if (rc == 0) rc = d_fsync(e, j->fd, j->path);
+    return jfail(j, rc);
+}
+
+uint64_t nlsr_journal_id(const nlsr_journal *j)
+{
+    return j->id;
+}
+
+int nlsr_journal_created(const nlsr_journal *j)
+{
+    return j->fd >= 0;
+}
+
+uint64_t nlsr_journal_result(const nlsr_journal *j)
+{
+    return nlsr_xxh64_digest(&j->result);
+}
+
+void nlsr_journal_counts(const nlsr_journal *j, uint64_t *data_bytes, uint64_t *journal_bytes,
+                         uint64_t *ranges)
+{
+    if (data_bytes) *data_bytes = j->data_bytes;
+    if (journal_bytes) *journal_bytes = j->journal_bytes;
+    if (ranges) *ranges = j->ranges;
+}
+
+const char *nlsr_journal_file_path(const nlsr_journal *j, uint32_t id)
+{
+    return id < j->nfiles ? j->files[id].path : NULL;
+}
+
+void nlsr_journal_close(nlsr_journal *j)
+{
+    if (!j) return;
+    nlsr_budget *b = &j->ctx->budget;
+    nlsr_budget_free(b, j->batch, j->batch_cap);
+    nlsr_budget_free(b, j->plane, j->rec_cap);
+    nlsr_budget_free(b, j->cbuf, j->cbuf_cap);
+    ZSTD_freeCCtx(j->cctx);
+    for (size_t i = 0; i < j->nfiles; i++) {
+        close(j->files[i].fd);
+        free(j->files[i].name);
+        free(j->files[i].path);
+    }
+    free(j->files);
+    free(j->st);
+    if (j->fd >= 0) close(j->fd);
+    free(j->dir);
+    free(j->path);
+    free(j);
+}
+
+/* ---- reader -------------------------------------------------------------------------------- */
+
+typedef struct slot {
+    uint64_t seq, records, end, last, id;
+    uint32_t state;
+} slot;
+
+typedef struct rec {
+    uint32_t type, width;
+    size_t namelen;
+    uint64_t index, fsize, off, len, csize, h_orig, h_new, h_pay;
+    char name[MAX_NAME + 1];
+    uint64_t at, total;
+} rec;
+
+/* Growable buffers charged to the budget. */
+typedef struct rbuf {
+    unsigned char *p;
+    size_t cap;
+} rbuf;
+
+static int rbuf_need(nlsr_ctx *ctx, rbuf *b, size_t n, const char *what)
+{
+    if (n <= b->cap) return 0;
+    nlsr_budget_free(&ctx->budget, b->p, b->cap);
+    b->p = NULL;
+    b->cap = 0;
+    NLSR_FORWARD(nlsr_budget_alloc(&ctx->budget, n, what, (void **)&b->p, &ctx->err));
+    b->cap = n;
+    return 0;
+}
+
+static void rbuf_free(nlsr_ctx *ctx, rbuf *b)
+{
+    nlsr_budget_free(&ctx->budget, b->p, b->cap);
+    b->p = NULL;
+    b->cap = 0;
+}
+
+static int parse_slot(const unsigned char *p, uint64_t id, slot *s)
+{
+    if (memcmp(p, SLOT_MAGIC, 8) != 0 || get64(p + 56) != nlsr_xxh64(p, 56, 0)) return 0;
+    s->seq = get64(p + 8);
+    s->state = get32(p + 16);
+    s->records = get64(p + 24);
+    s->end = get64(p + 32);
+    s->last = get64(p + 40);
+    s->id = get64(p + 48);
+    if (s->id != id || s->seq == 0 || s->state < NLSR_JOURNAL_WRITING ||
+        s->state > NLSR_JOURNAL_ROLLING_BACK || s->end < NLSR_JOURNAL_DATA_START)
+        return 0;
+    if (s->records == 0) return s->end == NLSR_JOURNAL_DATA_START && s->last == 0;
+    return s->last >= NLSR_JOURNAL_DATA_START && s->last < s->end;
+}
+
+/* The header block: TORN when the journal never got past its creation (at most the header
+ * block on disk: no record, so nothing was changed); otherwise the best slot. */
+static int read_head(nlsr_ctx *ctx, int fd, const char *path, nlsr_journal_info *info, slot *best)
+{
+    nlsr_err *e = &ctx->err;
+    struct stat st;
+    NLSR_FAIL_IF(fstat(fd, &st) != 0, e, -errno, "%s: cannot stat: %s", path, strerror(errno));
+    info->file_size = (uint64_t)st.st_size;
+    unsigned char h[NLSR_JOURNAL_DATA_START];
+    memset(h, 0, sizeof h);
+    size_t n = info->file_size < sizeof h ? (size_t)info->file_size : sizeof h;
+    NLSR_FORWARD(nlsr_pread_all(fd, h, n, 0, path, e));
+    int pre_ok = n >= PRE_SIZE && memcmp(h, PRE_MAGIC, 8) == 0 &&
+                 get64(h + 56) == nlsr_xxh64(h, 56, 0);
+    slot a, b;
+    int va = 0, vb = 0;
+    if (pre_ok) {
+        info->id = get64(h + 16);
+        info->flags = get32(h + 12);
+        info->created = get64(h + 24);
+        NLSR_FAIL_IF(get32(h + 8) != NLSR_JOURNAL_VERSION, e, NLSR_E_JOURNAL,
+                     "%s: journal version %u is not supported (this nlsr reads version %u)", path,
+                     get32(h + 8), NLSR_JOURNAL_VERSION);
+        va = parse_slot(h + SLOT_A, info->id, &a);
+        vb = parse_slot(h + SLOT_B, info->id, &b);
+    }
+    if (!pre_ok || (!va && !vb)) {
+        /* Records begin after the header block: a journal no longer than it holds none, and no
+         * byte of the checkpoint was written before a record was armed. */
+        NLSR_FAIL_IF(info->file_size > NLSR_JOURNAL_DATA_START, e, NLSR_E_CHECKSUM,
+                     "%s: the journal's %s damaged (%s): its records cannot be trusted",
+                     path, pre_ok ? "slots are" : "preamble is",
+                     pre_ok ? "no slot passes its checksum" : "bad magic or checksum");
+        info->state = NLSR_JOURNAL_TORN;
+        return 0;
+    }
+    *best = va && (!vb || a.seq > b.seq) ? a : b;
+    info->state = (nlsr_journal_state)best->state;
+    info->records = best->records;
+    return 0;
+}
+
+/* Reads a record header at `at`. 0: valid; 1: incomplete or invalid (*why says which);
+ * < 0: I/O error. */
+static int read_rec(nlsr_ctx *ctx, int fd, const char *path, uint64_t at, uint64_t fsize,
+                    rec *r, const char **why)
+{
+    unsigned char h[REC_HDR];
+    memset(r, 0, sizeof *r);
+    r->at = at;
+    if (at >= fsize || fsize - at < REC_HDR) {
+        *why = "the journal ends inside its header";
+        return 1;
+    }
+    NLSR_FORWARD(nlsr_pread_all(fd, h, REC_HDR, at, path, &ctx->err));
+    if (memcmp(h, REC_MAGIC, 8) != 0) {
+        *why = "bad record magic";
+        return 1;
+    }
+    r->type = get32(h + 8);
+    r->namelen = get32(h + 12);
+    r->index = get64(h + 16);
+    r->fsize = get64(h + 24);
+    r->off = get64(h + 32);
+    r->len = get64(h + 40);
+    r->csize = get64(h + 48);
+    r->width = get32(h + 56);
+    r->h_orig = get64(h + 64);
+    r->h_new = get64(h + 72);
+    r->h_pay = get64(h + 80);
+    if (r->namelen > MAX_NAME || fsize - at - REC_HDR < r->namelen) {
+        *why = "the journal ends inside its file name";
+        return 1;
+    }
+    if (r->namelen) NLSR_FORWARD(nlsr_pread_all(fd, r->name, r->namelen, at + REC_HDR, path, &ctx->err));
+    r->name[r->namelen] = '\0';
+    nlsr_xxh64_state hs;
+    nlsr_xxh64_init(&hs, 0);
+    nlsr_xxh64_update(&hs, h, 88);
+    nlsr_xxh64_update(&hs, r->name, r->namelen);
+    if (nlsr_xxh64_digest(&hs) != get64(h + 88)) {
+        *why = "its header fails its checksum";
+        return 1;
+    }
+    int wok = r->width == 1 || r->width == 2 || r->width == 4 || r->width == 8;
+    uint64_t lim = r->type == REC_END ? MAX_END_JSON : NLSR_JOURNAL_MAX_RECORD;
+    if ((r->type != REC_RANGE && r->type != REC_END) || !wok || r->len > lim ||
+        r->len % r->width || r->csize > ZSTD_compressBound((size_t)r->len) ||
+        (r->type == REC_RANGE && (!plain_name(r->name, r->namelen) || r->len == 0 ||
+                                  r->off > r->fsize || r->len > r->fsize - r->off))) {
+        *why = "its header holds impossible values";
+        return 1;
+    }
+    if (fsize - at - REC_HDR - r->namelen < r->csize) {
+        *why = "the journal ends inside its payload";
+        return 1;
+    }
+    r->total = REC_HDR + r->namelen + r->csize;
+    return 0;
+}
+
+/* Reads, checks and decodes the payload of a valid header into out->p (r->len bytes).
+ * 0: valid; 1: damaged (*why); < 0: error. */
+static int read_payload(nlsr_ctx *ctx, int fd, const char *path, const rec *r, rbuf *cb,
+                        rbuf *pb, rbuf *out, ZSTD_DCtx *dctx, const char **why)
+{
+    size_t len = (size_t)r->len;
+    NLSR_FORWARD(rbuf_need(ctx, cb, (size_t)r->csize + 1, "journal payload"));
+    NLSR_FORWARD(rbuf_need(ctx, pb, len + 1, "journal planes"));
+    NLSR_FORWARD(rbuf_need(ctx, out, len + 1, "journal original bytes"));
+    NLSR_FORWARD(nlsr_pread_all(fd, cb->p, (size_t)r->csize, r->at + REC_HDR + r->namelen, path,
+                                &ctx->err));
+    if (nlsr_xxh64(cb->p, (size_t)r->csize, 0) != r->h_pay) {
+        *why = "its payload fails its checksum";
+        return 1;
+    }
+    size_t d = ZSTD_decompressDCtx(dctx, pb->p, len, cb->p, (size_t)r->csize);
+    if (ZSTD_isError(d) || d != len) {
+        *why = "its payload does not decompress to the recorded length";
+        return 1;
+    }
+    if (r->width > 1) from_planes(pb->p, out->p, len, r->width);
+    else memcpy(out->p, pb->p, len);
+    if (nlsr_xxh64(out->p, len, 0) != r->h_orig) {
+        *why = "its original bytes fail their checksum";
+        return 1;
+    }
+    return 0;
+}
+
+void nlsr_journal_info_free(nlsr_journal_info *info)
+{
+    if (!info) return;
+    free(info->end_json);
+    info->end_json = NULL;
+}
+
+static int open_journal(nlsr_ctx *ctx, const char *dir, int flags, char **path, int *fd)
+{
+    *fd = -1;
+    *path = nlsr_path_join(dir, NLSR_JOURNAL_NAME);
+    NLSR_FAIL_IF(!*path, &ctx->err, -ENOMEM, "out of memory");
+    *fd = open(*path, flags | O_CLOEXEC | O_NOFOLLOW);
+    if (*fd < 0 && errno != ENOENT) {
+        int rc = -errno;
+        return nlsr_fail(&ctx->err, rc, "%s: cannot open the journal: %s", *path, strerror(-rc));
+    }
+    return 0;
+}
+
+/* The end record of a complete journal, whose start the best slot names. */
+static int read_end(nlsr_ctx *ctx, int fd, const char *path, const slot *s,
+                    nlsr_journal_info *info)
+{
+    rec r;
+    const char *why = NULL;
+    rbuf cb = {0}, pb = {0}, ob = {0};
+    ZSTD_DCtx *dctx = ZSTD_createDCtx();
+    NLSR_FAIL_IF(!dctx, &ctx->err, -ENOMEM, "out of memory");
+    int rc = read_rec(ctx, fd, path, s->last, info->file_size, &r, &why);
+    if (rc == 0 && (r.type != REC_END || r.at + r.total != s->end)) {
+        why = "it is not the end record the slot names";
+        rc = 1;
+    }
+    if (rc == 0) rc = read_payload(ctx, fd, path, &r, &cb, &pb, &ob, dctx, &why);
+    if (rc == 1)
+        rc = nlsr_fail(&ctx->err, NLSR_E_CHECKSUM,
+                       "%s: the end record at offset %" PRIu64 " is damaged: %s", path, s->last,
+                       why);
+    if (rc == 0) {
+        info->end_json = malloc((size_t)r.len + 1);
+        if (!info->end_json) rc = nlsr_fail(&ctx->err, -ENOMEM, "out of memory");
+        else {
+            memcpy(info->end_json, ob.p, (size_t)r.len);
+            info->end_json[r.len] = '\0';
+        }
+    }
+    rbuf_free(ctx, &cb);
+    rbuf_free(ctx, &pb);
+    rbuf_free(ctx, &ob);
+    ZSTD_freeDCtx(dctx);
+    return rc;
+}
+
+int nlsr_journal_inspect(nlsr_ctx *ctx, const char *dir, nlsr_journal_info *info)
+{
+    memset(info, 0, sizeof *info);
+    char *path = NULL;
+    int fd;
+    int rc = open_journal(ctx, dir, O_RDONLY, &path, &fd);
+    slot best;
+    if (rc == 0 && fd >= 0) rc = read_head(ctx, fd, path, info, &best);
+    if (rc == 0 && fd >= 0 && info->state == NLSR_JOURNAL_COMPLETE)
+        rc = read_end(ctx, fd, path, &best, info);
+    if (fd >= 0) close(fd);
+    free(path);
+    return rc;
+}
+
+/* ---- rollback ------------------------------------------------------------------------------ */
+
+typedef struct rfile {
+    char *name, *path;
+    int fd;
+    uint64_t size;
+} rfile;
+
+typedef struct rb {
+    nlsr_ctx *ctx;
+    const char *dir, *path;
+    int fd, follow;
+    uint64_t jsize;
+    rfile *files;
+    size_t nfiles;
+    rbuf cb, pb, ob, cur;
+    ZSTD_DCtx *dctx;
+    uint64_t *todo; /* offsets of the records to restore */
+    size_t ntodo, todo_cap;
+} rb;
+
+static int rb_file(rb *R, const rec *r, rfile **out)
+{
+    nlsr_err *e = &R->ctx->err;
+    for (size_t i = 0; i < R->nfiles; i++)
+        if (strcmp(R->files[i].name, r->name) == 0) {
+            *out = &R->files[i];
+            goto check;
+        }
+    rfile *nf = realloc(R->files, (R->nfiles + 1) * sizeof *nf);
+    NLSR_FAIL_IF(!nf, e, -ENOMEM, "out of memory");
+    R->files = nf;
+    rfile *f = &R->files[R->nfiles];
+    f->name = strdup(r->name);
+    f->path = nlsr_path_join(R->dir, r->name);
+    f->fd = -1;
+    R->nfiles++;
+    NLSR_FAIL_IF(!f->name || !f->path, e, -ENOMEM, "out of memory");
+    f->fd = open(f->path, O_RDWR | O_CLOEXEC | (R->follow ? 0 : O_NOFOLLOW));
+    NLSR_FAIL_IF(f->fd < 0, e, -errno, "%s: cannot open for writing the original bytes back: %s",
+                 f->path, strerror(errno));
+    struct stat st;
+    NLSR_FAIL_IF(fstat(f->fd, &st) != 0, e, -errno, "%s: cannot stat: %s", f->path,
+                 strerror(errno));
+    f->size = (uint64_t)st.st_size;
+    *out = f;
+check:
+    NLSR_FAIL_IF((*out)->size != r->fsize, e, NLSR_E_MISMATCH,
+                 "%s: is %" PRIu64 " bytes but was %" PRIu64 " when journal record %" PRIu64
+                 " was written: it is not the file the journal protects; nothing was restored",
+                 (*out)->path, (*out)->size, r->fsize, r->index);
+    return 0;
+}
+
+/* XXH64 of the range's current bytes. */
+static int rb_current(rb *R, const rfile *f, const rec *r, uint64_t *h)
+{
+    NLSR_FORWARD(rbuf_need(R->ctx, &R->cur, (size_t)r->len + 1, "journal check buffer"));
+    NLSR_FORWARD(nlsr_pread_all(f->fd, R->cur.p, (size_t)r->len, r->off, f->path, &R->ctx->err));
+    *h = nlsr_xxh64(R->cur.p, (size_t)r->len, 0);
+    return 0;
+}
+
+static int rb_push(rb *R, uint64_t at)
+{
+    if (R->ntodo == R->todo_cap) {
+        size_t cap = R->todo_cap ? 2 * R->todo_cap : 256;
+        uint64_t *t = realloc(R->todo, cap * sizeof *t);
+        NLSR_FAIL_IF(!t, &R->ctx->err, -ENOMEM, "out of memory");
+        R->todo = t;
+        R->todo_cap = cap;
+    }
+    R->todo[R->ntodo++] = at;
+    return 0;
+}
+
+/* Pass 1: every armed record must be intact; records past them are restored too when intact
+ * (they hold true original bytes, so writing them back is harmless), and the scan stops at
+ * the first one that is not: the torn tail of a crash. Nothing is written here. */
+static int rb_scan(rb *R, const slot *s, int state, int force)
+{
+    nlsr_err *e = &R->ctx->err;
+    uint64_t at = NLSR_JOURNAL_DATA_START, i = 0;
+    int saw_end = 0;
+    while (at < R->jsize || i < s->records) {
+        int armed = i < s->records;
+        rec r;
+        memset(&r, 0, sizeof r);
+        const char *why = NULL;
+        int rc = at < R->jsize ? read_rec(R->ctx, R->fd, R->path, at, R->jsize, &r, &why) : 1;
+        if (rc == 1 && at >= R->jsize) why = "the journal ends before it";
+        if (rc < 0) return rc;
+        if (rc == 0 && r.index != i) {
+            why = "its index is out of sequence";
+            rc = 1;
+        }
+        int header_ok = rc == 0; /* a record of ours, at its place: its range is known */
+        if (rc == 0 && r.type == REC_END) {
+            if (armed && i + 1 != s->records) {
+                why = "an end record stands before the last armed record";
+                rc = 1;
+            } else {
+                saw_end = armed;
+                break;
+            }
+        }
+        rfile *f = NULL;
+        if (rc == 0) rc = read_payload(R->ctx, R->fd, R->path, &r, &R->cb, &R->pb, &R->ob,
+                                       R->dctx, &why);
+        if (rc < 0) return rc;
+        if (rc == 1) {
+            NLSR_FAIL_IF(armed, e, NLSR_E_CHECKSUM,
+                         "%s: journal record %" PRIu64 " of %" PRIu64 " (at offset %" PRIu64
+                         ") is damaged: %s; the bytes it protects cannot be restored, so "
+                         "nothing was restored",
+                         R->path, i, s->records, at, why);
+            /* Past the armed records the writer never touched the range. A header that reads
+             * well says which range it was: make sure it still holds its original bytes. */
+            if (header_ok && r.type == REC_RANGE) {
+                uint64_t h;
+                NLSR_FORWARD(rb_file(R, &r, &f));
+                NLSR_FORWARD(rb_current(R, f, &r, &h));
+                NLSR_FAIL_IF(h != r.h_orig, e, NLSR_E_JOURNAL,
+                             "%s: journal record %" PRIu64 " (%s bytes %" PRIu64 "..%" PRIu64
+                             ") is damaged (%s) and the range no longer holds its original "
+                             "bytes; nothing was restored",
+                             R->path, i, r.name, r.off, r.off + r.len, why);
+            }
+            break;
+        }
+        NLSR_FORWARD(rb_file(R, &r, &f));
+        if (state == NLSR_JOURNAL_COMPLETE && !force) {
+            uint64_t h;
+            NLSR_FORWARD(rb_current(R, f, &r, &h));
+            NLSR_FAIL_IF(h != r.h_new, e, NLSR_E_MISMATCH,
+                         "%s: bytes %" PRIu64 "..%" PRIu64 " changed after the realignment "
+                         "finished; rolling back would overwrite those changes (nlsr rollback "
+                         "--force writes the recorded originals anyway); nothing was restored",
+                         f->path, r.off, r.off + r.len);
+        }
+        NLSR_FORWARD(rb_push(R, at));
+        at += r.total;
+        i++;
+    }
+    NLSR_FAIL_IF(state == NLSR_JOURNAL_COMPLETE && !saw_end, e, NLSR_E_CHECKSUM,
+                 "%s: the journal is marked complete but has no end record", R->path);
+    return 0;
+}
+
+static int rb_write(rb *R, int verify)
+{
+    nlsr_err *e = &R->ctx->err;
+    for (size_t k = 0; k < R->ntodo; k++) {
+        rec r;
+        const char *why = NULL;
+        int rc = read_rec(R->ctx, R->fd, R->path, R->todo[k], R->jsize, &r, &why);
+        if (rc == 0) rc = read_payload(R->ctx, R->fd, R->path, &r, &R->cb, &R->pb, &R->ob,
+                                       R->dctx, &why);
+        NLSR_FAIL_IF(rc == 1, e, NLSR_E_CHECKSUM, "%s: record %" PRIu64 " changed during rollback: %s",
+                     R->path, r.index, why);
+        NLSR_FORWARD(rc);
+        rfile *f = NULL;
+        NLSR_FORWARD(rb_file(R, &r, &f));
+        if (!verify) {
+            NLSR_FORWARD(d_pwrite(e, f->fd, R->ob.p, (size_t)r.len, r.off, f->path));
+            R->ctx->bytes_written += r.len;
+            continue;
+        }
+        uint64_t h;
+        NLSR_FORWARD(rb_current(R, f, &r, &h));
+        NLSR_FAIL_IF(h != r.h_orig, e, NLSR_E_CHECKSUM,
+                     "%s: bytes %" PRIu64 "..%" PRIu64 " read back after rollback do not match "
+                     "the journal's checksum of the originals",
+                     f->path, r.off, r.off + r.len);
+    }
+    return 0;
+}
+
+int nlsr_journal_rollback(nlsr_ctx *ctx, const char *dir, int force, nlsr_journal_info *info)
+{
+    nlsr_err *e = &ctx->err;
+    memset(info, 0, sizeof *info);
+    rb R;
+    memset(&R, 0, sizeof R);
+    R.ctx = ctx;
+    R.dir = dir;
+    char *path = NULL;
+    int rc = open_journal(ctx, dir, O_RDWR, &path, &R.fd);
+    R.path = path;
+    slot best;
+    if (rc == 0 && R.fd >= 0) rc = read_head(ctx, R.fd, path, info, &best);
+    if (rc < 0 || R.fd < 0 || info->state == NLSR_JOURNAL_TORN) goto done;
+    R.jsize = info->file_size;
+    R.follow = (info->flags & NLSR_JOURNAL_FLAG_LINKS) != 0;
+    if (!(R.dctx = ZSTD_createDCtx())) {
+        rc = nlsr_fail(e, -ENOMEM, "out of memory");
+        goto done;
+    }
+    rc = rb_scan(&R, &best, info->state, force);
+    if (rc < 0) goto done;
+    /* From here on the checkpoint is being changed: a crash must not let a later run mistake
+     * the half-restored files for a finished realignment. */
+    if (info->state != NLSR_JOURNAL_ROLLING_BACK) {
+        unsigned char s[SLOT_SIZE];
+        uint64_t seq = best.seq + 1;
+        fill_slot(s, seq, NLSR_JOURNAL_ROLLING_BACK, best.records, best.end, best.last, info->id);
+        rc = d_pwrite(e, R.fd, s, SLOT_SIZE, slot_offset(seq), path);
+        if (rc == 0) rc = d_fsync(e, R.fd, path);
+        if (rc < 0) goto done;
+    }
+    rc = rb_write(&R, 0);
+    for (size_t i = 0; i < R.nfiles && rc == 0; i++)
+        rc = d_fsync(e, R.files[i].fd, R.files[i].path);
+    if (rc == 0) rc = rb_write(&R, 1);
+    if (rc == 0) {
+        info->restored_ranges = R.ntodo;
+        for (size_t k = 0; k < R.ntodo; k++) {
+            rec r;
+            const char *why;
+            if (read_rec(ctx, R.fd, path, R.todo[k], R.jsize, &r, &why) == 0)
+                info->restored_bytes += r.len;
+        }
+    }
+done:
+    for (size_t i = 0; i < R.nfiles; i++) {
+        if (R.files[i].fd >= 0) close(R.files[i].fd);
+        free(R.files[i].name);
+        free(R.files[i].path);
+    }
+    free(R.files);
+    free(R.todo);
+    rbuf_free(ctx, &R.cb);
+    rbuf_free(ctx, &R.pb);
+    rbuf_free(ctx, &R.ob);
+    rbuf_free(ctx, &R.cur);
+    ZSTD_freeDCtx(R.dctx);
+    if (R.fd >= 0) close(R.fd);
+    free(path);
+    return rc;
+}
