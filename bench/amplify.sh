@@ -105,6 +105,8 @@ run_amp() { # layers cache backend budget rep
     echo "memory: $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
     dev=$(df --output=source "$DATA" | tail -1)
     echo "data: $DATA on $dev ($(df --output=fstype "$DATA" | tail -1)), read_ahead_kb $(cat /sys/block/"$(basename "$dev")"/queue/read_ahead_kb 2>/dev/null || echo '?')"
+    echo "other processes at the start (the machine is shared; the device and cores with them):"
+    ps -eo pcpu,etime,args --sort=-pcpu | head -6 | cut -c1-160
 } > "$OUT/amplify-machine.txt"
 
 for L in $LAYERS; do
@@ -132,6 +134,11 @@ for L in $LAYERS; do
         done
     fi
 done
+{
+    echo "other processes at the end:"
+    ps -eo pcpu,etime,args --sort=-pcpu | head -6 | cut -c1-160
+    echo "finished: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+} >> "$OUT/amplify-machine.txt"
 [ $KEEP = 1 ] || rm -rf "$DATA/base" "$DATA/aligned" "$DATA/out"
 python3 "$here/amplify_plot.py" "$CSV" "$OUT/amplify.svg" > "$OUT/amplify-summary.md"
 cat "$OUT/amplify-summary.md"

@@ -7,7 +7,9 @@ bench/amplify.sh's CSV.
 Medians over repetitions. Ratios against `cat` of the same input files in the same run and cache
 state: `read-rate ratio` = (bytes amplify read / its seconds) / (bytes cat read / its seconds);
 `time ratio` = cat seconds / amplify seconds (cat reads both whole checkpoints, amplify skips the
-base's non-target tensors but also writes the output)."""
+base's non-target tensors but also writes the output); `I/O-rate ratio` = (bytes amplify read
+and wrote / its seconds) / cat's rate: how fast it drives the disk, which reads and writes
+share."""
 import csv
 import statistics
 import sys
@@ -63,13 +65,15 @@ def summary(d):
                     continue
                 lines.append(f"{titles[job]}:\n")
                 lines.append("| backend | budget | seconds | read GB | written GB | read MiB/s | "
-                             "read-rate ratio vs cat | time ratio vs cat | peak RSS MiB | "
-                             "budget used MiB | plan vs run bytes |")
-                lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+                             "read-rate ratio vs cat | time ratio vs cat | I/O-rate ratio vs cat | "
+                             "peak RSS MiB | budget used MiB | plan vs run bytes |")
+                lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
                 for k in sorted(rows, key=lambda k: (k[3] != "uring", k[3], budget_mib(k[4]))):
                     v = rows[k]
                     rr = v["read_mib_s"] / cat["read_mib_s"] if cat else float("nan")
                     tr = cat["seconds"] / v["seconds"] if cat else float("nan")
+                    io = ((v["bytes_read"] + v["bytes_written"]) / v["seconds"] /
+                          (cat["bytes_read"] / cat["seconds"])) if cat else float("nan")
                     pd = ""
                     if v["plan_bytes_read"]:
                         pr = (v["plan_bytes_read"] + v["plan_bytes_written"]) / \
@@ -77,7 +81,7 @@ def summary(d):
                         pd = f"{pr * 100:+.3f}%"
                     lines.append(f"| {k[3]} | {k[4]} | {v['seconds']:.2f} | "
                                  f"{v['bytes_read'] / 1e9:.2f} | {v['bytes_written'] / 1e9:.2f} | "
-                                 f"{v['read_mib_s']:.0f} | {rr:.2f} | {tr:.2f} | "
+                                 f"{v['read_mib_s']:.0f} | {rr:.2f} | {tr:.2f} | {io:.2f} | "
                                  f"{v['peak_rss_mib']:.0f} | {v['budget_peak_mib']:.0f} | {pd} |")
                 lines.append("")
     rss = {k[0]: v["peak_rss_mib"] for k, v in d.items()
@@ -106,7 +110,7 @@ def svg(d, path):
     for cache in ("cold", "warm"):
         pts[cache] = sorted((budget_mib(k[4]), v) for k, v in d.items()
                             if k[0] == L and k[1] == cache and k[2] == "amplify" and k[3] == "uring")
-    W, H, PW, PH, M = 1000, 420, 400, 290, 70
+    W, H, PW, PH, M = 1620, 420, 400, 290, 70
     budgets = sorted({b for c in pts.values() for b, _ in c})
     if not budgets:
         return
@@ -169,22 +173,28 @@ def svg(d, path):
             out.append(f'<text x="{left + 8}" y="{ly}" fill="{color}">{name}</text>')
             ly += 15
 
-    thr = {c: [(b, v["read_mib_s"]) for b, v in pts[c]] for c in pts}
-    cats = {c: d.get((L, c, "cat", "-", "-")) for c in ("cold", "warm")}
-    ymax = max([v for c in thr.values() for _, v in c] +
-               [cats[c]["read_mib_s"] for c in cats if cats[c]]) * 1.15
-    refs = [(f"cat, {c}", colors[c], cats[c]["read_mib_s"], "6,4") for c in cats if cats[c]]
-    marks = [(f"reads alone ({c})", colors[c], budget_mib(k[4]), v["read_mib_s"])
-             for c in ("cold", "warm") for k, v in d.items()
-             if k[0] == L and k[1] == c and k[2] == "read" and k[3] == "uring"]
-    ymax = max([ymax] + [m[3] * 1.15 for m in marks])
-    panel(0, f"amplify read throughput ({PRESET[0]}, {L} layers, io_uring)", "MiB/s read",
-          [(f"amplify, {c} cache", colors[c], thr[c]) for c in thr], ymax, refs, marks)
+    # Panels 0 and 1: cold and warm throughput, each with cat of the same files as reference.
+    for p_i, c in enumerate(("cold", "warm")):
+        cat = d.get((L, c, "cat", "-", "-"))
+        rd = [(b, v["read_mib_s"]) for b, v in pts[c]]
+        io = [(b, (v["bytes_read"] + v["bytes_written"]) / MIB / v["seconds"]) for b, v in pts[c]]
+        marks = [("reads alone", "#2ca02c", budget_mib(k[4]), v["read_mib_s"])
+                 for k, v in d.items()
+                 if k[0] == L and k[1] == c and k[2] == "read" and k[3] == "uring"]
+        vals = [v for _, v in rd + io] + [m[3] for m in marks]
+        if cat:
+            vals.append(cat["read_mib_s"])
+        if not vals:
+            continue
+        refs = [("cat of the inputs", "#555", cat["read_mib_s"], "6,4")] if cat else []
+        panel(p_i, f"{c} cache: amplify, io_uring ({PRESET[0]}, {L} layers)", "MiB/s",
+              [("read", colors["cold"], rd), ("read + written", "#ff7f0e", io)],
+              max(vals) * 1.2, refs, marks)
     rss = {c: [(b, v["peak_rss_mib"]) for b, v in pts[c]] for c in pts}
     lim = [(b, b + 64) for b in budgets]
     ymax2 = max([v for c in rss.values() for _, v in c] + [v for _, v in lim]) * 1.1
-    panel(1, "peak RSS (VmHWM)", "MiB",
-          [(f"amplify, {c} cache", colors[c], rss[c]) for c in rss] +
+    panel(2, "peak RSS (VmHWM)", "MiB",
+          [(f"{c} cache", colors[c], rss[c]) for c in rss] +
           [("budget + 64 MiB", "#888", lim)], ymax2, [])
     out.append("</svg>")
     open(path, "w").write("\n".join(out) + "\n")

@@ -14,6 +14,8 @@ NLSR=${NLSR:-build/nlsr}
 DATA=${DATA:-/work/bench-realign}
 RES=bench/results
 LAYERS=${LAYERS:-8}
+# The numpy baseline needs a python with numpy (Debian: apt-get install python3-numpy).
+PY=${PY:-/usr/bin/python3}
 mkdir -p "$RES" "$DATA"
 CSV=$RES/realign.csv
 echo "case,preset,layers,tool,budget,seconds,peak_rss_mib,bytes_read,bytes_written,note" >"$CSV"
@@ -25,6 +27,7 @@ time_v() {
   /usr/bin/time -f "%e %M" -o "$out" "$@"
 }
 synth_triple() { # preset layers dir
+  mkdir -p "$3"
   for r in base aligned finetuned; do
     [ -d "$3/$r" ] || $NLSR synth --preset "$1" --layers "$2" --role "$r" --seed 1 --out "$3/$r" -q
   done
@@ -67,7 +70,7 @@ time_v "$DATA/t" $NLSR run --base "$D2/base" --aligned "$D2/aligned" --finetuned
 read S RSS <"$DATA/t"
 echo "2,llama-8b,2,nlsr run,1G,$S,$((RSS / 1024)),,," >>"$CSV"
 drop
-time_v "$DATA/t" python3 bench/baseline_numpy.py "$D2/base" "$D2/aligned" "$D2/finetuned" "$D2/out-numpy"
+time_v "$DATA/t" $PY bench/baseline_numpy.py "$D2/base" "$D2/aligned" "$D2/finetuned" "$D2/out-numpy"
 read S RSS <"$DATA/t"
 SAME=identical
 for f in "$D2"/out-nlsr/*; do cmp -s "$f" "$D2/out-numpy/$(basename "$f")" || SAME=DIFFERENT; done

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@ struct nlsr_sink {
     unsigned nbuf;
     uint64_t charged;
     unsigned char *mem;     /* nbuf * chunk, NLSR_IO_ALIGN-aligned; NULL for mmap */
+    int own_mem;            /* mem allocated here (else the caller's arena) */
     int registered;
     nlsr_io_req *req;       /* one per buffer */
     int *busy;              /* buffer's write in flight */
@@ -60,6 +62,12 @@ nlsr_io_kind nlsr_sink_kind(const nlsr_sink *s)
 int nlsr_sink_create(nlsr_ctx *ctx, nlsr_io_kind kind, size_t chunk, unsigned nbuf,
                      nlsr_sink **out)
 {
+    return nlsr_sink_create_in(ctx, kind, chunk, nbuf, NULL, out);
+}
+
+int nlsr_sink_create_in(nlsr_ctx *ctx, nlsr_io_kind kind, size_t chunk, unsigned nbuf,
+                        void *mem, nlsr_sink **out)
+{
     nlsr_err *e = &ctx->err;
     int rc;
     *out = NULL;
@@ -91,21 +99,28 @@ int nlsr_sink_create(nlsr_ctx *ctx, nlsr_io_kind kind, size_t chunk, unsigned nb
     rc = nlsr_io_open(kind, nbuf, "writer", ctx->quiet, &s->io, &s->kind, e);
     if (rc < 0) goto fail;
     const char *what = s->kind == NLSR_IO_MMAP ? "writer mapping windows" : "writer buffers";
-    rc = nlsr_budget_charge(&ctx->budget, nlsr_sink_mem(chunk, nbuf), what, e);
-    if (rc < 0) goto fail;
-    s->charged = nlsr_sink_mem(chunk, nbuf);
+    uint64_t bytes = nlsr_sink_mem(chunk, nbuf);
+    if (mem) {
+        NLSR_FAIL_IF(((uintptr_t)mem & (NLSR_IO_ALIGN - 1)) != 0, e, NLSR_E_USAGE,
+                     "writer: buffers at %p are not aligned to %u bytes", mem, NLSR_IO_ALIGN);
+    } else {
+        rc = nlsr_budget_charge(&ctx->budget, bytes, what, e);
+        if (rc < 0) goto fail;
+        s->charged = bytes;
+    }
     if (s->kind != NLSR_IO_MMAP) {
-        void *m = NULL;
-        int prc = posix_memalign(&m, NLSR_IO_ALIGN, s->charged);
+        void *m = mem;
+        int prc = m ? 0 : posix_memalign(&m, NLSR_IO_ALIGN, bytes);
         if (prc) {
             rc = nlsr_fail(e, -prc, "writer: out of memory for %llu bytes of buffers",
-                           (unsigned long long)s->charged);
+                           (unsigned long long)bytes);
             goto fail;
         }
         s->mem = m;
+        s->own_mem = mem == NULL;
         /* One registered buffer spans the whole ring; where the memlock limit refuses it the
          * writes simply go unregistered. */
-        struct iovec iov = {s->mem, (size_t)s->charged};
+        struct iovec iov = {s->mem, (size_t)bytes};
         s->registered = nlsr_io_register(s->io, &iov, 1) == 0;
     }
     *out = s;
@@ -153,7 +168,7 @@ void nlsr_sink_free(nlsr_sink *s)
     if (!s) return;
     nlsr_sink_cancel(s);
     nlsr_io_close(s->io);
-    free(s->mem);
+    if (s->own_mem) free(s->mem);
     if (s->charged) nlsr_budget_release(&s->ctx->budget, s->charged);
     free(s->req);
     free(s->busy);

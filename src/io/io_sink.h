@@ -28,6 +28,11 @@ uint64_t nlsr_sink_mem(size_t chunk, unsigned nbuf);
  * ctx->budget here; bytes written are added to ctx->bytes_written as files complete. */
 int nlsr_sink_create(nlsr_ctx *ctx, nlsr_io_kind kind, size_t chunk, unsigned nbuf,
                      nlsr_sink **out);
+/* The same, with the buffers in `mem` (nlsr_sink_mem(chunk, nbuf) bytes, 4096-byte aligned)
+ * carved from a job's arena charged as a whole: nothing is charged here, mem stays the
+ * caller's. */
+int nlsr_sink_create_in(nlsr_ctx *ctx, nlsr_io_kind kind, size_t chunk, unsigned nbuf,
+                        void *mem, nlsr_sink **out);
 void nlsr_sink_free(nlsr_sink *s);
 /* The backend in use (after any step-down). */
 nlsr_io_kind nlsr_sink_kind(const nlsr_sink *s);

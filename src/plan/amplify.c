@@ -216,10 +216,17 @@ static int run_plan(amp_run *R)
 {
     nlsr_ctx *ctx = R->ctx;
     const nlsr_plan *P = R->plan;
-    int rc = 0;
     nlsr_stream *st = NULL;
-    rc = nlsr_sink_create(ctx, ctx->io_kind, P->sink_chunk, P->sink_nbuf, &R->sink);
-    if (rc == 0) rc = nlsr_stream_open(ctx, P->units, P->nunits, P->depth, &st);
+    /* One arena for the writer's and the stream's rings, charged once. */
+    nlsr_arena ar;
+    int rc = nlsr_arena_init(ctx, &ar, P->sink_mem + P->stream_mem, "amplify buffers");
+    void *wmem = rc == 0 ? nlsr_arena_take(&ar, P->sink_mem) : NULL;
+    void *rmem = rc == 0 ? nlsr_arena_take(&ar, P->stream_mem) : NULL;
+    if (rc == 0)
+        rc = nlsr_sink_create_in(ctx, ctx->io_kind, P->sink_chunk, P->sink_nbuf, wmem, &R->sink);
+    if (rc == 0)
+        rc = nlsr_stream_open_in(ctx, P->units, P->nunits, P->depth, rmem, (size_t)P->stream_mem,
+                                 &st);
     nlsr_progress pr;
     uint64_t total = P->write_bytes;
     for (int k = 0; k < NLSR_PLAN_MAX_CK; k++) total += P->read_bytes[k];
@@ -251,6 +258,7 @@ static int run_plan(amp_run *R)
     nlsr_stream_close(st);
     nlsr_sink_free(R->sink);
     R->sink = NULL;
+    nlsr_arena_free(&ar);
     return rc;
 }
 

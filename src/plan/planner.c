@@ -99,6 +99,40 @@ int nlsr_plan_shard_header(nlsr_ctx *ctx, const nlsr_ckpt *ck, uint32_t shard, c
     return rc;
 }
 
+int nlsr_arena_init(nlsr_ctx *ctx, nlsr_arena *a, uint64_t size, const char *what)
+{
+    memset(a, 0, sizeof *a);
+    size = (size + NLSR_IO_ALIGN - 1) & ~(uint64_t)(NLSR_IO_ALIGN - 1);
+    NLSR_FORWARD(nlsr_budget_charge(&ctx->budget, size, what, &ctx->err));
+    void *m = NULL;
+    int rc = posix_memalign(&m, NLSR_IO_ALIGN, size ? (size_t)size : NLSR_IO_ALIGN);
+    if (rc) {
+        nlsr_budget_release(&ctx->budget, size);
+        return nlsr_fail(&ctx->err, -rc, "%s: out of memory for %llu bytes", what,
+                         (unsigned long long)size);
+    }
+    a->base = m;
+    a->size = size;
+    a->budget = &ctx->budget;
+    return 0;
+}
+
+void *nlsr_arena_take(nlsr_arena *a, uint64_t bytes)
+{
+    uint64_t at = (a->used + NLSR_IO_ALIGN - 1) & ~(uint64_t)(NLSR_IO_ALIGN - 1);
+    if (!a->base || at > a->size || bytes > a->size - at) return NULL;
+    a->used = at + bytes;
+    return a->base + at;
+}
+
+void nlsr_arena_free(nlsr_arena *a)
+{
+    if (!a->base) return;
+    free(a->base);
+    nlsr_budget_release(a->budget, a->size);
+    memset(a, 0, sizeof *a);
+}
+
 void nlsr_plan_free(nlsr_plan *p)
 {
     if (!p) return;

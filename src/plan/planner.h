@@ -25,6 +25,7 @@
 
 #include <stdio.h>
 
+#include "../common/budget.h"
 #include "stream.h"
 
 #define NLSR_PLAN_MAX_CK 3
@@ -87,6 +88,22 @@ typedef struct nlsr_plan {
     size_t nranges;
     nlsr_plan_range *ranges;   /* coalesced, by checkpoint, shard, offset */
 } nlsr_plan;
+
+/* One job's buffers in one block, charged to the budget once: the stream's ring, the
+ * writer's ring and the job's own memory are carved from it, so the memory a job holds is a
+ * single number the plan predicts. */
+typedef struct nlsr_arena {
+    unsigned char *base;
+    uint64_t size, used;
+    nlsr_budget *budget;
+} nlsr_arena;
+
+/* Allocates and charges `size` bytes (4096-byte aligned); `what` names it in messages. */
+int nlsr_arena_init(nlsr_ctx *ctx, nlsr_arena *a, uint64_t size, const char *what);
+/* The next `bytes` at a 4096-byte boundary, or NULL if the arena is exhausted. */
+void *nlsr_arena_take(nlsr_arena *a, uint64_t bytes);
+/* Frees and releases the charge; a zeroed arena is a no-op. */
+void nlsr_arena_free(nlsr_arena *a);
 
 /* Builds the plan. Target tensors of ck[layout] must exist with the same shape in every
  * checkpoint read for targets (NLSR_E_MISMATCH otherwise). NLSR_E_BUDGET names the smallest

@@ -16,6 +16,7 @@
 #include "stream.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -65,6 +66,7 @@ struct nlsr_stream {
     unsigned qd;
     size_t chunk;
     unsigned char *mem;
+    int own_mem;        /* mem allocated here (else the caller's arena) */
     uint64_t slot_bytes, charged;
 };
 
@@ -352,6 +354,12 @@ static void release_slot(nlsr_stream *s, stream_slot *sl)
 int nlsr_stream_open(nlsr_ctx *ctx, const nlsr_unit *units, size_t nunits, unsigned depth,
                      nlsr_stream **out)
 {
+    return nlsr_stream_open_in(ctx, units, nunits, depth, NULL, 0, out);
+}
+
+int nlsr_stream_open_in(nlsr_ctx *ctx, const nlsr_unit *units, size_t nunits, unsigned depth,
+                        void *mem, size_t mem_len, nlsr_stream **out)
+{
     nlsr_err *e = &ctx->err;
     int rc;
     *out = NULL;
@@ -441,20 +449,32 @@ int nlsr_stream_open(nlsr_ctx *ctx, const nlsr_unit *units, size_t nunits, unsig
     if (rc < 0) goto fail;
     ctx->io_used = s->kind;
     uint64_t total = s->slot_bytes * depth;
-    rc = nlsr_budget_charge(&ctx->budget, total,
-                            s->kind == NLSR_IO_MMAP ? "read stream windows" : "read stream buffers",
-                            e);
-    if (rc < 0) goto fail;
-    s->charged = total;
+    if (mem) {
+        /* The caller's arena, charged there. */
+        if (mem_len < total || ((uintptr_t)mem & (NLSR_IO_ALIGN - 1)) != 0) {
+            rc = nlsr_fail(e, NLSR_E_USAGE,
+                           "read stream: %zu bytes at %p given, %llu aligned to %u needed",
+                           mem_len, mem, (unsigned long long)total, NLSR_IO_ALIGN);
+            goto fail;
+        }
+    } else {
+        rc = nlsr_budget_charge(&ctx->budget, total,
+                                s->kind == NLSR_IO_MMAP ? "read stream windows"
+                                                        : "read stream buffers",
+                                e);
+        if (rc < 0) goto fail;
+        s->charged = total;
+    }
     if (s->kind != NLSR_IO_MMAP && total > 0) {
-        void *m = NULL;
-        int prc = posix_memalign(&m, NLSR_IO_ALIGN, (size_t)total);
+        void *m = mem;
+        int prc = m ? 0 : posix_memalign(&m, NLSR_IO_ALIGN, (size_t)total);
         if (prc) {
             rc = nlsr_fail(e, -prc, "read stream: out of memory for %llu bytes of buffers",
                            (unsigned long long)total);
             goto fail;
         }
         s->mem = m;
+        s->own_mem = mem == NULL;
         /* Registered buffers spare the kernel pinning pages on every O_DIRECT read. Where the
          * memlock limit refuses (or a slot passes io_uring's 1 GiB per buffer) reads go
          * unregistered. */
@@ -515,7 +535,7 @@ void nlsr_stream_close(nlsr_stream *s)
         }
     for (size_t i = 0; i < s->nfiles; i++)
         if (s->files[i].dfd >= 0) close(s->files[i].dfd);
-    free(s->mem);
+    if (s->own_mem) free(s->mem);
     if (s->charged) nlsr_budget_release(&s->ctx->budget, s->charged);
     free(s->files);
     free(s->slot);

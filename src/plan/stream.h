@@ -34,6 +34,11 @@ typedef struct nlsr_stream nlsr_stream;
  * copied. */
 int nlsr_stream_open(nlsr_ctx *ctx, const nlsr_unit *units, size_t nunits, unsigned depth,
                      nlsr_stream **out);
+/* The same, with the buffers in `mem` (mem_len >= nlsr_stream_mem(units, nunits, depth),
+ * 4096-byte aligned), carved from a job's arena that is charged to the budget as a whole;
+ * nothing is charged here and mem stays the caller's. */
+int nlsr_stream_open_in(nlsr_ctx *ctx, const nlsr_unit *units, size_t nunits, unsigned depth,
+                        void *mem, size_t mem_len, nlsr_stream **out);
 /* The next unit and its spans' bytes (data[k] for span k, valid until the next call).
  * Returns 1, 0 after the last unit, or a negative error. */
 int nlsr_stream_next(nlsr_stream *s, const nlsr_unit **unit, const unsigned char *const **data);

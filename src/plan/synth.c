@@ -26,6 +26,7 @@
 #include "../io/file.h"
 #include "../io/io_sink.h"
 #include "../io/safetensors.h"
+#include "planner.h"
 #include "progress.h"
 #include "realign_full.h"
 
@@ -158,7 +159,7 @@ typedef struct synth_run {
     nlsr_ctx *ctx;
     const nlsr_synth_params *p;
     nlsr_sink *sink;
-    float *fac;          /* factors of the current tensor, charged to the budget */
+    float *fac;          /* factors of the current tensor: room for the largest, in the arena */
     uint64_t fac_bytes;
     nlsr_progress pr;
 } synth_run;
@@ -180,14 +181,9 @@ static int make_factors(synth_run *S, const stensor *t, factors *f)
     }
     uint64_t out = t->shape[0], in = t->shape[1];
     uint64_t need = (out + in) * (uint64_t)f->R * sizeof(float);
-    if (need > S->fac_bytes) {
-        nlsr_budget_free(&S->ctx->budget, S->fac, S->fac_bytes);
-        S->fac = NULL;
-        S->fac_bytes = 0;
-        NLSR_FORWARD(nlsr_budget_alloc(&S->ctx->budget, need, "synthetic low-rank factors",
-                                       (void **)&S->fac, &S->ctx->err));
-        S->fac_bytes = need;
-    }
+    NLSR_FAIL_IF(need > S->fac_bytes, &S->ctx->err, NLSR_E_USAGE,
+                 "synth: factors of '%s' need %llu bytes, %llu planned", t->name,
+                 (unsigned long long)need, (unsigned long long)S->fac_bytes);
     float *U = S->fac, *V = S->fac + out * (uint64_t)f->R;
     uint64_t seed = S->p->seed;
     float keep = (t->layer % 3 != 1) ? BROKEN_KEEP : 1.0f;
@@ -446,6 +442,7 @@ int nlsr_synth(nlsr_ctx *ctx, const nlsr_synth_params *params, const char *out_d
     char(*names)[64] = NULL;
     char *tmp = NULL, *txt = NULL;
     synth_run S = {ctx, &p, NULL, NULL, 0, {0}};
+    nlsr_arena arena = {0};
     NLSR_FAIL_IF(!v, e, -ENOMEM, "synth: out of memory");
     size_t n = model_tensors(P, layers, esz, v);
     /* Shards as transformers cuts them: in model order, a new one when the next tensor would
@@ -477,7 +474,22 @@ int nlsr_synth(nlsr_ctx *ctx, const nlsr_synth_params *params, const char *out_d
     size_t chunk = 8u << 20;
     while (ctx->budget.limit && chunk > (64u << 10) && (uint64_t)chunk * 4 * 16 > ctx->budget.limit)
         chunk /= 2;
-    rc = nlsr_sink_create(ctx, ctx->io_kind, chunk, 4, &S.sink);
+    /* One arena: the writer's ring and room for the largest tensor's low-rank factors. */
+    uint64_t fac_max = 0;
+    int rank = p.role == NLSR_SYNTH_BASE ? 0 : p.role == NLSR_SYNTH_ALIGNED ? RANK_A
+                                                                           : RANK_A + RANK_T;
+    for (size_t i = 0; i < n; i++)
+        if (v[i].kind == K_TARGET) {
+            uint64_t b = (v[i].shape[0] + v[i].shape[1]) * (uint64_t)rank * sizeof(float);
+            if (b > fac_max) fac_max = b;
+        }
+    uint64_t wmem = nlsr_sink_mem(chunk, 4);
+    rc = nlsr_arena_init(ctx, &arena, wmem + fac_max, "synth buffers");
+    if (rc < 0) goto done;
+    void *wbuf = nlsr_arena_take(&arena, wmem);
+    S.fac = nlsr_arena_take(&arena, fac_max);
+    S.fac_bytes = fac_max;
+    rc = nlsr_sink_create_in(ctx, ctx->io_kind, chunk, 4, wbuf, &S.sink);
     if (rc < 0) goto done;
     ctx->io_used = nlsr_sink_kind(S.sink);
     nlsr_progress_start(&S.pr, ctx, "synth", total);
@@ -497,7 +509,7 @@ int nlsr_synth(nlsr_ctx *ctx, const nlsr_synth_params *params, const char *out_d
 done:
     if (rc < 0 && tmp) nlsr_outdir_abort(tmp);
     nlsr_sink_free(S.sink);
-    nlsr_budget_free(&ctx->budget, S.fac, S.fac_bytes);
+    nlsr_arena_free(&arena);
     free(txt);
     free(tmp);
     free(names);
