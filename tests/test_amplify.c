@@ -49,6 +49,35 @@ static uint16_t ref_f32_to_bf16(float f)
     return (uint16_t)hi;
 }
 
+/* IEEE half <-> f32 spelled out with ldexp/nearbyint (clang 14 has no _Float16 on x86-64). */
+static float ref_f16_to_f32(uint16_t h)
+{
+    int e = (h >> 10) & 0x1F, m = h & 0x3FF;
+    double v;
+    if (e == 31) v = m ? NAN : INFINITY;
+    else if (e == 0) v = ldexp((double)m, -24);
+    else v = ldexp((double)(1024 + m), e - 25);
+    return (float)((h & 0x8000) ? -v : v);
+}
+
+static uint16_t ref_f32_to_f16(float f)
+{
+    uint16_t sign = signbit(f) ? 0x8000 : 0;
+    double a = fabs((double)f);
+    if (isnan(f)) return (uint16_t)(sign | 0x7E00);
+    if (a < 0x1p-14) return (uint16_t)(sign | (uint16_t)nearbyint(a * 0x1p24));
+    int e;
+    frexp(a, &e);
+    int E = e - 1;
+    double q = nearbyint(ldexp(a, 10 - E));
+    if (q == 2048.0) {
+        q = 1024.0;
+        E++;
+    }
+    if (E > 15) return (uint16_t)(sign | 0x7C00);
+    return (uint16_t)(sign | ((E + 15) << 10) | ((int)q - 1024));
+}
+
 static float ref_load(nlsr_dtype t, const unsigned char *p, uint64_t i)
 {
     if (t == NLSR_DTYPE_BF16) {
@@ -57,9 +86,9 @@ static float ref_load(nlsr_dtype t, const unsigned char *p, uint64_t i)
         return ref_bf16_to_f32(h);
     }
     if (t == NLSR_DTYPE_F16) {
-        _Float16 h;
+        uint16_t h;
         memcpy(&h, p + 2 * i, 2);
-        return (float)h;
+        return ref_f16_to_f32(h);
     }
     float f;
     memcpy(&f, p + 4 * i, 4);
@@ -72,7 +101,7 @@ static void ref_store(nlsr_dtype t, unsigned char *p, uint64_t i, float f)
         uint16_t h = ref_f32_to_bf16(f);
         memcpy(p + 2 * i, &h, 2);
     } else if (t == NLSR_DTYPE_F16) {
-        _Float16 h = (_Float16)f; /* IEEE round to nearest even */
+        uint16_t h = ref_f32_to_f16(f); /* IEEE round to nearest even */
         memcpy(p + 2 * i, &h, 2);
     } else {
         memcpy(p + 4 * i, &f, 4);
