@@ -20,6 +20,11 @@ same_dir() { for f in "$1"/*; do cmp -s "$f" "$2/$(basename "$f")" || return 1; 
 [ -f "$T/a/config.json" ] || fail "synth wrote no config.json"
 same_dir "$T/a" "$T/a2" || fail "synth is not deterministic across backends"
 
+# An output under folders that do not exist yet: they are created (mkdir -p), the output is
+# the same as anywhere else.
+"$NLSR" synth --preset tiny --role base --seed 3 --shard-size 300K --out "$T/new/deeper/b" -q
+same_dir "$T/b" "$T/new/deeper/b" || fail "synth into new parent folders differs"
+
 # plan --json and the run's --json summary agree on bytes (the spec allows 1%; they are equal).
 "$NLSR" plan --base "$T/b" --aligned "$T/a" --mem-budget 512K --bandwidth 1G,500M --json > "$T/plan.json"
 "$NLSR" amplify --base "$T/b" --aligned "$T/a" --out "$T/o" --mem-budget 512K --json -q > "$T/run.json"

@@ -236,3 +236,29 @@ void nlsr_remove_tree(const char *path)
     }
     rmdir(path);
 }
+
+int nlsr_mkdir_parents(const char *path, nlsr_err *e)
+{
+    char *p = strdup(path);
+    if (!p) return nlsr_fail(e, -ENOMEM, "out of memory");
+    int rc = 0;
+    char *last = strrchr(p, '/');
+    for (char *s = p + 1; last && s < last && rc == 0; s++) {
+        if (*s != '/') continue;
+        *s = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            rc = -errno;
+            nlsr_fail(e, rc, "%s: cannot create folder: %s", p, strerror(-rc));
+        }
+        *s = '/';
+    }
+    if (rc == 0 && last && last != p) {
+        *last = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            rc = -errno;
+            nlsr_fail(e, rc, "%s: cannot create folder: %s", p, strerror(-rc));
+        }
+    }
+    free(p);
+    return rc;
+}

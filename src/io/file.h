@@ -25,6 +25,9 @@ char *nlsr_path_join(const char *dir, const char *name);
 /* 1 if path is an existing directory, 0 if not, -errno on other errors. */
 int nlsr_is_dir(const char *path);
 int nlsr_exists(const char *path);
+/* Creates the missing folders above `path` (mkdir -p of its parent), so that an output such
+ * as out/run-1/realigned can be named before out/ exists. */
+int nlsr_mkdir_parents(const char *path, nlsr_err *e);
 /* Removes a folder tree nlsr created (temporary output); best effort. */
 void nlsr_remove_tree(const char *path);
 

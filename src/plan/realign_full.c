@@ -1190,6 +1190,11 @@ int nlsr_outdir_begin(nlsr_ctx *ctx, const char *out_dir, int force, char **tmp_
     NLSR_FAIL_IF(!t, e, -ENOMEM, "out of memory");
     /* A leftover of a crashed run that had our pid is ours to clear. */
     if (nlsr_exists(t)) nlsr_remove_tree(t);
+    int prc = nlsr_mkdir_parents(t, e);
+    if (prc < 0) {
+        free(t);
+        return prc;
+    }
     if (mkdir(t, 0755) != 0) {
         int rc = -errno;
         nlsr_fail(e, rc, "%s: cannot create folder: %s", t, strerror(-rc));
