@@ -24,6 +24,8 @@ same_dir "$T/a" "$T/a2" || fail "synth is not deterministic across backends"
 # the same as anywhere else.
 "$NLSR" synth --preset tiny --role base --seed 3 --shard-size 300K --out "$T/new/deeper/b" -q
 same_dir "$T/b" "$T/new/deeper/b" || fail "synth into new parent folders differs"
+"$NLSR" prepare --base "$DATA/sft" --aligned "$DATA/aligned" --out "$T/new2/p/x.nlsrp" -q
+[ -s "$T/new2/p/x.nlsrp" ] || fail "prepare into new parent folders wrote no patch file"
 
 # plan --json and the run's --json summary agree on bytes (the spec allows 1%; they are equal).
 "$NLSR" plan --base "$T/b" --aligned "$T/a" --mem-budget 512K --bandwidth 1G,500M --json > "$T/plan.json"

@@ -247,6 +247,8 @@ int nlsr_pf_writer_open(nlsr_ctx *ctx, const char *path, const char *kind, nlsr_
     ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_checksumFlag, 1);
     ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_contentSizeFlag, 1);
     snprintf(w->tmp, plen, "%s.nlsr-tmp-%ld", path, (long)getpid());
+    rc = nlsr_mkdir_parents(w->tmp, e);
+    if (rc < 0) goto fail;
     w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (w->fd < 0) {
         rc = -errno;
