@@ -40,6 +40,7 @@
 #include "../src/plan/inplace.h"
 #include "nlsr.h"
 #include "test.h"
+#include "test_files.h"
 
 #ifndef NLSR_TEST_DATA
 #error "NLSR_TEST_DATA must name tests/data"
@@ -70,15 +71,6 @@ static char *join(const char *a, const char *b)
     return p;
 }
 
-static unsigned char *read_all(const char *path, size_t *len)
-{
-    char *buf = NULL;
-    size_t n = 0;
-    nlsr_err e = {0};
-    if (nlsr_read_small_file(path, 1u << 30, &buf, &n, &e) < 0) return NULL;
-    if (len) *len = n;
-    return (unsigned char *)buf;
-}
 
 static void write_all(const char *path, const void *buf, size_t len)
 {
@@ -87,41 +79,7 @@ static void write_all(const char *path, const void *buf, size_t len)
     close(fd);
 }
 
-static int files_equal(const char *a, const char *b)
-{
-    size_t na = 0, nb = 0;
-    unsigned char *x = read_all(a, &na), *y = read_all(b, &nb);
-    int eq = x && y && na == nb && memcmp(x, y, na) == 0;
-    free(x);
-    free(y);
-    return eq;
-}
 
-/* The checkpoint files (names not starting with '.') of a and b are the same, bit for bit. */
-static int ckpt_equal(const char *a, const char *b)
-{
-    int eq = 1, na = 0, nb = 0;
-    DIR *d = opendir(a);
-    if (!d) return 0;
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        if (de->d_name[0] == '.') continue;
-        na++;
-        char *pa = join(a, de->d_name), *pb = join(b, de->d_name);
-        if (!files_equal(pa, pb)) {
-            fprintf(stderr, "  differs: %s vs %s\n", pa, pb);
-            eq = 0;
-        }
-        free(pa);
-        free(pb);
-    }
-    closedir(d);
-    if (!(d = opendir(b))) return 0;
-    while ((de = readdir(d)))
-        if (de->d_name[0] != '.') nb++;
-    closedir(d);
-    return eq && na == nb;
-}
 
 /* Only the lock file is left of nlsr's own files: no journal, state or temporary files. */
 static int only_lock_left(const char *dir)
@@ -397,7 +355,7 @@ static void test_matches_out(void)
     ASSERT_EQ_I(r.outcome, NLSR_INPLACE_REALIGNED);
     ASSERT_EQ_U(r.modules, 21);
     ASSERT_TRUE(r.patched > 0 && r.patched < 21);
-    ASSERT_TRUE(ckpt_equal(d, ref_default));
+    ASSERT_TRUE(folders_equal(d, ref_default));
     check_expected(d, FX "/expected/full_bf16_adaptive_paper_seed42.json");
     /* The journal holds a complete undo record; the state names it. */
     ASSERT_EQ_I(journal_state(d), NLSR_JOURNAL_COMPLETE);
@@ -412,7 +370,7 @@ static void test_matches_out(void)
     copy_dir(FT, d);
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ALL, 0, NULL, &r, NULL, 0), 0);
     ASSERT_EQ_U(r.patched, 21);
-    ASSERT_TRUE(ckpt_equal(d, ref_all));
+    ASSERT_TRUE(folders_equal(d, ref_all));
     check_expected(d, FX "/expected/full_bf16_all.json");
 
     /* Streamed: a budget too small to keep the fine-tune's targets between the passes. */
@@ -424,7 +382,7 @@ static void test_matches_out(void)
     if (r.outcome != NLSR_INPLACE_REALIGNED) fprintf(stderr, "  %s\n", nlsr_ctx_error(ctx));
     ASSERT_TRUE(nlsr_ctx_mem_peak(ctx) <= (1536u << 10));
     end_ctx(ctx);
-    ASSERT_TRUE(ckpt_equal(d, ref_default));
+    ASSERT_TRUE(folders_equal(d, ref_default));
 
     /* F16 fine-tune: transplanted values are converted as for --out. */
     char *f16 = wpath("match_f16"), *f16ref = wpath("match_f16_ref");
@@ -433,7 +391,7 @@ static void test_matches_out(void)
     ASSERT_EQ_I(nlsr_apply(ctx, patches, FX "/finetuned_f16", f16ref, &p), 0);
     end_ctx(ctx);
     ASSERT_EQ_I(apply_ip(patches, f16, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, NULL, 0), 0);
-    ASSERT_TRUE(ckpt_equal(f16, f16ref));
+    ASSERT_TRUE(folders_equal(f16, f16ref));
 
     /* LoRA: apply and run in place both give --out's adapter. */
     char *l = wpath("match_lora");
@@ -441,7 +399,7 @@ static void test_matches_out(void)
     ASSERT_EQ_I(apply_ip(lora_patches, l, NLSR_SELECT_ALL, 0, NULL, &r, NULL, 0), 0);
     ASSERT_EQ_U(r.modules, 21);
     ASSERT_EQ_U(r.patched, 21);
-    ASSERT_TRUE(ckpt_equal(l, ref_lora));
+    ASSERT_TRUE(folders_equal(l, ref_lora));
     char *lf = join(l, "adapter_model.safetensors");
     ASSERT_TRUE(files_equal(FX "/authors/adaptive_all/adapter_model.safetensors", lf));
     free(lf);
@@ -451,7 +409,7 @@ static void test_matches_out(void)
     pl.amplify = NLSR_AMPLIFY_AUTHORS;
     ASSERT_EQ_I(nlsr_run_inplace(ctx, NULL, FX "/lora_align", NULL, l, &pl, NULL, &r), 0);
     end_ctx(ctx);
-    ASSERT_TRUE(ckpt_equal(l, ref_lora));
+    ASSERT_TRUE(folders_equal(l, ref_lora));
     ASSERT_EQ_I(journal_state(l), NLSR_JOURNAL_COMPLETE); /* journal and state stay */
     /* run and prepare + apply have one key: apply after run is a no-op. */
     ASSERT_EQ_I(apply_ip(lora_patches, l, NLSR_SELECT_ALL, 0, NULL, &r, NULL, 0), 0);
@@ -462,7 +420,7 @@ static void test_matches_out(void)
     ctx = new_ctx();
     ASSERT_EQ_I(nlsr_run_inplace(ctx, FX "/sft", FX "/aligned", NULL, d, &p, NULL, &r), 0);
     end_ctx(ctx);
-    ASSERT_TRUE(ckpt_equal(d, ref_default));
+    ASSERT_TRUE(folders_equal(d, ref_default));
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, NULL, 0), 0);
     ASSERT_EQ_I(r.outcome, NLSR_INPLACE_ALREADY);
     free(l);
@@ -483,16 +441,16 @@ static void test_state_and_force(void)
     ASSERT_STR_EQ(r2.key, r.key);
     ASSERT_STR_EQ(r2.result, r.result);
     ASSERT_EQ_U(r2.patched, r.patched);
-    ASSERT_TRUE(ckpt_equal(d, ref_default));
+    ASSERT_TRUE(folders_equal(d, ref_default));
     /* Another realignment is refused, and nothing changes. */
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ALL, 0, NULL, &r2, msg, sizeof msg), NLSR_E_EXISTS);
     ASSERT_CONTAINS(msg, "--force");
-    ASSERT_TRUE(ckpt_equal(d, ref_default));
+    ASSERT_TRUE(folders_equal(d, ref_default));
     /* --force rolls the recorded one back first. */
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ALL, 1, NULL, &r2, NULL, 0), 0);
     ASSERT_EQ_I(r2.outcome, NLSR_INPLACE_REALIGNED);
     ASSERT_TRUE(r2.rolled_back_first);
-    ASSERT_TRUE(ckpt_equal(d, ref_all));
+    ASSERT_TRUE(folders_equal(d, ref_all));
     /* Changed files: the record no longer describes them. */
     char *sh = join(d, "model-00002-of-00003.safetensors");
     struct timespec ts[2] = {{1000000000, 0}, {1000000000, 0}};
@@ -502,9 +460,9 @@ static void test_state_and_force(void)
     ASSERT_CONTAINS(msg, "model-00002-of-00003.safetensors was modified");
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ALL, 1, NULL, &r2, NULL, 0), 0);
     ASSERT_EQ_I(r2.outcome, NLSR_INPLACE_REALIGNED);
-    ASSERT_TRUE(ckpt_equal(d, ref_all)); /* the transplant is idempotent under --select all */
+    ASSERT_TRUE(folders_equal(d, ref_all)); /* the transplant is idempotent under --select all */
     ASSERT_EQ_I(rollback(d, 0, 0, &r2, NULL, 0), 0);
-    ASSERT_TRUE(ckpt_equal(d, ref_all));
+    ASSERT_TRUE(folders_equal(d, ref_all));
     ASSERT_TRUE(only_lock_left(d));
     /* A rollback of a finished realignment whose bytes changed since is refused. */
     copy_dir(FT, d);
@@ -522,7 +480,7 @@ static void test_state_and_force(void)
     ASSERT_CONTAINS(msg, "changed after the realignment finished");
     ASSERT_EQ_I(journal_state(d), NLSR_JOURNAL_COMPLETE);
     ASSERT_EQ_I(rollback(d, 1, 0, &r2, NULL, 0), 0);
-    ASSERT_TRUE(ckpt_equal(d, FT));
+    ASSERT_TRUE(folders_equal(d, FT));
     free(sh);
     free(d);
 }
@@ -537,7 +495,7 @@ static void test_rollback_discard_stack(void)
     ASSERT_EQ_I(rollback(d, 0, 0, &r, NULL, 0), 0);
     ASSERT_EQ_I(r.outcome, NLSR_INPLACE_ROLLED_BACK);
     ASSERT_TRUE(r.ranges > 0);
-    ASSERT_TRUE(ckpt_equal(d, FT));
+    ASSERT_TRUE(folders_equal(d, FT));
     ASSERT_TRUE(only_lock_left(d));
     ASSERT_EQ_I(rollback(d, 0, 0, &r, NULL, 0), 0);
     ASSERT_EQ_I(r.outcome, NLSR_INPLACE_NOTHING);
@@ -546,7 +504,7 @@ static void test_rollback_discard_stack(void)
     ASSERT_EQ_I(rollback(d, 0, 1, &r, NULL, 0), 0);
     ASSERT_EQ_I(r.outcome, NLSR_INPLACE_DISCARDED);
     ASSERT_EQ_I(journal_state(d), NLSR_JOURNAL_NONE);
-    ASSERT_TRUE(ckpt_equal(d, ref_default));
+    ASSERT_TRUE(folders_equal(d, ref_default));
     ASSERT_EQ_I(rollback(d, 0, 0, &r, msg, sizeof msg), NLSR_E_NOTFOUND);
     ASSERT_CONTAINS(msg, "cannot be undone");
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, NULL, 0), 0);
@@ -556,10 +514,10 @@ static void test_rollback_discard_stack(void)
     ASSERT_CONTAINS(msg, "on top");
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ALL, 1, NULL, &r, NULL, 0), 0);
     ASSERT_TRUE(r.stacked);
-    ASSERT_TRUE(ckpt_equal(d, ref_all));
+    ASSERT_TRUE(folders_equal(d, ref_all));
     /* Its rollback goes back to the realignment below, which the state records again. */
     ASSERT_EQ_I(rollback(d, 0, 0, &r, NULL, 0), 0);
-    ASSERT_TRUE(ckpt_equal(d, ref_default));
+    ASSERT_TRUE(folders_equal(d, ref_default));
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, NULL, 0), 0);
     ASSERT_EQ_I(r.outcome, NLSR_INPLACE_ALREADY);
     free(d);
@@ -575,7 +533,7 @@ static void test_dry_run(void)
     ASSERT_EQ_I(r.outcome, NLSR_INPLACE_WOULD_REALIGN);
     ASSERT_EQ_U(r.modules, 21);
     ASSERT_TRUE(r.bytes_written > 0);
-    ASSERT_TRUE(ckpt_equal(d, FT));
+    ASSERT_TRUE(folders_equal(d, FT));
     char *lock = join(d, ".nlsr.lock");
     ASSERT_TRUE(!nlsr_exists(lock)); /* a dry run creates nothing, not even the lock file */
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, NULL, 0), 0);
@@ -584,7 +542,7 @@ static void test_dry_run(void)
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ALL, 1, &ip, &r, NULL, 0), 0);
     ASSERT_EQ_I(r.outcome, NLSR_INPLACE_WOULD_REALIGN);
     ASSERT_TRUE(r.rolled_back_first);
-    ASSERT_TRUE(ckpt_equal(d, ref_default)); /* the dry --force rolled nothing back */
+    ASSERT_TRUE(folders_equal(d, ref_default)); /* the dry --force rolled nothing back */
     free(lock);
     free(d);
 }
@@ -673,7 +631,7 @@ static void kill_loop(kjob k, const char *src, const char *ref, const char *name
     char *d = wpath(name);
     start(k, src, d);
     uint64_t total = count_points(k, d);
-    ASSERT_TRUE(ckpt_equal(d, ref));
+    ASSERT_TRUE(folders_equal(d, ref));
     int tried = 0;
     for (uint64_t at = 1; at <= total; at += step) {
         start(k, src, d);
@@ -690,7 +648,7 @@ static void kill_loop(kjob k, const char *src, const char *ref, const char *name
         if (js == NLSR_JOURNAL_COMPLETE) {
             /* killed after the end: realigned and recorded (K_FORCE: maybe still the
              * previous realignment, before its rollback began) */
-            ASSERT_TRUE(ckpt_equal(d, ref) || (k == K_FORCE && ckpt_equal(d, ref_all)));
+            ASSERT_TRUE(folders_equal(d, ref) || (k == K_FORCE && folders_equal(d, ref_all)));
         } else if (js != NLSR_JOURNAL_NONE) {
             const char *pp = k == K_LORA ? lora_patches : patches;
             int rc = apply_ip(pp, d, k == K_LORA ? NLSR_SELECT_ALL : NLSR_SELECT_ADAPTIVE, 0,
@@ -700,13 +658,13 @@ static void kill_loop(kjob k, const char *src, const char *ref, const char *name
                       (unsigned long long)at, nlsr_journal_state_name(js), rc, msg);
             }
         }
-        if (rollback(d, 0, 0, &r, NULL, 0) != 0 || !ckpt_equal(d, src) || !only_lock_left(d)) {
+        if (rollback(d, 0, 0, &r, NULL, 0) != 0 || !folders_equal(d, src) || !only_lock_left(d)) {
             FAILF("%s: rollback after a kill at point %llu of %llu (%s) did not restore the "
                   "original", name, (unsigned long long)at, (unsigned long long)total,
                   torn ? "torn" : "clean");
             break;
         }
-        if (do_job(k, d) != 0 || !ckpt_equal(d, ref)) {
+        if (do_job(k, d) != 0 || !folders_equal(d, ref)) {
             FAILF("%s: a fresh run after point %llu does not match the uninterrupted one", name,
                   (unsigned long long)at);
             break;
@@ -746,7 +704,7 @@ static void test_kill_rollback(void)
         done = k == 0;
         tried += k;
         nlsr_inplace_result r;
-        if (rollback(d, 0, 0, &r, NULL, 0) != 0 || !ckpt_equal(d, FT) || !only_lock_left(d)) {
+        if (rollback(d, 0, 0, &r, NULL, 0) != 0 || !folders_equal(d, FT) || !only_lock_left(d)) {
             FAILF("rollback killed at its point %llu: a second rollback did not restore",
                   (unsigned long long)at);
             break;
@@ -802,7 +760,7 @@ static void damaged(const char *d, const unsigned char *j, size_t len, size_t ke
     ASSERT_EQ_I(rc, code);
     if (code) {
         ASSERT_CONTAINS(msg, needle);
-        ASSERT_TRUE(ckpt_equal(d, snap)); /* nothing written */
+        ASSERT_TRUE(folders_equal(d, snap)); /* nothing written */
         size_t n2 = 0;
         unsigned char *now = read_all(jp, &n2);
         ASSERT_TRUE(now && n2 == keep && memcmp(now, bad, keep) == 0); /* journal kept */
@@ -813,7 +771,7 @@ static void damaged(const char *d, const unsigned char *j, size_t len, size_t ke
         write_all(jp, j, len);
         ASSERT_EQ_I(rollback(d, 0, 0, &r, NULL, 0), 0);
     }
-    ASSERT_TRUE(ckpt_equal(d, FT));
+    ASSERT_TRUE(folders_equal(d, FT));
     free(bad);
     free(jp);
     free(snap);
@@ -880,7 +838,7 @@ static void test_damaged_journal(void)
     ASSERT_CONTAINS(msg, "nlsr rollback");
     ASSERT_EQ_I(rollback(d, 0, 0, &r, NULL, 0), 0);
     ASSERT_TRUE(only_lock_left(d));
-    ASSERT_TRUE(ckpt_equal(d, FT));
+    ASSERT_TRUE(folders_equal(d, FT));
     free(jp);
     free(d);
 }
@@ -931,7 +889,7 @@ static void test_full_disk(void)
         ASSERT_EQ_I(rc, -ENOSPC);
         ASSERT_CONTAINS(msg, "No space left on device");
         if (i == 0) ASSERT_CONTAINS(msg, "rolled back from the journal and is unchanged");
-        ASSERT_TRUE(ckpt_equal(d, FT));
+        ASSERT_TRUE(folders_equal(d, FT));
         ASSERT_TRUE(only_lock_left(d));
         free(d);
         umount(mnt);
@@ -949,7 +907,7 @@ static void test_read_only(void)
     char msg[1024];
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, msg, sizeof msg), -EACCES);
     ASSERT_CONTAINS(msg, "read-only (mode 0444)");
-    ASSERT_TRUE(ckpt_equal(d, FT));
+    ASSERT_TRUE(folders_equal(d, FT));
     ASSERT_TRUE(only_lock_left(d));
     chmod(sh, 0644);
     free(sh);
@@ -962,7 +920,7 @@ static void test_read_only(void)
             ASSERT_EQ_I(apply_ip(patches, m, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, msg, sizeof msg),
                         -EROFS);
             ASSERT_CONTAINS(msg, "Read-only file system");
-            ASSERT_TRUE(ckpt_equal(m, FT));
+            ASSERT_TRUE(folders_equal(m, FT));
             nlsr_inplace_params ip = {0, 0, 1};
             ASSERT_EQ_I(apply_ip(patches, m, NLSR_SELECT_ADAPTIVE, 0, &ip, &r, msg, sizeof msg),
                         -EROFS); /* the dry run finds it too */
@@ -990,7 +948,7 @@ static void test_lock(void)
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, &dry, &r, msg, sizeof msg),
                 NLSR_E_LOCKED);
     ASSERT_EQ_I(rollback(d, 0, 0, &r, msg, sizeof msg), NLSR_E_LOCKED);
-    ASSERT_TRUE(ckpt_equal(d, FT));
+    ASSERT_TRUE(folders_equal(d, FT));
     /* --wait: the holder lets go after a while */
     fflush(NULL);
     pid_t pid = fork();
@@ -1006,7 +964,7 @@ static void test_lock(void)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double dt = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
     ASSERT_TRUE(dt > 0.15);
-    ASSERT_TRUE(ckpt_equal(d, ref_default));
+    ASSERT_TRUE(folders_equal(d, ref_default));
     waitpid(pid, NULL, 0);
     free(lp);
     free(d);
@@ -1034,13 +992,13 @@ static void test_links(void)
                 NLSR_E_USAGE);
     ASSERT_CONTAINS(msg, "symbolic link");
     ASSERT_CONTAINS(msg, "--follow-links");
-    ASSERT_TRUE(ckpt_equal(blobs, FT));
+    ASSERT_TRUE(folders_equal(blobs, FT));
     ASSERT_EQ_I(journal_state(d), NLSR_JOURNAL_NONE);
     nlsr_inplace_params follow = {0, 1, 0};
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, &follow, &r, NULL, 0), 0);
-    ASSERT_TRUE(ckpt_equal(blobs, ref_default));
+    ASSERT_TRUE(folders_equal(blobs, ref_default));
     ASSERT_EQ_I(rollback(d, 0, 0, &r, NULL, 0), 0); /* follows the links it was written through */
-    ASSERT_TRUE(ckpt_equal(blobs, FT));
+    ASSERT_TRUE(folders_equal(blobs, FT));
     /* hard links share bytes the same way */
     char *h = wpath("hard");
     copy_dir(FT, h);
@@ -1050,7 +1008,7 @@ static void test_links(void)
     ASSERT_EQ_I(apply_ip(patches, h, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, msg, sizeof msg),
                 NLSR_E_USAGE);
     ASSERT_CONTAINS(msg, "hard links");
-    ASSERT_TRUE(ckpt_equal(h, FT));
+    ASSERT_TRUE(folders_equal(h, FT));
     free(a);
     free(b);
     free(h);

@@ -35,6 +35,7 @@
 #include "../src/plan/targets.h"
 #include "nlsr.h"
 #include "test.h"
+#include "test_files.h"
 
 #ifndef NLSR_TEST_DATA
 #error "NLSR_TEST_DATA must name tests/data"
@@ -61,53 +62,8 @@ static char *wpath(const char *name)
     return p;
 }
 
-static unsigned char *read_all(const char *path, size_t *len)
-{
-    char *buf = NULL;
-    size_t n = 0;
-    nlsr_err e = {0};
-    if (nlsr_read_small_file(path, 1u << 30, &buf, &n, &e) < 0) return NULL;
-    if (len) *len = n;
-    return (unsigned char *)buf;
-}
 
-static int files_equal(const char *a, const char *b)
-{
-    size_t na = 0, nb = 0;
-    unsigned char *x = read_all(a, &na), *y = read_all(b, &nb);
-    int eq = x && y && na == nb && memcmp(x, y, na) == 0;
-    free(x);
-    free(y);
-    return eq;
-}
 
-/* Every file of folder a is in folder b with the same bytes, and b has no other files. */
-static int folders_equal(const char *a, const char *b)
-{
-    int eq = 1, na = 0, nb = 0;
-    DIR *d = opendir(a);
-    if (!d) return 0;
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        if (de->d_name[0] == '.') continue;
-        na++;
-        char *pa = NULL, *pb = NULL;
-        if (asprintf(&pa, "%s/%s", a, de->d_name) < 0 || asprintf(&pb, "%s/%s", b, de->d_name) < 0)
-            abort();
-        if (!files_equal(pa, pb)) {
-            fprintf(stderr, "  differs: %s vs %s\n", pa, pb);
-            eq = 0;
-        }
-        free(pa);
-        free(pb);
-    }
-    closedir(d);
-    if (!(d = opendir(b))) return 0;
-    while ((de = readdir(d)))
-        if (de->d_name[0] != '.') nb++;
-    closedir(d);
-    return eq && na == nb;
-}
 
 /* No "*.nlsr-tmp-*" / "*.nlsr-old-*" leftovers in the work folder. */
 static int no_leftovers(void)
