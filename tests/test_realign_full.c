@@ -32,6 +32,7 @@
 #include "../src/io/file.h"
 #include "../src/io/patchfile.h"
 #include "../src/plan/realign_full.h"
+#include "../src/plan/realign_run.h"
 #include "../src/plan/targets.h"
 #include "nlsr.h"
 #include "test.h"
@@ -476,6 +477,201 @@ static void test_memory_plans(void)
     free(out);
     free(ref_patch);
     free(ref_out);
+}
+
+/* ---- run's plans ---------------------------------------------------------------------------- */
+
+typedef struct run_result {
+    int rc;
+    char plan[32];
+    int kept, modules;
+    double bytes_read;
+    cJSON *json;
+} run_result;
+
+/* One `run` with a budget (0: none) and NLSR_RUN_PLAN (NULL: unset); the report loaded. */
+static run_result run_plan(const char *plan, uint64_t budget, nlsr_select_mode mode, const char *out)
+{
+    run_result r = {0};
+    char *rep = wpath("plan_report.json");
+    unlink(rep);
+    if (plan) setenv("NLSR_RUN_PLAN", plan, 1);
+    else unsetenv("NLSR_RUN_PLAN");
+    nlsr_ctx *ctx = new_ctx();
+    if (budget) nlsr_ctx_set_mem_budget(ctx, budget);
+    nlsr_realign_params p = quiet_params();
+    p.select.mode = mode;
+    p.report_path = rep;
+    r.rc = nlsr_run(ctx, SFT, ALIGNED, NULL, FT, out, &p);
+    end_ctx(ctx);
+    unsetenv("NLSR_RUN_PLAN");
+    if (r.rc == 0) {
+        r.json = load_json(rep);
+        const cJSON *sum = cJSON_GetObjectItemCaseSensitive(r.json, "summary");
+        const cJSON *pl = cJSON_GetObjectItemCaseSensitive(sum, "plan");
+        const cJSON *kept = cJSON_GetObjectItemCaseSensitive(sum, "patches_in_memory");
+        snprintf(r.plan, sizeof r.plan, "%s", cJSON_IsString(pl) ? pl->valuestring : "?");
+        r.kept = cJSON_IsNumber(kept) ? (int)kept->valuedouble : -1;
+        r.modules = (int)cJSON_GetObjectItemCaseSensitive(sum, "modules")->valuedouble;
+        r.bytes_read = cJSON_GetObjectItemCaseSensitive(sum, "bytes_read")->valuedouble;
+    }
+    free(rep);
+    return r;
+}
+
+/* Every module's similarity, mask count and decision identical in two reports. */
+static int same_modules(const cJSON *a, const cJSON *b)
+{
+    const cJSON *ma = cJSON_GetObjectItemCaseSensitive(a, "modules");
+    const cJSON *mb = cJSON_GetObjectItemCaseSensitive(b, "modules");
+    if (cJSON_GetArraySize(ma) != cJSON_GetArraySize(mb) || cJSON_GetArraySize(ma) == 0) return 0;
+    for (const cJSON *x = ma->child, *y = mb->child; x && y; x = x->next, y = y->next) {
+        const char *keys[] = {"similarity", "mask_count", "patched"};
+        for (size_t k = 0; k < 3; k++) {
+            const cJSON *u = cJSON_GetObjectItemCaseSensitive(x, keys[k]);
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(y, keys[k]);
+            if (cJSON_IsBool(u) ? cJSON_IsTrue(u) != cJSON_IsTrue(v)
+                                : u->valuedouble != v->valuedouble)
+                return 0;
+        }
+    }
+    return 1;
+}
+
+/* Bytes of the target tensors of a checkpoint, and of all its shard files. */
+static void ckpt_bytes(const char *path, const char **patched, size_t npatched, double *targets,
+                       double *files, double *patched_bytes)
+{
+    nlsr_ckpt *ck = open_ck(path);
+    *targets = *files = 0;
+    if (patched_bytes) *patched_bytes = 0;
+    for (size_t i = 0; i < ck->n; i++) {
+        const st_tensor *t = ck->t[i].t;
+        if (!nlsr_is_target(t, NULL, 0)) continue;
+        *targets += (double)(t->end - t->begin);
+        for (size_t k = 0; k < npatched && patched_bytes; k++)
+            if (strcmp(patched[k], t->name) == 0) *patched_bytes += (double)(t->end - t->begin);
+    }
+    for (size_t k = 0; k < ck->nshards; k++) *files += (double)ck->shards[k]->file_size;
+    nlsr_ckpt_free(ck);
+}
+
+/* The single pass, with all, some or none of the patches kept in memory, and the patch-file
+ * plan give the same bytes and the same report; the single pass reads each target tensor of
+ * base and aligned once, and the fine-tune twice at most. */
+static void test_run_plans(void)
+{
+    for (int mi = 0; mi < 2; mi++) {
+        nlsr_select_mode mode = mi ? NLSR_SELECT_ALL : NLSR_SELECT_ADAPTIVE;
+        char *ref = wpath(mi ? "rp_ref_all" : "rp_ref_adaptive");
+        run_result pf = run_plan("patch-file", 0, mode, ref);
+        ASSERT_EQ_I(pf.rc, 0);
+        ASSERT_STR_EQ(pf.plan, "patch file");
+        char *rep = wpath("plan_report.json");
+        check_expected(mi ? EXP_ALL : EXP_ADAPTIVE, rep, ref);
+        free(rep);
+        /* The patched modules, for the byte counts. */
+        const char *patched[64];
+        size_t np = 0;
+        const cJSON *mods = cJSON_GetObjectItemCaseSensitive(pf.json, "modules");
+        for (const cJSON *m = mods->child; m && np < 64; m = m->next)
+            if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "patched")))
+                patched[np++] = cJSON_GetObjectItemCaseSensitive(m, "name")->valuestring;
+        ASSERT_TRUE(np > 0);
+        double bt, bf, at, af, tt, tf, tpatched, apatched, bpatched;
+        ckpt_bytes(SFT, patched, np, &bt, &bf, &bpatched);
+        ckpt_bytes(ALIGNED, patched, np, &at, &af, &apatched);
+        ckpt_bytes(FT, patched, np, &tt, &tf, &tpatched);
+        /* Budgets from refused to ample, finely around the least the single pass takes. */
+        uint64_t need;
+        {
+            nlsr_ctx *ctx = new_ctx();
+            nlsr_ckpt *cb = open_ck(SFT), *ca = open_ck(ALIGNED), *ct = open_ck(FT);
+            nlsr_realign_params pp = quiet_params();
+            nlsr_run_plan rp;
+            ASSERT_EQ_I(nlsr_full_run_plan(ctx, cb, ca, ct, &pp, &rp), 0);
+            need = rp.need_bytes;
+            nlsr_ckpt_free(cb);
+            nlsr_ckpt_free(ca);
+            nlsr_ckpt_free(ct);
+            end_ctx(ctx);
+        }
+        uint64_t budgets[64];
+        size_t nb = 0;
+        for (uint64_t b = 2u << 20; b < need && nb < 16; b += 256u << 10) budgets[nb++] = b;
+        for (uint64_t b = need - 1; b < need + (640u << 10) && nb < 64; b += 16u << 10)
+            budgets[nb++] = b;
+        int seen_all = 0, seen_some = 0, seen_patchfile = 0;
+        for (size_t bi = 0; bi < nb; bi++) {
+            uint64_t budget = budgets[bi];
+            char *out = wpath("rp_out");
+            run_result r = run_plan(NULL, budget, mode, out);
+            if (r.rc == 0) {
+                ASSERT_TRUE(folders_equal(ref, out));
+                ASSERT_TRUE(same_modules(pf.json, r.json));
+                if (strcmp(r.plan, "single pass") == 0) {
+                    seen_all += r.kept == r.modules;
+                    seen_some += r.kept > 0 && r.kept < r.modules;
+                } else {
+                    ASSERT_STR_EQ(r.plan, "patch file");
+                    seen_patchfile++;
+                }
+            } else {
+                ASSERT_EQ_I(r.rc, NLSR_E_BUDGET);
+                ASSERT_TRUE(!nlsr_exists(out));
+            }
+            cJSON_Delete(r.json);
+            nlsr_remove_tree(out);
+            free(out);
+        }
+        ASSERT_TRUE(seen_all > 0 && seen_some > 0);
+        printf("run plans, %s: %d budgets kept every patch, %d some, %d took the patch file\n",
+               mi ? "all" : "adaptive", seen_all, seen_some, seen_patchfile);
+        /* No budget: everything kept; base and aligned targets read once, the fine-tune's
+         * targets once in phase A and every byte of its shards once in phase B. */
+        char *out = wpath("rp_unlimited");
+        run_result r = run_plan(NULL, 0, mode, out);
+        ASSERT_EQ_I(r.rc, 0);
+        ASSERT_STR_EQ(r.plan, "single pass");
+        ASSERT_EQ_I(r.kept, r.modules);
+        ASSERT_TRUE(folders_equal(ref, out));
+        ASSERT_TRUE(r.bytes_read == bt + at + tt + tf);
+        /* What `nlsr plan` says run will do is what it did. */
+        {
+            nlsr_ctx *ctx = new_ctx();
+            nlsr_ckpt *cb = open_ck(SFT), *ca = open_ck(ALIGNED), *ct = open_ck(FT);
+            nlsr_realign_params pp = quiet_params();
+            nlsr_run_plan rp;
+            ASSERT_EQ_I(nlsr_full_run_plan(ctx, cb, ca, ct, &pp, &rp), 0);
+            ASSERT_TRUE(rp.single);
+            ASSERT_EQ_U(rp.kept, (uint64_t)r.kept);
+            ASSERT_TRUE((double)rp.read_min == r.bytes_read);
+            ASSERT_TRUE((double)rp.written == tf);
+            /* A budget just under what it needs: prepare + apply. */
+            nlsr_ctx_set_mem_budget(ctx, rp.need_bytes - 1);
+            ASSERT_EQ_I(nlsr_full_run_plan(ctx, cb, ca, ct, &pp, &rp), 0);
+            ASSERT_TRUE(!rp.single);
+            nlsr_ckpt_free(cb);
+            nlsr_ckpt_free(ca);
+            nlsr_ckpt_free(ct);
+            end_ctx(ctx);
+        }
+        cJSON_Delete(r.json);
+        nlsr_remove_tree(out);
+        /* Nothing kept: the patched modules' base and aligned are read again. */
+        r = run_plan("recompute", 0, mode, out);
+        ASSERT_EQ_I(r.rc, 0);
+        ASSERT_EQ_I(r.kept, 0);
+        ASSERT_TRUE(folders_equal(ref, out));
+        ASSERT_TRUE(same_modules(pf.json, r.json));
+        ASSERT_TRUE(r.bytes_read == bt + at + tt + tf + bpatched + apatched);
+        cJSON_Delete(r.json);
+        nlsr_remove_tree(out);
+        free(out);
+        cJSON_Delete(pf.json);
+        free(ref);
+    }
+    ASSERT_TRUE(no_leftovers());
 }
 
 /* ---- METHOD.md re-implemented here, element by element, for any fine-tuned dtype ---------- */
@@ -1076,6 +1272,109 @@ static void test_cli(void)
     free(patch);
 }
 
+
+/* ---- run's second compute thread ------------------------------------------------------------ */
+
+static void synth_role(const char *out, nlsr_synth_role role)
+{
+    nlsr_ctx *ctx = new_ctx();
+    nlsr_synth_params sp = NLSR_SYNTH_PARAMS_DEFAULT;
+    sp.role = role;
+    sp.seed = 3;
+    sp.shard_size = 300000; /* three shards; a layer's tensors in two of them */
+    sp.force = 1;
+    ASSERT_EQ_I(nlsr_synth(ctx, &sp, out), 0);
+    end_ctx(ctx);
+}
+
+/* `run` over (b, a, t) into out with NLSR_RUN_PLAN = plan (NULL: unset) and, if one_thread,
+ * NLSR_RUN_ONE_THREAD; the report into *rep (caller frees), the error into msg. */
+static int run_env(const char *b, const char *a, const char *t, const char *out, const char *plan,
+                   int one_thread, cJSON **rep, char *msg, size_t cap)
+{
+    char *rp = wpath("lanes_report.json");
+    unlink(rp);
+    if (plan) setenv("NLSR_RUN_PLAN", plan, 1);
+    if (one_thread) setenv("NLSR_RUN_ONE_THREAD", "1", 1);
+    nlsr_ctx *ctx = new_ctx();
+    nlsr_realign_params p = quiet_params();
+    p.select.mode = NLSR_SELECT_ADAPTIVE;
+    p.report_path = rp;
+    int rc = nlsr_run(ctx, b, a, NULL, t, out, &p);
+    snprintf(msg, cap, "%s", nlsr_ctx_error(ctx));
+    end_ctx(ctx);
+    unsetenv("NLSR_RUN_PLAN");
+    unsetenv("NLSR_RUN_ONE_THREAD");
+    if (rep) *rep = rc == 0 ? load_json(rp) : NULL;
+    free(rp);
+    return rc;
+}
+
+/* Modules of 22272 elements (the tiny preset's MLP) are computed in two halves by two threads;
+ * the attention modules (9216) by one. Every plan gives the patch-file plan's bytes and report,
+ * and a value that is not finite in the second half is named as one thread names it. */
+static void test_run_lanes(void)
+{
+    char *b = wpath("ln_base"), *a = wpath("ln_aligned"), *t = wpath("ln_ft");
+    synth_role(b, NLSR_SYNTH_BASE);
+    synth_role(a, NLSR_SYNTH_ALIGNED);
+    synth_role(t, NLSR_SYNTH_FINETUNED);
+    char msg[1100], msg2[1100];
+    char *ref = wpath("ln_ref"), *out = wpath("ln_out");
+    cJSON *rj = NULL, *oj = NULL;
+    ASSERT_EQ_I(run_env(b, a, t, ref, "patch-file", 0, &rj, msg, sizeof msg), 0);
+    struct {
+        const char *plan;
+        int one_thread;
+    } v[] = {{NULL, 0}, {NULL, 1}, {"recompute", 0}, {"recompute", 1}};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        ASSERT_EQ_I(run_env(b, a, t, out, v[i].plan, v[i].one_thread, &oj, msg, sizeof msg), 0);
+        ASSERT_TRUE(folders_equal(ref, out));
+        ASSERT_TRUE(rj && oj && same_modules(rj, oj));
+        const cJSON *pl = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(oj, "summary"), "plan");
+        ASSERT_TRUE(cJSON_IsString(pl) && strcmp(pl->valuestring, "single pass") == 0);
+        cJSON_Delete(oj);
+        oj = NULL;
+        nlsr_remove_tree(out);
+    }
+    /* The patched modules must include a two-lane one, or this test proves little. */
+    int lanes_patched = 0;
+    const cJSON *mods = cJSON_GetObjectItemCaseSensitive(rj, "modules");
+    for (const cJSON *m = mods ? mods->child : NULL; m; m = m->next)
+        lanes_patched += cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "patched")) &&
+                         cJSON_GetObjectItemCaseSensitive(m, "numel")->valuedouble >= 16384;
+    ASSERT_TRUE(lanes_patched > 0);
+    cJSON_Delete(rj);
+    /* A NaN or an infinity at element 20000 (the second half) of an MLP module. */
+    const char *tn = "model.layers.1.mlp.up_proj.weight";
+    const char *which[] = {"base", "aligned", "ft"};
+    for (int w = 0; w < 3; w++) {
+        char *bad = wpath("ln_bad");
+        variant vv = {0};
+        vv.poke = tn;
+        vv.poke_el = 20000;
+        vv.poke_bits = w == 1 ? 0xFF80u : 0x7FC0u;
+        write_variant(w == 0 ? b : w == 1 ? a : t, bad, &vv, NULL, NULL);
+        const char *bb = w == 0 ? bad : b, *aa = w == 1 ? bad : a, *tt = w == 2 ? bad : t;
+        ASSERT_EQ_I(run_env(bb, aa, tt, out, NULL, 0, NULL, msg, sizeof msg), NLSR_E_VALUE);
+        ASSERT_CONTAINS(msg, tn);
+        ASSERT_CONTAINS(msg, "element 20000 ");
+        ASSERT_CONTAINS(msg, which[w] == which[2] ? "in finetuned" : which[w]);
+        ASSERT_EQ_I(run_env(bb, aa, tt, out, NULL, 1, NULL, msg2, sizeof msg2), NLSR_E_VALUE);
+        ASSERT_STR_EQ(msg, msg2);
+        ASSERT_TRUE(!nlsr_exists(out));
+        nlsr_remove_tree(bad);
+        free(bad);
+    }
+    ASSERT_TRUE(no_leftovers());
+    free(b);
+    free(a);
+    free(t);
+    free(ref);
+    free(out);
+}
+
 int main(void)
 {
     snprintf(root, sizeof root, "/tmp/nlsr-test-realign-XXXXXX");
@@ -1087,6 +1386,8 @@ int main(void)
     RUN_TEST(test_run_expected);
     RUN_TEST(test_prepare_apply_equals_run);
     RUN_TEST(test_memory_plans);
+    RUN_TEST(test_run_plans);
+    RUN_TEST(test_run_lanes);
     RUN_TEST(test_dtype_variants);
     RUN_TEST(test_reference_mode);
     RUN_TEST(test_damaged_patch);

@@ -93,3 +93,85 @@ NLSR_HOT uint32_t nlsr_reference_any(nlsr_dtype da, const unsigned char *a, nlsr
     }
     return bad;
 }
+
+/* ---- step 1 with the magnitude score, BF16 aligned and base (the common case) ------------- */
+
+static inline int nonfinite_bf16(uint16_t h)
+{
+    return (h & 0x7F80u) == 0x7F80u;
+}
+
+NLSR_HOT uint32_t nlsr_score_bf16(const unsigned char *a, const unsigned char *b, float beta,
+                                  float *s, size_t n)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t ha, hb;
+        memcpy(&ha, a + 2 * i, 2);
+        memcpy(&hb, b + 2 * i, 2);
+        float fa = f32_of((uint32_t)ha << 16), fb = f32_of((uint32_t)hb << 16);
+        float d = fa - fb;
+        float m = beta * d;
+        float e = fa + m;
+        uint16_t he = rne_bf16(bits_of(e));
+        bad |= (uint32_t)(nonfinite_bf16(ha) | nonfinite_bf16(hb) | nonfinite_bf16(he));
+        s[i] = fabsf(f32_of((uint32_t)he << 16) - fb);
+    }
+    return bad;
+}
+
+NLSR_HOT uint32_t nlsr_step1_bf16(const unsigned char *restrict a,
+                                  const unsigned char *restrict b, float beta,
+                                  float *restrict s, float *restrict fe, float *restrict fbo,
+                                  uint16_t *restrict es, size_t n)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t ha, hb;
+        memcpy(&ha, a + 2 * i, 2);
+        memcpy(&hb, b + 2 * i, 2);
+        float fa = f32_of((uint32_t)ha << 16), fb = f32_of((uint32_t)hb << 16);
+        float d = fa - fb;
+        float m = beta * d;
+        float e = fa + m;
+        uint16_t he = rne_bf16(bits_of(e));
+        bad |= (uint32_t)(nonfinite_bf16(ha) | nonfinite_bf16(hb) | nonfinite_bf16(he));
+        float fes = f32_of((uint32_t)he << 16);
+        s[i] = fabsf(fes - fb);
+        fe[i] = fes;
+        fbo[i] = fb;
+        es[i] = he;
+    }
+    return bad;
+}
+
+NLSR_HOT uint32_t nlsr_any_nonfinite_raw(nlsr_dtype t, const unsigned char *raw, size_t n)
+{
+    uint32_t bad = 0;
+    if (t == NLSR_DTYPE_BF16 || t == NLSR_DTYPE_F16) {
+        uint16_t mask = t == NLSR_DTYPE_BF16 ? 0x7F80u : 0x7C00u;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, raw + 2 * i, 2);
+            bad |= (uint32_t)((h & mask) == mask);
+        }
+        return bad;
+    }
+    if (t == NLSR_DTYPE_F32) {
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, raw + 4 * i, 4);
+            bad |= (uint32_t)((u & 0x7F800000u) == 0x7F800000u);
+        }
+        return bad;
+    }
+    /* Other float dtypes: through f32 (F64 narrowing may overflow, which counts too). */
+    float f[STEP];
+    size_t sz = nlsr_dtype_size(t);
+    for (size_t at = 0; at < n; at += STEP) {
+        size_t m = n - at < STEP ? n - at : STEP;
+        nlsr_to_f32(t, raw + at * sz, f, m);
+        for (size_t i = 0; i < m; i++) bad |= (uint32_t)!isfinite(f[i]);
+    }
+    return bad;
+}

@@ -123,6 +123,39 @@ int nlsr_fsync_parent(const char *path, nlsr_err *e)
     return nlsr_fsync_dir(dir, e);
 }
 
+int nlsr_copy_range(int in, int out, uint64_t off, uint64_t len, unsigned char *buf,
+                    size_t buf_len, const char *src, const char *dst, nlsr_err *e)
+{
+    int use_cfr = 1;
+    while (len > 0) {
+        size_t want = len > (1u << 30) ? (1u << 30) : (size_t)len;
+        ssize_t n;
+        if (use_cfr) {
+            loff_t io = (loff_t)off, oo = (loff_t)off;
+            n = copy_file_range(in, &io, out, &oo, want, 0);
+            if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP ||
+                          errno == EINVAL)) {
+                use_cfr = 0;
+                continue;
+            }
+        } else {
+            NLSR_FAIL_IF(!buf || buf_len == 0, e, NLSR_E_USAGE,
+                         "%s: no buffer to copy to %s with", src, dst);
+            n = pread(in, buf, want < buf_len ? want : buf_len, (off_t)off);
+            if (n > 0) NLSR_FORWARD(nlsr_pwrite_all(out, buf, (size_t)n, off, dst, e));
+        }
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            int rc = -errno;
+            return nlsr_fail(e, rc, "%s: copy to %s failed: %s", src, dst, strerror(-rc));
+        }
+        NLSR_FAIL_IF(n == 0, e, NLSR_E_FORMAT, "%s: file shrank while copying", src);
+        off += (uint64_t)n;
+        len -= (uint64_t)n;
+    }
+    return 0;
+}
+
 int nlsr_copy_file(const char *src, const char *dst, nlsr_err *e)
 {
     int rc = 0;

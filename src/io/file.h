@@ -20,6 +20,11 @@ int nlsr_fsync_dir(const char *dir, nlsr_err *e);
 /* Copies src to dst (created exclusively) with copy_file_range (reflink where the file system
  * can), falling back to read/write; fsyncs dst. */
 int nlsr_copy_file(const char *src, const char *dst, nlsr_err *e);
+/* Copies bytes [off, off+len) of `in` to the same offsets of `out` with copy_file_range (a
+ * kernel-side copy, no user buffer), falling back to pread/pwrite through `buf` (buf_len bytes,
+ * the caller's, charged to its budget) where the file systems refuse. Does not fsync. */
+int nlsr_copy_range(int in, int out, uint64_t off, uint64_t len, unsigned char *buf,
+                    size_t buf_len, const char *src, const char *dst, nlsr_err *e);
 /* "dir/name" into a malloc'd string (NULL on out-of-memory). */
 char *nlsr_path_join(const char *dir, const char *name);
 /* 1 if path is an existing directory, 0 if not, -errno on other errors. */

@@ -77,6 +77,9 @@ int nlsr_io_submit(nlsr_io *io, nlsr_io_req *r);
  * The return value is a failure of the backend itself; the request's own result is in
  * (*done)->res. */
 int nlsr_io_wait(nlsr_io *io, nlsr_io_req **done);
+/* The same without waiting: 1 and *done when a request has completed, 0 (and *done NULL) when
+ * none has yet, or a backend failure. Lets a caller busy with compute keep the queue full. */
+int nlsr_io_poll(nlsr_io *io, nlsr_io_req **done);
 unsigned nlsr_io_inflight(const nlsr_io *io);
 /* Does a request synchronously with pread/pwrite (EINTR, short transfers and `need` handled
  * as the backends do); sets r->res and r->done. The pool's workers run this; callers use it to

@@ -159,6 +159,19 @@ int nlsr_io_wait(nlsr_io *io, nlsr_io_req **done)
     return rc;
 }
 
+int nlsr_io_poll(nlsr_io *io, nlsr_io_req **done)
+{
+    *done = NULL;
+    if (io->inflight == 0) return 0;
+    int rc = io->kind == NLSR_IO_URING ? nlsr_io_uring_poll(io, done) : nlsr_io_pool_poll(io, done);
+    if (rc < 0) return rc;
+    if (*done) {
+        io->inflight--;
+        return 1;
+    }
+    return 0;
+}
+
 unsigned nlsr_io_inflight(const nlsr_io *io)
 {
     return io ? io->inflight : 0;

@@ -28,10 +28,12 @@ int nlsr_io_uring_open(nlsr_io *io);
 void nlsr_io_uring_close(nlsr_io *io);
 int nlsr_io_uring_submit(nlsr_io *io, nlsr_io_req *r);
 int nlsr_io_uring_wait(nlsr_io *io, nlsr_io_req **done);
+int nlsr_io_uring_poll(nlsr_io *io, nlsr_io_req **done);
 
 int nlsr_io_pool_open(nlsr_io *io, unsigned nthreads);
 void nlsr_io_pool_close(nlsr_io *io);
 int nlsr_io_pool_submit(nlsr_io *io, nlsr_io_req *r);
 int nlsr_io_pool_wait(nlsr_io *io, nlsr_io_req **done);
+int nlsr_io_pool_poll(nlsr_io *io, nlsr_io_req **done);
 
 #endif

@@ -101,3 +101,16 @@ int nlsr_io_pool_wait(nlsr_io *io, nlsr_io_req **done)
     *done = r;
     return 0;
 }
+
+int nlsr_io_pool_poll(nlsr_io *io, nlsr_io_req **done)
+{
+    pthread_mutex_lock(&io->mu);
+    nlsr_io_req *r = io->done_head;
+    if (r) {
+        io->done_head = r->next_;
+        if (!io->done_head) io->done_tail = NULL;
+    }
+    pthread_mutex_unlock(&io->mu);
+    *done = r;
+    return 0;
+}

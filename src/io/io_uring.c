@@ -61,17 +61,21 @@ int nlsr_io_uring_submit(nlsr_io *io, nlsr_io_req *r)
     return prep(io, r);
 }
 
-int nlsr_io_uring_wait(nlsr_io *io, nlsr_io_req **done)
+/* block: wait for a completion; otherwise take one only if it is there (0 and *done NULL
+ * when none is). */
+static int uring_reap(nlsr_io *io, nlsr_io_req **done, int block)
 {
+    *done = NULL;
     for (;;) {
         struct io_uring_cqe *cqe;
         int rc;
         if (io->queued > 0) {
-            rc = io_uring_submit_and_wait(&io->ring, 1);
+            rc = block ? io_uring_submit_and_wait(&io->ring, 1) : io_uring_submit(&io->ring);
             if (rc >= 0) io->queued = 0;
             else if (rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) return rc;
         }
-        rc = io_uring_wait_cqe(&io->ring, &cqe);
+        rc = block ? io_uring_wait_cqe(&io->ring, &cqe) : io_uring_peek_cqe(&io->ring, &cqe);
+        if (rc == -EAGAIN && !block) return 0;
         if (rc == -EINTR) continue;
         if (rc < 0) return rc;
         nlsr_io_req *r = io_uring_cqe_get_data(cqe);
@@ -101,4 +105,14 @@ int nlsr_io_uring_wait(nlsr_io *io, nlsr_io_req **done)
         *done = r;
         return 0;
     }
+}
+
+int nlsr_io_uring_wait(nlsr_io *io, nlsr_io_req **done)
+{
+    return uring_reap(io, done, 1);
+}
+
+int nlsr_io_uring_poll(nlsr_io *io, nlsr_io_req **done)
+{
+    return uring_reap(io, done, 0);
 }

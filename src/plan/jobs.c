@@ -1,9 +1,10 @@
 /* The public realignment jobs: nlsr_prepare, nlsr_apply, nlsr_run. They open the inputs,
  * validate everything that can be validated from headers before anything is written, send
  * PEFT adapters to the LoRA jobs (lora.h) and full checkpoints to realign_full.c, and own the
- * output's temporary-folder-then-rename life cycle. `run` is prepare into a temporary patch
- * file inside the output's temporary folder followed by apply, so that run and prepare + apply
- * agree bit for bit by construction. */
+ * output's temporary-folder-then-rename life cycle. `run` on full weights is a single pass
+ * (realign_run.h) when the budget holds two whole modules, and otherwise prepare into a
+ * temporary patch file inside the output's temporary folder followed by apply; both give the
+ * bits prepare + apply give (tests/test_realign_full.c compares all three). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
@@ -15,7 +16,9 @@
 #include "../io/patchfile.h"
 #include "inplace.h"
 #include "realign_full.h"
+#include "realign_run.h"
 #include "report.h"
+#include "scorer.h"
 
 #if defined(__has_include)
 #if __has_include("lora.h")
@@ -232,7 +235,27 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     if (rc == 0) rc = nlsr_full_check_finetuned(ctx, S, T, p);
     if (rc == 0) rc = check_out_dir(ctx, out_dir, p->force, inputs, 3);
     if (rc == 0) rc = nlsr_outdir_begin(ctx, out_dir, p->force, &tmp);
-    if (rc == 0 && !(patch = nlsr_path_join(tmp, RUN_PATCH_NAME)))
+    if (rc == 0) rc = nlsr_scorer_check_params(ctx, &p->scorer);
+    if (rc < 0) goto done;
+    /* The single pass when the budget holds two whole modules; prepare + apply through a
+     * temporary patch file otherwise. NLSR_RUN_PLAN forces one (tests, measurements). */
+    const char *force = getenv("NLSR_RUN_PLAN");
+    int single = force && strcmp(force, "patch-file") == 0 ? 0
+                 : force && (strcmp(force, "single") == 0 || strcmp(force, "recompute") == 0)
+                     ? 1
+                     : nlsr_full_run_fits(ctx, B, S, T, p);
+    if (single && p->scorer.kind == NLSR_SCORER_MAGNITUDE) {
+        int no_store = force && strcmp(force, "recompute") == 0;
+        rc = nlsr_full_run(ctx, B, S, is_ref, T, tmp, p, no_store, &rep);
+        if (rc == 0) rc = nlsr_outdir_commit(ctx, tmp, out_dir, p->force);
+        if (rc == 0) {
+            free(tmp);
+            tmp = NULL;
+            rc = nlsr_report_emit(&rep, ctx, p);
+        }
+        goto done;
+    }
+    if (!(patch = nlsr_path_join(tmp, RUN_PATCH_NAME)))
         rc = nlsr_fail(e, -ENOMEM, "out of memory");
     if (rc == 0) rc = nlsr_full_prepare(ctx, B, S, is_ref, patch, p, NULL, &prep_rep);
     if (rc == 0) rc = nlsr_pf_open(ctx, patch, &pf);
@@ -248,6 +271,7 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
         rep.summary.module_passes = prep_rep.summary.module_passes;
         rep.summary.module_disk_passes = prep_rep.summary.module_disk_passes;
         rep.summary.model_bytes = prep_rep.summary.model_bytes;
+        rep.summary.plan = "patch file";
         rc = nlsr_report_emit(&rep, ctx, &used);
     }
 done:

@@ -16,6 +16,7 @@
 #include "../io/io.h"
 #include "../io/io_sink.h"
 #include "progress.h"
+#include "realign_run.h"
 #include "scorer.h"
 #include "targets.h"
 
@@ -863,6 +864,37 @@ static int open_and_plan(nlsr_ctx *ctx, const char *base, const char *aligned,
     return rc;
 }
 
+static int print_run_plan(nlsr_ctx *ctx, nlsr_ckpt *const *ck, const nlsr_realign_params *p,
+                          double rbw, double wbw, FILE *out)
+{
+    nlsr_run_plan rp;
+    NLSR_FORWARD(nlsr_full_run_plan(ctx, ck[0], ck[1], ck[2], p, &rp));
+    char a[32], b[32], c[32], d[32];
+    if (!rp.single) {
+        fprintf(out,
+                "run: prepare + apply through a temporary patch file: the single pass needs a "
+                "budget of %s (two whole modules of the three checkpoints)\n",
+                nlsr_fmt_bytes((double)rp.need_bytes, a, sizeof a));
+        return 0;
+    }
+    fprintf(out,
+            "run: single pass; buffers %s (two whole modules of the three checkpoints) + %s "
+            "scratch; patches of %zu of %zu modules kept in memory (%s)\n",
+            nlsr_fmt_bytes((double)rp.stream_bytes, a, sizeof a),
+            nlsr_fmt_bytes((double)rp.scratch_bytes, b, sizeof b), rp.kept, rp.modules,
+            nlsr_fmt_bytes((double)rp.kept_bytes, c, sizeof c));
+    fprintf(out, "  reads %s", nlsr_fmt_bytes((double)rp.read_min, a, sizeof a));
+    if (rp.reread_max)
+        fprintf(out, " to %s (patched modules whose patches are not kept are read again)",
+                nlsr_fmt_bytes((double)(rp.read_min + rp.reread_max), b, sizeof b));
+    fprintf(out, ", writes %s", nlsr_fmt_bytes((double)rp.written, d, sizeof d));
+    if (rbw > 0 && wbw > 0)
+        fprintf(out, "; about %.1f s at these speeds",
+                (double)rp.read_min / rbw + (double)rp.written / wbw);
+    fputc('\n', out);
+    return 0;
+}
+
 int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
                     const nlsr_realign_params *params, double read_bw, double write_bw,
                     const char *probe_dir, int json, FILE *out)
@@ -892,6 +924,10 @@ int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const 
     else
         rc = nlsr_plan_print_to(&plan, read_bw, write_bw, src, json, out);
     if (rc < 0) nlsr_fail(e, rc, "plan: cannot print: %s", strerror(-rc));
+    /* The units above are the engine's generic streaming of a run; what `run` itself will do
+     * with this budget follows. */
+    if (rc == 0 && finetuned && !json && p.scorer.kind == NLSR_SCORER_MAGNITUDE)
+        rc = print_run_plan(ctx, ck, &p, read_bw, write_bw, out);
 done:
     free(pdir);
     nlsr_plan_free(&plan);

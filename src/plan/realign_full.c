@@ -983,7 +983,11 @@ static int apply_write(apply_ctx *A, const nlsr_report *rep, const char *out_dir
             break;
         }
         rc = nlsr_copy_file(ft->shards[k]->path, A->dst[k], e);
-        if (rc == 0) ctx->bytes_written += ft->shards[k]->file_size;
+        if (rc == 0) {
+            /* The kernel reads the shard to copy it (unless it can reflink). */
+            ctx->bytes_read += ft->shards[k]->file_size;
+            ctx->bytes_written += ft->shards[k]->file_size;
+        }
     }
     for (size_t i = 0; i < pf->nmodules && rc == 0 && !A->jn; i++) {
         uint32_t sh = ft->t[A->ti[i]].shard;

@@ -218,6 +218,16 @@ int nlsr_report_json(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_par
         cJSON_AddNumberToObject(sum, "module_passes", (double)s->module_passes);
         cJSON_AddNumberToObject(sum, "module_disk_passes", (double)s->module_disk_passes);
     }
+    if (s->plan) {
+        cJSON_AddStringToObject(sum, "plan", s->plan);
+        if (strcmp(s->plan, "single pass") == 0) {
+            cJSON_AddNumberToObject(sum, "patches_in_memory", (double)s->patches_in_memory);
+            cJSON *ph = cJSON_AddObjectToObject(sum, "phase_seconds");
+            if (!ph) goto oom;
+            cJSON_AddItemToObject(ph, "similarities", nlsr_json_number(s->phase_seconds[0]));
+            cJSON_AddItemToObject(ph, "output", nlsr_json_number(s->phase_seconds[1]));
+        }
+    }
     if (s->patch_bytes) {
         cJSON_AddNumberToObject(sum, "patch_bytes", (double)s->patch_bytes);
         cJSON_AddNumberToObject(sum, "model_bytes", (double)s->model_bytes);
@@ -389,6 +399,11 @@ void nlsr_report_print_human(const nlsr_report *r, const nlsr_realign_params *p,
         }
         fputc('\n', f);
     }
+    if (s->plan && strcmp(s->plan, "single pass") == 0)
+        fprintf(f, "  plan: single pass, %zu of %zu modules' patches kept in memory\n",
+                s->patches_in_memory, s->modules);
+    else if (s->plan)
+        fprintf(f, "  plan: %s (the budget is too small for a single pass)\n", s->plan);
     fprintf(f, "  read %s, wrote %s in %.2f s, peak RSS %s, io %s\n", rb, wb, s->seconds, mb,
             s->io_backend ? s->io_backend : "pread");
 }

@@ -8,7 +8,7 @@
  *    "modules": [{"name","similarity","mask_count","numel","probability","draw","patched"}, ...],
  *    "summary": {"modules","patched","elements_patched","bytes_read","bytes_written","seconds",
  *                "peak_rss_bytes","io_backend", "patch_bytes"?, "model_bytes"?,
- *                "patch_fraction"?}}
+ *                "patch_fraction"?, "plan"?, "patches_in_memory"?, "phase_seconds"?}}
  *
  * Usage (both the full-weight and the LoRA jobs):
  *   nlsr_report r;
@@ -50,6 +50,11 @@ typedef struct nlsr_report_summary {
     uint64_t module_passes;         /* full prepare: passes over target modules reading base +
                                        aligned (from disk or the module cache), 0 if none */
     uint64_t module_disk_passes;    /* of them, streamed from disk */
+    const char *plan;               /* run: "single pass" or "patch file" (static), NULL else */
+    size_t patches_in_memory;       /* run, single pass: modules whose patches stayed in memory
+                                       (the others are recomputed while the output is written) */
+    double phase_seconds[2];        /* run, single pass: similarities (reading every module), then
+                                       the output (selection, copies, transplants) */
 } nlsr_report_summary;
 
 typedef struct nlsr_report {

@@ -522,6 +522,22 @@ int nlsr_stream_next(nlsr_stream *s, const nlsr_unit **unit, const unsigned char
     return 1;
 }
 
+int nlsr_stream_poll(nlsr_stream *s)
+{
+    if (s->err) return s->err;
+    if (s->kind == NLSR_IO_MMAP || !s->io) return 0;
+    for (;;) {
+        nlsr_io_req *r;
+        int rc = nlsr_io_poll(s->io, &r);
+        if (rc < 0)
+            return set_err(s, nlsr_fail(&s->ctx->err, rc, "read stream: polling %s failed: %s",
+                                        nlsr_io_kind_name(s->kind), strerror(-rc)));
+        if (rc == 0) break;
+        NLSR_FORWARD(complete(s, r));
+    }
+    return submit_more(s);
+}
+
 void nlsr_stream_close(nlsr_stream *s)
 {
     if (!s) return;

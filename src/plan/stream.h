@@ -42,6 +42,11 @@ int nlsr_stream_open_in(nlsr_ctx *ctx, const nlsr_unit *units, size_t nunits, un
 /* The next unit and its spans' bytes (data[k] for span k, valid until the next call).
  * Returns 1, 0 after the last unit, or a negative error. */
 int nlsr_stream_next(nlsr_stream *s, const nlsr_unit **unit, const unsigned char *const **data);
+/* Settles the reads that have completed and queues more, without waiting: a caller computing
+ * on a large unit calls it every few milliseconds so that the disk never idles while the next
+ * units are read (the stream otherwise queues new reads only inside nlsr_stream_next). Returns
+ * 0 or the stream's error. */
+int nlsr_stream_poll(nlsr_stream *s);
 /* Frees buffers and releases their budget. NULL is a no-op. */
 void nlsr_stream_close(nlsr_stream *s);
 
