@@ -32,41 +32,8 @@
 #include "../src/compute/similarity.h"
 #include "nlsr.h"
 #include "test.h"
+#include "test_bits.h"
 
-static uint32_t f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-static float bits_f32(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* xorshift64*, fixed seed: reproducible. */
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-
-static uint32_t rnd32(void)
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (uint32_t)((rng_state * 0x2545F4914F6CDD1Dull) >> 32);
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
-    return p;
-}
 
 /* ---- widening ------------------------------------------------------------------------------ */
 
@@ -501,6 +468,7 @@ static void test_reference_score(void)
 
 int main(void)
 {
+    test_rng_seed(0x9E3779B97F4A7C15ull);
     RUN_TEST(test_widen_bf16_exhaustive);
     RUN_TEST(test_widen_f16_exhaustive);
     RUN_TEST(test_widen_f32);

@@ -32,47 +32,8 @@
 #include "../src/compute/reference.h"
 #include "nlsr.h"
 #include "test.h"
+#include "test_bits.h"
 
-static uint32_t f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-static float bits_f32(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* xorshift64*, fixed seed: reproducible. */
-static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
-
-static uint32_t rnd32(void)
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (uint32_t)((rng_state * 0x2545F4914F6CDD1Dull) >> 32);
-}
-
-static uint64_t rnd64(void)
-{
-    uint64_t hi = rnd32();
-    return hi << 32 | rnd32();
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
-    return p;
-}
 
 #define SENTINEL32 0xDEADBEEFu
 #define SENTINEL64 0xA5A5A5A5A5A5A5A5ull
@@ -934,6 +895,7 @@ static void test_nonfinite_f64(void)
 
 int main(void)
 {
+    test_rng_seed(0x2545F4914F6CDD1Dull);
     RUN_TEST(test_mask_words_anchors);
     RUN_TEST(test_mask_words_lengths);
     RUN_TEST(test_mask_words_large);

@@ -101,20 +101,31 @@ static inline int nonfinite_bf16(uint16_t h)
     return (h & 0x7F80u) == 0x7F80u;
 }
 
+/* One element: b as f32, e_s's BF16 bits; nonzero if a, b or e_s is not finite. */
+static inline uint32_t step1_one(const unsigned char *a, const unsigned char *b, float beta,
+                                 float *fb_out, uint16_t *he_out)
+{
+    uint16_t ha, hb;
+    memcpy(&ha, a, 2);
+    memcpy(&hb, b, 2);
+    float fa = f32_of((uint32_t)ha << 16), fb = f32_of((uint32_t)hb << 16);
+    float d = fa - fb;
+    float m = beta * d;
+    float e = fa + m;
+    uint16_t he = rne_bf16(bits_of(e));
+    *fb_out = fb;
+    *he_out = he;
+    return (uint32_t)(nonfinite_bf16(ha) | nonfinite_bf16(hb) | nonfinite_bf16(he));
+}
+
 NLSR_HOT uint32_t nlsr_score_bf16(const unsigned char *a, const unsigned char *b, float beta,
                                   float *s, size_t n)
 {
     uint32_t bad = 0;
     for (size_t i = 0; i < n; i++) {
-        uint16_t ha, hb;
-        memcpy(&ha, a + 2 * i, 2);
-        memcpy(&hb, b + 2 * i, 2);
-        float fa = f32_of((uint32_t)ha << 16), fb = f32_of((uint32_t)hb << 16);
-        float d = fa - fb;
-        float m = beta * d;
-        float e = fa + m;
-        uint16_t he = rne_bf16(bits_of(e));
-        bad |= (uint32_t)(nonfinite_bf16(ha) | nonfinite_bf16(hb) | nonfinite_bf16(he));
+        float fb;
+        uint16_t he;
+        bad |= step1_one(a + 2 * i, b + 2 * i, beta, &fb, &he);
         s[i] = fabsf(f32_of((uint32_t)he << 16) - fb);
     }
     return bad;
@@ -127,15 +138,9 @@ NLSR_HOT uint32_t nlsr_step1_bf16(const unsigned char *restrict a,
 {
     uint32_t bad = 0;
     for (size_t i = 0; i < n; i++) {
-        uint16_t ha, hb;
-        memcpy(&ha, a + 2 * i, 2);
-        memcpy(&hb, b + 2 * i, 2);
-        float fa = f32_of((uint32_t)ha << 16), fb = f32_of((uint32_t)hb << 16);
-        float d = fa - fb;
-        float m = beta * d;
-        float e = fa + m;
-        uint16_t he = rne_bf16(bits_of(e));
-        bad |= (uint32_t)(nonfinite_bf16(ha) | nonfinite_bf16(hb) | nonfinite_bf16(he));
+        float fb;
+        uint16_t he;
+        bad |= step1_one(a + 2 * i, b + 2 * i, beta, &fb, &he);
         float fes = f32_of((uint32_t)he << 16);
         s[i] = fabsf(fes - fb);
         fe[i] = fes;

@@ -352,55 +352,62 @@ static int nonfinite_fail(nlsr_ctx *ctx, const char *file, const char *tensor, u
                      file, tensor, el, (double)v, what);
 }
 
-/* Step 1 and the score for one block: fe = e_s as f32, esraw = e_s in the source dtype,
- * fb = base as f32, fs = |e_s - b|. With validate, every input and e_s must be finite. */
-static int compute_block(prep *P, pmod *M, uint64_t first, size_t cnt, const unsigned char *araw,
-                         const unsigned char *braw, int validate)
+int nlsr_full_step1(nlsr_ctx *ctx, const nlsr_step1_mod *m, uint64_t first, size_t cnt,
+                    const unsigned char *araw, const unsigned char *braw, int validate,
+                    const nlsr_step1_buf *b)
 {
-    nlsr_ctx *ctx = P->ctx;
-    nlsr_to_f32(M->bdt, braw, P->fb, cnt);
+    nlsr_to_f32(m->bdt, braw, b->fb, cnt);
     if (validate) {
-        size_t bad = nlsr_first_nonfinite_f32(P->fb, cnt);
+        size_t bad = nlsr_first_nonfinite_f32(b->fb, cnt);
         if (bad < cnt)
-            return nonfinite_fail(ctx, shard_path(P->base, M->ib), M->tb->name, first + bad,
-                                  P->fb[bad], " in base");
+            return nonfinite_fail(ctx, m->base_file, m->name, first + bad, b->fb[bad], " in base");
     }
-    if (P->is_ref) {
-        memcpy(P->esraw, araw, cnt * M->asz);
-        nlsr_to_f32(M->adt, araw, P->fe, cnt);
+    if (m->is_ref) {
+        memcpy(b->es, araw, cnt * nlsr_dtype_size(m->adt));
+        nlsr_to_f32(m->adt, araw, b->fe, cnt);
         if (validate) {
-            size_t bad = nlsr_first_nonfinite_f32(P->fe, cnt);
+            size_t bad = nlsr_first_nonfinite_f32(b->fe, cnt);
             if (bad < cnt)
-                return nonfinite_fail(ctx, shard_path(P->src, M->is), M->ts->name, first + bad,
-                                      P->fe[bad], " in the reference");
+                return nonfinite_fail(ctx, m->src_file, m->name, first + bad, b->fe[bad],
+                                      " in the reference");
         }
     } else {
-        nlsr_to_f32(M->adt, araw, P->fa, cnt);
+        nlsr_to_f32(m->adt, araw, b->fa, cnt);
         if (validate) {
-            size_t bad = nlsr_first_nonfinite_f32(P->fa, cnt);
+            size_t bad = nlsr_first_nonfinite_f32(b->fa, cnt);
             if (bad < cnt)
-                return nonfinite_fail(ctx, shard_path(P->src, M->is), M->ts->name, first + bad,
-                                      P->fa[bad], " in aligned");
+                return nonfinite_fail(ctx, m->src_file, m->name, first + bad, b->fa[bad],
+                                      " in aligned");
         }
-        nlsr_full_reference_f32(P->fa, P->fb, (float)P->p->beta, P->fe, cnt);
+        nlsr_full_reference_f32(b->fa, b->fb, (float)m->beta, b->fe, cnt);
         /* e is stored in the aligned tensor's dtype (e_s); the score and the transplant use
          * exactly that stored value. */
-        nlsr_from_f32(M->adt, P->fe, P->esraw, cnt);
-        nlsr_to_f32(M->adt, P->esraw, P->fe, cnt);
+        nlsr_from_f32(m->adt, b->fe, b->es, cnt);
+        nlsr_to_f32(m->adt, b->es, b->fe, cnt);
         if (validate) {
-            size_t bad = nlsr_first_nonfinite_f32(P->fe, cnt);
+            size_t bad = nlsr_first_nonfinite_f32(b->fe, cnt);
             if (bad < cnt)
                 return nlsr_fail(&ctx->err, NLSR_E_VALUE,
                                  "%s: tensor '%.200s': element %" PRIu64
                                  ": the reference a + beta (a - b) = %g overflows %s "
                                  "(a = %g, b = %g, beta = %g)",
-                                 shard_path(P->src, M->is), M->ts->name, first + bad,
-                                 (double)P->fe[bad], nlsr_dtype_name(M->adt), (double)P->fa[bad],
-                                 (double)P->fb[bad], P->p->beta);
+                                 m->src_file, m->name, first + bad, (double)b->fe[bad],
+                                 nlsr_dtype_name(m->adt), (double)b->fa[bad], (double)b->fb[bad],
+                                 m->beta);
         }
     }
-    nlsr_full_score_f32(P->fe, P->fb, P->fs, cnt);
+    nlsr_full_score_f32(b->fe, b->fb, b->fs, cnt);
     return 0;
+}
+
+/* Step 1 and the score for one block of a module being prepared. */
+static int compute_block(prep *P, pmod *M, uint64_t first, size_t cnt, const unsigned char *araw,
+                         const unsigned char *braw, int validate)
+{
+    nlsr_step1_mod m = {shard_path(P->base, M->ib), shard_path(P->src, M->is), M->ts->name,
+                        M->adt, M->bdt, P->is_ref, P->p->beta};
+    nlsr_step1_buf b = {P->fa, P->fb, P->fe, P->fs, P->esraw};
+    return nlsr_full_step1(P->ctx, &m, first, cnt, araw, braw, validate, &b);
 }
 
 static void fp_tensor_head(nlsr_xxh64_state *h, const st_tensor *t)

@@ -42,6 +42,25 @@ typedef struct nlsr_full_tuning {
     int apply_no_cache;   /* apply: stream the patched tensors again in pass 2 */
 } nlsr_full_tuning;
 
+/* Step 1 and the score for `cnt` elements starting at element `first` of a module (prepare's
+ * arithmetic, which run repeats): fb = base as f32, es = e_s in the source dtype, fe = e_s as
+ * f32, fs = |e_s - b| (fa is scratch). With validate, every input and e_s must be finite: the
+ * first that is not is named (file, tensor, element, value). */
+typedef struct nlsr_step1_mod {
+    const char *base_file, *src_file; /* the shards holding the tensor, for messages */
+    const char *name;                 /* the tensor */
+    nlsr_dtype adt, bdt;              /* source (aligned or reference) and base dtypes */
+    int is_ref;                       /* the source is a prebuilt reference (e_s = a) */
+    double beta;
+} nlsr_step1_mod;
+typedef struct nlsr_step1_buf {
+    float *fa, *fb, *fe, *fs;
+    unsigned char *es;
+} nlsr_step1_buf;
+int nlsr_full_step1(nlsr_ctx *ctx, const nlsr_step1_mod *m, uint64_t first, size_t cnt,
+                    const unsigned char *araw, const unsigned char *braw, int validate,
+                    const nlsr_step1_buf *b);
+
 /* Header-only checks before anything is read or written: base and source (aligned or
  * reference) have the same target tensors (per p->targets) with the same shapes, float dtypes
  * (the aligned one writable as F32/F16/BF16/F64). Messages name both checkpoints and the tensor. */

@@ -50,6 +50,7 @@ typedef struct rmod {
     float thr;
     uint64_t mask_count;
     nlsr_cos_sums sums;
+    nlsr_step1_mod s1;           /* step 1's inputs (realign_full.h) */
     int fast;                    /* BF16 aligned and base: the fused kernels (reference.h) */
     int store;                   /* mask and values kept in memory for phase B */
     uint64_t *bits;              /* mask bitmap, ceil(n / 64) words (in the arena) */
@@ -106,54 +107,12 @@ static int poll_stream(runner *R)
     return nlsr_stream_poll(R->s);
 }
 
-/* Step 1 and the score for one chunk, as prepare computes them: fe = e_s as f32, es = e_s in
- * the source dtype, fb = base as f32, fs = |e_s - b|. With validate, every input and e_s must
- * be finite (the same checks and messages as prepare). */
+/* Step 1 and the score for one chunk, as prepare computes them (nlsr_full_step1). */
 static int step1(runner *R, const rmod *M, uint64_t first, size_t cnt, const unsigned char *araw,
                  const unsigned char *braw, int validate)
 {
-    nlsr_ctx *ctx = R->ctx;
-    nlsr_to_f32(M->bdt, braw, R->fb, cnt);
-    if (validate) {
-        size_t bad = nlsr_first_nonfinite_f32(R->fb, cnt);
-        if (bad < cnt)
-            return nonfinite_fail(ctx, shard_path(R->base, M->ib), M->tb->name, first + bad,
-                                  R->fb[bad], " in base");
-    }
-    if (R->is_ref) {
-        memcpy(R->es, araw, cnt * M->asz);
-        nlsr_to_f32(M->adt, araw, R->fe, cnt);
-        if (validate) {
-            size_t bad = nlsr_first_nonfinite_f32(R->fe, cnt);
-            if (bad < cnt)
-                return nonfinite_fail(ctx, shard_path(R->src, M->is), M->ts->name, first + bad,
-                                      R->fe[bad], " in the reference");
-        }
-    } else {
-        nlsr_to_f32(M->adt, araw, R->fa, cnt);
-        if (validate) {
-            size_t bad = nlsr_first_nonfinite_f32(R->fa, cnt);
-            if (bad < cnt)
-                return nonfinite_fail(ctx, shard_path(R->src, M->is), M->ts->name, first + bad,
-                                      R->fa[bad], " in aligned");
-        }
-        nlsr_full_reference_f32(R->fa, R->fb, (float)R->p->beta, R->fe, cnt);
-        nlsr_from_f32(M->adt, R->fe, R->es, cnt);
-        nlsr_to_f32(M->adt, R->es, R->fe, cnt);
-        if (validate) {
-            size_t bad = nlsr_first_nonfinite_f32(R->fe, cnt);
-            if (bad < cnt)
-                return nlsr_fail(&ctx->err, NLSR_E_VALUE,
-                                 "%s: tensor '%.200s': element %" PRIu64
-                                 ": the reference a + beta (a - b) = %g overflows %s "
-                                 "(a = %g, b = %g, beta = %g)",
-                                 shard_path(R->src, M->is), M->ts->name, first + bad,
-                                 (double)R->fe[bad], nlsr_dtype_name(M->adt), (double)R->fa[bad],
-                                 (double)R->fb[bad], R->p->beta);
-        }
-    }
-    nlsr_full_score_f32(R->fe, R->fb, R->fs, cnt);
-    return 0;
+    nlsr_step1_buf b = {R->fa, R->fb, R->fe, R->fs, R->es};
+    return nlsr_full_step1(R->ctx, &M->s1, first, cnt, araw, braw, validate, &b);
 }
 
 /* The scores fs of one chunk (full: also fe, fb and es), the BF16 kernels where they apply.
@@ -541,9 +500,11 @@ static int module_compute(runner *R, rmod *M, const unsigned char *const *data)
 
 /* ---- plan -------------------------------------------------------------------------------- */
 
+/* A module's kept patch: the bitmap, then at most n - k values; rounded up so that the next
+ * module's bitmap stays 8-byte aligned in the arena. */
 static uint64_t store_bytes(const rmod *M)
 {
-    return (M->n + 63) / 64 * 8 + (M->n - M->k) * M->tsz;
+    return ((M->n + 63) / 64 * 8 + (M->n - M->k) * M->tsz + 63) & ~(uint64_t)63;
 }
 
 static int build_modules(runner *R)
@@ -575,6 +536,8 @@ static int build_modules(runner *R)
         M->n = ts->numel;
         M->k = nlsr_mask_k(M->n, R->p->sparsity);
         M->fast = !R->is_ref && M->adt == NLSR_DTYPE_BF16 && M->bdt == NLSR_DTYPE_BF16;
+        M->s1 = (nlsr_step1_mod){shard_path(R->base, M->ib), shard_path(R->src, M->is),
+                                 ts->name, M->adt, M->bdt, R->is_ref, R->p->beta};
     }
     return 0;
 }
@@ -589,6 +552,26 @@ static void phase_a_units(const runner *R, nlsr_unit *u)
         u[i].span[2] = (nlsr_span){R->ft, M->it, 0, M->n};
         u[i].tag = i;
     }
+}
+
+/* The runner's modules and phase A's units (*u, malloc'd), before any memory is charged. */
+static int runner_init(runner *R, nlsr_ctx *ctx, const nlsr_realign_params *p,
+                       const nlsr_ckpt *base, const nlsr_ckpt *src, int is_ref,
+                       const nlsr_ckpt *ft, nlsr_unit **u)
+{
+    memset(R, 0, sizeof *R);
+    R->ctx = ctx;
+    R->p = p;
+    R->base = base;
+    R->src = src;
+    R->ft = ft;
+    R->is_ref = is_ref;
+    *u = NULL;
+    NLSR_FORWARD(build_modules(R));
+    NLSR_FAIL_IF(!(*u = calloc(R->nm ? R->nm : 1, sizeof **u)), &ctx->err, -ENOMEM,
+                 "out of memory");
+    phase_a_units(R, *u);
+    return 0;
 }
 
 /* Scratch for CH elements: 8 f32 arrays, e_s and converted values (8 bytes each at most), the
@@ -668,18 +651,9 @@ int nlsr_full_run_plan(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *sr
 {
     memset(out, 0, sizeof *out);
     runner R;
-    memset(&R, 0, sizeof R);
-    R.ctx = ctx;
-    R.p = p;
-    R.base = base;
-    R.src = src;
-    R.ft = ft;
-    int rc = build_modules(&R);
     nlsr_unit *u = NULL;
-    if (rc == 0 && !(u = calloc(R.nm ? R.nm : 1, sizeof *u)))
-        rc = nlsr_fail(&ctx->err, -ENOMEM, "out of memory");
+    int rc = runner_init(&R, ctx, p, base, src, 0, ft, &u);
     if (rc == 0) {
-        phase_a_units(&R, u);
         out->modules = R.nm;
         out->stream_bytes = nlsr_stream_mem(u, R.nm, 2);
         out->phase_b_bytes = phase_b_need(&R);
@@ -938,19 +912,9 @@ int nlsr_full_run(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src, in
     NLSR_FAIL_IF(!(p->sparsity >= 0.0 && p->sparsity <= 1.0) || !isfinite(p->beta), e,
                  NLSR_E_USAGE, "sparsity must lie in [0, 1] and beta be finite");
     runner R;
-    memset(&R, 0, sizeof R);
-    R.ctx = ctx;
-    R.p = p;
-    R.base = base;
-    R.src = src;
-    R.ft = ft;
-    R.is_ref = is_reference;
-    int rc = build_modules(&R);
     nlsr_unit *u = NULL;
-    if (rc == 0 && !(u = calloc(R.nm ? R.nm : 1, sizeof *u)))
-        rc = nlsr_fail(e, -ENOMEM, "out of memory");
+    int rc = runner_init(&R, ctx, p, base, src, is_reference, ft, &u);
     if (rc == 0) {
-        phase_a_units(&R, u);
         uint64_t stream_bytes = nlsr_stream_mem(u, R.nm, 2);
         rc = alloc_scratch(&R);
         if (rc == 0) rc = plan_store(&R, stream_bytes, no_store);
