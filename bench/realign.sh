@@ -101,6 +101,21 @@ time_v "$DATA/t" $NLSR run --base "$D3/base" --aligned "$D3/aligned" --finetuned
   --out "$D3/out" --mem-budget 512M --report "$DATA/report-70b.json" -q
 read S RSS <"$DATA/t"
 echo "3,llama-70b,2,nlsr run,512M,$S,$((RSS / 1024)),,," >>"$CSV"
+# The same triple at 4G (the single pass: two whole 8192 x 28672 modules of the three
+# checkpoints fit), against its own minimal I/O time.
+drop
+time_v "$DATA/t" cat "$D3"/base/*.safetensors "$D3"/aligned/*.safetensors "$D3"/finetuned/*.safetensors >/dev/null
+read CAT3 _ <"$DATA/t"
+echo "3,llama-70b,2,cat,-,$CAT3,,$(du_b "$D3"/base/*.safetensors "$D3"/aligned/*.safetensors "$D3"/finetuned/*.safetensors),0,read bandwidth baseline" >>"$CSV"
+rm -rf "$D3/out"
+drop
+time_v "$DATA/t" $NLSR run --base "$D3/base" --aligned "$D3/aligned" --finetuned "$D3/finetuned" \
+  --out "$D3/out" --mem-budget 4G --report "$DATA/report-70b-4G.json" -q
+read S RSS <"$DATA/t"
+NOTE=$(python3 -c "import json;s=json.load(open('$DATA/report-70b-4G.json'))['summary'];print(s['bytes_read'],s['bytes_written'],s.get('plan'),s.get('patches_in_memory','-'),sep=',')")
+IFS=, read BR BW PLAN KEPT <<<"$NOTE"
+echo "3,llama-70b,2,nlsr run,4G,$S,$((RSS / 1024)),$BR,$BW,plan=$PLAN kept=$KEPT" >>"$CSV"
+python3 -c "print('  70b 4G: %.2f s, ratio to minimal I/O %.2f' % ($S, $S / ($CAT3 + $BW / ($W_BYTES / $DD_S))))"
 [ -n "${KEEP_DATA:-}" ] || rm -rf "$D3"
 echo "wrote $CSV"
 cat "$CSV"
