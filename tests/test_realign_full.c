@@ -647,6 +647,23 @@ static void test_run_plans(void)
             ASSERT_EQ_U(rp.kept, (uint64_t)r.kept);
             ASSERT_TRUE((double)rp.read_min == r.bytes_read);
             ASSERT_TRUE((double)rp.written == tf);
+            /* The same through `nlsr plan --json`. */
+            FILE *f = tmpfile();
+            ASSERT_TRUE(f != NULL);
+            ASSERT_EQ_I(nlsr_plan_print(ctx, SFT, ALIGNED, FT, &pp, 1e9, 1e9, NULL, 1, f), 0);
+            long len = ftell(f);
+            char *txt = calloc(1, (size_t)len + 1);
+            rewind(f);
+            ASSERT_EQ_U(fread(txt, 1, (size_t)len, f), (uint64_t)len);
+            fclose(f);
+            cJSON *pj = cJSON_Parse(txt);
+            const cJSON *run = cJSON_GetObjectItemCaseSensitive(pj, "run");
+            ASSERT_STR_EQ(cJSON_GetObjectItemCaseSensitive(run, "plan")->valuestring,
+                          "single pass");
+            ASSERT_TRUE(cJSON_GetObjectItemCaseSensitive(run, "bytes_read")->valuedouble ==
+                        r.bytes_read);
+            cJSON_Delete(pj);
+            free(txt);
             /* A budget just under what it needs: prepare + apply. */
             nlsr_ctx_set_mem_budget(ctx, rp.need_bytes - 1);
             ASSERT_EQ_I(nlsr_full_run_plan(ctx, cb, ca, ct, &pp, &rp), 0);

@@ -650,6 +650,52 @@ static double plan_seconds(const nlsr_plan *p, double rbw, double wbw)
     return t;
 }
 
+/* What `run` itself will do with this budget (the units above are the engine's generic
+ * streaming of a run). */
+static void print_run_plan(const nlsr_run_plan *rp, double rbw, double wbw, FILE *out)
+{
+    char a[32], b[32], c[32], d[32];
+    if (!rp->single) {
+        fprintf(out,
+                "run: prepare + apply through a temporary patch file: the single pass needs a "
+                "budget of %s (two whole modules of the three checkpoints)\n",
+                nlsr_fmt_bytes((double)rp->need_bytes, a, sizeof a));
+        return;
+    }
+    fprintf(out,
+            "run: single pass; buffers %s (two whole modules of the three checkpoints) + %s "
+            "scratch; patches of %zu of %zu modules kept in memory (%s)\n",
+            nlsr_fmt_bytes((double)rp->stream_bytes, a, sizeof a),
+            nlsr_fmt_bytes((double)rp->scratch_bytes, b, sizeof b), rp->kept, rp->modules,
+            nlsr_fmt_bytes((double)rp->kept_bytes, c, sizeof c));
+    fprintf(out, "  reads %s", nlsr_fmt_bytes((double)rp->read_min, a, sizeof a));
+    if (rp->reread_max)
+        fprintf(out, " to %s (patched modules whose patches are not kept are read again)",
+                nlsr_fmt_bytes((double)(rp->read_min + rp->reread_max), b, sizeof b));
+    fprintf(out, ", writes %s", nlsr_fmt_bytes((double)rp->written, d, sizeof d));
+    if (rbw > 0 && wbw > 0)
+        fprintf(out, "; about %.1f s at these speeds",
+                (double)rp->read_min / rbw + (double)rp->written / wbw);
+    fputc('\n', out);
+}
+
+static void run_plan_json(cJSON *o, const nlsr_run_plan *rp)
+{
+    cJSON *r = cJSON_AddObjectToObject(o, "run");
+    if (!r) return;
+    cJSON_AddStringToObject(r, "plan", rp->single ? "single pass" : "patch file");
+    cJSON_AddNumberToObject(r, "need_bytes", (double)rp->need_bytes);
+    if (!rp->single) return;
+    cJSON_AddNumberToObject(r, "modules", (double)rp->modules);
+    cJSON_AddNumberToObject(r, "patches_in_memory", (double)rp->kept);
+    cJSON_AddNumberToObject(r, "stream_bytes", (double)rp->stream_bytes);
+    cJSON_AddNumberToObject(r, "scratch_bytes", (double)rp->scratch_bytes);
+    cJSON_AddNumberToObject(r, "kept_bytes", (double)rp->kept_bytes);
+    cJSON_AddNumberToObject(r, "bytes_read", (double)rp->read_min);
+    cJSON_AddNumberToObject(r, "bytes_read_max", (double)(rp->read_min + rp->reread_max));
+    cJSON_AddNumberToObject(r, "bytes_written", (double)rp->written);
+}
+
 static int print_json(const nlsr_plan *p, double rbw, double wbw, const char *src, FILE *out)
 {
     cJSON *o = cJSON_CreateObject();
@@ -722,6 +768,7 @@ static int print_json(const nlsr_plan *p, double rbw, double wbw, const char *sr
         cJSON_AddNumberToObject(x, "length", (double)r->len);
         cJSON_AddItemToArray(rs, x);
     }
+    if (p->has_run) run_plan_json(o, &p->run);
     char *txt = cJSON_Print(o);
     cJSON_Delete(o);
     if (!txt) return -ENOMEM;
@@ -773,6 +820,7 @@ int nlsr_plan_print_to(const nlsr_plan *p, double rbw, double wbw, const char *s
         fprintf(out, "time: about %.1f s at read %s/s and write %s/s (%s)\n",
                 plan_seconds(p, rbw, wbw), nlsr_fmt_bytes(rbw, a, sizeof a),
                 nlsr_fmt_bytes(wbw, b, sizeof b), src ? src : "given");
+    if (p->has_run) print_run_plan(&p->run, rbw, wbw, out);
     fprintf(out, "\nunits (rows of the output's tensor):\n");
     const nlsr_ckpt *L = j->ck[j->layout];
     for (size_t i = 0; i < p->nunits; i++) {
@@ -860,39 +908,12 @@ static int open_and_plan(nlsr_ctx *ctx, const char *base, const char *aligned,
         j.ntargets = p.ntargets;
         j.budget = ctx->budget.limit;
         rc = nlsr_plan_build(ctx, &j, plan);
+        if (rc == 0 && p.scorer.kind == NLSR_SCORER_MAGNITUDE) {
+            rc = nlsr_full_run_plan(ctx, ck[0], ck[1], ck[2], &p, &plan->run);
+            plan->has_run = rc == 0;
+        }
     }
     return rc;
-}
-
-static int print_run_plan(nlsr_ctx *ctx, nlsr_ckpt *const *ck, const nlsr_realign_params *p,
-                          double rbw, double wbw, FILE *out)
-{
-    nlsr_run_plan rp;
-    NLSR_FORWARD(nlsr_full_run_plan(ctx, ck[0], ck[1], ck[2], p, &rp));
-    char a[32], b[32], c[32], d[32];
-    if (!rp.single) {
-        fprintf(out,
-                "run: prepare + apply through a temporary patch file: the single pass needs a "
-                "budget of %s (two whole modules of the three checkpoints)\n",
-                nlsr_fmt_bytes((double)rp.need_bytes, a, sizeof a));
-        return 0;
-    }
-    fprintf(out,
-            "run: single pass; buffers %s (two whole modules of the three checkpoints) + %s "
-            "scratch; patches of %zu of %zu modules kept in memory (%s)\n",
-            nlsr_fmt_bytes((double)rp.stream_bytes, a, sizeof a),
-            nlsr_fmt_bytes((double)rp.scratch_bytes, b, sizeof b), rp.kept, rp.modules,
-            nlsr_fmt_bytes((double)rp.kept_bytes, c, sizeof c));
-    fprintf(out, "  reads %s", nlsr_fmt_bytes((double)rp.read_min, a, sizeof a));
-    if (rp.reread_max)
-        fprintf(out, " to %s (patched modules whose patches are not kept are read again)",
-                nlsr_fmt_bytes((double)(rp.read_min + rp.reread_max), b, sizeof b));
-    fprintf(out, ", writes %s", nlsr_fmt_bytes((double)rp.written, d, sizeof d));
-    if (rbw > 0 && wbw > 0)
-        fprintf(out, "; about %.1f s at these speeds",
-                (double)rp.read_min / rbw + (double)rp.written / wbw);
-    fputc('\n', out);
-    return 0;
 }
 
 int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
@@ -924,10 +945,7 @@ int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const 
     else
         rc = nlsr_plan_print_to(&plan, read_bw, write_bw, src, json, out);
     if (rc < 0) nlsr_fail(e, rc, "plan: cannot print: %s", strerror(-rc));
-    /* The units above are the engine's generic streaming of a run; what `run` itself will do
-     * with this budget follows. */
-    if (rc == 0 && finetuned && !json && p.scorer.kind == NLSR_SCORER_MAGNITUDE)
-        rc = print_run_plan(ctx, ck, &p, read_bw, write_bw, out);
+
 done:
     free(pdir);
     nlsr_plan_free(&plan);

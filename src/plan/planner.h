@@ -65,6 +65,21 @@ typedef struct nlsr_plan_range {
     uint64_t off, len;  /* absolute file offsets */
 } nlsr_plan_range;
 
+/* What `run` on full weights will do with the budget (src/plan/realign_run.c fills it): the
+ * single pass or prepare + apply, and for the single pass its memory and bytes. `nlsr plan
+ * --finetuned` prints it after the streaming plan. */
+typedef struct nlsr_run_plan {
+    int single;              /* 1: the single pass fits (and the scorer is magnitude) */
+    size_t modules, kept;    /* target modules; of them, patches kept in memory */
+    uint64_t stream_bytes;   /* phase A: two whole modules of the three checkpoints */
+    uint64_t phase_b_bytes;  /* phase B: its stream, output and copy buffers */
+    uint64_t scratch_bytes;  /* per-chunk scratch and the second compute lane */
+    uint64_t need_bytes;     /* the least budget the single pass takes */
+    uint64_t kept_bytes;     /* memory of the kept patches */
+    uint64_t read_min;       /* bytes read: every target once + the fine-tune's shards again */
+    uint64_t reread_max;     /* at most this more: patched modules whose patch was not kept */
+    uint64_t written;        /* the output's shards */
+} nlsr_run_plan;
 typedef struct nlsr_plan {
     nlsr_job_desc job;
     size_t nunits;
@@ -87,6 +102,8 @@ typedef struct nlsr_plan {
     uint64_t *out_size;        /* per shard of ck[layout]: the output file's exact size */
     size_t nranges;
     nlsr_plan_range *ranges;   /* coalesced, by checkpoint, shard, offset */
+    int has_run;               /* run's own plan (below) was made: a run with the magnitude rule */
+    nlsr_run_plan run;
 } nlsr_plan;
 
 /* One job's buffers in one block, charged to the budget once: the stream's ring, the

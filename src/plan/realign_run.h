@@ -20,23 +20,12 @@
 #define NLSR_PLAN_REALIGN_RUN_H
 
 #include "../io/checkpoint.h"
+#include "planner.h"
 #include "report.h"
 #include "realign_full.h"
 
-/* What `run` will do with the budget left: the single pass or prepare + apply, and for the
- * single pass its memory and bytes. `nlsr plan --finetuned` prints it. */
-typedef struct nlsr_run_plan {
-    int single;              /* 1: the single pass fits (and the scorer is magnitude) */
-    size_t modules, kept;    /* target modules; of them, patches kept in memory */
-    uint64_t stream_bytes;   /* phase A: two whole modules of the three checkpoints */
-    uint64_t phase_b_bytes;  /* phase B: its stream, output and copy buffers */
-    uint64_t scratch_bytes;  /* per-chunk scratch and the second compute lane */
-    uint64_t need_bytes;     /* the least budget the single pass takes */
-    uint64_t kept_bytes;     /* memory of the kept patches */
-    uint64_t read_min;       /* bytes read: every target once + the fine-tune's shards again */
-    uint64_t reread_max;     /* at most this more: patched modules whose patch was not kept */
-    uint64_t written;        /* the output's shards */
-} nlsr_run_plan;
+/* What `run` will do with the budget left (nlsr_run_plan, planner.h): the single pass or
+ * prepare + apply, and for the single pass its memory and bytes. */
 int nlsr_full_run_plan(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
                        const nlsr_ckpt *ft, const nlsr_realign_params *p, nlsr_run_plan *out);
 
