@@ -949,6 +949,51 @@ static void test_lock(void)
                 NLSR_E_LOCKED);
     ASSERT_EQ_I(rollback(d, 0, 0, &r, msg, sizeof msg), NLSR_E_LOCKED);
     ASSERT_TRUE(folders_equal(d, FT));
+    /* Jobs that only read the folder (--out) refuse it while it is changed in place, instead of
+     * reading half-patched tensors; they write nothing. */
+    {
+        char *out = wpath("lock_out");
+        nlsr_ctx *ctx = new_ctx();
+        nlsr_realign_params p = params(NLSR_SELECT_ADAPTIVE, 0);
+        ASSERT_EQ_I(nlsr_apply(ctx, patches, d, out, &p), NLSR_E_LOCKED);
+        ASSERT_CONTAINS(nlsr_ctx_error(ctx), "being realigned in place");
+        ASSERT_CONTAINS(nlsr_ctx_error(ctx), d);
+        end_ctx(ctx);
+        ASSERT_TRUE(!nlsr_exists(out));
+        /* A reader's shared lock keeps an in-place run out in turn. */
+        flock(fd, LOCK_UN);
+        int rfd = open(lp, O_RDONLY);
+        ASSERT_EQ_I(flock(rfd, LOCK_SH), 0);
+        ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, msg, sizeof msg),
+                    NLSR_E_LOCKED);
+        ASSERT_TRUE(folders_equal(d, FT));
+        /* Two readers share it. */
+        ctx = new_ctx();
+        ASSERT_EQ_I(nlsr_apply(ctx, patches, d, out, &p), 0);
+        end_ctx(ctx);
+        ASSERT_TRUE(folders_equal(out, ref_default));
+        close(rfd);
+        nlsr_remove_tree(out);
+        ASSERT_EQ_I(flock(fd, LOCK_EX), 0);
+        free(out);
+    }
+    /* A folder never realigned in place has no lock file, and a reader creates none. */
+    {
+        char *src = wpath("lock_plain"), *out = wpath("lock_plain_out");
+        copy_dir(FT, src);
+        nlsr_ctx *ctx = new_ctx();
+        nlsr_realign_params p = params(NLSR_SELECT_ADAPTIVE, 0);
+        ASSERT_EQ_I(nlsr_apply(ctx, patches, src, out, &p), 0);
+        end_ctx(ctx);
+        char *plp = join(src, ".nlsr.lock");
+        ASSERT_TRUE(!nlsr_exists(plp));
+        ASSERT_TRUE(folders_equal(src, FT));
+        nlsr_remove_tree(out);
+        nlsr_remove_tree(src);
+        free(plp);
+        free(src);
+        free(out);
+    }
     /* --wait: the holder lets go after a while */
     fflush(NULL);
     pid_t pid = fork();

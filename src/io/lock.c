@@ -79,6 +79,37 @@ done:
     return rc;
 }
 
+int nlsr_lock_shared(nlsr_ctx *ctx, const char *dir, int *fd_out)
+{
+    nlsr_err *e = &ctx->err;
+    *fd_out = -1;
+    char *path;
+    NLSR_FORWARD(lock_path(ctx, dir, &path));
+    int rc = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        if (errno != ENOENT)
+            rc = nlsr_fail(e, -errno, "%s: cannot open the lock file: %s", path, strerror(errno));
+        free(path);
+        return rc;
+    }
+    while (flock(fd, LOCK_SH | LOCK_NB) != 0) {
+        if (errno == EINTR) continue;
+        if (errno != EWOULDBLOCK)
+            rc = nlsr_fail(e, -errno, "%s: flock failed: %s", path, strerror(errno));
+        else
+            rc = nlsr_fail(e, NLSR_E_LOCKED,
+                           "%s is being realigned in place or rolled back by another nlsr run "
+                           "(pid %ld); read it when that is done",
+                           dir, read_holder(fd));
+        break;
+    }
+    if (rc < 0) close(fd);
+    else *fd_out = fd;
+    free(path);
+    return rc;
+}
+
 int nlsr_lock_probe(nlsr_ctx *ctx, const char *dir, long *holder)
 {
     *holder = 0;

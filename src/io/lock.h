@@ -14,6 +14,12 @@
  * held lock is NLSR_E_LOCKED with a message naming the folder and the holder's pid.
  * *fd receives the descriptor to pass to nlsr_lock_release. */
 int nlsr_lock_acquire(nlsr_ctx *ctx, const char *dir, int wait, int *fd);
+/* The reader's side, for jobs that only read a folder (run/apply/prepare with --out): a shared
+ * lock on the folder's lock file, so that no in-place run or rollback starts on it while it is
+ * read, and one in progress is NLSR_E_LOCKED (never waited for). Only when the lock file
+ * exists: nothing is created, a reader writes nothing into its inputs (a folder never realigned
+ * in place has no lock file). *fd is -1 when there is none. */
+int nlsr_lock_shared(nlsr_ctx *ctx, const char *dir, int *fd);
 /* 1 if another process holds dir's lock now, 0 if not (nothing is created), < 0 on error;
  * *holder gets its pid when known (0 otherwise). For dry runs. */
 int nlsr_lock_probe(nlsr_ctx *ctx, const char *dir, long *holder);

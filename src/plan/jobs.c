@@ -13,6 +13,7 @@
 
 #include "../common/ctx.h"
 #include "../io/file.h"
+#include "../io/lock.h"
 #include "../io/patchfile.h"
 #include "inplace.h"
 #include "realign_full.h"
@@ -57,6 +58,23 @@ static int check_out_dir(nlsr_ctx *ctx, const char *out, int force, const char *
     return nlsr_out_check_inputs(ctx, out, inputs, n);
 }
 
+/* Shared locks on the input folders that have a lock file (lock.h): an in-place run or a
+ * rollback cannot start on an input while it is read, and one in progress is refused here
+ * (NLSR_E_LOCKED) rather than read half patched. fds[i] = -1 where none was taken. */
+static int lock_inputs(nlsr_ctx *ctx, const char *const *paths, size_t n, int *fds)
+{
+    for (size_t i = 0; i < n; i++) fds[i] = -1;
+    for (size_t i = 0; i < n; i++)
+        if (paths[i] && nlsr_is_dir(paths[i]) == 1)
+            NLSR_FORWARD(nlsr_lock_shared(ctx, paths[i], &fds[i]));
+    return 0;
+}
+
+static void unlock_inputs(int *fds, size_t n)
+{
+    for (size_t i = 0; i < n; i++) nlsr_lock_release(fds[i]);
+}
+
 static int open_pair(nlsr_ctx *ctx, const char *base, const char *src, nlsr_ckpt **b,
                      nlsr_ckpt **s)
 {
@@ -81,7 +99,9 @@ int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const cha
     nlsr_report_init(&rep, ctx, "prepare", "full");
     rep.has_selection = 0;
     const char *inputs[2] = {base, srcp};
-    int rc = open_pair(ctx, base, srcp, &B, &S);
+    int locks[2];
+    int rc = lock_inputs(ctx, inputs, 2, locks);
+    if (rc == 0) rc = open_pair(ctx, base, srcp, &B, &S);
     if (rc < 0) goto done;
     if (nlsr_ckpt_get_kind(S) == NLSR_CKPT_PEFT) {
         /* LoRA: the base is the zero adapter; a given base is not needed. */
@@ -107,6 +127,7 @@ int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const cha
     if (rc == 0) rc = nlsr_full_prepare(ctx, B, S, is_ref, out_file, p, NULL, &rep);
     if (rc == 0) rc = nlsr_report_emit(&rep, ctx, p);
 done:
+    unlock_inputs(locks, 2);
     nlsr_report_free(&rep);
     nlsr_ckpt_free(B);
     nlsr_ckpt_free(S);
@@ -138,7 +159,9 @@ int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const 
     nlsr_report rep;
     nlsr_report_init(&rep, ctx, "apply", "full");
     const char *inputs[2] = {patches, finetuned};
-    int rc = nlsr_pf_open(ctx, patches, &pf);
+    int locks[2];
+    int rc = lock_inputs(ctx, inputs, 2, locks);
+    if (rc == 0) rc = nlsr_pf_open(ctx, patches, &pf);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
     if (rc == 0) rc = nlsr_inplace_check_input(ctx, finetuned);
     if (rc < 0) goto done;
@@ -172,6 +195,7 @@ int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const 
         rc = nlsr_report_emit(&rep, ctx, &used);
     }
 done:
+    unlock_inputs(locks, 2);
     nlsr_outdir_abort(tmp);
     free(tmp);
     free(names);
@@ -200,7 +224,9 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     nlsr_report_init(&rep, ctx, "run", "full");
     nlsr_report_init(&prep_rep, ctx, "prepare", "full");
     const char *inputs[3] = {base, srcp, finetuned};
-    int rc = open_pair(ctx, base, srcp, &B, &S);
+    int locks[3];
+    int rc = lock_inputs(ctx, inputs, 3, locks);
+    if (rc == 0) rc = open_pair(ctx, base, srcp, &B, &S);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
     if (rc == 0) rc = nlsr_inplace_check_input(ctx, finetuned);
     if (rc < 0) goto done;
@@ -275,6 +301,7 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
         rc = nlsr_report_emit(&rep, ctx, &used);
     }
 done:
+    unlock_inputs(locks, 3);
     nlsr_outdir_abort(tmp);
     free(tmp);
     free(patch);
