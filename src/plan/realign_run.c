@@ -479,6 +479,10 @@ static int pass_mask(runner *R, rmod *M, const unsigned char *a, const unsigned 
         nlsr_to_f32(M->tdt, R->conv, R->tm, m);
         nlsr_cos_add_masked(&M->sums, R->tm, R->em, R->bm, m);
         if (M->store && m) {
+            /* At most n - k scores lie above the k-th smallest: the room reserved. */
+            NLSR_FAIL_IF(M->mask_count + m > M->n - M->k, &R->ctx->err, NLSR_E_FORMAT,
+                         "tensor '%.200s': more than %" PRIu64 " elements above the threshold",
+                         M->ts->name, M->n - M->k);
             nlsr_from_f32(M->tdt, R->em, vals, m);
             vals += m * M->tsz;
         }
