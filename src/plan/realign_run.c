@@ -721,14 +721,11 @@ static int plan_store(runner *R, uint64_t stream_bytes, int no_store)
 
 /* ---- phase A: every module once ------------------------------------------------------- */
 
-static int phase_a(runner *R, nlsr_report *rep)
+/* u: the units runner_init made (the stream copies them). */
+static int phase_a(runner *R, const nlsr_unit *u, nlsr_report *rep)
 {
     nlsr_ctx *ctx = R->ctx;
-    nlsr_unit *u = calloc(R->nm ? R->nm : 1, sizeof *u);
-    NLSR_FAIL_IF(!u, &ctx->err, -ENOMEM, "out of memory");
-    phase_a_units(R, u);
     int rc = nlsr_stream_open(ctx, u, R->nm, 2, &R->s);
-    free(u);
     NLSR_FORWARD(rc);
     lanes_start(R);
     const nlsr_unit *un;
@@ -923,10 +920,10 @@ int nlsr_full_run(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src, in
         rc = alloc_scratch(&R);
         if (rc == 0) rc = plan_store(&R, stream_bytes, no_store);
     }
-    free(u);
     double t0 = nlsr_now();
-    if (rc == 0) rc = phase_a(&R, rep);
+    if (rc == 0) rc = phase_a(&R, u, rep);
     double t1 = nlsr_now();
+    free(u);
     nlsr_budget_free(&ctx->budget, R.cands, R.cand_cap * sizeof(float));
     R.cands = NULL;
     if (rc == 0) rc = nlsr_report_select(rep, ctx, &p->select);
