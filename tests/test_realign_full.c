@@ -596,6 +596,10 @@ static void test_run_plans(void)
             nlsr_ckpt_free(ct);
             end_ctx(ctx);
         }
+        /* The patch-file plan's report says what the single pass would need. */
+        const cJSON *spn = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(pf.json, "summary"), "single_pass_need_bytes");
+        ASSERT_TRUE(cJSON_IsNumber(spn) && (uint64_t)spn->valuedouble == need);
         uint64_t budgets[64];
         size_t nb = 0;
         for (uint64_t b = 2u << 20; b < need && nb < 16; b += 256u << 10) budgets[nb++] = b;

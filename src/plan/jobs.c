@@ -266,10 +266,15 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     /* The single pass when the budget holds two whole modules; prepare + apply through a
      * temporary patch file otherwise. NLSR_RUN_PLAN forces one (tests, measurements). */
     const char *force = getenv("NLSR_RUN_PLAN");
+    nlsr_run_plan rp;
+    rc = nlsr_full_run_plan(ctx, B, S, T, p, &rp);
+    if (rc < 0) goto done;
     int single = force && strcmp(force, "patch-file") == 0 ? 0
                  : force && (strcmp(force, "single") == 0 || strcmp(force, "recompute") == 0)
                      ? 1
-                     : nlsr_full_run_fits(ctx, B, S, T, p);
+                     : rp.single;
+    /* What the single pass would need, for the summary's hint (magnitude rule only). */
+    if (p->scorer.kind == NLSR_SCORER_MAGNITUDE) rep.summary.single_pass_need = rp.need_bytes;
     if (single && p->scorer.kind == NLSR_SCORER_MAGNITUDE) {
         int no_store = force && strcmp(force, "recompute") == 0;
         rc = nlsr_full_run(ctx, B, S, is_ref, T, tmp, p, no_store, &rep);

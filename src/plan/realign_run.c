@@ -689,13 +689,6 @@ int nlsr_full_run_plan(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *sr
     return rc;
 }
 
-int nlsr_full_run_fits(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
-                       const nlsr_ckpt *ft, const nlsr_realign_params *p)
-{
-    nlsr_run_plan rp;
-    return nlsr_full_run_plan(ctx, base, src, ft, p, &rp) == 0 && rp.single;
-}
-
 /* Keeps the masks and values of the modules choose_kept picks; phase B recomputes the others
  * from base and aligned. */
 static int plan_store(runner *R, uint64_t stream_bytes, int no_store)

@@ -29,11 +29,6 @@
 int nlsr_full_run_plan(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
                        const nlsr_ckpt *ft, const nlsr_realign_params *p, nlsr_run_plan *out);
 
-/* 1 if the single pass fits the budget left (two whole modules of the three checkpoints in the
- * stream's buffers and the scratch) and the scorer is magnitude; 0: use prepare + apply. */
-int nlsr_full_run_fits(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
-                       const nlsr_ckpt *ft, const nlsr_realign_params *p);
-
 /* Steps 1-3 into out_dir (an existing empty folder, the job's temporary output). Assumes the
  * header checks (nlsr_full_check_sources, nlsr_full_check_finetuned) passed. no_store: keep
  * no patches in memory (tests; phase B then recomputes every patched module). */

@@ -226,6 +226,8 @@ int nlsr_report_json(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_par
             if (!ph) goto oom;
             cJSON_AddItemToObject(ph, "similarities", nlsr_json_number(s->phase_seconds[0]));
             cJSON_AddItemToObject(ph, "output", nlsr_json_number(s->phase_seconds[1]));
+        } else if (s->single_pass_need) {
+            cJSON_AddNumberToObject(sum, "single_pass_need_bytes", (double)s->single_pass_need);
         }
     }
     if (s->patch_bytes) {
@@ -402,8 +404,14 @@ void nlsr_report_print_human(const nlsr_report *r, const nlsr_realign_params *p,
     if (s->plan && strcmp(s->plan, "single pass") == 0)
         fprintf(f, "  plan: single pass, %zu of %zu modules' patches kept in memory\n",
                 s->patches_in_memory, s->modules);
-    else if (s->plan)
-        fprintf(f, "  plan: %s (the budget is too small for a single pass)\n", s->plan);
+    else if (s->plan && s->single_pass_need) {
+        char nb[32];
+        human_size(s->single_pass_need, nb, sizeof nb);
+        fprintf(f, "  plan: prepare + apply through a temporary patch file; a single pass (faster) "
+                   "needs --mem-budget %s or more\n", nb);
+    } else if (s->plan) {
+        fprintf(f, "  plan: prepare + apply through a temporary patch file\n");
+    }
     fprintf(f, "  read %s, wrote %s in %.2f s, peak RSS %s, io %s\n", rb, wb, s->seconds, mb,
             s->io_backend ? s->io_backend : "pread");
 }

@@ -8,7 +8,8 @@
  *    "modules": [{"name","similarity","mask_count","numel","probability","draw","patched"}, ...],
  *    "summary": {"modules","patched","elements_patched","bytes_read","bytes_written","seconds",
  *                "peak_rss_bytes","io_backend", "patch_bytes"?, "model_bytes"?,
- *                "patch_fraction"?, "plan"?, "patches_in_memory"?, "phase_seconds"?}}
+ *                "patch_fraction"?, "plan"?, "patches_in_memory"?, "phase_seconds"?,
+ *                "single_pass_need_bytes"?}}
  *
  * Usage (both the full-weight and the LoRA jobs):
  *   nlsr_report r;
@@ -53,6 +54,8 @@ typedef struct nlsr_report_summary {
     const char *plan;               /* run: "single pass" or "patch file" (static), NULL else */
     size_t patches_in_memory;       /* run, single pass: modules whose patches stayed in memory
                                        (the others are recomputed while the output is written) */
+    uint64_t single_pass_need;      /* run, magnitude rule: the budget the single pass needs
+                                       (the hint when the patch-file plan ran), 0 if none */
     double phase_seconds[2];        /* run, single pass: similarities (reading every module), then
                                        the output (selection, copies, transplants) */
 } nlsr_report_summary;
