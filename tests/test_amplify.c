@@ -12,6 +12,7 @@
 #include "../src/common/ctx.h"
 #include "../src/io/checkpoint.h"
 #include "../src/io/file.h"
+#include "../src/io/outpath.h"
 #include "../src/io/safetensors.h"
 #include "../src/plan/planner.h"
 #include "test.h"
@@ -374,7 +375,7 @@ static void test_refusals(void)
 {
     char *out = tp("amp-refuse");
     char err[1024];
-    nlsr_remove_tree(out);
+    (void)nlsr_tree_remove(out);
     /* Too small a budget names the minimum. */
     ASSERT_EQ_I(amplify_with(FIX "/sft", FIX "/aligned", out, NLSR_IO_AUTO, 50000, 0.9, NULL,
                              NULL, err, sizeof err), NLSR_E_BUDGET);
@@ -423,7 +424,7 @@ static void test_nonfinite_clean_failure(void)
     nlsr_ctx_set_quiet(ctx, 1);
     nlsr_ckpt *ck = NULL;
     ASSERT_EQ_I(nlsr_ckpt_open(ctx, FIX "/aligned", &ck), 0);
-    nlsr_remove_tree(bad);
+    (void)nlsr_tree_remove(bad);
     ASSERT_EQ_I(nlsr_ckpt_rewrite(ctx, ck, bad, 1), 0);
     size_t idx = 0;
     ASSERT_EQ_I(nlsr_ckpt_find(ck, "model.layers.2.self_attn.v_proj.weight", &idx), 0);
@@ -435,7 +436,7 @@ static void test_nonfinite_clean_failure(void)
     uint16_t nan = 0x7FC1;
     ASSERT_EQ_I(pwrite(fd, &nan, 2, (off_t)(in.offset + 2 * 77)), 2);
     close(fd);
-    nlsr_remove_tree(out);
+    (void)nlsr_tree_remove(out);
     ASSERT_EQ_I(nlsr_amplify(ctx, bad, FIX "/aligned", out, NULL), NLSR_E_VALUE);
     ASSERT_CONTAINS(nlsr_ctx_error(ctx), "model.layers.2.self_attn.v_proj.weight");
     ASSERT_CONTAINS(nlsr_ctx_error(ctx), "element 77");
@@ -572,6 +573,6 @@ int main(void)
     RUN_TEST(test_refusals);
     RUN_TEST(test_nonfinite_clean_failure);
     RUN_TEST(test_synth);
-    nlsr_remove_tree(tmpdir);
+    (void)nlsr_tree_remove(tmpdir);
     return test_finish();
 }

@@ -36,6 +36,7 @@
 #include "../src/common/ctx.h"
 #include "../src/io/checkpoint.h"
 #include "../src/io/file.h"
+#include "../src/io/outpath.h"
 #include "../src/io/journal.h"
 #include "../src/plan/inplace.h"
 #include "nlsr.h"
@@ -100,7 +101,7 @@ static int only_lock_left(const char *dir)
 
 static void copy_dir(const char *src, const char *dst)
 {
-    nlsr_remove_tree(dst);
+    (void)nlsr_tree_remove(dst);
     if (mkdir(dst, 0755) != 0) abort();
     DIR *d = opendir(src);
     struct dirent *de;
@@ -912,7 +913,7 @@ static void test_lock(void)
         end_ctx(ctx);
         ASSERT_TRUE(folders_equal(out, ref_default));
         close(rfd);
-        nlsr_remove_tree(out);
+        (void)nlsr_tree_remove(out);
         ASSERT_EQ_I(flock(fd, LOCK_EX), 0);
         free(out);
     }
@@ -927,8 +928,8 @@ static void test_lock(void)
         char *plp = join(src, ".nlsr.lock");
         ASSERT_TRUE(!nlsr_exists(plp));
         ASSERT_TRUE(folders_equal(src, FT));
-        nlsr_remove_tree(out);
-        nlsr_remove_tree(src);
+        (void)nlsr_tree_remove(out);
+        (void)nlsr_tree_remove(src);
         free(plp);
         free(src);
         free(out);
@@ -958,7 +959,7 @@ static void test_links(void)
 {
     char *blobs = wpath("blobs"), *d = wpath("snap");
     copy_dir(FT, blobs);
-    nlsr_remove_tree(d);
+    (void)nlsr_tree_remove(d);
     mkdir(d, 0755);
     DIR *dd = opendir(FT);
     struct dirent *de;
@@ -1028,7 +1029,7 @@ int main(void)
     RUN_TEST(test_links);
     printf("fault points tried: %d\n", tried_points);
     int rc = test_finish();
-    if (rc == 0) nlsr_remove_tree(root);
+    if (rc == 0) (void)nlsr_tree_remove(root);
     else fprintf(stderr, "outputs kept in %s\n", root);
     free(patches);
     free(lora_patches);

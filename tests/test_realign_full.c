@@ -30,6 +30,7 @@
 #include "../src/compute/convert.h"
 #include "../src/io/checkpoint.h"
 #include "../src/io/file.h"
+#include "../src/io/outpath.h"
 #include "../src/io/patchfile.h"
 #include "../src/plan/realign_full.h"
 #include "../src/plan/realign_run.h"
@@ -553,7 +554,7 @@ static void test_run_plans(void)
                 ASSERT_TRUE(!nlsr_exists(out));
             }
             cJSON_Delete(r.json);
-            nlsr_remove_tree(out);
+            (void)nlsr_tree_remove(out);
             free(out);
         }
         ASSERT_TRUE(seen_all > 0 && seen_some > 0);
@@ -606,7 +607,7 @@ static void test_run_plans(void)
             end_ctx(ctx);
         }
         cJSON_Delete(r.json);
-        nlsr_remove_tree(out);
+        (void)nlsr_tree_remove(out);
         /* Nothing kept: the patched modules' base and aligned are read again. */
         r = run_plan("recompute", 0, mode, out);
         ASSERT_EQ_I(r.rc, 0);
@@ -615,7 +616,7 @@ static void test_run_plans(void)
         ASSERT_TRUE(same_modules(pf.json, r.json));
         ASSERT_TRUE(r.bytes_read == bt + at + tt + tf + bpatched + apatched);
         cJSON_Delete(r.json);
-        nlsr_remove_tree(out);
+        (void)nlsr_tree_remove(out);
         free(out);
         cJSON_Delete(pf.json);
         free(ref);
@@ -1285,7 +1286,7 @@ static void test_run_lanes(void)
         ASSERT_TRUE(cJSON_IsString(pl) && strcmp(pl->valuestring, "single pass") == 0);
         cJSON_Delete(oj);
         oj = NULL;
-        nlsr_remove_tree(out);
+        (void)nlsr_tree_remove(out);
     }
     /* The patched modules must include a two-lane one, or this test proves little. */
     int lanes_patched = 0;
@@ -1313,7 +1314,7 @@ static void test_run_lanes(void)
         ASSERT_EQ_I(run_env(bb, aa, tt, out, NULL, 1, NULL, msg2, sizeof msg2), NLSR_E_VALUE);
         ASSERT_STR_EQ(msg, msg2);
         ASSERT_TRUE(!nlsr_exists(out));
-        nlsr_remove_tree(bad);
+        (void)nlsr_tree_remove(bad);
         free(bad);
     }
     ASSERT_TRUE(no_leftovers());
@@ -1345,7 +1346,7 @@ int main(void)
     RUN_TEST(test_sparsity_edges);
     RUN_TEST(test_cli);
     int rc = test_finish();
-    if (rc == 0) nlsr_remove_tree(root);
+    if (rc == 0) (void)nlsr_tree_remove(root);
     else fprintf(stderr, "work folder kept: %s\n", root);
     return rc;
 }

@@ -18,6 +18,7 @@
 
 #include "../src/common/err.h"
 #include "../src/io/file.h"
+#include "../src/io/outpath.h"
 #include "../src/io/safetensors.h"
 #include "nlsr.h"
 #include "test.h"
@@ -844,6 +845,6 @@ int main(void)
     RUN_TEST(test_writer_round_trip);
     RUN_TEST(test_sharded_ok);
     printf("%d malformed files refused with the expected message\n", n_malformed);
-    nlsr_remove_tree(tmp_root);
+    (void)nlsr_tree_remove(tmp_root);
     return test_finish();
 }

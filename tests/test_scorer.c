@@ -31,6 +31,7 @@
 #include "../src/compute/convert.h"
 #include "../src/io/checkpoint.h"
 #include "../src/io/file.h"
+#include "../src/io/outpath.h"
 #include "../src/io/patchfile.h"
 #include "../src/io/safetensors.h"
 #include "../src/plan/realign_full.h"
@@ -1045,7 +1046,7 @@ int main(void)
     free(acts_rows);
     free(acts_gram);
     int rc = test_finish();
-    if (rc == 0) nlsr_remove_tree(root);
+    if (rc == 0) (void)nlsr_tree_remove(root);
     else fprintf(stderr, "work folder kept: %s\n", root);
     return rc;
 }

@@ -251,25 +251,6 @@ int nlsr_exists(const char *path)
     return lstat(path, &st) == 0;
 }
 
-void nlsr_remove_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d)) != NULL) {
-            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-            char *p = nlsr_path_join(path, de->d_name);
-            if (!p) continue;
-            struct stat st;
-            if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) nlsr_remove_tree(p);
-            else unlink(p);
-            free(p);
-        }
-        closedir(d);
-    }
-    rmdir(path);
-}
-
 int nlsr_mkdir_parents(const char *path, nlsr_err *e)
 {
     char *p = strdup(path);

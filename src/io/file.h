@@ -33,7 +33,5 @@ int nlsr_exists(const char *path);
 /* Creates the missing folders above `path` (mkdir -p of its parent), so that an output such
  * as out/run-1/realigned can be named before out/ exists. */
 int nlsr_mkdir_parents(const char *path, nlsr_err *e);
-/* Removes a folder tree nlsr created (temporary output); best effort. */
-void nlsr_remove_tree(const char *path);
 
 #endif

@@ -14,6 +14,7 @@
 
 #include "file.h"
 #include "io.h"
+#include "outpath.h"
 
 struct nlsr_sink {
     nlsr_ctx *ctx;
@@ -181,21 +182,14 @@ int nlsr_sink_begin(nlsr_sink *s, const char *final_path, uint64_t size)
     int rc;
     nlsr_sink_cancel(s);
     s->final_path = strdup(final_path);
-    size_t plen = strlen(final_path) + 40;
-    s->tmp_path = malloc(plen);
-    NLSR_FAIL_IF(!s->final_path || !s->tmp_path, e, -ENOMEM, "%s: out of memory", final_path);
-    snprintf(s->tmp_path, plen, "%s.nlsr-tmp-%ld", final_path, (long)getpid());
+    NLSR_FAIL_IF(!s->final_path, e, -ENOMEM, "%s: out of memory", final_path);
     s->size = size;
     s->pos = 0;
     s->fill = 0;
     s->cur = 0;
     s->padded = 0;
-    s->fd = open(s->tmp_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (s->fd < 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: cannot create: %s", s->tmp_path, strerror(-rc));
-        goto fail;
-    }
+    rc = nlsr_tmp_file(e, final_path, &s->tmp_path, &s->fd);
+    if (rc < 0) goto fail;
     /* Preallocation keeps the file in few extents and reports a full disk now rather than
      * halfway; file systems without fallocate just skip it. */
     if (size > 0 && fallocate(s->fd, 0, 0, (off_t)size) != 0 && errno != EOPNOTSUPP &&
@@ -427,13 +421,8 @@ int nlsr_sink_end(nlsr_sink *s)
         nlsr_fail(e, rc, "%s: fsync failed: %s", s->tmp_path, strerror(-rc));
         goto fail;
     }
-    if (rename(s->tmp_path, s->final_path) != 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: rename to %s failed: %s", s->tmp_path, s->final_path,
-                  strerror(-rc));
-        goto fail;
-    }
-    rc = nlsr_fsync_parent(s->final_path, e);
+    /* Renamed into place (and the folder fsynced); only a regular file is ever replaced. */
+    rc = nlsr_tmp_file_commit(e, s->tmp_path, s->final_path, 1);
     if (rc < 0) goto fail;
     s->ctx->bytes_written += total;
     s->fill = 0;

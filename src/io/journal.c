@@ -14,10 +14,12 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 #include <zstd.h>
 
 #include "file.h"
+#include "outpath.h"
 #include "patchfile.h" /* XXH64 */
 
 #define PRE_MAGIC "NLSRJRNL"
@@ -164,18 +166,15 @@ int nlsr_durable_write_file(nlsr_ctx *ctx, const char *dir, const char *name, co
 {
     nlsr_err *e = &ctx->err;
     char *path = nlsr_path_join(dir, name);
-    size_t n = path ? strlen(path) + 5 : 0;
-    char *tmp = path ? malloc(n) : NULL;
-    if (!tmp) {
+    NLSR_FAIL_IF(!path, e, -ENOMEM, "out of memory");
+    /* An unpredictable name created exclusively (outpath.h): a planted link or hard link at a
+     * fixed temporary name would be truncated or followed. */
+    char *tmp = NULL;
+    int fd = -1;
+    int rc = nlsr_tmp_file(e, path, &tmp, &fd);
+    if (rc < 0) {
         free(path);
-        return nlsr_fail(e, -ENOMEM, "out of memory");
-    }
-    snprintf(tmp, n, "%s.tmp", path);
-    int rc = 0;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-    if (fd < 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: cannot create: %s", tmp, strerror(-rc));
+        return rc;
     }
     fault_after();
     if (rc == 0) rc = d_pwrite(e, fd, data, len, 0, tmp);
@@ -191,6 +190,7 @@ int nlsr_durable_write_file(nlsr_ctx *ctx, const char *dir, const char *name, co
     if (rc == 0) rc = d_fsync_dir(e, dir);
     if (rc < 0) unlink(tmp);
     else ctx->bytes_written += len;
+    if (rc == 0) (void)lremovexattr(path, "user.nlsr.owner");
     free(tmp);
     free(path);
     return rc;

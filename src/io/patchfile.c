@@ -15,6 +15,7 @@
 
 #include "../common/dtype_table.h"
 #include "file.h"
+#include "outpath.h"
 
 #define PF_MAGIC "NLSRPTCH"
 #define PF_END_MAGIC "NLSRPEND"
@@ -236,25 +237,16 @@ int nlsr_pf_writer_open(nlsr_ctx *ctx, const char *path, const char *kind, nlsr_
     w->fd = -1;
     w->kind = strcmp(kind, "lora") == 0 ? "lora" : "full";
     w->path = strdup(path);
-    size_t plen = strlen(path) + 32;
-    w->tmp = malloc(plen);
     w->cctx = ZSTD_createCCtx();
-    if (!w->path || !w->tmp || !w->cctx) {
+    if (!w->path || !w->cctx) {
         rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", path);
         goto fail;
     }
     ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_compressionLevel, PF_ZSTD_LEVEL);
     ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_checksumFlag, 1);
     ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_contentSizeFlag, 1);
-    snprintf(w->tmp, plen, "%s.nlsr-tmp-%ld", path, (long)getpid());
-    rc = nlsr_mkdir_parents(w->tmp, e);
+    rc = nlsr_tmp_file(e, path, &w->tmp, &w->fd);
     if (rc < 0) goto fail;
-    w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (w->fd < 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: cannot create: %s", w->tmp, strerror(-rc));
-        goto fail;
-    }
     unsigned char pre[PF_PREAMBLE];
     memcpy(pre, PF_MAGIC, 8);
     wr32(pre + 8, NLSR_PF_VERSION);
@@ -542,14 +534,14 @@ int nlsr_pf_writer_commit(nlsr_pf_writer *w, const cJSON *extra, uint64_t *file_
         nlsr_fail(e, rc, "%s: fsync failed: %s", w->tmp, strerror(-rc));
         goto done;
     }
-    if (rename(w->tmp, w->path) != 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: rename to %s failed: %s", w->tmp, w->path, strerror(-rc));
-        goto done;
-    }
     close(w->fd);
     w->fd = -1;
-    rc = nlsr_fsync_parent(w->path, e);
+    /* The job checked the destination (outpath.h); only a regular file is ever replaced. */
+    rc = nlsr_tmp_file_commit(e, w->tmp, w->path, 1);
+    if (rc < 0) {
+        unlink(w->tmp);
+        goto done;
+    }
     if (file_bytes) *file_bytes = w->pos + hlen + sizeof tr;
     goto done;
 oom:

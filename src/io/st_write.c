@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "file.h"
+#include "outpath.h"
 #include "safetensors.h"
 
 struct st_writer {
@@ -141,19 +142,12 @@ int st_writer_begin(const char *final_path, const st_wtensor *t, size_t n, const
     rc = st_header_serialize(t, n, meta, nmeta, &hdr, &hlen, &w->data_size, e);
     if (rc < 0) goto fail;
     w->final_path = strdup(final_path);
-    size_t plen = strlen(final_path) + 64;
-    w->tmp_path = malloc(plen);
-    if (!w->final_path || !w->tmp_path) {
+    if (!w->final_path) {
         rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", final_path);
         goto fail;
     }
-    snprintf(w->tmp_path, plen, "%s.nlsr-tmp-%ld", final_path, (long)getpid());
-    w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (w->fd < 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: cannot create: %s", w->tmp_path, strerror(-rc));
-        goto fail;
-    }
+    rc = nlsr_tmp_file(e, final_path, &w->tmp_path, &w->fd);
+    if (rc < 0) goto fail;
     unsigned char lenb[8];
     for (int i = 0; i < 8; i++) lenb[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
     rc = nlsr_pwrite_all(w->fd, lenb, 8, 0, w->tmp_path, e);
@@ -200,13 +194,9 @@ int st_writer_commit(st_writer *w)
     }
     close(w->fd);
     w->fd = -1;
-    if (rename(w->tmp_path, w->final_path) != 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: rename to %s failed: %s", w->tmp_path, w->final_path,
-                  strerror(-rc));
-        goto fail;
-    }
-    rc = nlsr_fsync_parent(w->final_path, e);
+    /* The caller checked the destination (outpath.h); only a regular file is replaced. */
+    rc = nlsr_tmp_file_commit(e, w->tmp_path, w->final_path, 1);
+    if (rc < 0) goto fail;
     free(w->tmp_path);
     w->tmp_path = NULL;
 fail:

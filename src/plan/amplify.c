@@ -208,7 +208,7 @@ int nlsr_amplify(nlsr_ctx *ctx, const char *base, const char *aligned, const cha
     NLSR_FAIL_IF(!aligned || !out_dir, e, NLSR_E_USAGE, "amplify needs an aligned checkpoint "
                  "and an output folder");
     const char *inputs[2] = {base, aligned};
-    NLSR_FORWARD(nlsr_out_check_inputs(ctx, out_dir, inputs, 2));
+    NLSR_FORWARD(nlsr_outputs_check(ctx, out_dir, NLSR_OUT_DIR, &p, inputs, 2));
     nlsr_ckpt *ak = NULL, *bk = NULL;
     int rc = nlsr_ckpt_open(ctx, aligned, &ak);
     if (rc == 0 && base) rc = nlsr_ckpt_open(ctx, base, &bk);

@@ -22,6 +22,7 @@
 #include "../io/file.h"
 #include "../io/journal.h"
 #include "../io/lock.h"
+#include "../io/outpath.h"
 #include "lora.h"
 #include "realign_full.h"
 #include "report.h"
@@ -113,27 +114,26 @@ static int check_dir(nlsr_ctx *ctx, const char *dir)
     return 0;
 }
 
-/* Leftovers of killed runs: temporary patches, LoRA outputs, reports, the state's temporary
- * file. Called with the lock held, so none of them belongs to a live run. */
-static void clean_temp(const char *dir)
+/* The temporary folder an in-place job keeps inside the checkpoint folder (its patch file, a
+ * LoRA job's adapter and report): <dir>/.nlsr-inplace.nlsr-tmp-XXXXXX, marked as nlsr's. */
+#define INPLACE_TMP ".nlsr-inplace"
+
+/* Leftovers of killed runs: their temporary folders and the state's temporary file. Called with
+ * the lock held; only what a marker proves to be a dead nlsr run's is removed (outpath.h), so
+ * a user's file that happens to have such a name stays. */
+static void clean_temp(nlsr_ctx *ctx, const char *dir)
 {
-    static const char *const prefix[] = {".nlsr-tmp-", ".nlsr-run-", ".nlsr-report-"};
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        int hit = strcmp(de->d_name, NLSR_STATE_NAME ".tmp") == 0;
-        for (size_t i = 0; i < 3 && !hit; i++) hit = strncmp(de->d_name, prefix[i], strlen(prefix[i])) == 0;
-        if (!hit) continue;
-        char *p = nlsr_path_join(dir, de->d_name);
-        struct stat st;
-        if (p && lstat(p, &st) == 0) {
-            if (S_ISDIR(st.st_mode)) nlsr_remove_tree(p);
-            else unlink(p);
-        }
-        free(p);
-    }
-    closedir(d);
+    nlsr_tmp_sweep(ctx, dir, INPLACE_TMP NLSR_TMP_INFIX);
+    nlsr_tmp_sweep(ctx, dir, NLSR_STATE_NAME NLSR_TMP_INFIX);
+}
+
+static int inplace_tmp_dir(nlsr_ctx *ctx, const char *dir, char **tdir)
+{
+    char *dest = nlsr_path_join(dir, INPLACE_TMP);
+    NLSR_FAIL_IF(!dest, &ctx->err, -ENOMEM, "out of memory");
+    int rc = nlsr_tmp_dir(ctx, dest, tdir);
+    free(dest);
+    return rc;
 }
 
 int nlsr_inplace_check_input(nlsr_ctx *ctx, const char *path)
@@ -346,7 +346,7 @@ static int take_lock(ip_job *J)
     if (J->lock_fd >= 0) return 0; /* run holds it across its prepare */
     if (!J->ip->dry_run) {
         NLSR_FORWARD(nlsr_lock_acquire(J->ctx, J->dir, J->ip->wait, &J->lock_fd));
-        clean_temp(J->dir);
+        clean_temp(J->ctx, J->dir);
         return 0;
     }
     long holder = 0;
@@ -581,13 +581,14 @@ static int lora_inplace(ip_job *J, const char *patches, const nlsr_ckpt *T, nlsr
 {
     nlsr_ctx *ctx = J->ctx;
     nlsr_err *e = &ctx->err;
-    char name[64], rname[64];
-    snprintf(name, sizeof name, ".nlsr-tmp-lora-%ld", (long)getpid());
-    snprintf(rname, sizeof rname, ".nlsr-report-%ld.json", (long)getpid());
-    char *tmp = nlsr_path_join(J->dir, name), *rtmp = nlsr_path_join(J->dir, rname);
+    char *tdir = NULL, *tmp = NULL, *rtmp = NULL;
+    int rc = inplace_tmp_dir(ctx, J->dir, &tdir);
+    if (rc < 0) return rc;
+    tmp = nlsr_path_join(tdir, "adapter");
+    rtmp = nlsr_path_join(tdir, "report.json");
     nlsr_ckpt *O = NULL;
     char *txt = NULL;
-    int rc = tmp && rtmp ? 0 : nlsr_fail(e, -ENOMEM, "out of memory");
+    if (!tmp || !rtmp) rc = nlsr_fail(e, -ENOMEM, "out of memory");
     nlsr_realign_params q = *J->p;
     q.force = 0;
     q.mask_path = NULL;
@@ -611,8 +612,8 @@ static int lora_inplace(ip_job *J, const char *patches, const nlsr_ckpt *T, nlsr
         cJSON_Delete(r);
     }
     nlsr_ckpt_free(O);
-    if (tmp) nlsr_remove_tree(tmp);
-    if (rtmp) unlink(rtmp);
+    nlsr_tmp_remove(tdir);
+    free(tdir);
     free(txt);
     free(tmp);
     free(rtmp);
@@ -789,9 +790,7 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
     job_init(&J, ctx, dir, "run", p, ip ? ip : &ipd, res ? res : &local);
     const char *srcp = aligned ? aligned : reference;
     nlsr_ckpt *T = NULL, *S = NULL, *B = NULL;
-    char *patch = NULL;
-    char name[64];
-    snprintf(name, sizeof name, ".nlsr-run-%ld.nlsrp", (long)getpid());
+    char *patch = NULL, *tdir = NULL;
     /* Everything a header can tell is checked before the lock and the (long) prepare. */
     int rc = check_dir(ctx, dir);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, dir, &T);
@@ -833,7 +832,9 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
     nlsr_journal_info_free(&J.ji);
     cJSON_Delete(J.state);
     J.state = NULL;
-    if (!(patch = nlsr_path_join(dir, name))) {
+    rc = inplace_tmp_dir(ctx, dir, &tdir);
+    if (rc < 0) goto done;
+    if (!(patch = nlsr_path_join(tdir, "patches.nlsrp"))) {
         rc = nlsr_fail(e, -ENOMEM, "out of memory");
         goto done;
     }
@@ -851,7 +852,8 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
     T = NULL;
     if (rc == 0) rc = apply_job(&J, patch);
 done:
-    if (patch) unlink(patch);
+    nlsr_tmp_remove(tdir);
+    free(tdir);
     free(patch);
     nlsr_ckpt_free(B);
     nlsr_ckpt_free(S);

@@ -14,6 +14,7 @@
 #include "../compute/convert.h"
 #include "../io/checkpoint.h"
 #include "../io/file.h"
+#include "../io/outpath.h"
 #include "targets.h"
 
 #define DUMP_CHUNK 65536u
@@ -220,20 +221,12 @@ done:
 int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, int force)
 {
     nlsr_err *e = &ctx->err;
-    NLSR_FAIL_IF(nlsr_exists(out_dir) && !force, e, NLSR_E_EXISTS,
-                 "%s: exists (use --force to replace it)", out_dir);
-    /* Built under a temporary name and renamed when complete, so a failure half-way leaves
-     * no folder that looks like a finished checkpoint. */
-    size_t tl = strlen(out_dir) + 48;
-    char *tmp = malloc(tl);
-    NLSR_FAIL_IF(!tmp, e, -ENOMEM, "out of memory");
-    snprintf(tmp, tl, "%s.nlsr-tmp-%ld", out_dir, (long)getpid());
-    nlsr_remove_tree(tmp);
-    if (mkdir(tmp, 0755) != 0) {
-        int rc = -errno;
-        free(tmp);
-        return nlsr_fail(e, rc, "%s: cannot create folder: %s", out_dir, strerror(-rc));
-    }
+    const char *in[1] = {ck->path};
+    NLSR_FORWARD(nlsr_out_check(ctx, out_dir, NLSR_OUT_DIR, force, in, 1, NULL));
+    /* Built in a temporary folder and moved into place when complete, so a failure half-way
+     * leaves no folder that looks like a finished checkpoint. */
+    char *tmp = NULL;
+    NLSR_FORWARD(nlsr_tmp_dir(ctx, out_dir, &tmp));
     int rc = 0;
     for (size_t s = 0; s < ck->nshards && rc == 0; s++) {
         char *dst = nlsr_path_join(tmp, ck->shard_names[s]);
@@ -259,14 +252,8 @@ int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, i
         }
     }
     if (d) closedir(d);
-    if (rc == 0) rc = nlsr_fsync_dir(tmp, e);
-    if (rc == 0 && nlsr_exists(out_dir)) nlsr_remove_tree(out_dir);
-    if (rc == 0 && rename(tmp, out_dir) != 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: rename of %s failed: %s", out_dir, tmp, strerror(-rc));
-    }
-    if (rc == 0) rc = nlsr_fsync_parent(out_dir, e);
-    else nlsr_remove_tree(tmp);
+    if (rc == 0) rc = nlsr_tmp_dir_commit(ctx, tmp, out_dir, force);
+    if (rc < 0) nlsr_tmp_remove(tmp);
     free(tmp);
     return rc;
 }

@@ -38,24 +38,35 @@ static int lora_missing(nlsr_ctx *ctx, const char *path)
 }
 #endif
 
-/* An output file (prepare's patch file) must not exist unless force, must not be a folder and
- * must not land on an input. */
-static int check_out_file(nlsr_ctx *ctx, const char *out, int force, const char *const *inputs,
-                          size_t n)
+/* The job's inputs as the output checks see them: the checkpoints and patch file given, plus
+ * the mask and activations files the parameters name. */
+static size_t job_inputs(const nlsr_realign_params *p, const char *a, const char *b,
+                         const char *c, const char **v)
 {
-    nlsr_err *e = &ctx->err;
-    NLSR_FAIL_IF(nlsr_is_dir(out) == 1, e, NLSR_E_USAGE, "%s: is a folder, not a file name", out);
-    NLSR_FAIL_IF(nlsr_exists(out) && !force, e, NLSR_E_EXISTS,
-                 "%s: exists (use --force to replace it)", out);
-    return nlsr_out_check_inputs(ctx, out, inputs, n);
+    size_t n = 0;
+    v[n++] = a;
+    v[n++] = b;
+    v[n++] = c;
+    v[n++] = p->mask_path;
+    v[n++] = p->scorer.activations;
+    return n;
 }
 
-static int check_out_dir(nlsr_ctx *ctx, const char *out, int force, const char *const *inputs,
-                         size_t n)
+/* prepare's patch file, and the report and mask files, against every input. */
+static int check_out_file(nlsr_ctx *ctx, const char *out, const nlsr_realign_params *p,
+                          const char *a, const char *b, const char *c)
 {
-    NLSR_FAIL_IF(nlsr_exists(out) && !force, &ctx->err, NLSR_E_EXISTS,
-                 "%s: exists (use --force to replace it)", out);
-    return nlsr_out_check_inputs(ctx, out, inputs, n);
+    const char *in[5];
+    size_t n = job_inputs(p, a, b, c, in);
+    return nlsr_outputs_check(ctx, out, NLSR_OUT_FILE, p, in, n);
+}
+
+static int check_out_dir(nlsr_ctx *ctx, const char *out, const nlsr_realign_params *p,
+                         const char *a, const char *b, const char *c)
+{
+    const char *in[5];
+    size_t n = job_inputs(p, a, b, c, in);
+    return nlsr_outputs_check(ctx, out, NLSR_OUT_DIR, p, in, n);
 }
 
 /* Shared locks on the input folders that have a lock file (lock.h): an in-place run or a
@@ -105,7 +116,7 @@ int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const cha
     if (rc < 0) goto done;
     if (nlsr_ckpt_get_kind(S) == NLSR_CKPT_PEFT) {
         /* LoRA: the base is the zero adapter; a given base is not needed. */
-        rc = check_out_file(ctx, out_file, p->force, inputs, 2);
+        rc = check_out_file(ctx, out_file, p, base, srcp, NULL);
 #ifdef NLSR_HAVE_LORA
         if (rc == 0) rc = nlsr_lora_prepare(ctx, S, is_ref, out_file, p);
 #else
@@ -123,7 +134,7 @@ int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const cha
         goto done;
     }
     rc = nlsr_full_check_sources(ctx, B, S, is_ref, p);
-    if (rc == 0) rc = check_out_file(ctx, out_file, p->force, inputs, 2);
+    if (rc == 0) rc = check_out_file(ctx, out_file, p, base, srcp, NULL);
     if (rc == 0) rc = nlsr_full_prepare(ctx, B, S, is_ref, out_file, p, NULL, &rep);
     if (rc == 0) rc = nlsr_report_emit(&rep, ctx, p);
 done:
@@ -168,7 +179,7 @@ int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const 
     if (strcmp(pf->kind, "lora") == 0) {
         nlsr_pf_close(pf);
         pf = NULL;
-        rc = check_out_dir(ctx, out_dir, p->force, inputs, 2);
+        rc = check_out_dir(ctx, out_dir, p, patches, finetuned, NULL);
 #ifdef NLSR_HAVE_LORA
         if (rc == 0) rc = nlsr_lora_apply(ctx, patches, T, out_dir, p);
 #else
@@ -185,9 +196,10 @@ int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const 
     used = *p;
     rc = nlsr_full_patch_params(ctx, pf, &used, &names);
     if (rc == 0) rc = nlsr_full_check_patch(ctx, pf, T, &used);
-    if (rc == 0) rc = check_out_dir(ctx, out_dir, p->force, inputs, 2);
+    if (rc == 0) rc = check_out_dir(ctx, out_dir, p, patches, finetuned, NULL);
     if (rc == 0) rc = nlsr_outdir_begin(ctx, out_dir, p->force, &tmp);
     if (rc == 0) rc = nlsr_full_apply(ctx, pf, T, tmp, &used, NULL, &rep);
+    if (rc == 0) rc = nlsr_report_stage(&rep, ctx, &used);
     if (rc == 0) rc = nlsr_outdir_commit(ctx, tmp, out_dir, p->force);
     if (rc == 0) {
         free(tmp);
@@ -239,7 +251,7 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
         goto done;
     }
     if (s_peft) {
-        rc = check_out_dir(ctx, out_dir, p->force, inputs, 3);
+        rc = check_out_dir(ctx, out_dir, p, base, srcp, finetuned);
 #ifdef NLSR_HAVE_LORA
         if (rc == 0) rc = nlsr_lora_run(ctx, S, is_ref, T, out_dir, p);
 #else
@@ -259,7 +271,7 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     /* Everything a header can tell is checked before the temporary folder exists. */
     rc = nlsr_full_check_sources(ctx, B, S, is_ref, p);
     if (rc == 0) rc = nlsr_full_check_finetuned(ctx, S, T, p);
-    if (rc == 0) rc = check_out_dir(ctx, out_dir, p->force, inputs, 3);
+    if (rc == 0) rc = check_out_dir(ctx, out_dir, p, base, srcp, finetuned);
     if (rc == 0) rc = nlsr_outdir_begin(ctx, out_dir, p->force, &tmp);
     if (rc == 0) rc = nlsr_scorer_check_params(ctx, &p->scorer);
     if (rc < 0) goto done;
@@ -278,6 +290,7 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     if (single && p->scorer.kind == NLSR_SCORER_MAGNITUDE) {
         int no_store = force && strcmp(force, "recompute") == 0;
         rc = nlsr_full_run(ctx, B, S, is_ref, T, tmp, p, no_store, &rep);
+        if (rc == 0) rc = nlsr_report_stage(&rep, ctx, p);
         if (rc == 0) rc = nlsr_outdir_commit(ctx, tmp, out_dir, p->force);
         if (rc == 0) {
             free(tmp);
@@ -294,15 +307,18 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     /* The patch file goes before the rename; pf stays open because `used` points into its
      * header (the targets) until the report is out. */
     if (patch) unlink(patch);
-    if (rc == 0) rc = nlsr_outdir_commit(ctx, tmp, out_dir, p->force);
     if (rc == 0) {
-        free(tmp);
-        tmp = NULL;
         rep.summary.patch_bytes = prep_rep.summary.patch_bytes;
         rep.summary.module_passes = prep_rep.summary.module_passes;
         rep.summary.module_disk_passes = prep_rep.summary.module_disk_passes;
         rep.summary.model_bytes = prep_rep.summary.model_bytes;
         rep.summary.plan = "patch file";
+        rc = nlsr_report_stage(&rep, ctx, &used);
+    }
+    if (rc == 0) rc = nlsr_outdir_commit(ctx, tmp, out_dir, p->force);
+    if (rc == 0) {
+        free(tmp);
+        tmp = NULL;
         rc = nlsr_report_emit(&rep, ctx, &used);
     }
 done:

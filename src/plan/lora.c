@@ -26,6 +26,7 @@
 #include "../compute/selection.h"
 #include "../io/checkpoint.h"
 #include "../io/file.h"
+#include "../io/outpath.h"
 #include "report.h"
 #include "stream.h"
 #include "targets.h"
@@ -505,15 +506,6 @@ static int cmp_begin(const void *a, const void *b, void *arg)
     return strcmp(x->name, y->name);
 }
 
-static char *tmp_name(const char *out_dir)
-{
-    size_t L = strlen(out_dir);
-    while (L > 1 && out_dir[L - 1] == '/') L--;
-    char *t = malloc(L + 40);
-    if (t) snprintf(t, L + 40, "%.*s.nlsr-tmp-%ld", (int)L, out_dir, (long)getpid());
-    return t;
-}
-
 /* Writes adapter_model.safetensors into dir with the layout adapter's tensor names, data
  * order, dtypes, shapes and metadata (so an untouched adapter comes out byte-identical), the
  * bytes per act[]. */
@@ -582,42 +574,26 @@ done:
     return rc < 0 ? rc : 0;
 }
 
-/* The output adapter folder, built as <out_dir>.nlsr-tmp-PID and renamed into place when
- * complete: adapter_model.safetensors per act[] and the layout adapter's adapter_config.json. */
+/* The output adapter folder, built in a temporary folder beside out_dir and moved into place
+ * when complete: adapter_model.safetensors per act[] and the layout adapter's
+ * adapter_config.json; the report (rep, may be NULL) is staged before the move. */
 static int write_adapter(nlsr_ctx *ctx, const nlsr_ckpt *ck, const lora_action *act,
-                         const char *out_dir, int force)
+                         const char *out_dir, const nlsr_realign_params *p, nlsr_report *rep)
 {
     nlsr_err *e = &ctx->err;
-    int rc = 0;
-    char *tmp = tmp_name(out_dir);
-    char *cfg_src = nlsr_path_join(ck->dir, ADAPTER_CONFIG);
-    char *cfg_dst = tmp ? nlsr_path_join(tmp, ADAPTER_CONFIG) : NULL;
-    if (!tmp || !cfg_src || !cfg_dst) {
-        rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", out_dir);
-        goto done;
+    char *tmp = NULL, *cfg_src = NULL, *cfg_dst = NULL;
+    int rc = nlsr_out_check(ctx, out_dir, NLSR_OUT_DIR, p->force, NULL, 0, NULL);
+    if (rc == 0) rc = nlsr_tmp_dir(ctx, out_dir, &tmp);
+    if (rc == 0) {
+        cfg_src = nlsr_path_join(ck->dir, ADAPTER_CONFIG);
+        cfg_dst = nlsr_path_join(tmp, ADAPTER_CONFIG);
+        if (!cfg_src || !cfg_dst) rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", out_dir);
     }
-    if (nlsr_exists(tmp)) nlsr_remove_tree(tmp); /* left by an earlier run with this pid */
-    if (mkdir(tmp, 0755) != 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: cannot create folder: %s", tmp, strerror(-rc));
-        goto done;
-    }
-    rc = write_model(ctx, ck, act, tmp);
+    if (rc == 0) rc = write_model(ctx, ck, act, tmp);
     if (rc == 0) rc = nlsr_copy_file(cfg_src, cfg_dst, e);
-    if (rc == 0) rc = nlsr_fsync_dir(tmp, e);
-    if (rc == 0 && nlsr_exists(out_dir)) {
-        if (!force)
-            rc = nlsr_fail(e, NLSR_E_EXISTS, "%s: exists (use --force to replace it)", out_dir);
-        else
-            nlsr_remove_tree(out_dir);
-    }
-    if (rc == 0 && rename(tmp, out_dir) != 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: rename to %s failed: %s", tmp, out_dir, strerror(-rc));
-    }
-    if (rc == 0) rc = nlsr_fsync_parent(out_dir, e);
-    else nlsr_remove_tree(tmp);
-done:
+    if (rc == 0 && rep) rc = nlsr_report_stage(rep, ctx, p);
+    if (rc == 0) rc = nlsr_tmp_dir_commit(ctx, tmp, out_dir, p->force);
+    if (rc < 0) nlsr_tmp_remove(tmp);
     free(cfg_dst);
     free(cfg_src);
     free(tmp);
@@ -845,7 +821,7 @@ int lora_realign(nlsr_ctx *ctx, const lora_prep *P, const char *ref_name, const 
         rc = lora_write_masks(ctx, P, p->mask_out_path, p->force);
         wrote_masks = rc == 0;
     }
-    if (rc == 0) rc = write_adapter(ctx, ft, act, out_dir, p->force);
+    if (rc == 0) rc = write_adapter(ctx, ft, act, out_dir, p, rep);
     if (rc < 0 && wrote_masks) unlink(p->mask_out_path);
     if (rc == 0) rc = nlsr_report_emit(rep, ctx, p);
 done:
@@ -877,7 +853,7 @@ int nlsr_lora_amplify(nlsr_ctx *ctx, const nlsr_ckpt *aligned, const char *out_d
             if (p->amplify != NLSR_AMPLIFY_PAPER) act[P.m[j].ta] = (lora_action){P.m[j].ea, NULL};
             act[P.m[j].tb] = (lora_action){P.m[j].eb, NULL};
         }
-        rc = write_adapter(ctx, aligned, act, out_dir, p->force);
+        rc = write_adapter(ctx, aligned, act, out_dir, p, NULL);
     }
     free(act);
     lora_prep_free(ctx, &P);

@@ -1120,148 +1120,48 @@ int nlsr_full_apply_journal(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *
 
 /* ---- output folders ---------------------------------------------------------------------- */
 
-/* Absolute, symlink-free form of a path that may not exist yet (its parent must). */
-static char *abs_path(const char *path)
-{
-    char *r = realpath(path, NULL);
-    if (r) return r;
-    size_t L = strlen(path);
-    char *cp = strdup(path);
-    if (!cp) return NULL;
-    while (L > 1 && cp[L - 1] == '/') cp[--L] = '\0';
-    char *slash = strrchr(cp, '/');
-    const char *dir = ".", *name = cp;
-    if (slash) {
-        *slash = '\0';
-        dir = slash == cp ? "/" : cp;
-        name = slash + 1;
-    }
-    char *rd = realpath(dir, NULL);
-    char *out = rd ? nlsr_path_join(rd, name) : NULL;
-    free(rd);
-    free(cp);
-    return out;
-}
-
-/* 1 if `inner` lies strictly inside folder `outer` (both absolute, normalized). */
-static int path_inside(const char *outer, const char *inner)
-{
-    size_t L = strlen(outer);
-    if (L == 1 && outer[0] == '/') return inner[1] != '\0';
-    return strncmp(outer, inner, L) == 0 && inner[L] == '/';
-}
-
-int nlsr_out_check_inputs(nlsr_ctx *ctx, const char *out, const char *const *inputs,
-                          size_t ninputs)
+int nlsr_outputs_check(nlsr_ctx *ctx, const char *out, nlsr_out_kind kind,
+                       const nlsr_realign_params *p, const char *const *inputs, size_t ninputs)
 {
     nlsr_err *e = &ctx->err;
-    char *ao = abs_path(out);
-    if (!ao) return 0; /* its parent does not exist: creating it will say so */
-    int rc = 0;
-    for (size_t i = 0; i < ninputs && rc == 0; i++) {
-        if (!inputs[i]) continue;
-        char *ai = abs_path(inputs[i]);
-        if (!ai) continue;
-        int isdir = nlsr_is_dir(ai) == 1;
-        if (strcmp(ao, ai) == 0 || path_inside(ao, ai) || (isdir && path_inside(ai, ao)))
-            rc = nlsr_fail(e, NLSR_E_USAGE,
-                           "output %s is on input %s: write it outside the input checkpoints",
-                           out, inputs[i]);
-        free(ai);
-    }
-    free(ao);
+    int force = p ? p->force : 0;
+    const char *extra[2] = {p ? p->report_path : NULL, p ? p->mask_out_path : NULL};
+    const char *what[2] = {"report", "mask file"};
+    char *ro[3] = {NULL, NULL, NULL};
+    int rc = out ? nlsr_out_check(ctx, out, kind, force, inputs, ninputs, &ro[0]) : 0;
+    for (int i = 0; i < 2 && rc == 0; i++)
+        if (extra[i]) rc = nlsr_out_check(ctx, extra[i], NLSR_OUT_FILE, force, inputs, ninputs,
+                                          &ro[i + 1]);
+    /* The outputs must not land on one another either: a report inside the output folder would
+     * be there before the folder is committed. */
+    for (int i = 1; i < 3 && rc == 0; i++)
+        for (int j = 0; j < i && rc == 0; j++) {
+            if (!ro[i] || !ro[j]) continue;
+            size_t L = strlen(ro[j]);
+            if (strcmp(ro[i], ro[j]) == 0 || (strncmp(ro[i], ro[j], L) == 0 && ro[i][L] == '/'))
+                rc = nlsr_fail(e, NLSR_E_USAGE, "%s %s is on the output %s: name it outside",
+                               what[i - 1], extra[i - 1], j == 0 ? out : extra[j - 1]);
+        }
+    for (int i = 0; i < 3; i++) free(ro[i]);
     return rc;
-}
-
-static char *strip_slashes(const char *p)
-{
-    char *c = strdup(p);
-    if (!c) return NULL;
-    size_t L = strlen(c);
-    while (L > 1 && c[L - 1] == '/') c[--L] = '\0';
-    return c;
-}
-
-static char *sibling(const char *out, const char *tag)
-{
-    size_t n = strlen(out) + strlen(tag) + 32;
-    char *s = malloc(n);
-    if (s) snprintf(s, n, "%s.%s-%ld", out, tag, (long)getpid());
-    return s;
 }
 
 int nlsr_outdir_begin(nlsr_ctx *ctx, const char *out_dir, int force, char **tmp_dir)
 {
-    nlsr_err *e = &ctx->err;
-    NLSR_FAIL_IF(nlsr_exists(out_dir) && !force, e, NLSR_E_EXISTS,
-                 "%s: exists (use --force to replace it)", out_dir);
-    char *o = strip_slashes(out_dir);
-    char *t = o ? sibling(o, "nlsr-tmp") : NULL;
-    free(o);
-    NLSR_FAIL_IF(!t, e, -ENOMEM, "out of memory");
-    /* A leftover of a crashed run that had our pid is ours to clear. */
-    if (nlsr_exists(t)) nlsr_remove_tree(t);
-    int prc = nlsr_mkdir_parents(t, e);
-    if (prc < 0) {
-        free(t);
-        return prc;
-    }
-    if (mkdir(t, 0755) != 0) {
-        int rc = -errno;
-        nlsr_fail(e, rc, "%s: cannot create folder: %s", t, strerror(-rc));
-        free(t);
-        return rc;
-    }
-    *tmp_dir = t;
-    return 0;
+    *tmp_dir = NULL;
+    /* The policy on what sits at out_dir (outpath.h), for jobs that check no inputs. */
+    NLSR_FORWARD(nlsr_out_check(ctx, out_dir, NLSR_OUT_DIR, force, NULL, 0, NULL));
+    return nlsr_tmp_dir(ctx, out_dir, tmp_dir);
 }
 
 int nlsr_outdir_commit(nlsr_ctx *ctx, const char *tmp_dir, const char *out_dir, int force)
 {
-    nlsr_err *e = &ctx->err;
-    NLSR_FORWARD(nlsr_fsync_dir(tmp_dir, e));
-    char *o = strip_slashes(out_dir);
-    NLSR_FAIL_IF(!o, e, -ENOMEM, "out of memory");
-    int rc = 0;
-    char *old = NULL;
-    if (nlsr_exists(o)) {
-        if (!force) {
-            rc = nlsr_fail(e, NLSR_E_EXISTS, "%s: appeared while the job ran; not replaced", o);
-            goto done;
-        }
-        if (!(old = sibling(o, "nlsr-old"))) {
-            rc = nlsr_fail(e, -ENOMEM, "out of memory");
-            goto done;
-        }
-        if (rename(o, old) != 0) {
-            rc = nlsr_fail(e, -errno, "%s: cannot move aside: %s", o, strerror(errno));
-            goto done;
-        }
-    }
-    if (renameat2(AT_FDCWD, tmp_dir, AT_FDCWD, o, RENAME_NOREPLACE) != 0) {
-        int err = errno;
-        if ((err == EINVAL || err == ENOSYS) && !nlsr_exists(o) && rename(tmp_dir, o) == 0)
-            err = 0;
-        if (err) {
-            rc = nlsr_fail(e, -err, "%s: rename to %s failed: %s", tmp_dir, o, strerror(err));
-            if (old) rename(old, o); /* put the previous output back */
-            goto done;
-        }
-    }
-    if (old) {
-        if (nlsr_is_dir(old) == 1) nlsr_remove_tree(old);
-        else unlink(old);
-    }
-    rc = nlsr_fsync_parent(o, e);
-done:
-    free(old);
-    free(o);
-    return rc;
+    return nlsr_tmp_dir_commit(ctx, tmp_dir, out_dir, force);
 }
 
 void nlsr_outdir_abort(const char *tmp_dir)
 {
-    if (tmp_dir) nlsr_remove_tree(tmp_dir);
+    nlsr_tmp_remove(tmp_dir);
 }
 
 int nlsr_copy_side_files(nlsr_ctx *ctx, const char *src_dir, const char *dst_dir,

@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "../io/checkpoint.h"
+#include "../io/outpath.h"
 #include "../io/patchfile.h"
 #include "report.h"
 
@@ -104,16 +105,18 @@ int nlsr_full_apply_journal(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *
 
 /* ---- output folders (shared with the LoRA jobs) ------------------------------------------ */
 
-/* Refuses an output that would land on an input: the same path, an input inside it, or it
- * inside an input folder. inputs[i] are paths as given (files or folders); NULLs skipped. */
-int nlsr_out_check_inputs(nlsr_ctx *ctx, const char *out, const char *const *inputs,
-                          size_t ninputs);
-/* Refuses an existing `out_dir` unless force, then creates the empty temporary folder
- * "<out_dir>.nlsr-tmp-<pid>" beside it (*tmp_dir, malloc'd). */
+/* The checks before a job writes: `out` (kind FILE or DIR; NULL for none), and p's report and
+ * mask file, each against the inputs (nlsr_out_check, outpath.h) and against one another.
+ * p may be NULL (no report, no mask, no force). */
+int nlsr_outputs_check(nlsr_ctx *ctx, const char *out, nlsr_out_kind kind,
+                       const nlsr_realign_params *p, const char *const *inputs, size_t ninputs);
+/* Checks what sits at `out_dir` (outpath.h's --force policy), then creates the temporary
+ * folder "<out_dir>.nlsr-tmp-XXXXXX" beside it, marked as nlsr's (*tmp_dir, malloc'd). */
 int nlsr_outdir_begin(nlsr_ctx *ctx, const char *out_dir, int force, char **tmp_dir);
-/* fsyncs tmp_dir and renames it to out_dir (replacing an existing one only if force). */
+/* fsyncs tmp_dir and moves it to out_dir (replacing an existing one only if force, and only
+ * one nlsr wrote or an empty one). */
 int nlsr_outdir_commit(nlsr_ctx *ctx, const char *tmp_dir, const char *out_dir, int force);
-/* Removes the temporary folder (best effort); NULL is a no-op. */
+/* Removes the temporary folder without following links (best effort); NULL is a no-op. */
 void nlsr_outdir_abort(const char *tmp_dir);
 /* Copies every regular, non-hidden file of `src_dir` not named in skip[] into dst_dir (the
  * index, config.json, tokenizer files ...), counting the bytes written. */

@@ -17,6 +17,7 @@
 #include "../common/ctx.h"
 #include "../compute/selection.h"
 #include "../io/file.h"
+#include "../io/outpath.h"
 #include "scorer.h"
 
 static double now_seconds(void)
@@ -42,6 +43,9 @@ void nlsr_report_free(nlsr_report *r)
     if (!r) return;
     for (size_t i = 0; i < r->n; i++) free(r->m[i].name);
     free(r->m);
+    nlsr_tmp_remove(r->staged); /* a staged report of a job that failed before its commit */
+    free(r->staged);
+    r->staged = NULL;
     r->m = NULL;
     r->n = r->cap = 0;
 }
@@ -248,44 +252,51 @@ oom:
     return nlsr_fail(&ctx->err, -ENOMEM, "out of memory building the JSON report");
 }
 
-int nlsr_report_write_file(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p,
-                           const char *path)
+/* The JSON into a fresh temporary file beside `path`, fsynced; *tmp names it. */
+static int write_tmp(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p,
+                     const char *path, char **tmp)
 {
     nlsr_err *e = &ctx->err;
     char *txt = NULL;
     NLSR_FORWARD(nlsr_report_json(r, ctx, p, &txt));
-    size_t plen = strlen(path) + 32;
-    char *tmp = malloc(plen);
-    if (!tmp) {
-        free(txt);
-        return nlsr_fail(e, -ENOMEM, "out of memory");
+    int fd = -1;
+    int rc = nlsr_tmp_file(e, path, tmp, &fd);
+    if (rc == 0) {
+        size_t len = strlen(txt);
+        txt[len] = '\n'; /* the terminator becomes the final newline; len + 1 bytes written */
+        rc = nlsr_pwrite_all(fd, txt, len + 1, 0, *tmp, e);
+        if (rc == 0 && fsync(fd) != 0) {
+            rc = -errno;
+            nlsr_fail(e, rc, "%s: fsync failed: %s", *tmp, strerror(-rc));
+        }
+        close(fd);
+        if (rc < 0) {
+            nlsr_tmp_remove(*tmp);
+            free(*tmp);
+            *tmp = NULL;
+        }
     }
-    snprintf(tmp, plen, "%s.nlsr-tmp-%ld", path, (long)getpid());
-    int rc = 0;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: cannot create report: %s", tmp, strerror(-rc));
-        goto done;
-    }
-    size_t len = strlen(txt);
-    txt[len] = '\n'; /* the terminator becomes the final newline; len + 1 bytes written */
-    rc = nlsr_pwrite_all(fd, txt, len + 1, 0, tmp, e);
-    txt[len] = '\0';
-    if (rc == 0 && fsync(fd) != 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: fsync failed: %s", tmp, strerror(-rc));
-    }
-    close(fd);
-    if (rc == 0 && rename(tmp, path) != 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: rename to %s failed: %s", tmp, path, strerror(-rc));
-    }
-    if (rc < 0) unlink(tmp);
-done:
-    free(tmp);
     free(txt);
     return rc;
+}
+
+int nlsr_report_write_file(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p,
+                           const char *path)
+{
+    char *tmp = NULL;
+    NLSR_FORWARD(write_tmp(r, ctx, p, path, &tmp));
+    int rc = nlsr_tmp_file_commit(&ctx->err, tmp, path, p->force);
+    if (rc < 0) nlsr_tmp_remove(tmp);
+    free(tmp);
+    return rc;
+}
+
+int nlsr_report_stage(nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p)
+{
+    if (!p->report_path || r->staged) return 0;
+    nlsr_report_finish(r, ctx);
+    r->finished = 1;
+    return write_tmp(r, ctx, p, p->report_path, &r->staged);
 }
 
 /* "model.layers.12.mlp.up_proj.weight" -> 12 and the part after "layers.12." (or -1, name). */
@@ -418,8 +429,27 @@ void nlsr_report_print_human(const nlsr_report *r, const nlsr_realign_params *p,
 
 int nlsr_report_emit(nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p)
 {
-    nlsr_report_finish(r, ctx);
-    if (p->report_path) NLSR_FORWARD(nlsr_report_write_file(r, ctx, p, p->report_path));
+    if (!r->finished) nlsr_report_finish(r, ctx);
+    if (p->report_path) {
+        /* After the commit: the job is done, so a report that cannot be put in place is a
+         * warning naming where it is, never a failed job. */
+        int rc = r->staged ? 0 : write_tmp(r, ctx, p, p->report_path, &r->staged);
+        if (rc == 0) rc = nlsr_tmp_file_commit(&ctx->err, r->staged, p->report_path, p->force);
+        if (rc < 0) {
+            fprintf(stderr, "nlsr: warning: the job finished and its output is in place, but "
+                            "the report was not written: %s%s%s\n",
+                    nlsr_ctx_error(ctx), r->staged ? "; it is in " : "",
+                    r->staged ? r->staged : "");
+            nlsr_ctx_clear_error(ctx);
+        } else {
+            free(r->staged);
+            r->staged = NULL;
+        }
+        if (rc < 0) {
+            free(r->staged); /* kept on disk for the user: the message names it */
+            r->staged = NULL;
+        }
+    }
     if (p->json_stdout) {
         char *txt = NULL;
         NLSR_FORWARD(nlsr_report_json(r, ctx, p, &txt));

@@ -68,6 +68,8 @@ typedef struct nlsr_report {
     nlsr_report_module *m;          /* owned, module order */
     nlsr_report_summary summary;
     double t_start;                 /* monotonic seconds at init */
+    char *staged;                   /* nlsr_report_stage's temporary file, renamed by emit */
+    int finished;                   /* summary filled (stage fills it before the commit) */
     uint64_t read0, written0;       /* ctx counters at init: the summary counts this job only */
 } nlsr_report;
 
@@ -85,6 +87,10 @@ void nlsr_report_finish(nlsr_report *r, nlsr_ctx *ctx);
 /* The JSON text (malloc'd, NUL-terminated, pretty-printed) of a finished report. */
 int nlsr_report_json(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p,
                      char **out);
+/* Writes the report file's JSON (p->report_path) to a temporary file beside it. Jobs call it
+ * before their output commits, so that a report that cannot be written fails the job with
+ * nothing committed; nlsr_report_emit then only renames it. No-op without a report path. */
+int nlsr_report_stage(nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p);
 /* Writes the JSON to `path` (replaced atomically: temporary file, then rename). */
 int nlsr_report_write_file(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p,
                            const char *path);
