@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <signal.h>
 #include <stdio.h>
 
 #ifdef __cplusplus
@@ -30,7 +31,8 @@ enum {
     NLSR_E_EXISTS = -5008,   /* output exists (use force) */
     NLSR_E_LOCKED = -5009,   /* another run holds the checkpoint's lock */
     NLSR_E_JOURNAL = -5010,  /* interrupted or damaged journal */
-    NLSR_E_CHECKSUM = -5011  /* a stored checksum does not match */
+    NLSR_E_CHECKSUM = -5011, /* a stored checksum does not match */
+    NLSR_E_CANCELLED = -5012 /* stopped by nlsr_ctx_cancel or the cancel flag (a signal) */
 };
 
 /* Static description of a code; the context's message says more. */
@@ -59,6 +61,16 @@ void nlsr_ctx_free(nlsr_ctx *ctx);
 /* The first error's message since the last clear ("" if none). Owned by ctx. */
 const char *nlsr_ctx_error(const nlsr_ctx *ctx);
 void nlsr_ctx_clear_error(nlsr_ctx *ctx);
+/* Cancellation: a job on ctx stops at its next safe point (between units of its streams, before
+ * a journal record, before its output is moved into place), removes its temporary outputs,
+ * rolls an in-place realignment back, and returns NLSR_E_CANCELLED. nlsr_ctx_cancel is
+ * async-signal-safe (a signal handler may call it; `why`, e.g. the signal number, must be
+ * nonzero); a flag set with nlsr_ctx_set_cancel_flag is read the same way (*flag nonzero:
+ * cancelled with that value), so one flag can serve several contexts. */
+void nlsr_ctx_cancel(nlsr_ctx *ctx, int why);
+void nlsr_ctx_set_cancel_flag(nlsr_ctx *ctx, const volatile sig_atomic_t *flag);
+/* The nonzero value given to nlsr_ctx_cancel or found in the flag; 0 if not cancelled. */
+int nlsr_ctx_cancelled(const nlsr_ctx *ctx);
 
 /* I/O backends for streaming reads and writes (see docs/DESIGN.md). AUTO tries io_uring, then
  * pread, then mmap, and says once on stderr when it steps down. */

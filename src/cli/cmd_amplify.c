@@ -136,7 +136,7 @@ int cmd_amplify(int argc, char **argv)
     }
     if (!aligned || !out) return cli_usage_error("amplify needs --aligned A and --out DIR "
                                                  "(and --base B for full checkpoints)");
-    nlsr_ctx *ctx = nlsr_ctx_create();
+    nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) return 1;
     cli_common_apply(&c, ctx);
     double t0 = cli_now();

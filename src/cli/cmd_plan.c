@@ -84,7 +84,7 @@ int cmd_plan(int argc, char **argv)
     if (r) return r;
     if (p.scorer.kind != NLSR_SCORER_MAGNITUDE && !finetuned)
         return cli_usage_error("--scorer applies to the plan of a run: give --finetuned T");
-    nlsr_ctx *ctx = nlsr_ctx_create();
+    nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) return 1;
     cli_common_apply(&c, ctx);
     if (measure) {

@@ -1,6 +1,8 @@
+#define _POSIX_C_SOURCE 200809L
 /* The nlsr command line. It uses the public header only. Exit status: 0 success, 1 failure
  * (bad input, I/O), 2 usage error; in place also 3 locked, 4 interrupted journal (roll back
  * first), 5 a sweep with a failed checkpoint. Every failure prints one line on stderr. */
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,9 +57,52 @@ static void usage(FILE *f)
           f);
 }
 
+/* The first of SIGINT, SIGTERM, SIGHUP to arrive; every context reads it (cancel flag). */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    if (!stop_signal) stop_signal = sig;
+}
+
+/* No SA_RESTART: a wait for a lock (--wait) returns EINTR, and the job sees the flag. A
+ * second signal changes nothing: cleanup (removing temporary outputs, rolling an in-place
+ * run back) must finish. */
+static void install_stop_handlers(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) sigaction(sigs[i], &sa, NULL);
+}
+
+nlsr_ctx *cli_ctx_create(void)
+{
+    nlsr_ctx *ctx = nlsr_ctx_create();
+    if (ctx) nlsr_ctx_set_cancel_flag(ctx, &stop_signal);
+    return ctx;
+}
+
+int cli_stop_signal(void)
+{
+    return stop_signal;
+}
+
+static const char *signal_name(int sig)
+{
+    return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : sig == SIGHUP ? "SIGHUP" : "a signal";
+}
+
 int cli_fail(nlsr_ctx *ctx, int rc)
 {
     const char *msg = nlsr_ctx_error(ctx);
+    if (rc == NLSR_E_CANCELLED && stop_signal) {
+        fprintf(stderr, "nlsr: interrupted by %s: %s\n", signal_name(stop_signal),
+                msg && *msg ? msg : "stopped");
+        return 128 + stop_signal;
+    }
     fprintf(stderr, "nlsr: error: %s\n", msg && *msg ? msg : nlsr_strerror(rc));
     /* In place (README "In place"): a held lock and an interrupted journal get their own
      * statuses, so that cron jobs can tell "try later" and "roll back first" from failures. */
@@ -88,7 +133,7 @@ static int cmd_inspect(int argc, char **argv)
         else return cli_usage_error("unexpected argument '%s'", argv[i]);
     }
     if (!path) return cli_usage_error("inspect needs a PATH");
-    nlsr_ctx *ctx = nlsr_ctx_create();
+    nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) return 1;
     nlsr_ckpt *ck = NULL;
     int rc = nlsr_ckpt_open(ctx, path, &ck);
@@ -102,7 +147,7 @@ static int cmd_inspect(int argc, char **argv)
 static int cmd_dump(int argc, char **argv)
 {
     if (argc != 2) return cli_usage_error("dump needs PATH and TENSOR");
-    nlsr_ctx *ctx = nlsr_ctx_create();
+    nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) return 1;
     nlsr_ckpt *ck = NULL;
     int rc = nlsr_ckpt_open(ctx, argv[0], &ck);
@@ -124,7 +169,7 @@ static int cmd_rewrite(int argc, char **argv)
         else return cli_usage_error("unexpected argument '%s'", argv[i]);
     }
     if (npos != 2) return cli_usage_error("rewrite needs PATH and OUT");
-    nlsr_ctx *ctx = nlsr_ctx_create();
+    nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) return 1;
     nlsr_ckpt *ck = NULL;
     int rc = nlsr_ckpt_open(ctx, pos[0], &ck);
@@ -159,6 +204,7 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
+    install_stop_handlers();
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         usage(stdout);
         return 0;

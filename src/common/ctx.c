@@ -28,6 +28,30 @@ void nlsr_ctx_clear_error(nlsr_ctx *ctx)
     nlsr_err_clear(&ctx->err);
 }
 
+void nlsr_ctx_cancel(nlsr_ctx *ctx, int why)
+{
+    ctx->cancel = why ? why : 1;
+}
+
+void nlsr_ctx_set_cancel_flag(nlsr_ctx *ctx, const volatile sig_atomic_t *flag)
+{
+    ctx->cancel_flag = flag;
+}
+
+int nlsr_ctx_cancelled(const nlsr_ctx *ctx)
+{
+    if (ctx->cancel) return ctx->cancel;
+    return ctx->cancel_flag ? *ctx->cancel_flag : 0;
+}
+
+int nlsr_ctx_check_cancel(nlsr_ctx *ctx)
+{
+    int why = nlsr_ctx_cancelled(ctx);
+    if (!why) return 0;
+    return nlsr_fail(&ctx->err, NLSR_E_CANCELLED,
+                     "stopped at a safe point (signal %d) before anything was committed; temporary files removed", why);
+}
+
 void nlsr_ctx_set_mem_budget(nlsr_ctx *ctx, uint64_t bytes)
 {
     ctx->budget.limit = bytes;

@@ -14,6 +14,12 @@ struct nlsr_ctx {
     int quiet;              /* no progress output */
     int threads;            /* compute threads (OpenBLAS) */
     uint64_t bytes_read, bytes_written;
+    volatile sig_atomic_t cancel;             /* nlsr_ctx_cancel's value */
+    const volatile sig_atomic_t *cancel_flag; /* nlsr_ctx_set_cancel_flag's, may be NULL */
 };
+
+/* At a safe point of a job: NLSR_E_CANCELLED (recorded in the context) once the job was asked
+ * to stop, else 0. Cleanup paths never call it: they must finish. */
+int nlsr_ctx_check_cancel(nlsr_ctx *ctx);
 
 #endif

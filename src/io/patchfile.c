@@ -727,14 +727,13 @@ int nlsr_pf_open(nlsr_ctx *ctx, const char *path, nlsr_pf_reader **out)
         rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", path);
         goto fail;
     }
-    r->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (r->fd < 0) {
-        rc = -errno;
-        nlsr_fail(e, rc == -ENOENT ? NLSR_E_NOTFOUND : rc, "%s: cannot open patch file: %s", path,
-                  strerror(-rc));
-        if (rc == -ENOENT) rc = NLSR_E_NOTFOUND;
+    if (access(path, F_OK) != 0 && errno == ENOENT) {
+        rc = nlsr_fail(e, NLSR_E_NOTFOUND, "%s: cannot open patch file: %s", path,
+                       strerror(ENOENT));
         goto fail;
     }
+    rc = nlsr_open_regular(e, path, O_RDONLY, 1, &r->fd);
+    if (rc < 0) goto fail;
     off_t end = lseek(r->fd, 0, SEEK_END);
     if (end < 0) {
         rc = -errno;

@@ -12,6 +12,7 @@
 
 #include "../common/dtype_table.h"
 #include "file.h"
+#include "outpath.h"
 #include "safetensors.h"
 
 #define MAX_SAFE_INT 9007199254740992.0 /* 2^53: doubles are exact integers below it */
@@ -354,12 +355,9 @@ int st_open(const char *path, st_file **out, nlsr_err *e)
         rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", path);
         goto fail;
     }
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (f->fd < 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: cannot open: %s", path, strerror(-rc));
-        goto fail;
-    }
+    /* Never a blocking open: a FIFO in place of a shard must not hang a sweep. */
+    rc = nlsr_open_regular(e, path, O_RDONLY, 1, &f->fd);
+    if (rc < 0) goto fail;
     struct stat st;
     if (fstat(f->fd, &st) != 0) {
         rc = -errno;

@@ -69,15 +69,29 @@ static int check_out_dir(nlsr_ctx *ctx, const char *out, const nlsr_realign_para
     return nlsr_outputs_check(ctx, out, NLSR_OUT_DIR, p, in, n);
 }
 
-/* Shared locks on the input folders that have a lock file (lock.h): an in-place run or a
+/* Shared locks on the input folders (lock.h; a file's own folder): an in-place run or a
  * rollback cannot start on an input while it is read, and one in progress is refused here
  * (NLSR_E_LOCKED) rather than read half patched. fds[i] = -1 where none was taken. */
 static int lock_inputs(nlsr_ctx *ctx, const char *const *paths, size_t n, int *fds)
 {
     for (size_t i = 0; i < n; i++) fds[i] = -1;
-    for (size_t i = 0; i < n; i++)
-        if (paths[i] && nlsr_is_dir(paths[i]) == 1)
+    for (size_t i = 0; i < n; i++) {
+        if (!paths[i]) continue;
+        int d = nlsr_is_dir(paths[i]);
+        if (d == 1) {
             NLSR_FORWARD(nlsr_lock_shared(ctx, paths[i], &fds[i]));
+            continue;
+        }
+        /* A single-file input: its folder is what an in-place run locks. */
+        char *dir = d == 0 ? strdup(paths[i]) : NULL;
+        char *slash = dir ? strrchr(dir, '/') : NULL;
+        if (slash) slash[slash == dir ? 1 : 0] = '\0';
+        int rc = dir && nlsr_is_dir(slash ? dir : ".") == 1
+                     ? nlsr_lock_shared(ctx, slash ? dir : ".", &fds[i])
+                     : 0;
+        free(dir);
+        NLSR_FORWARD(rc);
+    }
     return 0;
 }
 

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "../common/ctx.h"
+#include "../common/testhook.h"
 #include "../compute/convert.h"
 #include "../compute/kth.h"
 #include "../compute/mask.h"
@@ -880,6 +881,10 @@ static int phase_b(runner *R, const nlsr_report *rep, const char *out_dir)
         }
         if (rc == 0 && fsync(out) != 0)
             rc = nlsr_fail(e, -errno, "%s: fsync failed: %s", dst, strerror(errno));
+        if (rc == 0) {
+            nlsr_test_point("shard");
+            rc = nlsr_ctx_check_cancel(ctx); /* a safe point between shards */
+        }
         close(out);
         out = -1;
         free(dst);

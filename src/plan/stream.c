@@ -498,6 +498,8 @@ fail:
 int nlsr_stream_next(nlsr_stream *s, const nlsr_unit **unit, const unsigned char *const **data)
 {
     if (s->err) return s->err;
+    /* Between units is every job's safe point: the job's error path removes what it wrote. */
+    NLSR_FORWARD(set_err(s, nlsr_ctx_check_cancel(s->ctx)));
     if (s->held) {
         release_slot(s, &s->slot[(s->next_deliver - 1) % s->depth]);
         s->held = 0;
