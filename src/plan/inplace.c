@@ -239,6 +239,16 @@ static int state_revert(nlsr_ctx *ctx, const char *dir, uint64_t id)
 {
     cJSON *st = NULL;
     int rc = state_load(ctx, dir, &st);
+    if (rc == NLSR_E_FORMAT) {
+        /* The journal has put the original bytes back already; a damaged record of the
+         * realignment it undid must not leave the rollback half done. It records nothing
+         * that is still true, so it goes, and the user is told. */
+        if (!ctx->quiet)
+            fprintf(stderr, "nlsr: warning: %s; the rollback is complete, so it was removed\n",
+                    ctx->err.msg);
+        nlsr_err_clear(&ctx->err);
+        return nlsr_durable_unlink(ctx, dir, NLSR_STATE_NAME);
+    }
     if (rc < 0 || !st || !names_journal(st, id)) {
         cJSON_Delete(st);
         return rc;

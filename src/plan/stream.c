@@ -345,10 +345,20 @@ static int submit_more(nlsr_stream *s)
     return 0;
 }
 
-static void release_slot(nlsr_stream *s, stream_slot *sl)
+/* Unmaps the slot's windows; NLSR_E_FORMAT (recorded) when one of them lost its file's end
+ * while the caller read it (the SIGBUS guard, io.h). */
+static int release_slot(nlsr_stream *s, stream_slot *sl)
 {
-    (void)s;
-    for (int k = 0; k < NLSR_STREAM_MAX_SPANS; k++) nlsr_io_unmap(&sl->map[k]);
+    int rc = 0;
+    for (int k = 0; k < NLSR_STREAM_MAX_SPANS; k++) {
+        const char *path = sl->map[k].path;
+        if (nlsr_io_unmap(&sl->map[k]) && rc == 0)
+            rc = nlsr_fail(&s->ctx->err, NLSR_E_FORMAT,
+                           "%s: the file shrank while it was read (truncated by another "
+                           "process?)",
+                           path ? path : "input");
+    }
+    return rc;
 }
 
 int nlsr_stream_open(nlsr_ctx *ctx, const nlsr_unit *units, size_t nunits, unsigned depth,
@@ -501,8 +511,8 @@ int nlsr_stream_next(nlsr_stream *s, const nlsr_unit **unit, const unsigned char
     /* Between units is every job's safe point: the job's error path removes what it wrote. */
     NLSR_FORWARD(set_err(s, nlsr_ctx_check_cancel(s->ctx)));
     if (s->held) {
-        release_slot(s, &s->slot[(s->next_deliver - 1) % s->depth]);
         s->held = 0;
+        NLSR_FORWARD(set_err(s, release_slot(s, &s->slot[(s->next_deliver - 1) % s->depth])));
     }
     if (s->next_deliver >= s->nunits) return 0;
     while (s->next_start < s->nunits && s->next_start < s->next_deliver + s->depth)
@@ -514,7 +524,8 @@ int nlsr_stream_next(nlsr_stream *s, const nlsr_unit **unit, const unsigned char
         NLSR_FORWARD(submit_more(s));
     }
     if (s->kind == NLSR_IO_MMAP)
-        for (int k = 0; k < NLSR_STREAM_MAX_SPANS; k++) nlsr_io_map_populate(&sl->map[k]);
+        for (int k = 0; k < NLSR_STREAM_MAX_SPANS; k++)
+            NLSR_FORWARD(set_err(s, nlsr_io_map_populate(&sl->map[k], &s->ctx->err)));
     const nlsr_unit *u = &s->units[s->next_deliver];
     for (int k = 0; k < u->nspans; k++) s->ctx->bytes_read += nlsr_span_bytes(&u->span[k]);
     s->next_deliver++;
@@ -547,7 +558,7 @@ void nlsr_stream_close(nlsr_stream *s)
     nlsr_io_close(s->io);
     if (s->slot)
         for (unsigned d = 0; d < s->depth; d++) {
-            release_slot(s, &s->slot[d]);
+            (void)release_slot(s, &s->slot[d]);
             free(s->slot[d].req);
             free(s->slot[d].rfile);
         }
