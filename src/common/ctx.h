@@ -14,6 +14,7 @@ struct nlsr_ctx {
     int quiet;              /* no progress output */
     int threads;            /* compute threads (OpenBLAS) */
     uint64_t bytes_read, bytes_written;
+    char revision[256];     /* hub cache repository folders: nlsr_ctx_set_revision ("": main) */
 };
 
 #endif

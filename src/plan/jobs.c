@@ -13,6 +13,7 @@
 
 #include "../common/ctx.h"
 #include "../io/file.h"
+#include "../io/hub.h"
 #include "../io/lock.h"
 #include "../io/patchfile.h"
 #include "inplace.h"
@@ -64,9 +65,17 @@ static int check_out_dir(nlsr_ctx *ctx, const char *out, int force, const char *
 static int lock_inputs(nlsr_ctx *ctx, const char *const *paths, size_t n, int *fds)
 {
     for (size_t i = 0; i < n; i++) fds[i] = -1;
-    for (size_t i = 0; i < n; i++)
-        if (paths[i] && nlsr_is_dir(paths[i]) == 1)
-            NLSR_FORWARD(nlsr_lock_shared(ctx, paths[i], &fds[i]));
+    for (size_t i = 0; i < n; i++) {
+        if (!paths[i] || nlsr_is_dir(paths[i]) != 1) continue;
+        /* A hub cache repository folder is read from its snapshot: lock that one. */
+        nlsr_hub_kind hub;
+        char *snap = NULL;
+        int rc = nlsr_hub_resolve(paths[i], ctx->revision[0] ? ctx->revision : NULL, &hub,
+                                  &snap, &ctx->err);
+        if (rc == 0) rc = nlsr_lock_shared(ctx, snap ? snap : paths[i], &fds[i]);
+        free(snap);
+        NLSR_FORWARD(rc);
+    }
     return 0;
 }
 

@@ -1281,7 +1281,8 @@ int nlsr_copy_side_files(nlsr_ctx *ctx, const char *src_dir, const char *dst_dir
         char *s = nlsr_path_join(src_dir, nm), *t = nlsr_path_join(dst_dir, nm);
         struct stat st;
         if (!s || !t) rc = nlsr_fail(e, -ENOMEM, "out of memory");
-        else if (lstat(s, &st) == 0 && S_ISREG(st.st_mode)) {
+        /* stat, not lstat: a hub cache snapshot's index and configs are links to blobs. */
+        else if (stat(s, &st) == 0 && S_ISREG(st.st_mode)) {
             rc = nlsr_copy_file(s, t, e);
             if (rc == 0) ctx->bytes_written += (uint64_t)st.st_size;
         }
