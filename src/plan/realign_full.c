@@ -683,6 +683,12 @@ static cJSON *source_json(const nlsr_ckpt *ck, const nlsr_xxh64_state *fp)
     char *abs = realpath(ck->path, NULL);
     cJSON_AddStringToObject(o, "path", abs ? abs : ck->path);
     free(abs);
+    if (ck->resolved) {
+        /* A hub cache repository folder: which of its revisions was read. */
+        char *snap = realpath(ck->resolved, NULL);
+        cJSON_AddStringToObject(o, "snapshot", snap ? snap : ck->resolved);
+        free(snap);
+    }
     uint64_t bytes = 0;
     for (size_t i = 0; i < ck->n; i++) bytes += ck->t[i].t->end - ck->t[i].t->begin;
     cJSON_AddNumberToObject(o, "tensors", (double)ck->n);
