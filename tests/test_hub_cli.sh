@@ -274,10 +274,11 @@ check rev_snapshot_other_says has "$T/e" "give the repository folder"
 mkdir -p "$T/hub2"
 cp -R "$FT" "$T/hub2/"
 FT2=$T/hub2/models--tiny--finetuned
-printf 'abc123abc123abc123abc123abc123abc123abc1' >"$FT2/refs/main"
+gone=abc123abc123abc123abc123abc123abc123abc1
+printf '%s' "$gone" >"$FT2/refs/main"
 check ref_dangling nlsr_refused 1 "$T/e" inspect "$FT2"
 check ref_dangling_says has "$T/e" \
-    "$FT2: refs/main names abc123abc123abc123abc123abc123abc123abc1, which has no snapshots/abc123abc123abc123abc123abc123abc123abc1/ folder"
+    "$FT2: refs/main names $gone, which has no snapshots/$gone/ folder"
 rm "$FT2/refs/main"
 check no_main nlsr_refused 1 "$T/e" inspect "$FT2"
 check no_main_says has "$T/e" "without refs/main"
@@ -299,7 +300,8 @@ printf '\211HDF\r\n\032\n\000\000\000\000\000\010\010\000' >"$F/tf_model.h5"
 seq 1 300 >"$F/garbage.safetensors"
 for m in "pytorch_model.bin:zip archive" "legacy.pt:legacy pickle, protocol 2" \
     "proto4.pth:legacy pickle, protocol 4" "model.gguf:GGUF file (llama.cpp)" \
-    "weights.npy:NumPy .npy" "tf_model.h5:HDF5 file" "garbage.safetensors:not a safetensors file"; do
+    "weights.npy:NumPy .npy" "tf_model.h5:HDF5 file" \
+    "garbage.safetensors:not a safetensors file"; do
     file=${m%%:*}
     check "magic_$file" nlsr_refused 1 "$T/e" inspect "$F/$file"
     check "magic_${file}_file" has "$T/e" "$F/$file: "
@@ -330,7 +332,8 @@ check bin_sharded nlsr_refused 1 "$T/e" inspect "$T/bin2"
 check bin_sharded_names has "$T/e" "pytorch_model.bin.index.json"
 check bin_sharded_shard has "$T/e" "pytorch_model-00001-of-00002.bin"
 check bin_adapter nlsr_refused 1 "$T/e" inspect "$T/bin3"
-check bin_adapter_how has "$T/e" "save_file(torch.load('$T/bin3/adapter_model.bin'), 'adapter_model.safetensors')"
+check bin_adapter_how has "$T/e" \
+    "save_file(torch.load('$T/bin3/adapter_model.bin'), 'adapter_model.safetensors')"
 # the same in a hub cache repository: named through its snapshot
 snapshot "$T/hub3/models--x--bin" "$c_ft" "$T/bin1"
 printf '%s' "$c_ft" >"$T/hub3/models--x--bin/refs/main"

@@ -318,8 +318,10 @@ static int foreign_weights(const char *dir, char *names, size_t cap, char *first
             kind = kd;
             snprintf(first, fcap, "%s", nm);
         }
-        if (k + L + 8 < cap) k += (size_t)snprintf(names + k, cap - k, "%s%s", n ? ", " : "", nm);
-        else if (k + 6 < cap && !strstr(names, "...")) k += (size_t)snprintf(names + k, cap - k, ", ...");
+        if (k + L + 8 < cap)
+            k += (size_t)snprintf(names + k, cap - k, "%s%s", n ? ", " : "", nm);
+        else if (k + 6 < cap && !strstr(names, "..."))
+            k += (size_t)snprintf(names + k, cap - k, ", ...");
         n++;
     }
     closedir(d);
@@ -440,7 +442,10 @@ fail:
 
 nlsr_ckpt_kind nlsr_ckpt_get_kind(const nlsr_ckpt *ck) { return ck->kind; }
 const char *nlsr_ckpt_path(const nlsr_ckpt *ck) { return ck->path; }
-const char *nlsr_ckpt_resolved_path(const nlsr_ckpt *ck) { return ck->resolved ? ck->resolved : ck->path; }
+const char *nlsr_ckpt_resolved_path(const nlsr_ckpt *ck)
+{
+    return ck->resolved ? ck->resolved : ck->path;
+}
 size_t nlsr_ckpt_tensor_count(const nlsr_ckpt *ck) { return ck->n; }
 size_t nlsr_ckpt_shard_count(const nlsr_ckpt *ck) { return ck->nshards; }
 int nlsr_ckpt_lora_r(const nlsr_ckpt *ck) { return ck->lora_r; }

@@ -2,7 +2,8 @@
  *
  *   models--org--name/                 the repository folder
  *     blobs/<sha256 or git sha1>       file contents, shared by every revision
- *     refs/main                        a text file holding a commit hash (refs/pr/1 and the like)
+ *     refs/main                        a text file holding a commit hash (revision
+ *                                      refs/pr/1 in refs/refs/pr/1, and the like)
  *     snapshots/<commit>/config.json   relative symbolic links into ../../blobs/
  *
  * A snapshot folder is read as a plain checkpoint folder, through its links. A repository
