@@ -227,13 +227,14 @@ int nlsr_hub_resolve(const char *path, const char *revision, nlsr_hub_kind *kind
         *kind = NLSR_HUB_REPO;
         return resolve_repo(path, path, revision, resolved, e);
     }
-    /* A snapshot: the real folder sits in a folder named snapshots (the snapshot folders are
-     * real folders; only the files in them are links). */
+    /* A snapshot: the real folder sits in a folder named snapshots beside blobs/ or refs/ (the
+     * snapshot folders are real folders; only the files in them are links). */
     char *real = realpath(path, NULL);
     char *snaps = real ? parent_of(real) : NULL;
     char *repo = snaps ? parent_of(snaps) : NULL;
     int rc = 0;
-    if (repo && strcmp(base_of(snaps), "snapshots") == 0) {
+    if (repo && strcmp(base_of(snaps), "snapshots") == 0 &&
+        (is_dir_at(repo, "blobs") || is_dir_at(repo, "refs"))) {
         *kind = NLSR_HUB_SNAPSHOT;
         char *want = NULL;
         /* A snapshot is a pinned revision already: the revision (meant for the repository
