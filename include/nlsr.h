@@ -90,6 +90,13 @@ void nlsr_ctx_set_quiet(nlsr_ctx *ctx, int quiet);
 void nlsr_ctx_set_threads(nlsr_ctx *ctx, int threads);
 /* Bytes read from and written to checkpoint files by jobs so far. */
 void nlsr_ctx_counters(const nlsr_ctx *ctx, uint64_t *bytes_read, uint64_t *bytes_written);
+/* The revision that Hugging Face hub cache repository folders (models--org--name) given as
+ * checkpoints resolve to: a ref name under refs/ or a commit hash (a snapshot folder's name,
+ * or a unique prefix of 7+ hex digits). NULL (the default) is refs/main. Every repository
+ * folder among a job's inputs must have it; a snapshot folder whose repository has it must be
+ * that revision's snapshot; plain folders and files ignore it. A name
+ * with '..', '.', empty or leading '/' parts is NLSR_E_USAGE. README "Input layouts". */
+int nlsr_ctx_set_revision(nlsr_ctx *ctx, const char *revision);
 /* Parses "512M", "1.5G", "4G", "1048576" (binary units) into bytes; NLSR_E_USAGE if invalid. */
 int nlsr_parse_size(const char *s, uint64_t *out);
 
@@ -209,13 +216,20 @@ typedef struct nlsr_tensor_info {
 } nlsr_tensor_info;
 
 /* Opens and validates a checkpoint: a folder (model.safetensors, sharded with
- * model.safetensors.index.json, or a PEFT adapter), or one .safetensors file. Every header is
- * validated before anything else is done; no tensor data is read. */
+ * model.safetensors.index.json, or a PEFT adapter), or one .safetensors file; a Hugging Face hub
+ * cache snapshot folder (read through its links) or repository folder (resolved to the
+ * context's revision, nlsr_ctx_set_revision). Every header is validated before anything else
+ * is done; no tensor data is read, nothing is written. Other formats (PyTorch pickles, GGUF,
+ * ...) are refused by name, with how to convert them. */
 int nlsr_ckpt_open(nlsr_ctx *ctx, const char *path, nlsr_ckpt **out);
 void nlsr_ckpt_free(nlsr_ckpt *ck);
 
 nlsr_ckpt_kind nlsr_ckpt_get_kind(const nlsr_ckpt *ck);
+/* The path as given (messages name it). */
 const char *nlsr_ckpt_path(const nlsr_ckpt *ck);
+/* The folder or file actually read: for a hub cache repository folder, its snapshot folder
+ * (PATH/snapshots/<commit>); otherwise the path as given. */
+const char *nlsr_ckpt_resolved_path(const nlsr_ckpt *ck);
 /* Tensors are numbered in bytewise name order (C strcmp), the module order of METHOD.md. */
 size_t nlsr_ckpt_tensor_count(const nlsr_ckpt *ck);
 size_t nlsr_ckpt_shard_count(const nlsr_ckpt *ck);

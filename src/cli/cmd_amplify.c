@@ -99,7 +99,7 @@ void cli_summary(const char *job, const char *out_dir, nlsr_ctx *ctx, double sec
 
 int cmd_amplify(int argc, char **argv)
 {
-    const char *base = NULL, *aligned = NULL, *out = NULL;
+    const char *base = NULL, *aligned = NULL, *out = NULL, *revision = NULL;
     nlsr_realign_params p = NLSR_REALIGN_PARAMS_DEFAULT;
     cli_common c = {0};
     for (int i = 0; i < argc; i++) {
@@ -113,11 +113,13 @@ int cmd_amplify(int argc, char **argv)
         }
         int known = strcmp(o, "--base") == 0 || strcmp(o, "--aligned") == 0 ||
                     strcmp(o, "--out") == 0 || strcmp(o, "--beta") == 0 ||
-                    strcmp(o, "--amplify") == 0 || strcmp(o, "--alpha") == 0;
+                    strcmp(o, "--amplify") == 0 || strcmp(o, "--alpha") == 0 ||
+                    strcmp(o, "--revision") == 0;
         if (!known) return cli_usage_error("amplify: unknown option or argument '%s'", o);
         if (i + 1 >= argc) return cli_usage_error("%s needs a value", o);
         const char *v = argv[++i];
         if (strcmp(o, "--base") == 0) base = v;
+        else if (strcmp(o, "--revision") == 0) revision = v;
         else if (strcmp(o, "--aligned") == 0) aligned = v;
         else if (strcmp(o, "--out") == 0) out = v;
         else if (strcmp(o, "--amplify") == 0) {
@@ -140,7 +142,8 @@ int cmd_amplify(int argc, char **argv)
     if (!ctx) return 1;
     cli_common_apply(&c, ctx);
     double t0 = cli_now();
-    int rc = nlsr_amplify(ctx, base, aligned, out, &p);
+    int rc = nlsr_ctx_set_revision(ctx, revision);
+    if (rc == 0) rc = nlsr_amplify(ctx, base, aligned, out, &p);
     int status = rc < 0 ? cli_fail(ctx, rc) : 0;
     if (rc == 0) cli_summary("amplify", out, ctx, cli_now() - t0, c.have_mem ? c.mem : 1ull << 30, &c);
     nlsr_ctx_free(ctx);

@@ -16,7 +16,8 @@ static void usage(FILE *f)
     fputs("usage: nlsr COMMAND [options]\n"
           "\n"
           "commands:\n"
-          "  inspect PATH [--json]          validate a checkpoint and list its tensors\n"
+          "  inspect PATH [--json] [--revision REV]\n"
+          "                                 validate a checkpoint and list its tensors\n"
           "  dump PATH TENSOR               print a tensor's values, one per line\n"
           "  rewrite PATH OUT [--force]     rewrite a checkpoint with nlsr's writer\n"
           "  run --base B --aligned A|--reference R --finetuned T --out DIR [options]\n"
@@ -34,6 +35,7 @@ static void usage(FILE *f)
           "               --semantics paper|authors --prune-rate 0.5 --epsilon 0.2 --seed 42\n"
           "               --tau 0.1 --targets LIST --report FILE --json -q --force\n"
           "               --mem-budget SIZE --io auto|io_uring|pread|mmap --threads N\n"
+          "               --revision REV (hub cache repository folders; also amplify, plan)\n"
           "      step 2 scorer (run, prepare; docs/LOWRANK.md): --scorer magnitude|lowrank|wanda\n"
           "               --rank R | --rank-fraction 1 --rank-reading paper|authors|direct\n"
           "               --power-iters 2 --oversample 10 --exact-svd --activations FILE\n"
@@ -53,7 +55,9 @@ static void usage(FILE *f)
           "  version                        print the version\n"
           "\n"
           "PATH is a safetensors file, a folder with model.safetensors or shards and\n"
-          "model.safetensors.index.json, or a PEFT adapter folder.\n",
+          "model.safetensors.index.json, a PEFT adapter folder, or a Hugging Face hub cache\n"
+          "snapshot (models--org--name/snapshots/COMMIT) or repository folder\n"
+          "(models--org--name: refs/main, or --revision REF|COMMIT).\n",
           f);
 }
 
@@ -124,11 +128,14 @@ int cli_usage_error(const char *fmt, ...)
 
 static int cmd_inspect(int argc, char **argv)
 {
-    const char *path = NULL;
+    const char *path = NULL, *revision = NULL;
     int json = 0;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0) json = 1;
-        else if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error("unknown option '%s'", argv[i]);
+        else if (strcmp(argv[i], "--revision") == 0) {
+            if (i + 1 >= argc) return cli_usage_error("--revision needs a value");
+            revision = argv[++i];
+        } else if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error("unknown option '%s'", argv[i]);
         else if (!path) path = argv[i];
         else return cli_usage_error("unexpected argument '%s'", argv[i]);
     }
@@ -136,7 +143,8 @@ static int cmd_inspect(int argc, char **argv)
     nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) return 1;
     nlsr_ckpt *ck = NULL;
-    int rc = nlsr_ckpt_open(ctx, path, &ck);
+    int rc = nlsr_ctx_set_revision(ctx, revision);
+    if (rc == 0) rc = nlsr_ckpt_open(ctx, path, &ck);
     if (rc == 0) rc = nlsr_ckpt_print_inspect(ctx, ck, json, stdout);
     int status = rc < 0 ? cli_fail(ctx, rc) : 0;
     nlsr_ckpt_free(ck);

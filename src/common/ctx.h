@@ -16,6 +16,7 @@ struct nlsr_ctx {
     uint64_t bytes_read, bytes_written;
     volatile sig_atomic_t cancel;             /* nlsr_ctx_cancel's value */
     const volatile sig_atomic_t *cancel_flag; /* nlsr_ctx_set_cancel_flag's, may be NULL */
+    char revision[256];     /* hub cache repository folders: nlsr_ctx_set_revision ("": main) */
 };
 
 /* At a safe point of a job: NLSR_E_CANCELLED (recorded in the context) once the job was asked

@@ -20,6 +20,7 @@
 #include "../common/ctx.h"
 #include "../io/checkpoint.h"
 #include "../io/file.h"
+#include "../io/hub.h"
 #include "../io/journal.h"
 #include "../io/lock.h"
 #include "../io/outpath.h"
@@ -725,6 +726,48 @@ static int locked_job(ip_job *J, nlsr_pf_reader *pf, const char *patches, const 
     return realign_locked(J, pf, patches, T, used, rep);
 }
 
+/* Shared stores are refused before the lock file is created (journal.c refuses the same files
+ * again when it opens them for writing), so that a refused hub cache snapshot is not written
+ * into at all. A hub cache repository folder is no checkpoint folder of its own: its snapshot
+ * holds the files. */
+static int refuse_shared_store(const ip_job *J, const nlsr_ckpt *T)
+{
+    nlsr_err *e = &J->ctx->err;
+    NLSR_FAIL_IF(T->hub == NLSR_HUB_REPO, e, NLSR_E_USAGE,
+                 "%s: is a Hugging Face cache repository folder; its snapshots' files are links "
+                 "to blobs shared by revisions: copy the snapshot (cp -rL) and realign the copy",
+                 J->dir);
+    if (J->ip->follow_links) return 0;
+    for (size_t k = 0; k < T->nshards; k++) {
+        char *p = nlsr_path_join(T->dir, T->shard_names[k]);
+        NLSR_FAIL_IF(!p, e, -ENOMEM, "%s: out of memory", J->dir);
+        struct stat st;
+        int ok = lstat(p, &st) == 0;
+        int link = ok && S_ISLNK(st.st_mode), hard = ok && !link && st.st_nlink > 1;
+        char target[512] = "";
+        if (link) {
+            ssize_t n = readlink(p, target, sizeof target - 1);
+            target[n > 0 ? n : 0] = '\0';
+        }
+        int rc = 0;
+        if (link)
+            rc = nlsr_fail(e, NLSR_E_USAGE,
+                           "%s: is a symbolic link (to %s): it may point into a shared store such "
+                           "as the Hugging Face cache, where other snapshots use the same file; "
+                           "copy the checkpoint, or pass --follow-links to patch the file it "
+                           "points to",
+                           p, target);
+        else if (hard)
+            rc = nlsr_fail(e, NLSR_E_USAGE,
+                           "%s: has %lu hard links: other paths share its bytes; copy the "
+                           "checkpoint, or pass --follow-links to patch the shared file",
+                           p, (unsigned long)st.st_nlink);
+        free(p);
+        NLSR_FORWARD(rc);
+    }
+    return 0;
+}
+
 /* Opens the patches and the checkpoint and runs every header check; then the locked part.
  * `job` is "apply" or "run" (for the report and the state). */
 static int apply_job(ip_job *J, const char *patches)
@@ -740,6 +783,7 @@ static int apply_job(ip_job *J, const char *patches)
     int rc = check_dir(ctx, J->dir);
     if (rc == 0) rc = nlsr_pf_open(ctx, patches, &pf);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, J->dir, &T);
+    if (rc == 0) rc = refuse_shared_store(J, T);
     if (rc < 0) goto done;
     int lora = strcmp(pf->kind, "lora") == 0;
     if (lora != (nlsr_ckpt_get_kind(T) == NLSR_CKPT_PEFT)) {
@@ -804,6 +848,7 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
     /* Everything a header can tell is checked before the lock and the (long) prepare. */
     int rc = check_dir(ctx, dir);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, dir, &T);
+    if (rc == 0) rc = refuse_shared_store(&J, T);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, srcp, &S);
     if (rc < 0) goto done;
     int peft = nlsr_ckpt_get_kind(S) == NLSR_CKPT_PEFT;

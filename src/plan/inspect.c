@@ -116,6 +116,7 @@ int nlsr_ckpt_print_inspect(nlsr_ctx *ctx, const nlsr_ckpt *ck, int json, FILE *
                     ck_tensor_offset(ck, i), t->end - t->begin);
         }
         fprintf(out, "kind: %s\n", ck->kind == NLSR_CKPT_PEFT ? "PEFT adapter" : "full");
+        if (ck->resolved) fprintf(out, "snapshot: %s\n", ck->resolved);
         fprintf(out, "tensors: %zu  parameters: %" PRIu64 "  bytes: %" PRIu64 "  shards: %zu\n",
                 ck->n, params, bytes, ck->nshards);
         fprintf(out, "layers: %ld  target modules: %zu (", sum.layers, sum.modules);
@@ -131,6 +132,7 @@ int nlsr_ckpt_print_inspect(nlsr_ctx *ctx, const nlsr_ckpt *ck, int json, FILE *
     if (!root) goto oom;
     cJSON_AddStringToObject(root, "kind", kind);
     cJSON_AddStringToObject(root, "path", ck->path);
+    cJSON_AddStringToObject(root, "resolved", nlsr_ckpt_resolved_path(ck));
     if (!(arr = cJSON_AddArrayToObject(root, "tensors"))) goto oom;
     for (size_t i = 0; i < ck->n; i++) {
         const st_tensor *t = ck->t[i].t;

@@ -13,6 +13,7 @@
 
 #include "../common/ctx.h"
 #include "../io/file.h"
+#include "../io/hub.h"
 #include "../io/lock.h"
 #include "../io/patchfile.h"
 #include "inplace.h"
@@ -79,7 +80,14 @@ static int lock_inputs(nlsr_ctx *ctx, const char *const *paths, size_t n, int *f
         if (!paths[i]) continue;
         int d = nlsr_is_dir(paths[i]);
         if (d == 1) {
-            NLSR_FORWARD(nlsr_lock_shared(ctx, paths[i], &fds[i]));
+            /* A hub cache repository folder is read from its snapshot: lock that one. */
+            nlsr_hub_kind hub;
+            char *snap = NULL;
+            int rc = nlsr_hub_resolve(paths[i], ctx->revision[0] ? ctx->revision : NULL, &hub,
+                                      &snap, &ctx->err);
+            if (rc == 0) rc = nlsr_lock_shared(ctx, snap ? snap : paths[i], &fds[i]);
+            free(snap);
+            NLSR_FORWARD(rc);
             continue;
         }
         /* A single-file input: its folder is what an in-place run locks. */

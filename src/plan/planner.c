@@ -931,7 +931,10 @@ int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const 
     const char *src = "given";
     double *rp = read_bw == 0 ? &read_bw : NULL, *wp = write_bw == 0 ? &write_bw : NULL;
     if (rp || wp) {
-        if (!probe_dir) probe_dir = pdir = parent_dir(ck[1]->dir);
+        /* Beside the aligned model, unless that is in a hub cache, which nlsr never writes
+         * into: then the current folder. */
+        if (!probe_dir)
+            probe_dir = pdir = ck[1]->hub ? strdup(".") : parent_dir(ck[1]->dir);
         rc = pdir || probe_dir ? nlsr_plan_probe(ctx, ck[1], probe_dir, rp, wp)
                                : nlsr_fail(e, -ENOMEM, "out of memory");
         if (rc < 0) goto done;

@@ -683,6 +683,12 @@ static cJSON *source_json(const nlsr_ckpt *ck, const nlsr_xxh64_state *fp)
     char *abs = realpath(ck->path, NULL);
     cJSON_AddStringToObject(o, "path", abs ? abs : ck->path);
     free(abs);
+    if (ck->resolved) {
+        /* A hub cache repository folder: which of its revisions was read. */
+        char *snap = realpath(ck->resolved, NULL);
+        cJSON_AddStringToObject(o, "snapshot", snap ? snap : ck->resolved);
+        free(snap);
+    }
     uint64_t bytes = 0;
     for (size_t i = 0; i < ck->n; i++) bytes += ck->t[i].t->end - ck->t[i].t->begin;
     cJSON_AddNumberToObject(o, "tensors", (double)ck->n);
@@ -1181,7 +1187,8 @@ int nlsr_copy_side_files(nlsr_ctx *ctx, const char *src_dir, const char *dst_dir
         char *s = nlsr_path_join(src_dir, nm), *t = nlsr_path_join(dst_dir, nm);
         struct stat st;
         if (!s || !t) rc = nlsr_fail(e, -ENOMEM, "out of memory");
-        else if (lstat(s, &st) == 0 && S_ISREG(st.st_mode)) {
+        /* stat, not lstat: a hub cache snapshot's index and configs are links to blobs. */
+        else if (stat(s, &st) == 0 && S_ISREG(st.st_mode)) {
             rc = nlsr_copy_file(s, t, e);
             if (rc == 0) ctx->bytes_written += (uint64_t)st.st_size;
         }
