@@ -781,6 +781,11 @@ static int apply_job(ip_job *J, const char *patches)
     nlsr_report rep;
     nlsr_report_init(&rep, ctx, J->job, "full");
     int rc = check_dir(ctx, J->dir);
+    if (rc == 0) {
+        /* The report must not land in or on the checkpoint or the patch file. */
+        const char *in[2] = {J->dir, patches};
+        rc = nlsr_outputs_check(ctx, NULL, NLSR_OUT_FILE, J->p, in, 2);
+    }
     if (rc == 0) rc = nlsr_pf_open(ctx, patches, &pf);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, J->dir, &T);
     if (rc == 0) rc = refuse_shared_store(J, T);
@@ -847,6 +852,10 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
     char *patch = NULL, *tdir = NULL;
     /* Everything a header can tell is checked before the lock and the (long) prepare. */
     int rc = check_dir(ctx, dir);
+    if (rc == 0) {
+        const char *in[3] = {dir, base, srcp};
+        rc = nlsr_outputs_check(ctx, NULL, NLSR_OUT_FILE, p, in, 3);
+    }
     if (rc == 0) rc = nlsr_ckpt_open(ctx, dir, &T);
     if (rc == 0) rc = refuse_shared_store(&J, T);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, srcp, &S);
