@@ -2,6 +2,8 @@
 #ifndef NLSR_CLI_H
 #define NLSR_CLI_H
 #include "nlsr.h"
+/* main.c: a context carrying the program's whole command line (for reports' audit). */
+nlsr_ctx *cli_ctx_create(void);
 /* Prints the context's error as one line and returns the exit status for rc. */
 int cli_fail(nlsr_ctx *ctx, int rc);
 /* Prints a one-line usage error and returns 2. */

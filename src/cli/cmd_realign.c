@@ -252,7 +252,7 @@ static void args_free(args *a)
 
 static int run_job(int cmd, args *a)
 {
-    nlsr_ctx *ctx = nlsr_ctx_create();
+    nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) {
         fprintf(stderr, "nlsr: error: out of memory\n");
         return 1;

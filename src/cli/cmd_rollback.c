@@ -121,7 +121,7 @@ static void print_json(const char *command, int dry, const item *v, int n, int s
 
 static nlsr_ctx *new_ctx(const cli_inplace *c)
 {
-    nlsr_ctx *ctx = nlsr_ctx_create();
+    nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) return NULL;
     if (c->have_mem) nlsr_ctx_set_mem_budget(ctx, c->mem);
     nlsr_ctx_set_io(ctx, c->io);

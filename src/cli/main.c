@@ -135,6 +135,19 @@ static int cmd_rewrite(int argc, char **argv)
     return status;
 }
 
+static int g_argc;
+static char **g_argv;
+
+nlsr_ctx *cli_ctx_create(void)
+{
+    nlsr_ctx *ctx = nlsr_ctx_create();
+    if (ctx && nlsr_ctx_set_command_line(ctx, g_argc, (const char *const *)g_argv) < 0) {
+        nlsr_ctx_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
 /* Each subcommand lives in its own cmd_*.c file (declared in cli.h) and is listed here once. */
 static const struct {
     const char *name;
@@ -158,6 +171,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    g_argc = argc;
+    g_argv = argv;
     const char *cmd = argv[1];
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         usage(stdout);
