@@ -7,7 +7,8 @@
  *  - every fingerprint against an XXH64 computed here (tests/test_xxh64.h): "xxh64" over the
  *    whole file, "xxh64_of_bytes_read" over the listed ranges in their order (ranges disjoint,
  *    inside the file, bytes_hashed their sum); run (single pass and patch-file plan), prepare
- *    (the patch file as output), apply (the patch file as input, read whole), in place;
+ *    (the patch file as output), apply (the patch file as input, read whole), in place, LoRA
+ *    (adapters read whole; --json on stdout carries the same audit);
  *  - no audit without a report; the report's other keys are still there.
  */
 #define _GNU_SOURCE
@@ -390,6 +391,38 @@ static void test_inplace(void)
     free(pf);
 }
 
+/* LoRA adapters are read whole and in order: file hashes. --json on stdout carries the same
+ * audit as the report file (the outputs are hashed once). */
+static void test_lora(void)
+{
+    char *out = wpath("lora_out"), *rep = wpath("lora.json"), *so = NULL;
+    const char *args[] = {NLSR_CLI, "run", "--aligned", FX "/lora_align", "--finetuned",
+                          FX "/lora_finetuned", "--out", out, "--report", rep, "--json", "-q",
+                          NULL};
+    time_t t0 = time(NULL);
+    ASSERT_EQ_I(cli(args, &so), 0);
+    time_t t1 = time(NULL);
+    cJSON *j = load_json(rep), *js = so ? cJSON_Parse(so) : NULL;
+    const cJSON *a = get(j, "audit");
+    ASSERT_TRUE(cJSON_IsObject(a));
+    if (a) {
+        check_head(a, args, t0, t1);
+        const char *roles[] = {"aligned", "finetuned"};
+        for (int k = 0; k < 2; k++) {
+            const cJSON *e = entry(a, "inputs", roles[k]);
+            ASSERT_EQ_I(cJSON_GetArraySize(get(e, "files")), 1);
+            check_file(cJSON_GetArrayItem(get(e, "files"), 0), 1);
+        }
+        ASSERT_TRUE(check_entries(a, "outputs") == 1);
+        ASSERT_TRUE(cJSON_Compare(a, get(js, "audit"), 1));
+    }
+    cJSON_Delete(j);
+    cJSON_Delete(js);
+    free(so);
+    free(out);
+    free(rep);
+}
+
 /* Without --report or --json nothing is hashed, and a library caller without a command line
  * gets null there. */
 static void test_library(void)
@@ -429,6 +462,7 @@ int main(void)
     RUN_TEST(test_run_symlink);
     RUN_TEST(test_prepare_apply);
     RUN_TEST(test_inplace);
+    RUN_TEST(test_lora);
     RUN_TEST(test_library);
     int rc = test_finish();
     if (rc == 0) nlsr_remove_tree(root);
