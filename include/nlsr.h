@@ -88,6 +88,9 @@ nlsr_io_kind nlsr_ctx_io_used(const nlsr_ctx *ctx);
 void nlsr_ctx_set_quiet(nlsr_ctx *ctx, int quiet);
 /* Compute threads (OpenBLAS and kernels); default 1. */
 void nlsr_ctx_set_threads(nlsr_ctx *ctx, int threads);
+/* The command line that started the job (copied), recorded in reports' audit section
+ * (docs: README "The report"). 0 or -ENOMEM. */
+int nlsr_ctx_set_command_line(nlsr_ctx *ctx, int argc, const char *const *argv);
 /* Bytes read from and written to checkpoint files by jobs so far. */
 void nlsr_ctx_counters(const nlsr_ctx *ctx, uint64_t *bytes_read, uint64_t *bytes_written);
 /* The revision that Hugging Face hub cache repository folders (models--org--name) given as

@@ -82,9 +82,17 @@ static void install_stop_handlers(void)
     for (int i = 0; i < 3; i++) sigaction(sigs[i], &sa, NULL);
 }
 
+/* Set by main: the program's whole command line, for reports' audit record. */
+static int g_argc;
+static char **g_argv;
+
 nlsr_ctx *cli_ctx_create(void)
 {
     nlsr_ctx *ctx = nlsr_ctx_create();
+    if (ctx && nlsr_ctx_set_command_line(ctx, g_argc, (const char *const *)g_argv) < 0) {
+        nlsr_ctx_free(ctx);
+        return NULL;
+    }
     if (ctx) nlsr_ctx_set_cancel_flag(ctx, &stop_signal);
     return ctx;
 }
@@ -211,6 +219,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    g_argc = argc;
+    g_argv = argv;
     const char *cmd = argv[1];
     install_stop_handlers();
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {

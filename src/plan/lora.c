@@ -27,6 +27,7 @@
 #include "../io/checkpoint.h"
 #include "../io/file.h"
 #include "../io/outpath.h"
+#include "audit.h"
 #include "report.h"
 #include "stream.h"
 #include "targets.h"
@@ -584,6 +585,7 @@ static int write_adapter(nlsr_ctx *ctx, const nlsr_ckpt *ck, const lora_action *
     char *tmp = NULL, *cfg_src = NULL, *cfg_dst = NULL;
     int rc = nlsr_out_check(ctx, out_dir, NLSR_OUT_DIR, p->force, NULL, 0, NULL);
     if (rc == 0) rc = nlsr_tmp_dir(ctx, out_dir, &tmp);
+    if (rc == 0) nlsr_audit_output_at(ctx, out_dir, tmp);
     if (rc == 0) {
         cfg_src = nlsr_path_join(ck->dir, ADAPTER_CONFIG);
         cfg_dst = nlsr_path_join(tmp, ADAPTER_CONFIG);
@@ -735,10 +737,28 @@ static int check_pair(nlsr_ctx *ctx, const lora_prep *P, const char *ref_name,
     return 0;
 }
 
+/* Every masked value of e (a factor's reference, f32) as ft's tensor ti stores it must be
+ * finite: a reference finite in its own dtype can overflow a narrower fine-tune (F16). Checked
+ * for every module before anything is written, patched or not. */
+static int check_dest(nlsr_ctx *ctx, const nlsr_ckpt *ft, size_t ti, const float *e,
+                      const uint8_t *mask, uint64_t n, const char *source)
+{
+    const st_tensor *t = tensor_of(ft, ti);
+    if (t->dtype == NLSR_DTYPE_F32 || t->dtype == NLSR_DTYPE_F64) return 0;
+    for (uint64_t k = 0; k < n; k++)
+        NLSR_FAIL_IF(mask[k] && !isfinite(stored(t->dtype, e[k])), &ctx->err, NLSR_E_VALUE,
+                     "%s: tensor '%s': element %" PRIu64 ": the realigned value %.9g (from %s) "
+                     "is not finite in the fine-tune's dtype %s",
+                     file_of(ft, ti), t->name, k, (double)e[k], source,
+                     nlsr_dtype_name(t->dtype));
+    return 0;
+}
+
 /* Similarity of every module (METHOD.md step 3, LoRA):
  * cos((B_t.M_B)(A_t.M_A), (B_e.M_B)(A_e.M_A)) in double through the r x r Grams. */
-static int similarities(nlsr_ctx *ctx, const lora_prep *P, const nlsr_ckpt *ft,
-                        const size_t *ta, const size_t *tb, nlsr_report *rep)
+static int similarities(nlsr_ctx *ctx, const lora_prep *P, const char *ref_name,
+                        const nlsr_ckpt *ft, const size_t *ta, const size_t *tb,
+                        nlsr_report *rep)
 {
     uint64_t maxf = 0, maxr = 0;
     for (size_t j = 0; j < P->n; j++) {
@@ -767,6 +787,8 @@ static int similarities(nlsr_ctx *ctx, const lora_prep *P, const nlsr_ckpt *ft,
         nlsr_to_f32(xb->dtype, data[1], tf + na, (size_t)nb);
         rc = check_finite(ctx, ft, ta[u->tag], tf, na, "");
         if (rc == 0) rc = check_finite(ctx, ft, tb[u->tag], tf + na, nb, "");
+        if (rc == 0) rc = check_dest(ctx, ft, ta[u->tag], m->ea, m->ma, na, ref_name);
+        if (rc == 0) rc = check_dest(ctx, ft, tb[u->tag], m->eb, m->mb, nb, ref_name);
         if (rc < 0) break;
         /* Masked factors in double: t then e, each A then B. */
         double *tA = d, *tB = d + na, *eA = d + na + nb, *eB = eA + na;
@@ -805,7 +827,7 @@ int lora_realign(nlsr_ctx *ctx, const lora_prep *P, const char *ref_name, const 
     act = calloc(ft->n ? ft->n : 1, sizeof *act);
     if (rc == 0 && (!ta || !tb || !act)) rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", ft->path);
     if (rc == 0) rc = check_pair(ctx, P, ref_name, ft, &T, ta, tb);
-    if (rc == 0) rc = similarities(ctx, P, ft, ta, tb, rep);
+    if (rc == 0) rc = similarities(ctx, P, ref_name, ft, ta, tb, rep);
     if (rc == 0) rc = nlsr_report_select(rep, ctx, &p->select);
     if (rc < 0) goto done;
     /* Per-factor transplant: A_t' = M_A ? A_e : A_t, B_t' = M_B ? B_e : B_t. */

@@ -61,6 +61,11 @@ typedef struct nlsr_step1_buf {
 int nlsr_full_step1(nlsr_ctx *ctx, const nlsr_step1_mod *m, uint64_t first, size_t cnt,
                     const unsigned char *araw, const unsigned char *braw, int validate,
                     const nlsr_step1_buf *b);
+/* Fails with NLSR_E_VALUE: element el of `tensor` would be written as v, which the fine-tune's
+ * dtype dt cannot hold (overflow to Inf); source names where v came from (the aligned or
+ * reference shard, or the patch file). One message for every plan. */
+int nlsr_full_dest_overflow(nlsr_ctx *ctx, const char *ft_file, const char *tensor, uint64_t el,
+                            float v, nlsr_dtype dt, const char *source);
 
 /* Header-only checks before anything is read or written: base and source (aligned or
  * reference) have the same target tensors (per p->targets) with the same shapes, float dtypes

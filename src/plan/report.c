@@ -18,6 +18,7 @@
 #include "../compute/selection.h"
 #include "../io/file.h"
 #include "../io/outpath.h"
+#include "audit.h"
 #include "scorer.h"
 
 static double now_seconds(void)
@@ -242,6 +243,8 @@ int nlsr_report_json(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_par
                                                                     (double)s->model_bytes
                                                               : 0.0));
     }
+    cJSON *audit = nlsr_audit_json(ctx); /* NULL when the job keeps no audit */
+    if (audit) cJSON_AddItemToObject(root, "audit", audit);
     char *txt = cJSON_Print(root);
     if (!txt) goto oom;
     cJSON_Delete(root);

@@ -9,7 +9,8 @@
  *    "summary": {"modules","patched","elements_patched","bytes_read","bytes_written","seconds",
  *                "peak_rss_bytes","io_backend", "patch_bytes"?, "model_bytes"?,
  *                "patch_fraction"?, "plan"?, "patches_in_memory"?, "phase_seconds"?,
- *                "single_pass_need_bytes"?}}
+ *                "single_pass_need_bytes"?},
+ *    "audit"?: {...}}   (audit.h: version, command line, times, host, inputs, outputs, XXH64s)
  *
  * Usage (both the full-weight and the LoRA jobs):
  *   nlsr_report r;
