@@ -714,6 +714,16 @@ static int locked_job(ip_job *J, nlsr_pf_reader *pf, const char *patches, const 
     return realign_locked(J, pf, patches, T, used, rep);
 }
 
+/* Weights beside the checkpoint's own would stay unpatched next to the realigned ones, for a
+ * loader to pick (model.safetensors beside an index): refused in place (src/io/sidefiles.h). */
+static int check_other_weights(nlsr_ctx *ctx, const nlsr_ckpt *T)
+{
+    nlsr_sidefiles sf;
+    NLSR_FORWARD(nlsr_sidefiles_load(ctx, T, 0, 1, &sf));
+    nlsr_sidefiles_free(&sf);
+    return 0;
+}
+
 /* Opens the patches and the checkpoint and runs every header check; then the locked part.
  * `job` is "apply" or "run" (for the report and the state). */
 static int apply_job(ip_job *J, const char *patches)
@@ -729,6 +739,7 @@ static int apply_job(ip_job *J, const char *patches)
     int rc = check_dir(ctx, J->dir);
     if (rc == 0) rc = nlsr_pf_open(ctx, patches, &pf);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, J->dir, &T);
+    if (rc == 0) rc = check_other_weights(ctx, T);
     if (rc < 0) goto done;
     int lora = strcmp(pf->kind, "lora") == 0;
     if (lora != (nlsr_ckpt_get_kind(T) == NLSR_CKPT_PEFT)) {
@@ -795,6 +806,7 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
     /* Everything a header can tell is checked before the lock and the (long) prepare. */
     int rc = check_dir(ctx, dir);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, dir, &T);
+    if (rc == 0) rc = check_other_weights(ctx, T);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, srcp, &S);
     if (rc < 0) goto done;
     int peft = nlsr_ckpt_get_kind(S) == NLSR_CKPT_PEFT;

@@ -14,6 +14,7 @@
 #include "../compute/convert.h"
 #include "../io/checkpoint.h"
 #include "../io/file.h"
+#include "../io/sidefiles.h"
 #include "targets.h"
 
 #define DUMP_CHUNK 65536u
@@ -217,21 +218,31 @@ done:
     return rc;
 }
 
-int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, int force)
+int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, int flags)
 {
     nlsr_err *e = &ctx->err;
+    int force = (flags & NLSR_REWRITE_FORCE) != 0;
+    int drop = (flags & NLSR_REWRITE_DROP_OTHER_WEIGHTS) != 0;
     NLSR_FAIL_IF(nlsr_exists(out_dir) && !force, e, NLSR_E_EXISTS,
                  "%s: exists (use --force to replace it)", out_dir);
+    /* What the output folder will hold beside the shards, checked before anything is written
+     * (src/io/sidefiles.h): the same policy as the realignment jobs. */
+    nlsr_sidefiles sf;
+    NLSR_FORWARD(nlsr_sidefiles_load(ctx, ck, drop, 0, &sf));
     /* Built under a temporary name and renamed when complete, so a failure half-way leaves
      * no folder that looks like a finished checkpoint. */
     size_t tl = strlen(out_dir) + 48;
     char *tmp = malloc(tl);
-    NLSR_FAIL_IF(!tmp, e, -ENOMEM, "out of memory");
+    if (!tmp) {
+        nlsr_sidefiles_free(&sf);
+        return nlsr_fail(e, -ENOMEM, "out of memory");
+    }
     snprintf(tmp, tl, "%s.nlsr-tmp-%ld", out_dir, (long)getpid());
     nlsr_remove_tree(tmp);
     if (mkdir(tmp, 0755) != 0) {
         int rc = -errno;
         free(tmp);
+        nlsr_sidefiles_free(&sf);
         return nlsr_fail(e, rc, "%s: cannot create folder: %s", out_dir, strerror(-rc));
     }
     int rc = 0;
@@ -241,24 +252,11 @@ int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, i
         else rc = rewrite_shard(ck->shards[s], dst, e);
         free(dst);
     }
-    /* Side files (index, config.json, adapter_config.json ...) are copied as they are, when
-     * the checkpoint is a folder: a lone .safetensors file's neighbours are not part of it. */
-    DIR *d = nlsr_is_dir(ck->path) == 1 ? opendir(ck->dir) : NULL;
-    if (rc == 0 && d) {
-        struct dirent *de;
-        while (rc == 0 && (de = readdir(d)) != NULL) {
-            const char *nm = de->d_name;
-            size_t L = strlen(nm);
-            if (nm[0] == '.' || (L > 12 && strcmp(nm + L - 12, ".safetensors") == 0)) continue;
-            if (L < 5 || strcmp(nm + L - 5, ".json") != 0) continue;
-            char *src = nlsr_path_join(ck->dir, nm), *dst = nlsr_path_join(tmp, nm);
-            if (!src || !dst) rc = nlsr_fail(e, -ENOMEM, "out of memory");
-            else rc = nlsr_copy_file(src, dst, e);
-            free(src);
-            free(dst);
-        }
-    }
-    if (d) closedir(d);
+    /* Side files (index, config.json, adapter_config.json, tokenizer ...) are copied as they
+     * are, when the checkpoint is a folder: a lone .safetensors file's neighbours are not part
+     * of it. */
+    if (rc == 0) rc = nlsr_sidefiles_copy(ctx, ck, tmp, drop, &sf);
+    nlsr_sidefiles_free(&sf);
     if (rc == 0) rc = nlsr_fsync_dir(tmp, e);
     if (rc == 0 && nlsr_exists(out_dir)) nlsr_remove_tree(out_dir);
     if (rc == 0 && rename(tmp, out_dir) != 0) {

@@ -15,6 +15,7 @@
 #include "../io/file.h"
 #include "../io/lock.h"
 #include "../io/patchfile.h"
+#include "../io/sidefiles.h"
 #include "inplace.h"
 #include "realign_full.h"
 #include "realign_run.h"
@@ -164,6 +165,8 @@ int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const 
     if (rc == 0) rc = nlsr_pf_open(ctx, patches, &pf);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
     if (rc == 0) rc = nlsr_inplace_check_input(ctx, finetuned);
+    /* What the output folder will hold beside the weights (src/io/sidefiles.h). */
+    if (rc == 0) rc = nlsr_sidefiles_load(ctx, T, p->drop_other_weights, 0, &rep.files);
     if (rc < 0) goto done;
     if (strcmp(pf->kind, "lora") == 0) {
         nlsr_pf_close(pf);
@@ -229,6 +232,8 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     if (rc == 0) rc = open_pair(ctx, base, srcp, &B, &S);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
     if (rc == 0) rc = nlsr_inplace_check_input(ctx, finetuned);
+    /* What the output folder will hold beside the weights (src/io/sidefiles.h). */
+    if (rc == 0) rc = nlsr_sidefiles_load(ctx, T, p->drop_other_weights, 0, &rep.files);
     if (rc < 0) goto done;
     int s_peft = nlsr_ckpt_get_kind(S) == NLSR_CKPT_PEFT;
     if (s_peft != (nlsr_ckpt_get_kind(T) == NLSR_CKPT_PEFT)) {

@@ -26,6 +26,7 @@
 #include "../compute/selection.h"
 #include "../io/checkpoint.h"
 #include "../io/file.h"
+#include "../io/sidefiles.h"
 #include "report.h"
 #include "stream.h"
 #include "targets.h"
@@ -583,16 +584,15 @@ done:
 }
 
 /* The output adapter folder, built as <out_dir>.nlsr-tmp-PID and renamed into place when
- * complete: adapter_model.safetensors per act[] and the layout adapter's adapter_config.json. */
+ * complete: adapter_model.safetensors per act[] and the layout adapter's side files
+ * (adapter_config.json, README.md, tokenizer files ...) as src/io/sidefiles.h says. */
 static int write_adapter(nlsr_ctx *ctx, const nlsr_ckpt *ck, const lora_action *act,
-                         const char *out_dir, int force)
+                         const char *out_dir, const nlsr_realign_params *p, nlsr_sidefiles *sf)
 {
     nlsr_err *e = &ctx->err;
-    int rc = 0;
+    int rc = 0, force = p->force;
     char *tmp = tmp_name(out_dir);
-    char *cfg_src = nlsr_path_join(ck->dir, ADAPTER_CONFIG);
-    char *cfg_dst = tmp ? nlsr_path_join(tmp, ADAPTER_CONFIG) : NULL;
-    if (!tmp || !cfg_src || !cfg_dst) {
+    if (!tmp) {
         rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", out_dir);
         goto done;
     }
@@ -603,7 +603,7 @@ static int write_adapter(nlsr_ctx *ctx, const nlsr_ckpt *ck, const lora_action *
         goto done;
     }
     rc = write_model(ctx, ck, act, tmp);
-    if (rc == 0) rc = nlsr_copy_file(cfg_src, cfg_dst, e);
+    if (rc == 0) rc = nlsr_sidefiles_copy(ctx, ck, tmp, p->drop_other_weights, sf);
     if (rc == 0) rc = nlsr_fsync_dir(tmp, e);
     if (rc == 0 && nlsr_exists(out_dir)) {
         if (!force)
@@ -618,8 +618,6 @@ static int write_adapter(nlsr_ctx *ctx, const nlsr_ckpt *ck, const lora_action *
     if (rc == 0) rc = nlsr_fsync_parent(out_dir, e);
     else nlsr_remove_tree(tmp);
 done:
-    free(cfg_dst);
-    free(cfg_src);
     free(tmp);
     return rc;
 }
@@ -819,6 +817,9 @@ int lora_realign(nlsr_ctx *ctx, const lora_prep *P, const char *ref_name, const 
 {
     nlsr_err *e = &ctx->err;
     NLSR_FORWARD(refuse_existing(ctx, out_dir, p->force));
+    /* What the output folder will hold beside the adapter (src/io/sidefiles.h). */
+    if (!rep->files.loaded)
+        NLSR_FORWARD(nlsr_sidefiles_load(ctx, ft, p->drop_other_weights, 0, &rep->files));
     lora_prep T;
     size_t *ta = NULL, *tb = NULL;
     lora_action *act = NULL;
@@ -845,7 +846,7 @@ int lora_realign(nlsr_ctx *ctx, const lora_prep *P, const char *ref_name, const 
         rc = lora_write_masks(ctx, P, p->mask_out_path, p->force);
         wrote_masks = rc == 0;
     }
-    if (rc == 0) rc = write_adapter(ctx, ft, act, out_dir, p->force);
+    if (rc == 0) rc = write_adapter(ctx, ft, act, out_dir, p, &rep->files);
     if (rc < 0 && wrote_masks) unlink(p->mask_out_path);
     if (rc == 0) rc = nlsr_report_emit(rep, ctx, p);
 done:
@@ -864,6 +865,8 @@ int nlsr_lora_amplify(nlsr_ctx *ctx, const nlsr_ckpt *aligned, const char *out_d
     nlsr_err *e = &ctx->err;
     NLSR_FORWARD(refuse_existing(ctx, out_dir, p->force));
     NLSR_FORWARD(check_params(ctx, p));
+    nlsr_sidefiles sf;
+    NLSR_FORWARD(nlsr_sidefiles_load(ctx, aligned, p->drop_other_weights, 0, &sf));
     lora_prep P;
     lora_action *act = NULL;
     int rc = lora_list_modules(ctx, aligned, p, &P);
@@ -877,8 +880,9 @@ int nlsr_lora_amplify(nlsr_ctx *ctx, const nlsr_ckpt *aligned, const char *out_d
             if (p->amplify != NLSR_AMPLIFY_PAPER) act[P.m[j].ta] = (lora_action){P.m[j].ea, NULL};
             act[P.m[j].tb] = (lora_action){P.m[j].eb, NULL};
         }
-        rc = write_adapter(ctx, aligned, act, out_dir, p->force);
+        rc = write_adapter(ctx, aligned, act, out_dir, p, &sf);
     }
+    nlsr_sidefiles_free(&sf);
     free(act);
     lora_prep_free(ctx, &P);
     return rc;

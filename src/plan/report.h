@@ -9,7 +9,9 @@
  *    "summary": {"modules","patched","elements_patched","bytes_read","bytes_written","seconds",
  *                "peak_rss_bytes","io_backend", "patch_bytes"?, "model_bytes"?,
  *                "patch_fraction"?, "plan"?, "patches_in_memory"?, "phase_seconds"?,
- *                "single_pass_need_bytes"?}}
+ *                "single_pass_need_bytes"?},
+ *    "files"?: {"weights", "copied", "dropped", "skipped"}}   (jobs that write a folder: names
+ *               relative to the input folder, src/io/sidefiles.h; folders end in '/')
  *
  * Usage (both the full-weight and the LoRA jobs):
  *   nlsr_report r;
@@ -27,6 +29,7 @@
 #include <stdio.h>
 
 #include "nlsr.h"
+#include "../io/sidefiles.h"
 
 typedef struct nlsr_report_module {
     char *name;            /* owned (copied by nlsr_report_add) */
@@ -69,6 +72,8 @@ typedef struct nlsr_report {
     nlsr_report_summary summary;
     double t_start;                 /* monotonic seconds at init */
     uint64_t read0, written0;       /* ctx counters at init: the summary counts this job only */
+    nlsr_sidefiles files;           /* the input folder's entries, when the job writes a folder
+                                       (files.loaded); owned */
 } nlsr_report;
 
 /* Starts an empty report and its clock. `job` and `kind` must be static strings. */
