@@ -1,9 +1,10 @@
 #!/bin/sh
 # What an output folder holds (README "What the output folder holds"): fine-tune folders built
 # from the fixtures with weights nlsr does not realign beside the shards (consolidated.safetensors,
-# pytorch_model.bin, a *.pt, original/ with weights, model.safetensors beside the index, a LoRA
-# adapter with adapter_model.bin), a sub-folder without weights, a Hugging Face cache snapshot
-# whose files are all relative links into blobs/, a FIFO and a dangling link as side files.
+# pytorch_model.bin, a *.pt, original/ with weights, model.safetensors beside the index, an index
+# of .bin weights, a LoRA adapter with adapter_model.bin), a sub-folder without weights, a
+# Hugging Face cache snapshot whose files are all relative links into blobs/, a FIFO and a
+# dangling link as side files.
 # Through run, apply, amplify, rewrite and the in-place jobs: refusals (exit 1, one line naming
 # the files and the option, no output, inputs unchanged), --drop-other-weights (output without
 # them, every side file a regular file with the same bytes, inspect accepts it, the report
@@ -88,9 +89,12 @@ mk_case original && mkdir "$T/original/original" &&
     printf 'PK\003\004' >"$T/original/original/consolidated.00.pth" &&
     echo '{"dim": 64}' >"$T/original/original/params.json"
 mk_case beside && cp "$FX/finetuned_f32/model.safetensors" "$T/beside/model.safetensors"
+# an index of other weights points a loader at them: it goes with them
+mk_case binindex && echo '{"weight_map": {"lm_head.weight": "pytorch_model-00001-of-00001.bin"}}' \
+    >"$T/binindex/pytorch_model.bin.index.json"
 
 for c in consolidated:consolidated.safetensors torchbin:pytorch_model.bin optimizer:optimizer.pt \
-         original:original/ beside:model.safetensors; do
+         original:original/ beside:model.safetensors binindex:pytorch_model.bin.index.json; do
     n=${c%%:*} x=${c#*:}
     in=$T/$n
     refused "run_$n" "$T/run_$n" "$in" "$x" --drop-other-weights -- \
