@@ -111,6 +111,10 @@ int cmd_amplify(int argc, char **argv)
             p.force = 1;
             continue;
         }
+        if (strcmp(o, "--drop-other-weights") == 0) {
+            p.drop_other_weights = 1;
+            continue;
+        }
         int known = strcmp(o, "--base") == 0 || strcmp(o, "--aligned") == 0 ||
                     strcmp(o, "--out") == 0 || strcmp(o, "--beta") == 0 ||
                     strcmp(o, "--amplify") == 0 || strcmp(o, "--alpha") == 0 ||

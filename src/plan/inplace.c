@@ -769,6 +769,16 @@ static int refuse_shared_store(const ip_job *J, const nlsr_ckpt *T)
     return 0;
 }
 
+/* Weights beside the checkpoint's own would stay unpatched next to the realigned ones, for a
+ * loader to pick (model.safetensors beside an index): refused in place (src/io/sidefiles.h). */
+static int check_other_weights(nlsr_ctx *ctx, const nlsr_ckpt *T)
+{
+    nlsr_sidefiles sf;
+    NLSR_FORWARD(nlsr_sidefiles_load(ctx, T, 0, 1, &sf));
+    nlsr_sidefiles_free(&sf);
+    return 0;
+}
+
 /* Opens the patches and the checkpoint and runs every header check; then the locked part.
  * `job` is "apply" or "run" (for the report and the state). */
 static int apply_job(ip_job *J, const char *patches)
@@ -790,6 +800,7 @@ static int apply_job(ip_job *J, const char *patches)
     if (rc == 0) rc = nlsr_pf_open(ctx, patches, &pf);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, J->dir, &T);
     if (rc == 0) rc = refuse_shared_store(J, T);
+    if (rc == 0) rc = check_other_weights(ctx, T);
     if (rc < 0) goto done;
     int lora = strcmp(pf->kind, "lora") == 0;
     /* run's patch file is its own temporary one: its inputs were named by run. */
@@ -866,6 +877,7 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
     }
     if (rc == 0) rc = nlsr_ckpt_open(ctx, dir, &T);
     if (rc == 0) rc = refuse_shared_store(&J, T);
+    if (rc == 0) rc = check_other_weights(ctx, T);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, srcp, &S);
     if (rc < 0) goto done;
     nlsr_audit_input_ckpt(ctx, aligned ? "aligned" : "reference", srcp, S);

@@ -17,6 +17,7 @@
 #include "../io/lock.h"
 #include "../io/patchfile.h"
 #include "audit.h"
+#include "../io/sidefiles.h"
 #include "inplace.h"
 #include "realign_full.h"
 #include "realign_run.h"
@@ -204,6 +205,8 @@ int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const 
     if (rc == 0) rc = nlsr_pf_open(ctx, patches, &pf);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
     if (rc == 0) rc = nlsr_inplace_check_input(ctx, finetuned);
+    /* What the output folder will hold beside the weights (src/io/sidefiles.h). */
+    if (rc == 0) rc = nlsr_sidefiles_load(ctx, T, p->drop_other_weights, 0, &rep.files);
     if (rc < 0) goto done;
     nlsr_audit_input_file(ctx, "patches", patches);
     nlsr_audit_input_ckpt(ctx, "finetuned", finetuned, T);
@@ -276,6 +279,8 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     if (rc == 0) rc = open_pair(ctx, base, srcp, &B, &S);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
     if (rc == 0) rc = nlsr_inplace_check_input(ctx, finetuned);
+    /* What the output folder will hold beside the weights (src/io/sidefiles.h). */
+    if (rc == 0) rc = nlsr_sidefiles_load(ctx, T, p->drop_other_weights, 0, &rep.files);
     if (rc < 0) goto done;
     nlsr_audit_input_ckpt(ctx, "base", base, B);
     nlsr_audit_input_ckpt(ctx, is_ref ? "reference" : "aligned", srcp, S);

@@ -28,6 +28,7 @@
 #include "../io/file.h"
 #include "../io/outpath.h"
 #include "audit.h"
+#include "../io/sidefiles.h"
 #include "report.h"
 #include "stream.h"
 #include "targets.h"
@@ -576,28 +577,22 @@ done:
 }
 
 /* The output adapter folder, built in a temporary folder beside out_dir and moved into place
- * when complete: adapter_model.safetensors per act[] and the layout adapter's
- * adapter_config.json; the report (rep, may be NULL) is staged before the move. */
+ * when complete: adapter_model.safetensors per act[] and the layout adapter's side files
+ * (adapter_config.json, README.md, tokenizer files ...) as src/io/sidefiles.h says; the report
+ * (rep, may be NULL) is staged before the move. */
 static int write_adapter(nlsr_ctx *ctx, const nlsr_ckpt *ck, const lora_action *act,
-                         const char *out_dir, const nlsr_realign_params *p, nlsr_report *rep)
+                         const char *out_dir, const nlsr_realign_params *p, nlsr_sidefiles *sf,
+                         nlsr_report *rep)
 {
-    nlsr_err *e = &ctx->err;
-    char *tmp = NULL, *cfg_src = NULL, *cfg_dst = NULL;
+    char *tmp = NULL;
     int rc = nlsr_out_check(ctx, out_dir, NLSR_OUT_DIR, p->force, NULL, 0, NULL);
     if (rc == 0) rc = nlsr_tmp_dir(ctx, out_dir, &tmp);
     if (rc == 0) nlsr_audit_output_at(ctx, out_dir, tmp);
-    if (rc == 0) {
-        cfg_src = nlsr_path_join(ck->dir, ADAPTER_CONFIG);
-        cfg_dst = nlsr_path_join(tmp, ADAPTER_CONFIG);
-        if (!cfg_src || !cfg_dst) rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", out_dir);
-    }
     if (rc == 0) rc = write_model(ctx, ck, act, tmp);
-    if (rc == 0) rc = nlsr_copy_file(cfg_src, cfg_dst, e);
+    if (rc == 0) rc = nlsr_sidefiles_copy(ctx, ck, tmp, p->drop_other_weights, sf);
     if (rc == 0 && rep) rc = nlsr_report_stage(rep, ctx, p);
     if (rc == 0) rc = nlsr_tmp_dir_commit(ctx, tmp, out_dir, p->force);
     if (rc < 0) nlsr_tmp_remove(tmp);
-    free(cfg_dst);
-    free(cfg_src);
     free(tmp);
     return rc;
 }
@@ -817,6 +812,9 @@ int lora_realign(nlsr_ctx *ctx, const lora_prep *P, const char *ref_name, const 
 {
     nlsr_err *e = &ctx->err;
     NLSR_FORWARD(refuse_existing(ctx, out_dir, p->force));
+    /* What the output folder will hold beside the adapter (src/io/sidefiles.h). */
+    if (!rep->files.loaded)
+        NLSR_FORWARD(nlsr_sidefiles_load(ctx, ft, p->drop_other_weights, 0, &rep->files));
     lora_prep T;
     size_t *ta = NULL, *tb = NULL;
     lora_action *act = NULL;
@@ -843,7 +841,7 @@ int lora_realign(nlsr_ctx *ctx, const lora_prep *P, const char *ref_name, const 
         rc = lora_write_masks(ctx, P, p->mask_out_path, p->force);
         wrote_masks = rc == 0;
     }
-    if (rc == 0) rc = write_adapter(ctx, ft, act, out_dir, p, rep);
+    if (rc == 0) rc = write_adapter(ctx, ft, act, out_dir, p, &rep->files, rep);
     if (rc < 0 && wrote_masks) unlink(p->mask_out_path);
     if (rc == 0) rc = nlsr_report_emit(rep, ctx, p);
 done:
@@ -862,6 +860,8 @@ int nlsr_lora_amplify(nlsr_ctx *ctx, const nlsr_ckpt *aligned, const char *out_d
     nlsr_err *e = &ctx->err;
     NLSR_FORWARD(refuse_existing(ctx, out_dir, p->force));
     NLSR_FORWARD(check_params(ctx, p));
+    nlsr_sidefiles sf;
+    NLSR_FORWARD(nlsr_sidefiles_load(ctx, aligned, p->drop_other_weights, 0, &sf));
     lora_prep P;
     lora_action *act = NULL;
     int rc = lora_list_modules(ctx, aligned, p, &P);
@@ -875,8 +875,9 @@ int nlsr_lora_amplify(nlsr_ctx *ctx, const nlsr_ckpt *aligned, const char *out_d
             if (p->amplify != NLSR_AMPLIFY_PAPER) act[P.m[j].ta] = (lora_action){P.m[j].ea, NULL};
             act[P.m[j].tb] = (lora_action){P.m[j].eb, NULL};
         }
-        rc = write_adapter(ctx, aligned, act, out_dir, p, NULL);
+        rc = write_adapter(ctx, aligned, act, out_dir, p, &sf, NULL);
     }
+    nlsr_sidefiles_free(&sf);
     free(act);
     lora_prep_free(ctx, &P);
     return rc;

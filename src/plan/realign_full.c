@@ -26,6 +26,7 @@
 #include "../compute/similarity.h"
 #include "../io/file.h"
 #include "../io/journal.h"
+#include "../io/sidefiles.h"
 #include "scorer.h"
 #include "stream.h"
 #include "targets.h"
@@ -852,6 +853,7 @@ typedef struct apply_ctx {
      * are the shard indexes; jn_mod is the module of the batch being staged. */
     nlsr_journal *jn;
     size_t jn_mod;
+    int drop; /* p->drop_other_weights */
 } apply_ctx;
 
 static int apply_units(apply_ctx *A, const int *only, nlsr_unit **units, size_t *nunits)
@@ -1021,7 +1023,7 @@ static int write_block(apply_ctx *A, size_t mi, size_t bi, const unsigned char *
 /* Pass 2: the output checkpoint. Every shard is copied (reflink where the file system can);
  * in the copies of shards that hold patched tensors, those tensors' bytes are rewritten in
  * place, so headers, metadata, tensor order and every other byte stay the fine-tune's own. */
-static int apply_write(apply_ctx *A, const nlsr_report *rep, const char *out_dir)
+static int apply_write(apply_ctx *A, nlsr_report *rep, const char *out_dir)
 {
     nlsr_ctx *ctx = A->ctx;
     nlsr_err *e = &ctx->err;
@@ -1086,9 +1088,9 @@ static int apply_write(apply_ctx *A, const nlsr_report *rep, const char *out_dir
             rc = nlsr_fail(e, -errno, "%s: fsync failed: %s", A->dst[k], strerror(errno));
         close(A->fds[k]);
     }
-    /* Side files (index, config, tokenizer ...) come along unless the input was a lone file. */
-    if (rc == 0 && !A->jn && nlsr_is_dir(ft->path) == 1)
-        rc = nlsr_copy_side_files(ctx, ft->dir, out_dir, ft->shard_names, ft->nshards);
+    /* Side files (index, config, tokenizer ...) as the policy says (src/io/sidefiles.h). */
+    if (rc == 0 && !A->jn)
+        rc = nlsr_sidefiles_copy(ctx, ft, out_dir, A->drop, &rep->files);
 done:
     free(units);
     if (A->dst)
@@ -1116,6 +1118,7 @@ static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
     A.ft = ft;
     A.jn = jn;
     A.jn_mod = SIZE_MAX;
+    A.drop = p->drop_other_weights;
     A.ti = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *A.ti);
     A.cache_off = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *A.cache_off);
     if (!A.ti || !A.cache_off) {
@@ -1219,33 +1222,4 @@ int nlsr_outdir_commit(nlsr_ctx *ctx, const char *tmp_dir, const char *out_dir, 
 void nlsr_outdir_abort(const char *tmp_dir)
 {
     nlsr_tmp_remove(tmp_dir);
-}
-
-int nlsr_copy_side_files(nlsr_ctx *ctx, const char *src_dir, const char *dst_dir,
-                         char *const *skip, size_t nskip)
-{
-    nlsr_err *e = &ctx->err;
-    DIR *d = opendir(src_dir);
-    NLSR_FAIL_IF(!d, e, -errno, "%s: cannot list folder: %s", src_dir, strerror(errno));
-    int rc = 0;
-    struct dirent *de;
-    while (rc == 0 && (de = readdir(d)) != NULL) {
-        const char *nm = de->d_name;
-        if (nm[0] == '.' || strstr(nm, ".nlsr-tmp-")) continue;
-        int skipped = 0;
-        for (size_t i = 0; i < nskip && !skipped; i++) skipped = strcmp(skip[i], nm) == 0;
-        if (skipped) continue;
-        char *s = nlsr_path_join(src_dir, nm), *t = nlsr_path_join(dst_dir, nm);
-        struct stat st;
-        if (!s || !t) rc = nlsr_fail(e, -ENOMEM, "out of memory");
-        /* stat, not lstat: a hub cache snapshot's index and configs are links to blobs. */
-        else if (stat(s, &st) == 0 && S_ISREG(st.st_mode)) {
-            rc = nlsr_copy_file(s, t, e);
-            if (rc == 0) ctx->bytes_written += (uint64_t)st.st_size;
-        }
-        free(s);
-        free(t);
-    }
-    closedir(d);
-    return rc;
 }

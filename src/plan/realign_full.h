@@ -123,9 +123,5 @@ int nlsr_outdir_begin(nlsr_ctx *ctx, const char *out_dir, int force, char **tmp_
 int nlsr_outdir_commit(nlsr_ctx *ctx, const char *tmp_dir, const char *out_dir, int force);
 /* Removes the temporary folder without following links (best effort); NULL is a no-op. */
 void nlsr_outdir_abort(const char *tmp_dir);
-/* Copies every regular, non-hidden file of `src_dir` not named in skip[] into dst_dir (the
- * index, config.json, tokenizer files ...), counting the bytes written. */
-int nlsr_copy_side_files(nlsr_ctx *ctx, const char *src_dir, const char *dst_dir,
-                         char *const *skip, size_t nskip);
 
 #endif

@@ -26,6 +26,7 @@
 #include "../compute/similarity.h"
 #include "../io/file.h"
 #include "../io/io.h"
+#include "../io/sidefiles.h"
 #include "progress.h"
 #include "stream.h"
 #include "targets.h"
@@ -809,7 +810,7 @@ static int cmp_begin(const void *x, const void *y, const void *ctx)
     return a->tt->begin < b->tt->begin ? -1 : a->tt->begin > b->tt->begin;
 }
 
-static int phase_b(runner *R, const nlsr_report *rep, const char *out_dir)
+static int phase_b(runner *R, nlsr_report *rep, const char *out_dir)
 {
     nlsr_ctx *ctx = R->ctx;
     nlsr_err *e = &ctx->err;
@@ -915,8 +916,9 @@ static int phase_b(runner *R, const nlsr_report *rep, const char *out_dir)
         free(dst);
         dst = NULL;
     }
-    if (rc == 0 && nlsr_is_dir(ft->path) == 1)
-        rc = nlsr_copy_side_files(ctx, ft->dir, out_dir, ft->shard_names, ft->nshards);
+    /* Side files (index, config, tokenizer ...) as the policy says (src/io/sidefiles.h). */
+    if (rc == 0)
+        rc = nlsr_sidefiles_copy(ctx, ft, out_dir, R->p->drop_other_weights, &rep->files);
 done:
     if (out >= 0) close(out);
     free(dst);
