@@ -21,7 +21,7 @@
 #include "../src/io/io_sink.h"
 #include "../src/io/safetensors.h"
 #include "../src/plan/planner.h"
-#include "../src/plan/stream.h"
+#include "../src/io/stream.h"
 #include "test.h"
 
 static char tmpdir[256];

@@ -38,7 +38,7 @@
 #include "../src/io/file.h"
 #include "../src/io/outpath.h"
 #include "../src/io/journal.h"
-#include "../src/plan/inplace.h"
+#include "../src/jobs/inplace.h"
 #include "nlsr.h"
 #include "test.h"
 #include "test_files.h"

@@ -31,7 +31,7 @@
 #include "test.h"
 #include "../src/compute/lora_gram.h"
 #include "../src/io/safetensors.h"
-#include "../src/plan/lora.h"
+#include "../src/jobs/lora.h"
 
 #ifndef NLSR_TEST_DATA
 #error "NLSR_TEST_DATA must name tests/data"

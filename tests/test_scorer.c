@@ -34,7 +34,7 @@
 #include "../src/io/outpath.h"
 #include "../src/io/patchfile.h"
 #include "../src/io/safetensors.h"
-#include "../src/plan/realign_full.h"
+#include "../src/jobs/realign_full.h"
 #include "nlsr.h"
 #include "test.h"
 #include "test_files.h"

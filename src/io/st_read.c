@@ -13,7 +13,6 @@
 
 #include "../common/dtype_table.h"
 #include "file.h"
-#include "outpath.h"
 #include "safetensors.h"
 
 #define MAX_SAFE_INT 9007199254740992.0 /* 2^53: doubles are exact integers below it */

@@ -26,7 +26,7 @@
 #include <stdio.h>
 
 #include "../common/budget.h"
-#include "stream.h"
+#include "../io/stream.h"
 
 #define NLSR_PLAN_MAX_CK 3
 

@@ -37,9 +37,4 @@ uint64_t nlsr_patch_fingerprint(const nlsr_pf_reader *pf);
  * selection parameters (mode, semantics, prune_rate, epsilon, tau, seed). */
 uint64_t nlsr_inplace_key(uint64_t patch_fp, const nlsr_select_params *sp);
 
-/* For jobs that read a fine-tuned checkpoint into another folder (--out): refuses a folder whose
- * in-place realignment was interrupted (its bytes are half patched) with NLSR_E_JOURNAL and a
- * message saying to roll it back. A file path, or a folder without a journal, passes. */
-int nlsr_inplace_check_input(nlsr_ctx *ctx, const char *path);
-
 #endif

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "../common/ctx.h"
+#include "../common/json.h"
 #include "../io/checkpoint.h"
 #include "../io/file.h"
 #include "../io/hub.h"
@@ -28,7 +29,7 @@
 #include "lora.h"
 #include "realign_full.h"
 #include "report.h"
-#include "targets.h"
+#include "../plan/targets.h"
 
 #define STATE_MAX (16u << 20)
 /* LoRA: bytes compared (and staged) at a time between the adapter and its realigned copy. */
@@ -136,23 +137,6 @@ static int inplace_tmp_dir(nlsr_ctx *ctx, const char *dir, char **tdir)
     int rc = nlsr_tmp_dir(ctx, dest, tdir);
     free(dest);
     return rc;
-}
-
-int nlsr_inplace_check_input(nlsr_ctx *ctx, const char *path)
-{
-    if (nlsr_is_dir(path) != 1) return 0;
-    nlsr_journal_info ji;
-    int rc = nlsr_journal_inspect(ctx, path, &ji);
-    nlsr_journal_state s = ji.state;
-    nlsr_journal_info_free(&ji);
-    if (rc < 0) return NLSR_E_JOURNAL;
-    /* A journal torn at its creation had changed nothing: the bytes are the original ones. */
-    NLSR_FAIL_IF(s == NLSR_JOURNAL_WRITING || s == NLSR_JOURNAL_ROLLING_BACK, &ctx->err,
-                 NLSR_E_JOURNAL,
-                 "%s: an interrupted in-place %s left its tensors half patched: run 'nlsr "
-                 "rollback %s' first",
-                 path, s == NLSR_JOURNAL_ROLLING_BACK ? "rollback" : "realignment", path);
-    return 0;
 }
 
 /* ---- the state file --------------------------------------------------------------------- */

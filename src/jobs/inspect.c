@@ -16,7 +16,7 @@
 #include "../io/file.h"
 #include "../io/outpath.h"
 #include "../io/sidefiles.h"
-#include "targets.h"
+#include "../plan/targets.h"
 
 #define DUMP_CHUNK 65536u
 

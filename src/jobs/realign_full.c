@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "../common/ctx.h"
+#include "../common/json.h"
 #include "../common/dtype_table.h"
 #include "../compute/convert.h"
 #include "../compute/kth.h"
@@ -28,8 +29,8 @@
 #include "../io/journal.h"
 #include "../io/sidefiles.h"
 #include "scorer.h"
-#include "stream.h"
-#include "targets.h"
+#include "../io/stream.h"
+#include "../plan/targets.h"
 
 #define STREAM_DEPTH 2u
 #define NHIST NLSR_KTH_BUCKETS

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../io/checkpoint.h"
+#include "checkpoint.h"
 
 #define NLSR_STREAM_MAX_SPANS 4
 

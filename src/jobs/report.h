@@ -107,9 +107,5 @@ void nlsr_report_print_human(const nlsr_report *r, const nlsr_realign_params *p,
 int nlsr_report_emit(nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p);
 void nlsr_report_free(nlsr_report *r);
 
-/* A cJSON number item that prints the shortest decimal string reading back as exactly v
- * (cJSON's own printing may drop the last digits); NaN and infinities become null. */
-struct cJSON;
-struct cJSON *nlsr_json_number(double v);
 
 #endif

@@ -16,11 +16,12 @@
 #include <unistd.h>
 
 #include "../common/ctx.h"
+#include "../common/json.h"
 #include "../compute/selection.h"
 #include "../io/file.h"
 #include "../io/outpath.h"
 #include "audit.h"
-#include "scorer.h"
+#include "../common/params.h"
 
 static double now_seconds(void)
 {
@@ -160,17 +161,6 @@ static const char *mode_name(nlsr_select_mode m)
     case NLSR_SELECT_NONE: return "none";
     }
     return "?";
-}
-
-cJSON *nlsr_json_number(double v)
-{
-    if (!isfinite(v)) return cJSON_CreateNull();
-    char buf[40];
-    for (int prec = 15; prec <= 17; prec++) {
-        snprintf(buf, sizeof buf, "%.*g", prec, v);
-        if (strtod(buf, NULL) == v) break;
-    }
-    return cJSON_CreateRaw(buf);
 }
 
 static cJSON *num_or_null(double v)

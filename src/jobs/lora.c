@@ -30,8 +30,8 @@
 #include "audit.h"
 #include "../io/sidefiles.h"
 #include "report.h"
-#include "stream.h"
-#include "targets.h"
+#include "../io/stream.h"
+#include "../plan/targets.h"
 
 #define SUFFIX_A ".lora_A.weight"
 #define SUFFIX_B ".lora_B.weight"

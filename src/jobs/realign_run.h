@@ -20,7 +20,7 @@
 #define NLSR_PLAN_REALIGN_RUN_H
 
 #include "../io/checkpoint.h"
-#include "planner.h"
+#include "../plan/planner.h"
 #include "report.h"
 #include "realign_full.h"
 

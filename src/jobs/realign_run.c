@@ -27,9 +27,9 @@
 #include "../io/file.h"
 #include "../io/io.h"
 #include "../io/sidefiles.h"
-#include "progress.h"
-#include "stream.h"
-#include "targets.h"
+#include "../plan/progress.h"
+#include "../io/stream.h"
+#include "../plan/targets.h"
 
 /* Elements computed at a time: the f32 staging of a chunk stays in the L2 cache. */
 #define CH 4096u

@@ -31,14 +31,9 @@
 #include <stdio.h>
 
 #include "../io/checkpoint.h"
-#include "planner.h"
+#include "../plan/planner.h"
 
 struct cJSON;
-
-/* "magnitude", "lowrank", "wanda"; "paper", "authors", "direct"; "row", "matrix". */
-const char *nlsr_scorer_kind_name(nlsr_scorer_kind k);
-const char *nlsr_rank_mode_name(nlsr_rank_mode m);
-const char *nlsr_wanda_mode_name(nlsr_wanda_mode m);
 
 /* The scorer parameters' ranges and combinations: wanda needs activations, magnitude takes
  * none, rank_fraction in (0, 1] when rank is 0, power_iters in [0, 64]. NLSR_E_USAGE. */
@@ -141,17 +136,6 @@ int nlsr_scorer_plan_print(nlsr_ctx *ctx, const nlsr_plan *plan, const nlsr_ckpt
                            const nlsr_realign_params *p, double read_bw, double write_bw,
                            const char *bw_source, int json, FILE *out);
 
-/* ---- records ------------------------------------------------------------------------------- */
-
-/* The scorer's parameters as a JSON object for the patch header and the report:
- * {"name": "magnitude"}, or for lowrank {"name", "rank" (null when a fraction is used),
- * "rank_fraction" (null when a rank is given), "rank_reading", "power_iters", "oversample",
- * "svd" ("auto" or "exact"), "seed", "activations" (absolute path or null)}, for wanda {"name",
- * "select", "activations"}. NULL on out-of-memory. */
-struct cJSON *nlsr_scorer_params_json(const nlsr_scorer_params *sp);
-/* Reads such an object back (NULL: magnitude, for files written before scorers existed).
- * Strings point into o. NLSR_E_FORMAT naming `file` when malformed. */
-int nlsr_scorer_params_from_json(const struct cJSON *o, nlsr_scorer_params *sp,
-                                 const char *file, nlsr_err *e);
+#include "../common/params.h"
 
 #endif

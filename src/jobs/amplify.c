@@ -24,8 +24,8 @@
 #include "../io/io_sink.h"
 #include "../io/sidefiles.h"
 #include "lora.h"
-#include "planner.h"
-#include "progress.h"
+#include "../plan/planner.h"
+#include "../plan/progress.h"
 #include "realign_full.h"
 
 

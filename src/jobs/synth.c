@@ -26,8 +26,8 @@
 #include "../io/file.h"
 #include "../io/io_sink.h"
 #include "../io/safetensors.h"
-#include "planner.h"
-#include "progress.h"
+#include "../plan/planner.h"
+#include "../plan/progress.h"
 #include "realign_full.h"
 
 #define STEP 2048u

@@ -14,11 +14,11 @@
 #include "../common/ctx.h"
 #include "../io/file.h"
 #include "../io/hub.h"
+#include "../io/journal.h"
 #include "../io/lock.h"
 #include "../io/patchfile.h"
-#include "audit.h"
 #include "../io/sidefiles.h"
-#include "inplace.h"
+#include "audit.h"
 #include "realign_full.h"
 #include "realign_run.h"
 #include "report.h"
@@ -204,7 +204,7 @@ int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const 
     int rc = lock_inputs(ctx, inputs, 2, locks);
     if (rc == 0) rc = nlsr_pf_open(ctx, patches, &pf);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
-    if (rc == 0) rc = nlsr_inplace_check_input(ctx, finetuned);
+    if (rc == 0) rc = nlsr_journal_check_input(ctx, finetuned);
     /* What the output folder will hold beside the weights (src/io/sidefiles.h). */
     if (rc == 0) rc = nlsr_sidefiles_load(ctx, T, p->drop_other_weights, 0, &rep.files);
     if (rc < 0) goto done;
@@ -278,7 +278,7 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     int rc = lock_inputs(ctx, inputs, 3, locks);
     if (rc == 0) rc = open_pair(ctx, base, srcp, &B, &S);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
-    if (rc == 0) rc = nlsr_inplace_check_input(ctx, finetuned);
+    if (rc == 0) rc = nlsr_journal_check_input(ctx, finetuned);
     /* What the output folder will hold beside the weights (src/io/sidefiles.h). */
     if (rc == 0) rc = nlsr_sidefiles_load(ctx, T, p->drop_other_weights, 0, &rep.files);
     if (rc < 0) goto done;
