@@ -218,7 +218,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-        printf("nlsr %s\n", NLSR_VERSION);
+        printf("nlsr %s\n", nlsr_version()); /* the library linked, not the header */
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
