@@ -24,6 +24,7 @@
 #include "../io/journal.h"
 #include "../io/lock.h"
 #include "../io/outpath.h"
+#include "audit.h"
 #include "lora.h"
 #include "realign_full.h"
 #include "report.h"
@@ -768,6 +769,16 @@ static int refuse_shared_store(const ip_job *J, const nlsr_ckpt *T)
     return 0;
 }
 
+/* Weights beside the checkpoint's own would stay unpatched next to the realigned ones, for a
+ * loader to pick (model.safetensors beside an index): refused in place (src/io/sidefiles.h). */
+static int check_other_weights(nlsr_ctx *ctx, const nlsr_ckpt *T)
+{
+    nlsr_sidefiles sf;
+    NLSR_FORWARD(nlsr_sidefiles_load(ctx, T, 0, 1, &sf));
+    nlsr_sidefiles_free(&sf);
+    return 0;
+}
+
 /* Opens the patches and the checkpoint and runs every header check; then the locked part.
  * `job` is "apply" or "run" (for the report and the state). */
 static int apply_job(ip_job *J, const char *patches)
@@ -789,8 +800,13 @@ static int apply_job(ip_job *J, const char *patches)
     if (rc == 0) rc = nlsr_pf_open(ctx, patches, &pf);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, J->dir, &T);
     if (rc == 0) rc = refuse_shared_store(J, T);
+    if (rc == 0) rc = check_other_weights(ctx, T);
     if (rc < 0) goto done;
     int lora = strcmp(pf->kind, "lora") == 0;
+    /* run's patch file is its own temporary one: its inputs were named by run. */
+    if (strcmp(J->job, "apply") == 0) nlsr_audit_input_file(ctx, "patches", patches);
+    nlsr_audit_input_ckpt(ctx, "finetuned", J->dir, T);
+    nlsr_audit_output(ctx, "out", J->dir, 1);
     if (lora != (nlsr_ckpt_get_kind(T) == NLSR_CKPT_PEFT)) {
         rc = nlsr_fail(e, NLSR_E_MISMATCH, "patch file %s holds %s patches but %s is %s", patches,
                        lora ? "LoRA" : "full-weight", J->dir,
@@ -830,7 +846,9 @@ int nlsr_apply_inplace(nlsr_ctx *ctx, const char *patches, const char *dir,
                  "apply in place needs a patch file and a checkpoint folder");
     ip_job J;
     job_init(&J, ctx, dir, "apply", p, ip ? ip : &ipd, res ? res : &local);
+    int audit = nlsr_audit_begin(ctx, p);
     int rc = apply_job(&J, patches);
+    nlsr_audit_end(ctx, audit);
     job_free(&J);
     return rc;
 }
@@ -851,6 +869,7 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
     nlsr_ckpt *T = NULL, *S = NULL, *B = NULL;
     char *patch = NULL, *tdir = NULL;
     /* Everything a header can tell is checked before the lock and the (long) prepare. */
+    int audit = nlsr_audit_begin(ctx, p);
     int rc = check_dir(ctx, dir);
     if (rc == 0) {
         const char *in[3] = {dir, base, srcp};
@@ -858,8 +877,10 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
     }
     if (rc == 0) rc = nlsr_ckpt_open(ctx, dir, &T);
     if (rc == 0) rc = refuse_shared_store(&J, T);
+    if (rc == 0) rc = check_other_weights(ctx, T);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, srcp, &S);
     if (rc < 0) goto done;
+    nlsr_audit_input_ckpt(ctx, aligned ? "aligned" : "reference", srcp, S);
     int peft = nlsr_ckpt_get_kind(S) == NLSR_CKPT_PEFT;
     if (peft != (nlsr_ckpt_get_kind(T) == NLSR_CKPT_PEFT)) {
         rc = nlsr_fail(e, NLSR_E_MISMATCH, "%s %s is %s but %s is %s",
@@ -874,6 +895,7 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
             goto done;
         }
         rc = nlsr_ckpt_open(ctx, base, &B);
+        if (rc == 0) nlsr_audit_input_ckpt(ctx, "base", base, B);
         if (rc == 0) rc = nlsr_full_check_sources(ctx, B, S, aligned == NULL, p);
         if (rc == 0) rc = nlsr_full_check_finetuned(ctx, S, T, p);
         if (rc < 0) goto done;
@@ -916,6 +938,7 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
     T = NULL;
     if (rc == 0) rc = apply_job(&J, patch);
 done:
+    nlsr_audit_end(ctx, audit);
     nlsr_tmp_remove(tdir);
     free(tdir);
     free(patch);

@@ -24,6 +24,7 @@
 #include "../common/ctx.h"
 #include "../io/file.h"
 #include "../io/io.h"
+#include "audit.h"
 
 /* Request size and queue depth: large enough that per-request costs vanish and the device
  * sees several requests at once, small enough that the head of the next unit arrives early.
@@ -528,6 +529,14 @@ int nlsr_stream_next(nlsr_stream *s, const nlsr_unit **unit, const unsigned char
             NLSR_FORWARD(set_err(s, nlsr_io_map_populate(&sl->map[k], &s->ctx->err)));
     const nlsr_unit *u = &s->units[s->next_deliver];
     for (int k = 0; k < u->nspans; k++) s->ctx->bytes_read += nlsr_span_bytes(&u->span[k]);
+    if (s->ctx->audit) /* the report's fingerprints, from the bytes as delivered (audit.h) */
+        for (int k = 0; k < u->nspans; k++) {
+            const nlsr_span *sp = &u->span[k];
+            const st_file *f = span_file(sp);
+            uint64_t off = ck_tensor_offset(sp->ck, sp->tensor) +
+                           sp->first * nlsr_dtype_size(sp->ck->t[sp->tensor].t->dtype);
+            nlsr_audit_tap(s->ctx, f->fd, off, sl->ptr[k], (size_t)nlsr_span_bytes(sp));
+        }
     s->next_deliver++;
     s->held = 1;
     *unit = u;
