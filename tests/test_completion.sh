@@ -77,10 +77,13 @@ has "nlsr " inspect dump rewrite run prepare apply rollback amplify plan synth h
 # Each command's options, and not another's (apply's patch file fixes --beta).
 expect "nlsr apply --pa" "--patches"
 lacks "nlsr apply --" --beta --sparsity --targets --base --scorer
-has "nlsr apply --" --patches --finetuned --out --in-place --dry-run --wait --seed --report
+has "nlsr apply --" --patches --finetuned --out --in-place --dry-run --wait --seed --report \
+    --drop-other-weights
 has "nlsr run --" --base --aligned --reference --finetuned --out --beta --in-place --scorer \
     --rank-fraction --revision --mem-budget --io --threads
 lacks "nlsr run --" --patches --discard-journal --preset
+lacks "nlsr prepare --" --drop-other-weights --in-place --patches
+expect "nlsr rewrite --" "--drop-other-weights --force"
 expect "nlsr rollback --" "--discard-journal --force --json --quiet --wait"
 has "nlsr synth --" --preset --role --layers --seed --dtype --shard-size --out --force
 has "nlsr plan --" --bandwidth --no-time --measure-read --finetuned --scorer
