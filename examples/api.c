@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* examples/api.c: realigning a fine-tune through the public API (include/nlsr.h), the way a
  * program linked against an installed libnlsr does it:
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* nlsr: Neuron-Level Safety Realignment of fine-tuned LLM checkpoints, streamed out of core.
  *
  * The one public header. Every function returns 0 (or a count) on success and a negative code

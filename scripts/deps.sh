@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Installs the Debian packages nlsr builds and tests with (run as root, or with sudo present).
 set -euo pipefail
 # man-db, groff-base and bash-completion: the tests render the man pages and drive the completion.

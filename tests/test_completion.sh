@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The bash completion (completions/nlsr), sourced in a test shell and driven the way bash drives
 # it (COMP_WORDS, COMP_CWORD, COMP_LINE, COMP_POINT, then the function `complete -p nlsr`
 # names): commands, each command's own options and no other command's, option values, folders

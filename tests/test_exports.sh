@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # The shared library's ABI is include/nlsr.h and nothing else: `nm -D --defined-only` on
 # libnlsr.so lists only nlsr_* names, each one a function the header declares, and every
 # function the header declares is exported. The header's functions come from the compiler

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # nlsr installs like a C library (README "Install"): `cmake --install` into a temporary prefix,
 # moved elsewhere afterwards (nlsr.pc and the CMake package are relocatable), gives the program,
 # libnlsr.so.0 (SONAME libnlsr.so.0) and libnlsr.a, the header, nlsr.pc, the CMake package, the

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # The store sweep examples do what they say: examples/crontab's job line and
 # examples/systemd/nlsr-sweep.service's ExecStart= line, run as written by /bin/sh with cron's
 # short environment, only their paths moved to a temporary store (two copies of the fixtures'

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # examples/systemd/nlsr-sweep.service and .timer pass `systemd-analyze verify` without a word
 # (it exits 0 on some errors it only prints, so its output must be empty too), with the
 # Documentation= page found: nlsr(1) from man/.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* One version everywhere: include/nlsr.h's NLSR_VERSION_MAJOR/MINOR/PATCH and NLSR_VERSION,
  * nlsr_version() of the static and of the shared library, CMake's project version (which
  * CMakeLists.txt reads from the header), the shared library's SONAME (libnlsr.so.MAJOR),

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #define _POSIX_C_SOURCE 200809L
 /* The nlsr command line. It uses the public header only. Exit status: 0 success, 1 failure
  * (bad input, I/O), 2 usage error; in place also 3 locked, 4 interrupted journal (roll back
