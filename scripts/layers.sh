@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The layering check (docs/DESIGN.md "Layers"): fails when a file under src/ includes a header of
 # a layer it may not use, or when the files of src/ include each other in a cycle (a.c and a.h
 # are one module; a module depends on every module whose header it includes). Run it from

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* In-place realignment, the undo journal, rollback, the lock and the state file (issue 6), on
  * tests/data/hf-tiny-llama:
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* LoRA adapters through NLSR (issue 5), against the authors' own outputs in
  * tests/data/hf-tiny-llama/authors/:
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Full-weight prepare / apply / run (issue 4) over tests/data/hf-tiny-llama:
  *
  *  - reports and output tensors match expected/full_bf16_all.json and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Step 2's scorers in the full-weight pipeline (issue 7): prepare / run with --scorer lowrank
  * and --scorer wanda.
  *

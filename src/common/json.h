@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Small JSON helpers shared by the report, the patch file's header and the parameters: numbers
  * that read back exactly, 64-bit integers beyond double's range. */
 #ifndef NLSR_COMMON_JSON_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The parameters' names and their JSON form (the report, the patch file's header). */
 #define _GNU_SOURCE
 #include "params.h"

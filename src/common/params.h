@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The realignment parameters' names and JSON form, shared by the report and the patch file's
  * header (one spelling everywhere). */
 #ifndef NLSR_COMMON_PARAMS_H

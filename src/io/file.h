@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Plain file helpers: whole reads/writes that survive EINTR and short transfers, durable
  * renames, cheap copies. Everything returns 0 or -errno and records a message naming the path. */
 #ifndef NLSR_IO_FILE_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The undo journal: writer, reader, rollback, and the durable-write helpers of in-place jobs.
  * The format and the reasoning behind the write order are in journal.h and docs/JOURNAL.md. */
 #define _GNU_SOURCE

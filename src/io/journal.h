@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The undo journal of in-place realignment (byte layout: docs/JOURNAL.md). In short:
  *
  *   0      64   preamble: "NLSRJRNL", u32 version 1, u32 flags, u64 id, u64 created, u64 pid,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Output paths, temporary names, tree removal and safe opens: the rules are in outpath.h. */
 #define _GNU_SOURCE
 #include "outpath.h"

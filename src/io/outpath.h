@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Every path nlsr writes or removes goes through this module, so that the rules that keep a
  * store of other people's checkpoints safe live in one place (README "Output safety"):
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The validating safetensors reader. Every check happens here, before any tensor byte is read:
  * several C readers of this format shipped out-of-bounds bugs from unchecked offsets or a
  * wrapped shape product, so nothing from the header is trusted until it has passed. */

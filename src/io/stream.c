@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The read stream (stream.h) over the I/O backends.
  *
  * `depth` slots form a ring; unit u lives in slot u % depth. While the caller holds unit u,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Streaming reads of tensor element ranges from several checkpoints at once.
  *
  * A job describes its work as a list of units; each unit is up to NLSR_STREAM_MAX_SPANS spans

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Step 1 for full checkpoints (METHOD.md): the safety reference e = a + beta (a - b), streamed.
  *
  * The plan (planner.h) follows the aligned checkpoint shard by shard and tensor by tensor in

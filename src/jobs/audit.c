@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The report's audit record (audit.h): paths, times, host, and XXH64 fingerprints of the
  * bytes the job read and wrote. */
 #define _GNU_SOURCE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The report's audit record: who ran what, where, when, on which bytes.
  *
  * A job that writes a report (--report FILE or --json) begins an audit on its context, names

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* In-place realignment and rollback: the order of operations that keeps a checkpoint folder
  * recoverable at every moment is described in inplace.h; the journal's own order in
  * src/io/journal.h. */

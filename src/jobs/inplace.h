@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* In-place realignment and rollback (the public nlsr_apply_inplace, nlsr_run_inplace and
  * nlsr_rollback): the folder's lock, its undo journal (src/io/journal.h) and its state file.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* `inspect`, `dump` and the writer round trip: whole-checkpoint views built from the I/O layer
  * (headers, reads) and the compute layer (conversions). */
 #define _GNU_SOURCE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The public realignment jobs: nlsr_prepare, nlsr_apply, nlsr_run. They open the inputs,
  * validate everything that can be validated from headers before anything is written, send
  * PEFT adapters to the LoRA jobs (lora.h) and full checkpoints to realign_full.c, and own the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* PEFT LoRA adapters through the three NLSR steps (METHOD.md): module discovery and the
  * cross-checks between adapters, step 1 (amplification of the aligned adapter; the base is the
  * zero adapter), step 2 (per-factor magnitude masks, or masks from a file in the authors'

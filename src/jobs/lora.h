@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* PEFT LoRA adapters through the three NLSR steps (METHOD.md, LoRA section).
  *
  * For LoRA the base is the zero adapter, so the safety reference needs only the aligned adapter.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* LoRA prepare and apply through the prepared-patches file (src/io/patchfile.h, kind "lora").
  *
  * A LoRA module is stored as two tensors, role "lora_A" then "lora_B", named like the factors

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The `nlsr plan` job (nlsr_plan_print, nlsr_plan_read): opens the checkpoints, asks the planner
  * (src/plan/planner.h) for the job's plan, adds run's own plan (realign_run.h) and the scorer's
  * (scorer.h), measures the disk when asked, and prints or returns it. A job, not the planner:

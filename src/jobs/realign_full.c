@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Full-weight realignment: prepare (steps 1-2 into a patch file) and apply (step 3 into an
  * output checkpoint), both streamed through nlsr_stream with every buffer on the budget. The
  * plan of passes is in realign_full.h; the arithmetic is METHOD.md's, to the bit. */

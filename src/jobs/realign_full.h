@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Full-weight realignment (METHOD.md steps 1-3 on safetensors checkpoints), streamed:
  *
  *   prepare: base + aligned (or a prebuilt reference) -> patch file. Per target module, in

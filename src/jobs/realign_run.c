@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* `run` for full weights in one streamed pass (realign_run.h): no patch file, each target
  * module read once from base, aligned and fine-tuned, the fine-tune read once more while the
  * output is written. The arithmetic is realign_full.c's (prepare + apply), value for value and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* `run` on full weights in a single pass, without a patch file:
  *
  *   phase A  one read stream delivers each target module whole, base + aligned + fine-tuned

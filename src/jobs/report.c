@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The job report: one table of per-module results that both the full-weight and the LoRA jobs
  * fill, rendered as JSON for machines and as a few lines on stderr for people. */
 #define _GNU_SOURCE

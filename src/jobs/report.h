@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The report of a realignment job (prepare, apply, run; full weights or LoRA): per-module
  * results in METHOD.md's module order, the parameters and a summary, written as JSON (--report
  * FILE, --json on stdout) and as a short human summary on stderr.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Step 2's low-rank and Wanda scorers in the full-weight prepare (scorer.h), the activations
  * file they read, their plan and their records. */
 #define _GNU_SOURCE

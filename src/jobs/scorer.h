@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Step 2's scorers in the full-weight prepare (METHOD.md step 2, docs/LOWRANK.md): the
  * magnitude rule's threshold applied to another score than |e_s - b|.
  *

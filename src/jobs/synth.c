@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* `nlsr synth`: synthetic Llama checkpoints with real tensor names and shapes, for tests and
  * benchmarks at sizes no fixture can have.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The planner (planner.h): units, depth, buffers, bytes and ranges of a streaming job. */
 #define _GNU_SOURCE
 #include "planner.h"
