@@ -75,8 +75,14 @@ uint64_t nlsr_patch_fingerprint(const nlsr_pf_reader *pf)
             const nlsr_pf_tensor *t = &m->t[k];
             nlsr_xxh64_update(&s, t->name, strlen(t->name) + 1);
             nlsr_xxh64_update(&s, t->role, strlen(t->role) + 1);
+            /* The directory is read in chunks from the file's block table; a read that fails
+             * (the file changed since it was opened) makes a fingerprint no state matches. */
             for (size_t b = 0; b < t->nblocks; b++) {
-                const nlsr_pf_block *bl = &t->blocks[b];
+                nlsr_pf_block blk, *bl = &blk;
+                if (nlsr_pf_block_get(pf, t, b, &blk) < 0) {
+                    nlsr_xxh64_update(&s, "unreadable", 11);
+                    break;
+                }
                 unsigned char le[40];
                 put64le(le, bl->first);
                 put64le(le + 8, bl->count);
