@@ -86,8 +86,20 @@ int nlsr_ctx_cancelled(const nlsr_ctx *ctx);
 typedef enum nlsr_io_kind { NLSR_IO_AUTO, NLSR_IO_URING, NLSR_IO_PREAD, NLSR_IO_MMAP } nlsr_io_kind;
 const char *nlsr_io_kind_name(nlsr_io_kind k);
 
-/* Memory budget in bytes for every buffer a job allocates (0 = unlimited; default 1 GiB). */
+/* A context's budget until one is set: 1 GiB (the nlsr program's default is auto). */
+#define NLSR_MEM_BUDGET_DEFAULT (1ull << 30)
+/* Given to nlsr_ctx_set_mem_budget: derive the budget from what the machine can give now
+ * (half of MemAvailable or of the cgroup's room, whichever is smaller, between 256 MiB and
+ * 64 GiB; README "Memory budget"). */
+#define NLSR_MEM_BUDGET_AUTO UINT64_MAX
+/* Memory budget in bytes for every buffer a job allocates (0 = unlimited, NLSR_MEM_BUDGET_AUTO,
+ * default NLSR_MEM_BUDGET_DEFAULT). A number is a hard limit. */
 void nlsr_ctx_set_mem_budget(nlsr_ctx *ctx, uint64_t bytes);
+/* The budget in force (auto resolved to bytes). */
+uint64_t nlsr_ctx_mem_budget(const nlsr_ctx *ctx);
+/* How an auto budget was derived ("half of MemAvailable 12.4 GiB, below the cgroup limit
+ * 20.0 GiB"); "" for a budget given in bytes. */
+const char *nlsr_ctx_mem_budget_reason(const nlsr_ctx *ctx);
 /* Highest budget use so far, in bytes. */
 uint64_t nlsr_ctx_mem_peak(const nlsr_ctx *ctx);
 void nlsr_ctx_set_io(nlsr_ctx *ctx, nlsr_io_kind kind);
@@ -111,6 +123,8 @@ void nlsr_ctx_counters(const nlsr_ctx *ctx, uint64_t *bytes_read, uint64_t *byte
 int nlsr_ctx_set_revision(nlsr_ctx *ctx, const char *revision);
 /* Parses "512M", "1.5G", "4G", "1048576" (binary units) into bytes; NLSR_E_USAGE if invalid. */
 int nlsr_parse_size(const char *s, uint64_t *out);
+/* --mem-budget's value: "auto" (NLSR_MEM_BUDGET_AUTO) or a size as nlsr_parse_size reads it. */
+int nlsr_parse_mem_budget(const char *s, uint64_t *out);
 
 /* ---- realignment parameters (METHOD.md) -------------------------------------------------- */
 

@@ -28,8 +28,8 @@ int cli_common_opt(int argc, char **argv, int *i, cli_common *c)
     if (*i + 1 >= argc) return cli_usage_error("%s needs a value", o);
     const char *v = argv[++*i];
     if (mem) {
-        if (nlsr_parse_size(v, &c->mem) != 0)
-            return cli_usage_error("--mem-budget needs a size such as 512M, 1.5G or 4G, not '%s'",
+        if (nlsr_parse_mem_budget(v, &c->mem) != 0)
+            return cli_usage_error("--mem-budget needs auto or a size such as 512M, 1.5G or 4G, not '%s'",
                                    v);
         c->have_mem = 1;
         return 1;
@@ -150,7 +150,7 @@ int cmd_amplify(int argc, char **argv)
     int rc = nlsr_ctx_set_revision(ctx, revision);
     if (rc == 0) rc = nlsr_amplify(ctx, base, aligned, out, &p);
     int status = rc < 0 ? cli_fail(ctx, rc) : 0;
-    if (rc == 0) cli_summary("amplify", out, ctx, cli_now() - t0, c.have_mem ? c.mem : 1ull << 30, &c);
+    if (rc == 0) cli_summary("amplify", out, ctx, cli_now() - t0, nlsr_ctx_mem_budget(ctx), &c);
     nlsr_ctx_free(ctx);
     return status;
 }

@@ -100,7 +100,7 @@ int cmd_plan(int argc, char **argv)
         int rc = nlsr_plan_read(ctx, base, aligned, finetuned, &p);
         int status = rc < 0 ? cli_fail(ctx, rc) : 0;
         if (rc == 0)
-            cli_summary("read", "", ctx, cli_now() - t0, c.have_mem ? c.mem : 1ull << 30, &c);
+            cli_summary("read", "", ctx, cli_now() - t0, nlsr_ctx_mem_budget(ctx), &c);
         nlsr_ctx_free(ctx);
         return status;
     }

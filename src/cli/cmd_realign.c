@@ -170,8 +170,8 @@ static int set_opt(args *a, enum opt_id id, const char *opt, const char *v)
     case O_TARGETS: return parse_targets(a, v);
     case O_REPORT: p->report_path = v; break;
     case O_MEM:
-        if (nlsr_parse_size(v, &a->mem) != 0)
-            return cli_usage_error("--mem-budget needs a size like 512M or 4G, got '%s'", v);
+        if (nlsr_parse_mem_budget(v, &a->mem) != 0)
+            return cli_usage_error("--mem-budget needs auto or a size like 512M or 4G, got '%s'", v);
         a->have_mem = 1;
         break;
     case O_IO:

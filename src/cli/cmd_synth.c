@@ -74,7 +74,7 @@ int cmd_synth(int argc, char **argv)
     double t0 = cli_now();
     int rc = nlsr_synth(ctx, &p, out);
     int status = rc < 0 ? cli_fail(ctx, rc) : 0;
-    if (rc == 0) cli_summary("synth", out, ctx, cli_now() - t0, c.have_mem ? c.mem : 1ull << 30, &c);
+    if (rc == 0) cli_summary("synth", out, ctx, cli_now() - t0, nlsr_ctx_mem_budget(ctx), &c);
     nlsr_ctx_free(ctx);
     return status;
 }

@@ -55,7 +55,7 @@ static void usage(FILE *f)
           "  synth --preset tiny|llama-8b|llama-70b --role base|aligned|finetuned --out DIR\n"
           "        [--layers N] [--seed S] [--dtype bf16|f16|f32] [--shard-size 5G]\n"
           "                                 write a synthetic checkpoint\n"
-          "      engine options: --mem-budget SIZE (default 1G) --io auto|uring|pread|mmap\n"
+          "      engine options: --mem-budget SIZE|auto (default auto) --io auto|uring|pread|mmap\n"
           "                      -q --json\n"
           "  version                        print the version\n"
           "\n"
@@ -99,6 +99,8 @@ nlsr_ctx *cli_ctx_create(void)
         return NULL;
     }
     if (ctx) nlsr_ctx_set_cancel_flag(ctx, &stop_signal);
+    /* The program's default budget is what the machine can give; --mem-budget replaces it. */
+    if (ctx) nlsr_ctx_set_mem_budget(ctx, NLSR_MEM_BUDGET_AUTO);
     return ctx;
 }
 
