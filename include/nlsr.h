@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <signal.h>
 #include <stdio.h>
 
 #ifdef __cplusplus
@@ -30,7 +31,8 @@ enum {
     NLSR_E_EXISTS = -5008,   /* output exists (use force) */
     NLSR_E_LOCKED = -5009,   /* another run holds the checkpoint's lock */
     NLSR_E_JOURNAL = -5010,  /* interrupted or damaged journal */
-    NLSR_E_CHECKSUM = -5011  /* a stored checksum does not match */
+    NLSR_E_CHECKSUM = -5011, /* a stored checksum does not match */
+    NLSR_E_CANCELLED = -5012 /* stopped by nlsr_ctx_cancel or the cancel flag (a signal) */
 };
 
 /* Static description of a code; the context's message says more. */
@@ -59,6 +61,16 @@ void nlsr_ctx_free(nlsr_ctx *ctx);
 /* The first error's message since the last clear ("" if none). Owned by ctx. */
 const char *nlsr_ctx_error(const nlsr_ctx *ctx);
 void nlsr_ctx_clear_error(nlsr_ctx *ctx);
+/* Cancellation: a job on ctx stops at its next safe point (between units of its streams, before
+ * a journal record, before its output is moved into place), removes its temporary outputs,
+ * rolls an in-place realignment back, and returns NLSR_E_CANCELLED. nlsr_ctx_cancel is
+ * async-signal-safe (a signal handler may call it; `why`, e.g. the signal number, must be
+ * nonzero); a flag set with nlsr_ctx_set_cancel_flag is read the same way (*flag nonzero:
+ * cancelled with that value), so one flag can serve several contexts. */
+void nlsr_ctx_cancel(nlsr_ctx *ctx, int why);
+void nlsr_ctx_set_cancel_flag(nlsr_ctx *ctx, const volatile sig_atomic_t *flag);
+/* The nonzero value given to nlsr_ctx_cancel or found in the flag; 0 if not cancelled. */
+int nlsr_ctx_cancelled(const nlsr_ctx *ctx);
 
 /* I/O backends for streaming reads and writes (see docs/DESIGN.md). AUTO tries io_uring, then
  * pread, then mmap, and says once on stderr when it steps down. */
@@ -76,8 +88,18 @@ nlsr_io_kind nlsr_ctx_io_used(const nlsr_ctx *ctx);
 void nlsr_ctx_set_quiet(nlsr_ctx *ctx, int quiet);
 /* Compute threads (OpenBLAS and kernels); default 1. */
 void nlsr_ctx_set_threads(nlsr_ctx *ctx, int threads);
+/* The command line that started the job (copied), recorded in reports' audit section
+ * (docs: README "The report"). 0 or -ENOMEM. */
+int nlsr_ctx_set_command_line(nlsr_ctx *ctx, int argc, const char *const *argv);
 /* Bytes read from and written to checkpoint files by jobs so far. */
 void nlsr_ctx_counters(const nlsr_ctx *ctx, uint64_t *bytes_read, uint64_t *bytes_written);
+/* The revision that Hugging Face hub cache repository folders (models--org--name) given as
+ * checkpoints resolve to: a ref name under refs/ or a commit hash (a snapshot folder's name,
+ * or a unique prefix of 7+ hex digits). NULL (the default) is refs/main. Every repository
+ * folder among a job's inputs must have it; a snapshot folder whose repository has it must be
+ * that revision's snapshot; plain folders and files ignore it. A name
+ * with '..', '.', empty or leading '/' parts is NLSR_E_USAGE. README "Input layouts". */
+int nlsr_ctx_set_revision(nlsr_ctx *ctx, const char *revision);
 /* Parses "512M", "1.5G", "4G", "1048576" (binary units) into bytes; NLSR_E_USAGE if invalid. */
 int nlsr_parse_size(const char *s, uint64_t *out);
 
@@ -170,11 +192,15 @@ typedef struct nlsr_realign_params {
     const char *mask_out_path;    /* LoRA prepare/run: also write the masks there, as a
                                      safetensors file in the authors' layout (NULL = none) */
     nlsr_scorer_params scorer;    /* step 2's scorer (full weights); magnitude by default */
+    int drop_other_weights;       /* leave out of the output folder the weights nlsr does not
+                                     realign (consolidated.safetensors, *.bin, original/ ...),
+                                     which are refused otherwise (README "What the output
+                                     folder holds"); in place they are refused always */
 } nlsr_realign_params;
 
 #define NLSR_REALIGN_PARAMS_DEFAULT                                                               \
     ((nlsr_realign_params){0.9, 0.8, NLSR_SELECT_PARAMS_DEFAULT, NULL, 0, NLSR_AMPLIFY_PAPER,    \
-                           0.9, NULL, 0, NULL, 0, NULL, NLSR_SCORER_PARAMS_DEFAULT})
+                           0.9, NULL, 0, NULL, 0, NULL, NLSR_SCORER_PARAMS_DEFAULT, 0})
 
 /* ---- checkpoints ------------------------------------------------------------------------ */
 
@@ -197,13 +223,20 @@ typedef struct nlsr_tensor_info {
 } nlsr_tensor_info;
 
 /* Opens and validates a checkpoint: a folder (model.safetensors, sharded with
- * model.safetensors.index.json, or a PEFT adapter), or one .safetensors file. Every header is
- * validated before anything else is done; no tensor data is read. */
+ * model.safetensors.index.json, or a PEFT adapter), or one .safetensors file; a Hugging Face hub
+ * cache snapshot folder (read through its links) or repository folder (resolved to the
+ * context's revision, nlsr_ctx_set_revision). Every header is validated before anything else
+ * is done; no tensor data is read, nothing is written. Other formats (PyTorch pickles, GGUF,
+ * ...) are refused by name, with how to convert them. */
 int nlsr_ckpt_open(nlsr_ctx *ctx, const char *path, nlsr_ckpt **out);
 void nlsr_ckpt_free(nlsr_ckpt *ck);
 
 nlsr_ckpt_kind nlsr_ckpt_get_kind(const nlsr_ckpt *ck);
+/* The path as given (messages name it). */
 const char *nlsr_ckpt_path(const nlsr_ckpt *ck);
+/* The folder or file actually read: for a hub cache repository folder, its snapshot folder
+ * (PATH/snapshots/<commit>); otherwise the path as given. */
+const char *nlsr_ckpt_resolved_path(const nlsr_ckpt *ck);
 /* Tensors are numbered in bytewise name order (C strcmp), the module order of METHOD.md. */
 size_t nlsr_ckpt_tensor_count(const nlsr_ckpt *ck);
 size_t nlsr_ckpt_shard_count(const nlsr_ckpt *ck);
@@ -227,9 +260,12 @@ int nlsr_ckpt_print_inspect(nlsr_ctx *ctx, const nlsr_ckpt *ck, int json, FILE *
 int nlsr_ckpt_print_dump(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *tensor, FILE *out);
 
 /* Rewrites a checkpoint with nlsr's own writer (same tensors, values, metadata, shard layout,
- * index and side files) into `out_dir`, which must not exist unless force. Used to prove the
- * writer round-trips real files. */
-int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, int force);
+ * index and side files) into `out_dir`, which must not exist unless flags has
+ * NLSR_REWRITE_FORCE. Other weights beside the checkpoint's are refused unless flags has
+ * NLSR_REWRITE_DROP_OTHER_WEIGHTS. Used to prove the writer round-trips real files. */
+#define NLSR_REWRITE_FORCE 1
+#define NLSR_REWRITE_DROP_OTHER_WEIGHTS 2
+int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, int flags);
 
 /* ---- jobs -------------------------------------------------------------------------------- */
 /* Each job validates every input (names, shapes, dtypes, finiteness of target tensors) before it

@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 dir=${BUILD_DIR:-build}
-cmake -S . -B "$dir" -DNLSR_WERROR=ON "$@" >/dev/null
+cmake -S . -B "$dir" -DNLSR_WERROR=ON -DNLSR_TEST_HOOKS=ON "$@" >/dev/null
 cmake --build "$dir" -j "$(nproc)"

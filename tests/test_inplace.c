@@ -876,8 +876,9 @@ static void test_lock(void)
 {
     char *d = wpath("lock");
     copy_dir(FT, d);
+    /* Another process's lock: the folder itself, as every nlsr run (or flock(1)) takes it. */
     char *lp = join(d, ".nlsr.lock");
-    int fd = open(lp, O_RDWR | O_CREAT, 0644);
+    int fd = open(d, O_RDONLY | O_DIRECTORY);
     ASSERT_EQ_I(flock(fd, LOCK_EX), 0);
     nlsr_inplace_result r;
     char msg[1024];
@@ -902,7 +903,7 @@ static void test_lock(void)
         ASSERT_TRUE(!nlsr_exists(out));
         /* A reader's shared lock keeps an in-place run out in turn. */
         flock(fd, LOCK_UN);
-        int rfd = open(lp, O_RDONLY);
+        int rfd = open(d, O_RDONLY | O_DIRECTORY);
         ASSERT_EQ_I(flock(rfd, LOCK_SH), 0);
         ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, msg, sizeof msg),
                     NLSR_E_LOCKED);

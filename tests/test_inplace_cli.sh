@@ -70,8 +70,7 @@ check dry_no_files test -z "$(ls -A "$T/d" | grep '^\.')"
 
 # A held lock: exit 3 and one line naming it.
 if command -v flock >/dev/null; then
-    : >"$T/d/.nlsr.lock"
-    flock "$T/d/.nlsr.lock" sleep 3 &
+    flock "$T/d" sleep 3 &
     holder=$!
     sleep 0.3
     "$NLSR" apply --patches "$T/p.nlsrp" --in-place "$T/d" >/dev/null 2>"$T/lock.err"

@@ -829,6 +829,202 @@ static void test_sharded_ok(void)
     nlsr_ctx_free(ctx);
 }
 
+/* ---- Hugging Face hub cache layouts and other formats -------------------------------------- */
+
+/* Opens `path` under `revision` (NULL: none) and returns the code; *msg gets the message,
+ * *resolved the resolved path and *tensor the first tensor's name (when it opened). */
+static int open_rev(const char *path, const char *revision, char *msg, size_t cap,
+                    char *resolved, char *tensor)
+{
+    nlsr_ctx *ctx = nlsr_ctx_create();
+    if (!ctx) exit(1);
+    nlsr_ckpt *ck = NULL;
+    int rc = nlsr_ctx_set_revision(ctx, revision);
+    if (rc == 0) rc = nlsr_ckpt_open(ctx, path, &ck);
+    snprintf(msg, cap, "%s", nlsr_ctx_error(ctx));
+    resolved[0] = tensor[0] = '\0';
+    if (rc == 0) {
+        nlsr_tensor_info ti;
+        nlsr_ckpt_tensor_info(ck, 0, &ti);
+        snprintf(resolved, 4400, "%s", nlsr_ckpt_resolved_path(ck));
+        snprintf(tensor, 64, "%s", ti.name);
+        ASSERT_STR_EQ(nlsr_ckpt_path(ck), path); /* messages keep naming the path as given */
+    }
+    nlsr_ckpt_free(ck);
+    nlsr_ctx_free(ctx);
+    return rc;
+}
+
+static void link_in(const char *dir, const char *name, const char *target)
+{
+    char p[4400];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    if (symlink(target, p) != 0) {
+        fprintf(stderr, "symlink %s: %s\n", p, strerror(errno));
+        exit(1);
+    }
+}
+
+/* A repository folder with two revisions whose one file holds tensor "a" (revision 1) or "b"
+ * (revision 2): refs/main and refs/refs/pr/1 name them, snapshots/ link into blobs/. */
+static void test_hub_layouts(void)
+{
+    const char *R = mkfolder("models--org--name");
+    char d[4400], msg[1024], res[4400], t[64], want[4400];
+#define C1 "aaaaaaa1111111111111111111111111111111111"
+#define C2 "aaaaaaa2222222222222222222222222222222222"
+    snprintf(d, sizeof d, "%s/blobs", R);
+    mkdir(d, 0755);
+    write_in(d, "blob1", "{\"a\":" T_U8_1 "}", 1);
+    write_in(d, "blob2", HDR_B, 1);
+    snprintf(d, sizeof d, "%s/refs", R);
+    mkdir(d, 0755);
+    text_in(d, "main", C1 "\n");
+    /* huggingface_hub keeps revision "refs/pr/1" in refs/refs/pr/1 */
+    snprintf(d, sizeof d, "%s/refs/refs", R);
+    mkdir(d, 0755);
+    snprintf(d, sizeof d, "%s/refs/refs/pr", R);
+    mkdir(d, 0755);
+    text_in(d, "1", C2);
+    snprintf(d, sizeof d, "%s/snapshots", R);
+    mkdir(d, 0755);
+    snprintf(d, sizeof d, "%s/snapshots/" C1, R);
+    mkdir(d, 0755);
+    link_in(d, "model.safetensors", "../../blobs/blob1");
+    snprintf(d, sizeof d, "%s/snapshots/" C2, R);
+    mkdir(d, 0755);
+    link_in(d, "model.safetensors", "../../blobs/blob2");
+
+    /* the repository folder: refs/main, a ref with an inner slash, a commit, a unique prefix */
+    const char *revs[][2] = {{NULL, "a"}, {"main", "a"}, {"refs/pr/1", "b"}, {C2, "b"},
+                             {"aaaaaaa2", "b"}, {"aaaaaaa1111", "a"}};
+    for (size_t i = 0; i < sizeof revs / sizeof revs[0]; i++) {
+        ASSERT_EQ_I(open_rev(R, revs[i][0], msg, sizeof msg, res, t), 0);
+        ASSERT_STR_EQ(t, revs[i][1]);
+        snprintf(want, sizeof want, "%s/snapshots/%s", R, t[0] == 'a' ? C1 : C2);
+        ASSERT_STR_EQ(res, want);
+        if (test_cur_failed_) fprintf(stderr, "  revision %s: %s\n", revs[i][0], msg);
+    }
+    /* a snapshot folder: read through its link; the path as given is what is read */
+    snprintf(d, sizeof d, "%s/snapshots/" C2, R);
+    ASSERT_EQ_I(open_rev(d, NULL, msg, sizeof msg, res, t), 0);
+    ASSERT_STR_EQ(t, "b");
+    ASSERT_STR_EQ(res, d);
+    /* ... with its own revision, or one its repository lacks (meant for another input) */
+    ASSERT_EQ_I(open_rev(d, "refs/pr/1", msg, sizeof msg, res, t), 0);
+    ASSERT_EQ_I(open_rev(d, "v9", msg, sizeof msg, res, t), 0);
+    /* ... but not with another revision of its own repository */
+    ASSERT_EQ_I(open_rev(d, "main", msg, sizeof msg, res, t), NLSR_E_USAGE);
+    ASSERT_CONTAINS(msg, d);
+    ASSERT_CONTAINS(msg, "give the repository folder");
+    /* unknown and ambiguous revisions, names that would leave refs/ */
+    ASSERT_EQ_I(open_rev(R, "v9", msg, sizeof msg, res, t), NLSR_E_NOTFOUND);
+    ASSERT_CONTAINS(msg, "no revision 'v9'");
+    ASSERT_CONTAINS(msg, C2);
+    ASSERT_EQ_I(open_rev(R, "aaaaaaa", msg, sizeof msg, res, t), NLSR_E_USAGE);
+    ASSERT_CONTAINS(msg, "start of 2 snapshot names");
+    const char *bad[] = {"", "/main", "main/", "refs//main", "../refs/main", "refs/./main",
+                         "..", "a\\b", "a\nb"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ASSERT_EQ_I(open_rev(R, bad[i], msg, sizeof msg, res, t), NLSR_E_USAGE);
+        ASSERT_CONTAINS(msg, "is not a ref name or commit hash");
+    }
+    /* refs/main naming a snapshot that is not there, then no refs/main at all */
+    snprintf(d, sizeof d, "%s/refs", R);
+    text_in(d, "main", "0123abc");
+    ASSERT_EQ_I(open_rev(R, NULL, msg, sizeof msg, res, t), NLSR_E_NOTFOUND);
+    snprintf(want, sizeof want,
+             "%s: refs/main names 0123abc, which has no snapshots/0123abc/ folder", R);
+    ASSERT_CONTAINS(msg, want);
+    text_in(d, "main", "../x");
+    ASSERT_EQ_I(open_rev(R, NULL, msg, sizeof msg, res, t), NLSR_E_FORMAT);
+    ASSERT_CONTAINS(msg, "refs/main holds '../x', not a commit hash");
+    snprintf(d, sizeof d, "%s/refs/main", R);
+    unlink(d);
+    ASSERT_EQ_I(open_rev(R, NULL, msg, sizeof msg, res, t), NLSR_E_NOTFOUND);
+    ASSERT_CONTAINS(msg, "without refs/main");
+    /* a link to a blob that is not there (an unfinished download) */
+    snprintf(d, sizeof d, "%s/blobs/blob2", R);
+    unlink(d);
+    snprintf(d, sizeof d, "%s/snapshots/" C2, R);
+    ASSERT_EQ_I(open_rev(d, NULL, msg, sizeof msg, res, t), NLSR_E_NOTFOUND);
+    ASSERT_CONTAINS(msg, "model.safetensors is a link to ../../blobs/blob2, which does not exist");
+    /* a plain folder: the path as given */
+    const char *p = mkfolder("plain");
+    write_in(p, "model.safetensors", HDR_B, 1);
+    ASSERT_EQ_I(open_rev(p, "main", msg, sizeof msg, res, t), 0);
+    ASSERT_STR_EQ(res, p);
+#undef C1
+#undef C2
+}
+
+/* Files of other formats are named by their magic bytes; a folder of PyTorch pickles gets the
+ * conversion hint. */
+static void test_other_formats(void)
+{
+    static const struct {
+        const char *name, *bytes;
+        size_t len;
+        const char *what;
+    } f[] = {
+        {"pytorch_model.bin", "PK\x03\x04\x14\x00\x00\x00\x08\x00", 10, "(zip archive"},
+        {"p2.pt", "\x80\x02\x8a\x0alR\xfc\x9c", 8, "legacy pickle, protocol 2"},
+        {"p4.pth", "\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}", 12,
+         "legacy pickle, protocol 4"},
+        {"p5.pt", "\x80\x05\x95\x10\x00\x00\x00\x00\x00\x00\x00}", 12,
+         "legacy pickle, protocol 5"},
+        {"m.gguf", "GGUF\x03\x00\x00\x00\x02\x00\x00\x00", 12, "GGUF file (llama.cpp)"},
+        {"a.npy", "\x93NUMPY\x01\x00v\x00{'descr'", 18, "NumPy .npy array"},
+        {"m.h5", "\x89HDF\r\n\x1a\n\x00\x00\x00\x00", 12, "HDF5 file"},
+        {"junk", "not a safetensors file, only text", 33, "not a safetensors file: header length"},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        const char *p = tmp_path(f[i].name);
+        write_bytes(p, f[i].bytes, f[i].len);
+        st_file *sf = NULL;
+        nlsr_err e = {0, ""};
+        ASSERT_EQ_I(st_open(p, &sf, &e), NLSR_E_FORMAT);
+        ASSERT_TRUE(sf == NULL);
+        char head[4400];
+        snprintf(head, sizeof head, "%s: ", p);
+        ASSERT_TRUE(strncmp(e.msg, head, strlen(head)) == 0);
+        ASSERT_CONTAINS(e.msg, f[i].what);
+        ASSERT_TRUE(strchr(e.msg, '\n') == NULL);
+        if (i < 4) {
+            snprintf(head, sizeof head, "save_file(torch.load('%s'), 'model.safetensors')", p);
+            ASSERT_CONTAINS(e.msg, head);
+        }
+        if (test_cur_failed_) fprintf(stderr, "  %s: \"%s\"\n", f[i].name, e.msg);
+    }
+    /* a protocol-1 "pickle" is no known format: the plain message */
+    const char *p = tmp_path("p1");
+    write_bytes(p, "\x80\x01\xff\xff\xff\xff\xff\xff", 8);
+    st_file *sf = NULL;
+    nlsr_err e = {0, ""};
+    ASSERT_EQ_I(st_open(p, &sf, &e), NLSR_E_FORMAT);
+    ASSERT_CONTAINS(e.msg, "not a safetensors file: header length");
+    /* folders of pickles */
+    const char *d = mkfolder("bins");
+    text_in(d, "config.json", "{}");
+    text_in(d, "pytorch_model.bin.index.json", "{}");
+    char msg[1024], res[4400], t[64], want[4400];
+    ASSERT_EQ_I(open_rev(d, NULL, msg, sizeof msg, res, t), NLSR_E_FORMAT);
+    snprintf(want, sizeof want,
+             "%s: holds PyTorch pickle weights (pytorch_model.bin.index.json)", d);
+    ASSERT_CONTAINS(msg, want);
+    snprintf(want, sizeof want, "M.from_pretrained('%s').save_pretrained('converted')", d);
+    ASSERT_CONTAINS(msg, want);
+    d = mkfolder("adapter-bin");
+    text_in(d, "adapter_config.json", "{\"r\": 4}");
+    text_in(d, "adapter_model.bin", "PK");
+    ASSERT_EQ_I(open_rev(d, NULL, msg, sizeof msg, res, t), NLSR_E_FORMAT);
+    snprintf(want, sizeof want,
+             "save_file(torch.load('%s/adapter_model.bin'), 'adapter_model.safetensors')\"` "
+             "beside a copy of adapter_config.json",
+             d);
+    ASSERT_CONTAINS(msg, want);
+}
+
 int main(void)
 {
     const char *base = getenv("TMPDIR");
@@ -844,6 +1040,8 @@ int main(void)
     RUN_TEST(test_serialize_round_trip);
     RUN_TEST(test_writer_round_trip);
     RUN_TEST(test_sharded_ok);
+    RUN_TEST(test_hub_layouts);
+    RUN_TEST(test_other_formats);
     printf("%d malformed files refused with the expected message\n", n_malformed);
     (void)nlsr_tree_remove(tmp_root);
     return test_finish();

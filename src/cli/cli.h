@@ -2,8 +2,14 @@
 #ifndef NLSR_CLI_H
 #define NLSR_CLI_H
 #include "nlsr.h"
-/* Prints the context's error as one line and returns the exit status for rc. */
+/* Prints the context's error as one line and returns the exit status for rc: 128 + the signal
+ * for a job a signal stopped (130 SIGINT, 143 SIGTERM, 129 SIGHUP). */
 int cli_fail(nlsr_ctx *ctx, int rc);
+/* A context that stops at its next safe point when SIGINT, SIGTERM or SIGHUP arrives (main
+ * installs the handlers; the library never does). */
+nlsr_ctx *cli_ctx_create(void);
+/* The signal that asked the program to stop, 0 if none. */
+int cli_stop_signal(void);
 /* Prints a one-line usage error and returns 2. */
 int cli_usage_error(const char *fmt, ...)
 #if defined(__GNUC__)

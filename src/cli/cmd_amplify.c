@@ -82,10 +82,10 @@ void cli_summary(const char *job, const char *out_dir, nlsr_ctx *ctx, double sec
         }
         printf("\", \"seconds\": %.3f, \"bytes_read\": %llu, \"bytes_written\": %llu, "
                "\"read_bytes_per_s\": %.0f, \"peak_rss_bytes\": %llu, \"mem_budget_bytes\": %llu, "
-               "\"budget_peak_bytes\": %llu, \"backend\": \"%s\"}\n",
+               "\"budget_peak_bytes\": %llu, \"io_backend\": \"%s\", \"backend\": \"%s\"}\n",
                seconds, (unsigned long long)rd, (unsigned long long)wr,
                seconds > 0 ? (double)rd / seconds : 0.0, (unsigned long long)rss,
-               (unsigned long long)budget, (unsigned long long)nlsr_ctx_mem_peak(ctx), io);
+               (unsigned long long)budget, (unsigned long long)nlsr_ctx_mem_peak(ctx), io, io);
         fflush(stdout);
     }
     if (!c->quiet)
@@ -99,7 +99,7 @@ void cli_summary(const char *job, const char *out_dir, nlsr_ctx *ctx, double sec
 
 int cmd_amplify(int argc, char **argv)
 {
-    const char *base = NULL, *aligned = NULL, *out = NULL;
+    const char *base = NULL, *aligned = NULL, *out = NULL, *revision = NULL;
     nlsr_realign_params p = NLSR_REALIGN_PARAMS_DEFAULT;
     cli_common c = {0};
     for (int i = 0; i < argc; i++) {
@@ -111,13 +111,19 @@ int cmd_amplify(int argc, char **argv)
             p.force = 1;
             continue;
         }
+        if (strcmp(o, "--drop-other-weights") == 0) {
+            p.drop_other_weights = 1;
+            continue;
+        }
         int known = strcmp(o, "--base") == 0 || strcmp(o, "--aligned") == 0 ||
                     strcmp(o, "--out") == 0 || strcmp(o, "--beta") == 0 ||
-                    strcmp(o, "--amplify") == 0 || strcmp(o, "--alpha") == 0;
+                    strcmp(o, "--amplify") == 0 || strcmp(o, "--alpha") == 0 ||
+                    strcmp(o, "--revision") == 0;
         if (!known) return cli_usage_error("amplify: unknown option or argument '%s'", o);
         if (i + 1 >= argc) return cli_usage_error("%s needs a value", o);
         const char *v = argv[++i];
         if (strcmp(o, "--base") == 0) base = v;
+        else if (strcmp(o, "--revision") == 0) revision = v;
         else if (strcmp(o, "--aligned") == 0) aligned = v;
         else if (strcmp(o, "--out") == 0) out = v;
         else if (strcmp(o, "--amplify") == 0) {
@@ -136,11 +142,12 @@ int cmd_amplify(int argc, char **argv)
     }
     if (!aligned || !out) return cli_usage_error("amplify needs --aligned A and --out DIR "
                                                  "(and --base B for full checkpoints)");
-    nlsr_ctx *ctx = nlsr_ctx_create();
+    nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) return 1;
     cli_common_apply(&c, ctx);
     double t0 = cli_now();
-    int rc = nlsr_amplify(ctx, base, aligned, out, &p);
+    int rc = nlsr_ctx_set_revision(ctx, revision);
+    if (rc == 0) rc = nlsr_amplify(ctx, base, aligned, out, &p);
     int status = rc < 0 ? cli_fail(ctx, rc) : 0;
     if (rc == 0) cli_summary("amplify", out, ctx, cli_now() - t0, c.have_mem ? c.mem : 1ull << 30, &c);
     nlsr_ctx_free(ctx);

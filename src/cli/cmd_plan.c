@@ -29,7 +29,7 @@ static int parse_bandwidth(const char *v, double *rd, double *wr)
 
 int cmd_plan(int argc, char **argv)
 {
-    const char *base = NULL, *aligned = NULL, *finetuned = NULL, *out = NULL;
+    const char *base = NULL, *aligned = NULL, *finetuned = NULL, *out = NULL, *revision = NULL;
     double rbw = 0, wbw = 0;
     int measure = 0;
     nlsr_realign_params p = NLSR_REALIGN_PARAMS_DEFAULT;
@@ -67,7 +67,7 @@ int cmd_plan(int argc, char **argv)
         }
         int known = strcmp(o, "--base") == 0 || strcmp(o, "--aligned") == 0 ||
                     strcmp(o, "--finetuned") == 0 || strcmp(o, "--bandwidth") == 0 ||
-                    strcmp(o, "--out") == 0;
+                    strcmp(o, "--out") == 0 || strcmp(o, "--revision") == 0;
         if (!known) return cli_usage_error("plan: unknown option or argument '%s'", o);
         if (i + 1 >= argc) return cli_usage_error("%s needs a value", o);
         const char *v = argv[++i];
@@ -75,6 +75,7 @@ int cmd_plan(int argc, char **argv)
         else if (strcmp(o, "--aligned") == 0) aligned = v;
         else if (strcmp(o, "--finetuned") == 0) finetuned = v;
         else if (strcmp(o, "--out") == 0) out = v;
+        else if (strcmp(o, "--revision") == 0) revision = v;
         else if (parse_bandwidth(v, &rbw, &wbw) != 0)
             return cli_usage_error("--bandwidth needs READ[,WRITE] speeds per second such as "
                                    "1.5G,800M, not '%s'", v);
@@ -84,9 +85,14 @@ int cmd_plan(int argc, char **argv)
     if (r) return r;
     if (p.scorer.kind != NLSR_SCORER_MAGNITUDE && !finetuned)
         return cli_usage_error("--scorer applies to the plan of a run: give --finetuned T");
-    nlsr_ctx *ctx = nlsr_ctx_create();
+    nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) return 1;
     cli_common_apply(&c, ctx);
+    if (nlsr_ctx_set_revision(ctx, revision) < 0) {
+        int status = cli_fail(ctx, NLSR_E_USAGE);
+        nlsr_ctx_free(ctx);
+        return status;
+    }
     if (measure) {
         /* Only the plan's reads, timed: the read side alone against `cat` and the like. */
         double t0 = cli_now();

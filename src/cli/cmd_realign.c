@@ -18,7 +18,7 @@ enum opt_id {
     O_BASE, O_ALIGNED, O_REFERENCE, O_FINETUNED, O_PATCHES, O_OUT, O_BETA, O_SPARSITY, O_SELECT,
     O_SEMANTICS, O_PRUNE, O_EPSILON, O_SEED, O_TAU, O_TARGETS, O_REPORT, O_MEM, O_IO, O_JSON,
     O_QUIET, O_FORCE, O_THREADS, O_AMPLIFY, O_ALPHA, O_MASK, O_MASK_OUT, O_SCORER,
-    O_IN_PLACE, O_WAIT, O_FOLLOW_LINKS, O_DRY_RUN
+    O_IN_PLACE, O_WAIT, O_FOLLOW_LINKS, O_DRY_RUN, O_REVISION, O_DROP_OTHER
 };
 
 static const struct opt {
@@ -69,6 +69,10 @@ static const struct opt {
     {"--wait", O_WAIT, 0, C_RUN | C_APPLY},
     {"--follow-links", O_FOLLOW_LINKS, 0, C_RUN | C_APPLY},
     {"--dry-run", O_DRY_RUN, 0, C_RUN | C_APPLY},
+    /* Hub cache repository folders among the checkpoints (README "Input layouts"). */
+    {"--revision", O_REVISION, 1, C_ALL},
+    /* The output folder (README "What the output folder holds"). */
+    {"--drop-other-weights", O_DROP_OTHER, 0, C_RUN | C_APPLY},
 };
 
 typedef struct args {
@@ -86,6 +90,7 @@ typedef struct args {
     nlsr_inplace_params ip;
     const char **dirs;  /* apply --in-place DIR...: the positional checkpoint folders */
     int ndirs;
+    const char *revision;
 } args;
 
 static int parse_double(const char *opt, const char *s, double *out)
@@ -199,6 +204,8 @@ static int set_opt(args *a, enum opt_id id, const char *opt, const char *v)
     case O_WAIT: a->ip.wait = 1; break;
     case O_FOLLOW_LINKS: a->ip.follow_links = 1; break;
     case O_DRY_RUN: a->ip.dry_run = 1; break;
+    case O_REVISION: a->revision = v; break;
+    case O_DROP_OTHER: p->drop_other_weights = 1; break;
     }
     return 0;
 }
@@ -252,7 +259,7 @@ static void args_free(args *a)
 
 static int run_job(int cmd, args *a)
 {
-    nlsr_ctx *ctx = nlsr_ctx_create();
+    nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) {
         fprintf(stderr, "nlsr: error: out of memory\n");
         return 1;
@@ -261,7 +268,12 @@ static int run_job(int cmd, args *a)
     nlsr_ctx_set_io(ctx, a->io);
     nlsr_ctx_set_quiet(ctx, a->quiet);
     if (a->threads) nlsr_ctx_set_threads(ctx, a->threads);
-    int rc;
+    int rc = nlsr_ctx_set_revision(ctx, a->revision);
+    if (rc < 0) {
+        int status = cli_fail(ctx, rc);
+        nlsr_ctx_free(ctx);
+        return status;
+    }
     if (cmd == C_RUN)
         rc = nlsr_run(ctx, a->base, a->aligned, a->reference, a->finetuned, a->out, &a->p);
     else if (cmd == C_PREPARE)
@@ -278,6 +290,13 @@ static int inplace_job(int cmd, args *a)
 {
     const char *name = cmd == C_RUN ? "run" : "apply";
     if (a->out) return cli_usage_error("%s --in-place writes into the checkpoint: drop --out", name);
+    if (a->revision)
+        return cli_usage_error("%s --in-place does not take --revision: a hub cache's files are "
+                               "shared by its revisions (copy the snapshot first)",
+                               name);
+    if (a->p.drop_other_weights)
+        return cli_usage_error("%s --in-place cannot leave weights out of the checkpoint folder: "
+                               "move them out, or write a new folder with --out", name);
     if (a->finetuned) a->dirs[a->ndirs++] = a->finetuned;
     if (a->ndirs == 0)
         return cli_usage_error("%s --in-place needs the checkpoint folder%s", name,

@@ -121,7 +121,7 @@ static void print_json(const char *command, int dry, const item *v, int n, int s
 
 static nlsr_ctx *new_ctx(const cli_inplace *c)
 {
-    nlsr_ctx *ctx = nlsr_ctx_create();
+    nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) return NULL;
     if (c->have_mem) nlsr_ctx_set_mem_budget(ctx, c->mem);
     nlsr_ctx_set_io(ctx, c->io);
@@ -139,7 +139,7 @@ int cli_inplace_main(const cli_inplace *c)
     }
     /* With --json, stdout carries the summary alone and the per-checkpoint lines go to stderr. */
     FILE *lines = c->json ? stderr : stdout;
-    int failed = 0, last_status = 0;
+    int failed = 0, last_status = 0, ndone = 0;
     for (int i = 0; i < c->ndirs; i++) {
         item *it = &v[i];
         it->path = c->dirs[i];
@@ -169,10 +169,14 @@ int cli_inplace_main(const cli_inplace *c)
         print_line(lines, it);
         fflush(lines);
         nlsr_ctx_free(ctx);
+        ndone = i + 1;
+        /* A signal ends a sweep at the checkpoint it interrupted; the rest are not started. */
+        if (cli_stop_signal()) break;
     }
     int status = failed == 0 ? 0 : c->ndirs == 1 ? last_status : 5;
-    if (c->json) print_json(c->command, c->ip.dry_run, v, c->ndirs, status);
-    for (int i = 0; i < c->ndirs; i++) free(v[i].error);
+    if (cli_stop_signal()) status = 128 + cli_stop_signal();
+    if (c->json) print_json(c->command, c->ip.dry_run, v, ndone, status);
+    for (int i = 0; i < ndone; i++) free(v[i].error);
     free(v);
     return status;
 }

@@ -67,7 +67,7 @@ int cmd_synth(int argc, char **argv)
     }
     if (!out || !have_role)
         return cli_usage_error("synth needs --role base|aligned|finetuned and --out DIR");
-    nlsr_ctx *ctx = nlsr_ctx_create();
+    nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) return 1;
     cli_common_apply(&c, ctx);
     double t0 = cli_now();

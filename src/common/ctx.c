@@ -1,6 +1,9 @@
+#define _GNU_SOURCE
 #include "ctx.h"
 
+#include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 nlsr_ctx *nlsr_ctx_create(void)
 {
@@ -13,9 +16,37 @@ nlsr_ctx *nlsr_ctx_create(void)
     return ctx;
 }
 
+static void free_argv(nlsr_ctx *ctx)
+{
+    for (int i = 0; i < ctx->argc; i++) free(ctx->argv[i]);
+    free(ctx->argv);
+    ctx->argv = NULL;
+    ctx->argc = 0;
+}
+
 void nlsr_ctx_free(nlsr_ctx *ctx)
 {
+    if (!ctx) return;
+    if (ctx->audit && ctx->audit_free) ctx->audit_free(ctx->audit);
+    free_argv(ctx);
     free(ctx);
+}
+
+int nlsr_ctx_set_command_line(nlsr_ctx *ctx, int argc, const char *const *argv)
+{
+    free_argv(ctx);
+    if (argc <= 0 || !argv) return 0;
+    char **v = calloc((size_t)argc + 1, sizeof *v);
+    if (!v) return -ENOMEM;
+    for (int i = 0; i < argc; i++)
+        if (!(v[i] = strdup(argv[i] ? argv[i] : ""))) {
+            for (int k = 0; k < i; k++) free(v[k]);
+            free(v);
+            return -ENOMEM;
+        }
+    ctx->argv = v;
+    ctx->argc = argc;
+    return 0;
 }
 
 const char *nlsr_ctx_error(const nlsr_ctx *ctx)
@@ -26,6 +57,30 @@ const char *nlsr_ctx_error(const nlsr_ctx *ctx)
 void nlsr_ctx_clear_error(nlsr_ctx *ctx)
 {
     nlsr_err_clear(&ctx->err);
+}
+
+void nlsr_ctx_cancel(nlsr_ctx *ctx, int why)
+{
+    ctx->cancel = why ? why : 1;
+}
+
+void nlsr_ctx_set_cancel_flag(nlsr_ctx *ctx, const volatile sig_atomic_t *flag)
+{
+    ctx->cancel_flag = flag;
+}
+
+int nlsr_ctx_cancelled(const nlsr_ctx *ctx)
+{
+    if (ctx->cancel) return ctx->cancel;
+    return ctx->cancel_flag ? *ctx->cancel_flag : 0;
+}
+
+int nlsr_ctx_check_cancel(nlsr_ctx *ctx)
+{
+    int why = nlsr_ctx_cancelled(ctx);
+    if (!why) return 0;
+    return nlsr_fail(&ctx->err, NLSR_E_CANCELLED,
+                     "stopped at a safe point (signal %d) before anything was committed; temporary files removed", why);
 }
 
 void nlsr_ctx_set_mem_budget(nlsr_ctx *ctx, uint64_t bytes)

@@ -40,6 +40,7 @@ const char *nlsr_strerror(int code)
     case NLSR_E_LOCKED: return "checkpoint is locked by another run";
     case NLSR_E_JOURNAL: return "interrupted or damaged journal";
     case NLSR_E_CHECKSUM: return "checksum mismatch";
+    case NLSR_E_CANCELLED: return "cancelled";
     default:
         if (code < 0 && code > -4096) return strerror(-code);
         return "unknown error";

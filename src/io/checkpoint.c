@@ -5,12 +5,17 @@
 #include "checkpoint.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../common/ctx.h"
 #include "file.h"
+#include "hub.h"
 
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
@@ -51,8 +56,23 @@ void nlsr_ckpt_free(nlsr_ckpt *ck)
     free(ck->targets);
     free(ck->index_name);
     free(ck->dir);
+    free(ck->resolved);
     free(ck->path);
     free(ck);
+}
+
+/* A hub cache snapshot whose download did not finish links to blobs that are not there yet:
+ * say so rather than "no such file". */
+static int dangling_link(const nlsr_ckpt *ck, const char *p, nlsr_err *e)
+{
+    struct stat st;
+    if (lstat(p, &st) != 0 || !S_ISLNK(st.st_mode) || stat(p, &st) == 0) return 0;
+    char target[512];
+    ssize_t n = readlink(p, target, sizeof target - 1);
+    target[n > 0 ? n : 0] = '\0';
+    return nlsr_fail(e, NLSR_E_NOTFOUND,
+                     "%s: %s is a link to %s, which does not exist (an unfinished download?)",
+                     ck->path, p, target);
 }
 
 static int add_shard(nlsr_ckpt *ck, const char *name, nlsr_err *e)
@@ -60,7 +80,8 @@ static int add_shard(nlsr_ckpt *ck, const char *name, nlsr_err *e)
     char *p = nlsr_path_join(ck->dir, name);
     NLSR_FAIL_IF(!p, e, -ENOMEM, "%s: out of memory", ck->path);
     st_file *f = NULL;
-    int rc = st_open(p, &f, e);
+    int rc = dangling_link(ck, p, e);
+    if (rc == 0) rc = st_open(p, &f, e);
     free(p);
     NLSR_FORWARD(rc);
     ck->shard_names[ck->nshards] = strdup(name);
@@ -268,6 +289,70 @@ static int set_dir_and_single(nlsr_ckpt *ck, const char *file_name, nlsr_err *e)
     return build_table(ck, e);
 }
 
+/* "a, b, c" of the folder's entries that other tools' weight formats use, for the hint below:
+ * which kind dominates (2 transformers' pytorch_model*.bin or its index, 1 adapter_model.bin,
+ * 0 other pickles) and one file to name in the example. */
+static int foreign_weights(const char *dir, char *names, size_t cap, char *first, size_t fcap)
+{
+    static const char *const ext[] = {".bin", ".pt", ".pth", ".bin.index.json"};
+    int kind = -1;
+    size_t k = 0;
+    int n = 0;
+    names[0] = first[0] = '\0';
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        const char *nm = de->d_name;
+        size_t L = strlen(nm);
+        int hit = 0;
+        for (size_t i = 0; i < sizeof ext / sizeof ext[0] && !hit; i++) {
+            size_t E = strlen(ext[i]);
+            hit = L > E && strcmp(nm + L - E, ext[i]) == 0 && nm[0] != '.';
+        }
+        if (!hit) continue;
+        int kd = strncmp(nm, "pytorch_model", 13) == 0 ? 2
+                 : strcmp(nm, "adapter_model.bin") == 0 ? 1
+                                                         : 0;
+        if (kd > kind) {
+            kind = kd;
+            snprintf(first, fcap, "%s", nm);
+        }
+        if (k + L + 8 < cap)
+            k += (size_t)snprintf(names + k, cap - k, "%s%s", n ? ", " : "", nm);
+        else if (k + 6 < cap && !strstr(names, "..."))
+            k += (size_t)snprintf(names + k, cap - k, ", ...");
+        n++;
+    }
+    closedir(d);
+    return kind;
+}
+
+/* A folder with no safetensors checkpoint: name what it holds when that is another format's
+ * weights (a PyTorch pickle checkpoint is the usual case) and how to convert it. */
+static int no_checkpoint(const char *shown, const char *dir, nlsr_err *e)
+{
+    char names[240], first[260];
+    int kind = foreign_weights(dir, names, sizeof names, first, sizeof first);
+    if (kind == 2)
+        return nlsr_fail(e, NLSR_E_FORMAT,
+                         "%s: holds PyTorch pickle weights (%s), not safetensors; convert them "
+                         "first, e.g. `python -c \"from transformers import "
+                         "AutoModelForCausalLM as M; "
+                         "M.from_pretrained('%s').save_pretrained('converted')\"` (writes "
+                         "converted/model*.safetensors)",
+                         shown, names, dir);
+    if (kind >= 0)
+        return nlsr_fail(e, NLSR_E_FORMAT,
+                         "%s: holds PyTorch pickle weights (%s), not safetensors; convert them "
+                         "first, e.g. `python -c \"import torch; from safetensors.torch import "
+                         "save_file; save_file(torch.load('%s/%s'), '%s')\"`%s",
+                         shown, names, dir, first, kind == 1 ? ADAPTER_NAME : SINGLE_NAME,
+                         kind == 1 ? " beside a copy of " ADAPTER_CONFIG : "");
+    return nlsr_fail(e, NLSR_E_NOTFOUND, "%s: no %s, %s or %s in this folder", shown, SINGLE_NAME,
+                     INDEX_NAME, ADAPTER_NAME);
+}
+
 int nlsr_ckpt_open(nlsr_ctx *ctx, const char *path, nlsr_ckpt **out)
 {
     nlsr_err *e = &ctx->err;
@@ -281,7 +366,13 @@ int nlsr_ckpt_open(nlsr_ctx *ctx, const char *path, nlsr_ckpt **out)
         rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", path);
         goto fail;
     }
-    int isdir = nlsr_is_dir(path);
+    nlsr_hub_kind hub = NLSR_HUB_NONE;
+    rc = nlsr_hub_resolve(path, ctx->revision[0] ? ctx->revision : NULL, &hub, &ck->resolved, e);
+    if (rc < 0) goto fail;
+    ck->hub = (int)hub;
+    /* `where` is what is read; messages keep naming the path as given. */
+    const char *where = ck->resolved ? ck->resolved : path;
+    int isdir = nlsr_is_dir(where);
     if (isdir < 0) {
         rc = nlsr_fail(e, isdir, "%s: cannot stat: %s", path, strerror(-isdir));
         goto fail;
@@ -303,15 +394,15 @@ int nlsr_ckpt_open(nlsr_ctx *ctx, const char *path, nlsr_ckpt **out)
         *out = ck;
         return 0;
     }
-    ck->dir = strdup(path);
+    ck->dir = strdup(where);
     if (!ck->dir) {
         rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", path);
         goto fail;
     }
-    char *p_cfg = nlsr_path_join(path, ADAPTER_CONFIG);
-    char *p_ad = nlsr_path_join(path, ADAPTER_NAME);
-    char *p_idx = nlsr_path_join(path, INDEX_NAME);
-    char *p_one = nlsr_path_join(path, SINGLE_NAME);
+    char *p_cfg = nlsr_path_join(where, ADAPTER_CONFIG);
+    char *p_ad = nlsr_path_join(where, ADAPTER_NAME);
+    char *p_idx = nlsr_path_join(where, INDEX_NAME);
+    char *p_one = nlsr_path_join(where, SINGLE_NAME);
     int has_cfg = p_cfg && nlsr_exists(p_cfg), has_ad = p_ad && nlsr_exists(p_ad);
     int has_idx = p_idx && nlsr_exists(p_idx), has_one = p_one && nlsr_exists(p_one);
     int oom = !p_cfg || !p_ad || !p_idx || !p_one;
@@ -339,8 +430,7 @@ int nlsr_ckpt_open(nlsr_ctx *ctx, const char *path, nlsr_ckpt **out)
         ck->kind = NLSR_CKPT_FULL;
         rc = set_dir_and_single(ck, SINGLE_NAME, e);
     } else {
-        rc = nlsr_fail(e, NLSR_E_NOTFOUND, "%s: no %s, %s or %s in this folder", path,
-                       SINGLE_NAME, INDEX_NAME, ADAPTER_NAME);
+        rc = no_checkpoint(path, where, e);
     }
     if (rc < 0) goto fail;
     *out = ck;
@@ -352,6 +442,10 @@ fail:
 
 nlsr_ckpt_kind nlsr_ckpt_get_kind(const nlsr_ckpt *ck) { return ck->kind; }
 const char *nlsr_ckpt_path(const nlsr_ckpt *ck) { return ck->path; }
+const char *nlsr_ckpt_resolved_path(const nlsr_ckpt *ck)
+{
+    return ck->resolved ? ck->resolved : ck->path;
+}
 size_t nlsr_ckpt_tensor_count(const nlsr_ckpt *ck) { return ck->n; }
 size_t nlsr_ckpt_shard_count(const nlsr_ckpt *ck) { return ck->nshards; }
 int nlsr_ckpt_lora_r(const nlsr_ckpt *ck) { return ck->lora_r; }

@@ -1,4 +1,5 @@
-/* A checkpoint: one safetensors file, a sharded folder with its index, or a PEFT adapter.
+/* A checkpoint: one safetensors file, a sharded folder with its index, or a PEFT adapter; a
+ * Hugging Face hub cache snapshot or repository folder holding one (hub.h).
  * Tensors are kept in bytewise name order across all shards (METHOD.md's module order). */
 #ifndef NLSR_IO_CHECKPOINT_H
 #define NLSR_IO_CHECKPOINT_H
@@ -11,7 +12,9 @@ typedef struct ck_entry {
 } ck_entry;
 
 struct nlsr_ckpt {
-    char *path;         /* as given */
+    char *path;         /* as given (messages name it) */
+    char *resolved;     /* hub cache repository folder: its snapshot folder; else NULL */
+    int hub;            /* nlsr_hub_kind of path */
     char *dir;          /* folder holding the shards (and config files) */
     nlsr_ckpt_kind kind;
     char *index_name;   /* "model.safetensors.index.json" when sharded, else NULL */

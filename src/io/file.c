@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "file.h"
+#include "outpath.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -55,11 +56,8 @@ int nlsr_read_small_file(const char *path, size_t max_len, char **out, size_t *l
 {
     int rc = 0;
     char *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        rc = -errno;
-        return nlsr_fail(e, rc, "%s: cannot open: %s", path, strerror(-rc));
-    }
+    int fd = -1;
+    NLSR_FORWARD(nlsr_open_regular(e, path, O_RDONLY, 1, &fd));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         rc = -errno;
@@ -159,11 +157,8 @@ int nlsr_copy_range(int in, int out, uint64_t off, uint64_t len, unsigned char *
 int nlsr_copy_file(const char *src, const char *dst, nlsr_err *e)
 {
     int rc = 0;
-    int in = open(src, O_RDONLY | O_CLOEXEC);
-    if (in < 0) {
-        rc = -errno;
-        return nlsr_fail(e, rc, "%s: cannot open: %s", src, strerror(-rc));
-    }
+    int in = -1;
+    NLSR_FORWARD(nlsr_open_regular(e, src, O_RDONLY, 1, &in));
     int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (out < 0) {
         rc = -errno;

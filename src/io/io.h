@@ -108,25 +108,33 @@ const char *nlsr_io_fault(void);
 /* ---- mmap windows ----------------------------------------------------------------------- */
 
 typedef struct nlsr_io_map {
-    void *addr;   /* page-aligned start of the mapping, NULL when none */
+    void *addr;       /* page-aligned start of the mapping, NULL when none */
     size_t len;
+    const char *path; /* the file's (the caller's string), for messages */
+    int guard;        /* read windows: the SIGBUS guard's slot, -1 if none */
 } nlsr_io_map;
 
 /* Maps bytes [off, off+len) of fd read-only (len > 0) and sets *data to the byte at off. With
  * willneed, asks the kernel to start reading the range now (MADV_WILLNEED), so the read
- * proceeds while the caller computes on earlier windows. */
+ * proceeds while the caller computes on earlier windows.
+ * A file truncated by someone else while mapped would kill the process with SIGBUS; read
+ * windows are guarded instead: a SIGBUS inside one maps a zero page over the missing page and
+ * marks the window, and nlsr_io_unmap reports it, so the job fails with a message before it
+ * commits anything (the zeros it computed on are thrown away with its temporary output). */
 int nlsr_io_map_read(int fd, uint64_t off, size_t len, int willneed, nlsr_io_map *m,
                      const unsigned char **data, const char *path, nlsr_err *e);
 /* Maps the whole window into the page tables now (MADV_POPULATE_READ, Linux 5.14+), waiting
  * for data still being read: one call instead of a page fault every few pages when the caller
- * walks it. A hint: failures do not matter. */
-void nlsr_io_map_populate(const nlsr_io_map *m);
+ * walks it. NLSR_E_FORMAT when the file no longer covers the window (truncated); other
+ * failures are ignored (a hint). */
+int nlsr_io_map_populate(const nlsr_io_map *m, nlsr_err *e);
 /* Maps bytes [off, off+len) of fd read-write and shared; off must be page-aligned. */
 int nlsr_io_map_write(int fd, uint64_t off, size_t len, nlsr_io_map *m, unsigned char **data,
                       const char *path, nlsr_err *e);
 /* Drops the window: its pages leave the process's resident set (the data stays in the page
  * cache, and for a shared writable window the dirty pages are written back by the kernel).
- * NULL addr is a no-op. */
-void nlsr_io_unmap(nlsr_io_map *m);
+ * NULL addr is a no-op. Returns 1 if the guard caught a SIGBUS in the window (the file shrank
+ * under it: the bytes read from it are not the file's), else 0. */
+int nlsr_io_unmap(nlsr_io_map *m);
 
 #endif

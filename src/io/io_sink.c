@@ -15,6 +15,7 @@
 #include "file.h"
 #include "io.h"
 #include "outpath.h"
+#include "../common/testhook.h"
 
 struct nlsr_sink {
     nlsr_ctx *ctx;
@@ -424,6 +425,7 @@ int nlsr_sink_end(nlsr_sink *s)
     /* Renamed into place (and the folder fsynced); only a regular file is ever replaced. */
     rc = nlsr_tmp_file_commit(e, s->tmp_path, s->final_path, 1);
     if (rc < 0) goto fail;
+    nlsr_test_point("shard");
     s->ctx->bytes_written += total;
     s->fill = 0;
     s->cur = 0;

@@ -20,6 +20,7 @@
 
 #include "file.h"
 #include "outpath.h"
+#include "../common/testhook.h"
 #include "patchfile.h" /* XXH64 */
 
 #define PRE_MAGIC "NLSRJRNL"
@@ -371,12 +372,8 @@ int nlsr_journal_add_file(nlsr_journal *j, const char *name, uint32_t *id)
                        path, target);
         goto fail;
     }
-    fd = open(path, O_RDWR | O_CLOEXEC | (j->follow ? 0 : O_NOFOLLOW));
-    if (fd < 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: cannot open for writing in place: %s", path, strerror(-rc));
-        goto fail;
-    }
+    rc = nlsr_open_regular(e, path, O_RDWR, j->follow, &fd);
+    if (rc < 0) goto fail;
     if (fstat(fd, &st) != 0) {
         rc = -errno;
         nlsr_fail(e, rc, "%s: cannot stat: %s", path, strerror(-rc));
@@ -533,6 +530,7 @@ int nlsr_journal_stage(nlsr_journal *j, uint32_t id, uint64_t off, const void *o
 {
     nlsr_err *e = &j->ctx->err;
     if (j->failed) return j->failed;
+    NLSR_FORWARD(jfail(j, nlsr_ctx_check_cancel(j->ctx)));
     assert(id < j->nfiles);
     assert((width == 1 || width == 2 || width == 4 || width == 8) && len % width == 0);
     const jfile *f = &j->files[id];
@@ -584,6 +582,7 @@ int nlsr_journal_flush(nlsr_journal *j)
     NLSR_FORWARD(jfail(j, d_fsync(e, j->fd, j->path)));
     NLSR_FORWARD(jfail(j, write_slot(j, NLSR_JOURNAL_WRITING)));
     NLSR_FORWARD(jfail(j, d_fsync(e, j->fd, j->path)));
+    nlsr_test_point("journal");
     for (size_t i = 0; i < j->nst; i++) {
         const staged *s = &j->st[i];
         jfile *f = &j->files[s->file];
@@ -874,11 +873,9 @@ static int open_journal(nlsr_ctx *ctx, const char *dir, int flags, char **path, 
     *fd = -1;
     *path = nlsr_path_join(dir, NLSR_JOURNAL_NAME);
     NLSR_FAIL_IF(!*path, &ctx->err, -ENOMEM, "out of memory");
-    *fd = open(*path, flags | O_CLOEXEC | O_NOFOLLOW);
-    if (*fd < 0 && errno != ENOENT) {
-        int rc = -errno;
-        return nlsr_fail(&ctx->err, rc, "%s: cannot open the journal: %s", *path, strerror(-rc));
-    }
+    struct stat st;
+    if (lstat(*path, &st) != 0 && errno == ENOENT) return 0;
+    NLSR_FORWARD(nlsr_open_regular(&ctx->err, *path, flags & ~(O_CREAT | O_EXCL), 0, fd));
     return 0;
 }
 
@@ -969,9 +966,7 @@ static int rb_file(rb *R, const rec *r, rfile **out)
     f->fd = -1;
     R->nfiles++;
     NLSR_FAIL_IF(!f->name || !f->path, e, -ENOMEM, "out of memory");
-    f->fd = open(f->path, O_RDWR | O_CLOEXEC | (R->follow ? 0 : O_NOFOLLOW));
-    NLSR_FAIL_IF(f->fd < 0, e, -errno, "%s: cannot open for writing the original bytes back: %s",
-                 f->path, strerror(errno));
+    NLSR_FORWARD(nlsr_open_regular(e, f->path, O_RDWR, R->follow, &f->fd));
     struct stat st;
     NLSR_FAIL_IF(fstat(f->fd, &st) != 0, e, -errno, "%s: cannot stat: %s", f->path,
                  strerror(errno));

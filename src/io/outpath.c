@@ -14,6 +14,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include "../common/testhook.h"
 #include "file.h"
 
 #define MARKER_MAGIC "nlsr-output 1\n"
@@ -583,12 +584,16 @@ int nlsr_tmp_dir(nlsr_ctx *ctx, const char *dest, char **tmp)
         return rc;
     }
     *tmp = t;
+    nlsr_test_point("outdir");
     return 0;
 }
 
 int nlsr_tmp_dir_commit(nlsr_ctx *ctx, const char *tmp, const char *dest, int force)
 {
     nlsr_err *e = &ctx->err;
+    nlsr_test_point("commit");
+    /* The last safe point: a job asked to stop now leaves nothing behind. */
+    NLSR_FORWARD(nlsr_ctx_check_cancel(ctx));
     /* The marker stays in the output (it is what lets --force replace it later), saying it is
      * committed, so that no sweep ever takes it for a dead run's temporary folder. */
     char *m = nlsr_path_join(tmp, NLSR_MARKER_NAME);

@@ -5,6 +5,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -12,6 +13,7 @@
 
 #include "../common/dtype_table.h"
 #include "file.h"
+#include "outpath.h"
 #include "safetensors.h"
 
 #define MAX_SAFE_INT 9007199254740992.0 /* 2^53: doubles are exact integers below it */
@@ -342,6 +344,44 @@ long st_find(const st_header *h, const char *name)
     return -1;
 }
 
+/* Files people mistake for safetensors checkpoints, by their magic bytes: only consulted when
+ * the first 8 bytes make no sense as a safetensors header length, so a real safetensors file
+ * is never turned away. 0 when none matches. */
+static int foreign_format(const char *path, const unsigned char b[8], nlsr_err *e)
+{
+    static const char convert[] =
+        "convert it first, e.g. `python -c \"import torch; from safetensors.torch import "
+        "save_file; save_file(torch.load('%s'), 'model.safetensors')\"`";
+    char how[sizeof convert + 512];
+    snprintf(how, sizeof how, convert, path);
+    if (memcmp(b, "PK\x03\x04", 4) == 0)
+        return nlsr_fail(e, NLSR_E_FORMAT,
+                         "%s: this is a PyTorch pickle checkpoint (zip archive, torch.save's "
+                         "format), not safetensors; %s",
+                         path, how);
+    if (b[0] == 0x80 && b[1] >= 2 && b[1] <= 5)
+        return nlsr_fail(e, NLSR_E_FORMAT,
+                         "%s: this is a PyTorch pickle checkpoint (legacy pickle, protocol %d), "
+                         "not safetensors; %s",
+                         path, b[1], how);
+    if (memcmp(b, "GGUF", 4) == 0)
+        return nlsr_fail(e, NLSR_E_FORMAT,
+                         "%s: this is a GGUF file (llama.cpp), not safetensors; nlsr reads "
+                         "safetensors checkpoints",
+                         path);
+    if (memcmp(b, "\x93NUMPY", 6) == 0)
+        return nlsr_fail(e, NLSR_E_FORMAT,
+                         "%s: this is a NumPy .npy array, not safetensors; nlsr reads "
+                         "safetensors checkpoints",
+                         path);
+    if (memcmp(b, "\x89HDF\r\n\x1a\n", 8) == 0)
+        return nlsr_fail(e, NLSR_E_FORMAT,
+                         "%s: this is an HDF5 file (Keras/TensorFlow .h5), not safetensors; nlsr "
+                         "reads safetensors checkpoints",
+                         path);
+    return 0;
+}
+
 int st_open(const char *path, st_file **out, nlsr_err *e)
 {
     int rc = 0;
@@ -354,12 +394,9 @@ int st_open(const char *path, st_file **out, nlsr_err *e)
         rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", path);
         goto fail;
     }
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (f->fd < 0) {
-        rc = -errno;
-        nlsr_fail(e, rc, "%s: cannot open: %s", path, strerror(-rc));
-        goto fail;
-    }
+    /* Never a blocking open: a FIFO in place of a shard must not hang a sweep. */
+    rc = nlsr_open_regular(e, path, O_RDONLY, 1, &f->fd);
+    if (rc < 0) goto fail;
     struct stat st;
     if (fstat(f->fd, &st) != 0) {
         rc = -errno;
@@ -382,15 +419,22 @@ int st_open(const char *path, st_file **out, nlsr_err *e)
     if (rc < 0) goto fail;
     uint64_t n = 0;
     for (int i = 7; i >= 0; i--) n = (n << 8) | lenb[i];
+    if (n > NLSR_ST_MAX_HEADER || n > f->file_size - 8) {
+        rc = foreign_format(path, lenb, e);
+        if (rc < 0) goto fail;
+    }
     if (n > NLSR_ST_MAX_HEADER) {
-        rc = nlsr_fail(e, NLSR_E_FORMAT, "%s: header length %llu exceeds the %llu-byte limit",
+        rc = nlsr_fail(e, NLSR_E_FORMAT,
+                       "%s: not a safetensors file: header length %llu exceeds the %llu-byte "
+                       "limit",
                        path, (unsigned long long)n, NLSR_ST_MAX_HEADER);
         goto fail;
     }
     if (n > f->file_size - 8) {
         rc = nlsr_fail(e, NLSR_E_FORMAT,
-                       "%s: header length %llu is longer than the file (%llu bytes)", path,
-                       (unsigned long long)n, (unsigned long long)f->file_size);
+                       "%s: not a safetensors file: header length %llu is longer than the file "
+                       "(%llu bytes)",
+                       path, (unsigned long long)n, (unsigned long long)f->file_size);
         goto fail;
     }
     hdr = malloc(n ? (size_t)n : 1);

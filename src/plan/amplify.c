@@ -22,6 +22,7 @@
 #include "../io/checkpoint.h"
 #include "../io/file.h"
 #include "../io/io_sink.h"
+#include "../io/sidefiles.h"
 #include "lora.h"
 #include "planner.h"
 #include "progress.h"
@@ -182,21 +183,28 @@ static int amplify_full(nlsr_ctx *ctx, const nlsr_ckpt *bk, const nlsr_ckpt *ak,
     nlsr_err *e = &ctx->err;
     NLSR_FAIL_IF(!isfinite(p->beta), e, NLSR_E_USAGE, "beta must be finite (got %g)", p->beta);
     NLSR_FORWARD(nlsr_full_check_sources(ctx, bk, ak, 0, p));
+    /* What the output folder will hold beside the weights (src/io/sidefiles.h). */
+    nlsr_sidefiles sf;
+    NLSR_FORWARD(nlsr_sidefiles_load(ctx, ak, p->drop_other_weights, 0, &sf));
     nlsr_plan plan;
-    NLSR_FORWARD(nlsr_plan_amplify(ctx, bk, ak, p, &plan));
+    int rc = nlsr_plan_amplify(ctx, bk, ak, p, &plan);
+    if (rc < 0) {
+        nlsr_sidefiles_free(&sf);
+        return rc;
+    }
     char *tmp = NULL;
-    int rc = nlsr_outdir_begin(ctx, out_dir, p->force, &tmp);
+    rc = nlsr_outdir_begin(ctx, out_dir, p->force, &tmp);
     if (rc == 0) {
         amp_run R = {ctx, &plan, ak, NULL, tmp, -1, (float)p->beta};
         rc = run_plan(&R);
     }
     /* Index, config.json, tokenizer files ...: the aligned folder's, unchanged. */
-    if (rc == 0 && nlsr_is_dir(ak->path) == 1)
-        rc = nlsr_copy_side_files(ctx, ak->dir, tmp, ak->shard_names, ak->nshards);
+    if (rc == 0) rc = nlsr_sidefiles_copy(ctx, ak, tmp, p->drop_other_weights, &sf);
     if (rc == 0) rc = nlsr_outdir_commit(ctx, tmp, out_dir, p->force);
     if (rc < 0) nlsr_outdir_abort(tmp);
     free(tmp);
     nlsr_plan_free(&plan);
+    nlsr_sidefiles_free(&sf);
     return rc;
 }
 

@@ -20,9 +20,11 @@
 #include "../common/ctx.h"
 #include "../io/checkpoint.h"
 #include "../io/file.h"
+#include "../io/hub.h"
 #include "../io/journal.h"
 #include "../io/lock.h"
 #include "../io/outpath.h"
+#include "audit.h"
 #include "lora.h"
 #include "realign_full.h"
 #include "report.h"
@@ -239,6 +241,16 @@ static int state_revert(nlsr_ctx *ctx, const char *dir, uint64_t id)
 {
     cJSON *st = NULL;
     int rc = state_load(ctx, dir, &st);
+    if (rc == NLSR_E_FORMAT) {
+        /* The journal has put the original bytes back already; a damaged record of the
+         * realignment it undid must not leave the rollback half done. It records nothing
+         * that is still true, so it goes, and the user is told. */
+        if (!ctx->quiet)
+            fprintf(stderr, "nlsr: warning: %s; the rollback is complete, so it was removed\n",
+                    ctx->err.msg);
+        nlsr_err_clear(&ctx->err);
+        return nlsr_durable_unlink(ctx, dir, NLSR_STATE_NAME);
+    }
     if (rc < 0 || !st || !names_journal(st, id)) {
         cJSON_Delete(st);
         return rc;
@@ -715,6 +727,58 @@ static int locked_job(ip_job *J, nlsr_pf_reader *pf, const char *patches, const 
     return realign_locked(J, pf, patches, T, used, rep);
 }
 
+/* Shared stores are refused before the lock file is created (journal.c refuses the same files
+ * again when it opens them for writing), so that a refused hub cache snapshot is not written
+ * into at all. A hub cache repository folder is no checkpoint folder of its own: its snapshot
+ * holds the files. */
+static int refuse_shared_store(const ip_job *J, const nlsr_ckpt *T)
+{
+    nlsr_err *e = &J->ctx->err;
+    NLSR_FAIL_IF(T->hub == NLSR_HUB_REPO, e, NLSR_E_USAGE,
+                 "%s: is a Hugging Face cache repository folder; its snapshots' files are links "
+                 "to blobs shared by revisions: copy the snapshot (cp -rL) and realign the copy",
+                 J->dir);
+    if (J->ip->follow_links) return 0;
+    for (size_t k = 0; k < T->nshards; k++) {
+        char *p = nlsr_path_join(T->dir, T->shard_names[k]);
+        NLSR_FAIL_IF(!p, e, -ENOMEM, "%s: out of memory", J->dir);
+        struct stat st;
+        int ok = lstat(p, &st) == 0;
+        int link = ok && S_ISLNK(st.st_mode), hard = ok && !link && st.st_nlink > 1;
+        char target[512] = "";
+        if (link) {
+            ssize_t n = readlink(p, target, sizeof target - 1);
+            target[n > 0 ? n : 0] = '\0';
+        }
+        int rc = 0;
+        if (link)
+            rc = nlsr_fail(e, NLSR_E_USAGE,
+                           "%s: is a symbolic link (to %s): it may point into a shared store such "
+                           "as the Hugging Face cache, where other snapshots use the same file; "
+                           "copy the checkpoint, or pass --follow-links to patch the file it "
+                           "points to",
+                           p, target);
+        else if (hard)
+            rc = nlsr_fail(e, NLSR_E_USAGE,
+                           "%s: has %lu hard links: other paths share its bytes; copy the "
+                           "checkpoint, or pass --follow-links to patch the shared file",
+                           p, (unsigned long)st.st_nlink);
+        free(p);
+        NLSR_FORWARD(rc);
+    }
+    return 0;
+}
+
+/* Weights beside the checkpoint's own would stay unpatched next to the realigned ones, for a
+ * loader to pick (model.safetensors beside an index): refused in place (src/io/sidefiles.h). */
+static int check_other_weights(nlsr_ctx *ctx, const nlsr_ckpt *T)
+{
+    nlsr_sidefiles sf;
+    NLSR_FORWARD(nlsr_sidefiles_load(ctx, T, 0, 1, &sf));
+    nlsr_sidefiles_free(&sf);
+    return 0;
+}
+
 /* Opens the patches and the checkpoint and runs every header check; then the locked part.
  * `job` is "apply" or "run" (for the report and the state). */
 static int apply_job(ip_job *J, const char *patches)
@@ -728,10 +792,21 @@ static int apply_job(ip_job *J, const char *patches)
     nlsr_report rep;
     nlsr_report_init(&rep, ctx, J->job, "full");
     int rc = check_dir(ctx, J->dir);
+    if (rc == 0) {
+        /* The report must not land in or on the checkpoint or the patch file. */
+        const char *in[2] = {J->dir, patches};
+        rc = nlsr_outputs_check(ctx, NULL, NLSR_OUT_FILE, J->p, in, 2);
+    }
     if (rc == 0) rc = nlsr_pf_open(ctx, patches, &pf);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, J->dir, &T);
+    if (rc == 0) rc = refuse_shared_store(J, T);
+    if (rc == 0) rc = check_other_weights(ctx, T);
     if (rc < 0) goto done;
     int lora = strcmp(pf->kind, "lora") == 0;
+    /* run's patch file is its own temporary one: its inputs were named by run. */
+    if (strcmp(J->job, "apply") == 0) nlsr_audit_input_file(ctx, "patches", patches);
+    nlsr_audit_input_ckpt(ctx, "finetuned", J->dir, T);
+    nlsr_audit_output(ctx, "out", J->dir, 1);
     if (lora != (nlsr_ckpt_get_kind(T) == NLSR_CKPT_PEFT)) {
         rc = nlsr_fail(e, NLSR_E_MISMATCH, "patch file %s holds %s patches but %s is %s", patches,
                        lora ? "LoRA" : "full-weight", J->dir,
@@ -771,7 +846,9 @@ int nlsr_apply_inplace(nlsr_ctx *ctx, const char *patches, const char *dir,
                  "apply in place needs a patch file and a checkpoint folder");
     ip_job J;
     job_init(&J, ctx, dir, "apply", p, ip ? ip : &ipd, res ? res : &local);
+    int audit = nlsr_audit_begin(ctx, p);
     int rc = apply_job(&J, patches);
+    nlsr_audit_end(ctx, audit);
     job_free(&J);
     return rc;
 }
@@ -792,10 +869,18 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
     nlsr_ckpt *T = NULL, *S = NULL, *B = NULL;
     char *patch = NULL, *tdir = NULL;
     /* Everything a header can tell is checked before the lock and the (long) prepare. */
+    int audit = nlsr_audit_begin(ctx, p);
     int rc = check_dir(ctx, dir);
+    if (rc == 0) {
+        const char *in[3] = {dir, base, srcp};
+        rc = nlsr_outputs_check(ctx, NULL, NLSR_OUT_FILE, p, in, 3);
+    }
     if (rc == 0) rc = nlsr_ckpt_open(ctx, dir, &T);
+    if (rc == 0) rc = refuse_shared_store(&J, T);
+    if (rc == 0) rc = check_other_weights(ctx, T);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, srcp, &S);
     if (rc < 0) goto done;
+    nlsr_audit_input_ckpt(ctx, aligned ? "aligned" : "reference", srcp, S);
     int peft = nlsr_ckpt_get_kind(S) == NLSR_CKPT_PEFT;
     if (peft != (nlsr_ckpt_get_kind(T) == NLSR_CKPT_PEFT)) {
         rc = nlsr_fail(e, NLSR_E_MISMATCH, "%s %s is %s but %s is %s",
@@ -810,6 +895,7 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
             goto done;
         }
         rc = nlsr_ckpt_open(ctx, base, &B);
+        if (rc == 0) nlsr_audit_input_ckpt(ctx, "base", base, B);
         if (rc == 0) rc = nlsr_full_check_sources(ctx, B, S, aligned == NULL, p);
         if (rc == 0) rc = nlsr_full_check_finetuned(ctx, S, T, p);
         if (rc < 0) goto done;
@@ -852,6 +938,7 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
     T = NULL;
     if (rc == 0) rc = apply_job(&J, patch);
 done:
+    nlsr_audit_end(ctx, audit);
     nlsr_tmp_remove(tdir);
     free(tdir);
     free(patch);

@@ -15,6 +15,7 @@
 #include "../io/checkpoint.h"
 #include "../io/file.h"
 #include "../io/outpath.h"
+#include "../io/sidefiles.h"
 #include "targets.h"
 
 #define DUMP_CHUNK 65536u
@@ -116,6 +117,7 @@ int nlsr_ckpt_print_inspect(nlsr_ctx *ctx, const nlsr_ckpt *ck, int json, FILE *
                     ck_tensor_offset(ck, i), t->end - t->begin);
         }
         fprintf(out, "kind: %s\n", ck->kind == NLSR_CKPT_PEFT ? "PEFT adapter" : "full");
+        if (ck->resolved) fprintf(out, "snapshot: %s\n", ck->resolved);
         fprintf(out, "tensors: %zu  parameters: %" PRIu64 "  bytes: %" PRIu64 "  shards: %zu\n",
                 ck->n, params, bytes, ck->nshards);
         fprintf(out, "layers: %ld  target modules: %zu (", sum.layers, sum.modules);
@@ -131,6 +133,7 @@ int nlsr_ckpt_print_inspect(nlsr_ctx *ctx, const nlsr_ckpt *ck, int json, FILE *
     if (!root) goto oom;
     cJSON_AddStringToObject(root, "kind", kind);
     cJSON_AddStringToObject(root, "path", ck->path);
+    cJSON_AddStringToObject(root, "resolved", nlsr_ckpt_resolved_path(ck));
     if (!(arr = cJSON_AddArrayToObject(root, "tensors"))) goto oom;
     for (size_t i = 0; i < ck->n; i++) {
         const st_tensor *t = ck->t[i].t;
@@ -218,15 +221,25 @@ done:
     return rc;
 }
 
-int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, int force)
+int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, int flags)
 {
     nlsr_err *e = &ctx->err;
+    int force = (flags & NLSR_REWRITE_FORCE) != 0;
+    int drop = (flags & NLSR_REWRITE_DROP_OTHER_WEIGHTS) != 0;
     const char *in[1] = {ck->path};
     NLSR_FORWARD(nlsr_out_check(ctx, out_dir, NLSR_OUT_DIR, force, in, 1, NULL));
+    /* What the output folder will hold beside the shards, checked before anything is written
+     * (src/io/sidefiles.h): the same policy as the realignment jobs. */
+    nlsr_sidefiles sf;
+    NLSR_FORWARD(nlsr_sidefiles_load(ctx, ck, drop, 0, &sf));
     /* Built in a temporary folder and moved into place when complete, so a failure half-way
      * leaves no folder that looks like a finished checkpoint. */
     char *tmp = NULL;
-    NLSR_FORWARD(nlsr_tmp_dir(ctx, out_dir, &tmp));
+    int trc = nlsr_tmp_dir(ctx, out_dir, &tmp);
+    if (trc < 0) {
+        nlsr_sidefiles_free(&sf);
+        return trc;
+    }
     int rc = 0;
     for (size_t s = 0; s < ck->nshards && rc == 0; s++) {
         char *dst = nlsr_path_join(tmp, ck->shard_names[s]);
@@ -234,24 +247,11 @@ int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, i
         else rc = rewrite_shard(ck->shards[s], dst, e);
         free(dst);
     }
-    /* Side files (index, config.json, adapter_config.json ...) are copied as they are, when
-     * the checkpoint is a folder: a lone .safetensors file's neighbours are not part of it. */
-    DIR *d = nlsr_is_dir(ck->path) == 1 ? opendir(ck->dir) : NULL;
-    if (rc == 0 && d) {
-        struct dirent *de;
-        while (rc == 0 && (de = readdir(d)) != NULL) {
-            const char *nm = de->d_name;
-            size_t L = strlen(nm);
-            if (nm[0] == '.' || (L > 12 && strcmp(nm + L - 12, ".safetensors") == 0)) continue;
-            if (L < 5 || strcmp(nm + L - 5, ".json") != 0) continue;
-            char *src = nlsr_path_join(ck->dir, nm), *dst = nlsr_path_join(tmp, nm);
-            if (!src || !dst) rc = nlsr_fail(e, -ENOMEM, "out of memory");
-            else rc = nlsr_copy_file(src, dst, e);
-            free(src);
-            free(dst);
-        }
-    }
-    if (d) closedir(d);
+    /* Side files (index, config.json, adapter_config.json, tokenizer ...) are copied as they
+     * are, when the checkpoint is a folder: a lone .safetensors file's neighbours are not part
+     * of it. */
+    if (rc == 0) rc = nlsr_sidefiles_copy(ctx, ck, tmp, drop, &sf);
+    nlsr_sidefiles_free(&sf);
     if (rc == 0) rc = nlsr_tmp_dir_commit(ctx, tmp, out_dir, force);
     if (rc < 0) nlsr_tmp_remove(tmp);
     free(tmp);

@@ -13,8 +13,11 @@
 
 #include "../common/ctx.h"
 #include "../io/file.h"
+#include "../io/hub.h"
 #include "../io/lock.h"
 #include "../io/patchfile.h"
+#include "audit.h"
+#include "../io/sidefiles.h"
 #include "inplace.h"
 #include "realign_full.h"
 #include "realign_run.h"
@@ -69,15 +72,36 @@ static int check_out_dir(nlsr_ctx *ctx, const char *out, const nlsr_realign_para
     return nlsr_outputs_check(ctx, out, NLSR_OUT_DIR, p, in, n);
 }
 
-/* Shared locks on the input folders that have a lock file (lock.h): an in-place run or a
+/* Shared locks on the input folders (lock.h; a file's own folder): an in-place run or a
  * rollback cannot start on an input while it is read, and one in progress is refused here
  * (NLSR_E_LOCKED) rather than read half patched. fds[i] = -1 where none was taken. */
 static int lock_inputs(nlsr_ctx *ctx, const char *const *paths, size_t n, int *fds)
 {
     for (size_t i = 0; i < n; i++) fds[i] = -1;
-    for (size_t i = 0; i < n; i++)
-        if (paths[i] && nlsr_is_dir(paths[i]) == 1)
-            NLSR_FORWARD(nlsr_lock_shared(ctx, paths[i], &fds[i]));
+    for (size_t i = 0; i < n; i++) {
+        if (!paths[i]) continue;
+        int d = nlsr_is_dir(paths[i]);
+        if (d == 1) {
+            /* A hub cache repository folder is read from its snapshot: lock that one. */
+            nlsr_hub_kind hub;
+            char *snap = NULL;
+            int rc = nlsr_hub_resolve(paths[i], ctx->revision[0] ? ctx->revision : NULL, &hub,
+                                      &snap, &ctx->err);
+            if (rc == 0) rc = nlsr_lock_shared(ctx, snap ? snap : paths[i], &fds[i]);
+            free(snap);
+            NLSR_FORWARD(rc);
+            continue;
+        }
+        /* A single-file input: its folder is what an in-place run locks. */
+        char *dir = d == 0 ? strdup(paths[i]) : NULL;
+        char *slash = dir ? strrchr(dir, '/') : NULL;
+        if (slash) slash[slash == dir ? 1 : 0] = '\0';
+        int rc = dir && nlsr_is_dir(slash ? dir : ".") == 1
+                     ? nlsr_lock_shared(ctx, slash ? dir : ".", &fds[i])
+                     : 0;
+        free(dir);
+        NLSR_FORWARD(rc);
+    }
     return 0;
 }
 
@@ -109,11 +133,15 @@ int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const cha
     nlsr_report rep;
     nlsr_report_init(&rep, ctx, "prepare", "full");
     rep.has_selection = 0;
+    int audit = nlsr_audit_begin(ctx, p);
     const char *inputs[2] = {base, srcp};
     int locks[2];
     int rc = lock_inputs(ctx, inputs, 2, locks);
     if (rc == 0) rc = open_pair(ctx, base, srcp, &B, &S);
     if (rc < 0) goto done;
+    nlsr_audit_input_ckpt(ctx, "base", base, B);
+    nlsr_audit_input_ckpt(ctx, is_ref ? "reference" : "aligned", srcp, S);
+    nlsr_audit_output(ctx, "patches", out_file, 0);
     if (nlsr_ckpt_get_kind(S) == NLSR_CKPT_PEFT) {
         /* LoRA: the base is the zero adapter; a given base is not needed. */
         rc = check_out_file(ctx, out_file, p, base, srcp, NULL);
@@ -139,6 +167,7 @@ int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const cha
     if (rc == 0) rc = nlsr_report_emit(&rep, ctx, p);
 done:
     unlock_inputs(locks, 2);
+    nlsr_audit_end(ctx, audit);
     nlsr_report_free(&rep);
     nlsr_ckpt_free(B);
     nlsr_ckpt_free(S);
@@ -169,13 +198,19 @@ int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const 
     nlsr_realign_params used = *p;
     nlsr_report rep;
     nlsr_report_init(&rep, ctx, "apply", "full");
+    int audit = nlsr_audit_begin(ctx, p);
     const char *inputs[2] = {patches, finetuned};
     int locks[2];
     int rc = lock_inputs(ctx, inputs, 2, locks);
     if (rc == 0) rc = nlsr_pf_open(ctx, patches, &pf);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
     if (rc == 0) rc = nlsr_inplace_check_input(ctx, finetuned);
+    /* What the output folder will hold beside the weights (src/io/sidefiles.h). */
+    if (rc == 0) rc = nlsr_sidefiles_load(ctx, T, p->drop_other_weights, 0, &rep.files);
     if (rc < 0) goto done;
+    nlsr_audit_input_file(ctx, "patches", patches);
+    nlsr_audit_input_ckpt(ctx, "finetuned", finetuned, T);
+    nlsr_audit_output(ctx, "out", out_dir, 0);
     if (strcmp(pf->kind, "lora") == 0) {
         nlsr_pf_close(pf);
         pf = NULL;
@@ -198,6 +233,7 @@ int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const 
     if (rc == 0) rc = nlsr_full_check_patch(ctx, pf, T, &used);
     if (rc == 0) rc = check_out_dir(ctx, out_dir, p, patches, finetuned, NULL);
     if (rc == 0) rc = nlsr_outdir_begin(ctx, out_dir, p->force, &tmp);
+    if (rc == 0) nlsr_audit_output_at(ctx, out_dir, tmp);
     if (rc == 0) rc = nlsr_full_apply(ctx, pf, T, tmp, &used, NULL, &rep);
     if (rc == 0) rc = nlsr_report_stage(&rep, ctx, &used);
     if (rc == 0) rc = nlsr_outdir_commit(ctx, tmp, out_dir, p->force);
@@ -208,6 +244,7 @@ int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const 
     }
 done:
     unlock_inputs(locks, 2);
+    nlsr_audit_end(ctx, audit);
     nlsr_outdir_abort(tmp);
     free(tmp);
     free(names);
@@ -235,13 +272,20 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     nlsr_report rep, prep_rep;
     nlsr_report_init(&rep, ctx, "run", "full");
     nlsr_report_init(&prep_rep, ctx, "prepare", "full");
+    int audit = nlsr_audit_begin(ctx, p);
     const char *inputs[3] = {base, srcp, finetuned};
     int locks[3];
     int rc = lock_inputs(ctx, inputs, 3, locks);
     if (rc == 0) rc = open_pair(ctx, base, srcp, &B, &S);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
     if (rc == 0) rc = nlsr_inplace_check_input(ctx, finetuned);
+    /* What the output folder will hold beside the weights (src/io/sidefiles.h). */
+    if (rc == 0) rc = nlsr_sidefiles_load(ctx, T, p->drop_other_weights, 0, &rep.files);
     if (rc < 0) goto done;
+    nlsr_audit_input_ckpt(ctx, "base", base, B);
+    nlsr_audit_input_ckpt(ctx, is_ref ? "reference" : "aligned", srcp, S);
+    nlsr_audit_input_ckpt(ctx, "finetuned", finetuned, T);
+    nlsr_audit_output(ctx, "out", out_dir, 0);
     int s_peft = nlsr_ckpt_get_kind(S) == NLSR_CKPT_PEFT;
     if (s_peft != (nlsr_ckpt_get_kind(T) == NLSR_CKPT_PEFT)) {
         rc = nlsr_fail(e, NLSR_E_MISMATCH, "%s %s is %s but finetuned %s is %s",
@@ -273,6 +317,7 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     if (rc == 0) rc = nlsr_full_check_finetuned(ctx, S, T, p);
     if (rc == 0) rc = check_out_dir(ctx, out_dir, p, base, srcp, finetuned);
     if (rc == 0) rc = nlsr_outdir_begin(ctx, out_dir, p->force, &tmp);
+    if (rc == 0) nlsr_audit_output_at(ctx, out_dir, tmp);
     if (rc == 0) rc = nlsr_scorer_check_params(ctx, &p->scorer);
     if (rc < 0) goto done;
     /* The single pass when the budget holds two whole modules; prepare + apply through a
@@ -323,6 +368,7 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     }
 done:
     unlock_inputs(locks, 3);
+    nlsr_audit_end(ctx, audit);
     nlsr_outdir_abort(tmp);
     free(tmp);
     free(patch);

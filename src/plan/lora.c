@@ -27,6 +27,8 @@
 #include "../io/checkpoint.h"
 #include "../io/file.h"
 #include "../io/outpath.h"
+#include "audit.h"
+#include "../io/sidefiles.h"
 #include "report.h"
 #include "stream.h"
 #include "targets.h"
@@ -575,27 +577,22 @@ done:
 }
 
 /* The output adapter folder, built in a temporary folder beside out_dir and moved into place
- * when complete: adapter_model.safetensors per act[] and the layout adapter's
- * adapter_config.json; the report (rep, may be NULL) is staged before the move. */
+ * when complete: adapter_model.safetensors per act[] and the layout adapter's side files
+ * (adapter_config.json, README.md, tokenizer files ...) as src/io/sidefiles.h says; the report
+ * (rep, may be NULL) is staged before the move. */
 static int write_adapter(nlsr_ctx *ctx, const nlsr_ckpt *ck, const lora_action *act,
-                         const char *out_dir, const nlsr_realign_params *p, nlsr_report *rep)
+                         const char *out_dir, const nlsr_realign_params *p, nlsr_sidefiles *sf,
+                         nlsr_report *rep)
 {
-    nlsr_err *e = &ctx->err;
-    char *tmp = NULL, *cfg_src = NULL, *cfg_dst = NULL;
+    char *tmp = NULL;
     int rc = nlsr_out_check(ctx, out_dir, NLSR_OUT_DIR, p->force, NULL, 0, NULL);
     if (rc == 0) rc = nlsr_tmp_dir(ctx, out_dir, &tmp);
-    if (rc == 0) {
-        cfg_src = nlsr_path_join(ck->dir, ADAPTER_CONFIG);
-        cfg_dst = nlsr_path_join(tmp, ADAPTER_CONFIG);
-        if (!cfg_src || !cfg_dst) rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", out_dir);
-    }
+    if (rc == 0) nlsr_audit_output_at(ctx, out_dir, tmp);
     if (rc == 0) rc = write_model(ctx, ck, act, tmp);
-    if (rc == 0) rc = nlsr_copy_file(cfg_src, cfg_dst, e);
+    if (rc == 0) rc = nlsr_sidefiles_copy(ctx, ck, tmp, p->drop_other_weights, sf);
     if (rc == 0 && rep) rc = nlsr_report_stage(rep, ctx, p);
     if (rc == 0) rc = nlsr_tmp_dir_commit(ctx, tmp, out_dir, p->force);
     if (rc < 0) nlsr_tmp_remove(tmp);
-    free(cfg_dst);
-    free(cfg_src);
     free(tmp);
     return rc;
 }
@@ -735,10 +732,28 @@ static int check_pair(nlsr_ctx *ctx, const lora_prep *P, const char *ref_name,
     return 0;
 }
 
+/* Every masked value of e (a factor's reference, f32) as ft's tensor ti stores it must be
+ * finite: a reference finite in its own dtype can overflow a narrower fine-tune (F16). Checked
+ * for every module before anything is written, patched or not. */
+static int check_dest(nlsr_ctx *ctx, const nlsr_ckpt *ft, size_t ti, const float *e,
+                      const uint8_t *mask, uint64_t n, const char *source)
+{
+    const st_tensor *t = tensor_of(ft, ti);
+    if (t->dtype == NLSR_DTYPE_F32 || t->dtype == NLSR_DTYPE_F64) return 0;
+    for (uint64_t k = 0; k < n; k++)
+        NLSR_FAIL_IF(mask[k] && !isfinite(stored(t->dtype, e[k])), &ctx->err, NLSR_E_VALUE,
+                     "%s: tensor '%s': element %" PRIu64 ": the realigned value %.9g (from %s) "
+                     "is not finite in the fine-tune's dtype %s",
+                     file_of(ft, ti), t->name, k, (double)e[k], source,
+                     nlsr_dtype_name(t->dtype));
+    return 0;
+}
+
 /* Similarity of every module (METHOD.md step 3, LoRA):
  * cos((B_t.M_B)(A_t.M_A), (B_e.M_B)(A_e.M_A)) in double through the r x r Grams. */
-static int similarities(nlsr_ctx *ctx, const lora_prep *P, const nlsr_ckpt *ft,
-                        const size_t *ta, const size_t *tb, nlsr_report *rep)
+static int similarities(nlsr_ctx *ctx, const lora_prep *P, const char *ref_name,
+                        const nlsr_ckpt *ft, const size_t *ta, const size_t *tb,
+                        nlsr_report *rep)
 {
     uint64_t maxf = 0, maxr = 0;
     for (size_t j = 0; j < P->n; j++) {
@@ -767,6 +782,8 @@ static int similarities(nlsr_ctx *ctx, const lora_prep *P, const nlsr_ckpt *ft,
         nlsr_to_f32(xb->dtype, data[1], tf + na, (size_t)nb);
         rc = check_finite(ctx, ft, ta[u->tag], tf, na, "");
         if (rc == 0) rc = check_finite(ctx, ft, tb[u->tag], tf + na, nb, "");
+        if (rc == 0) rc = check_dest(ctx, ft, ta[u->tag], m->ea, m->ma, na, ref_name);
+        if (rc == 0) rc = check_dest(ctx, ft, tb[u->tag], m->eb, m->mb, nb, ref_name);
         if (rc < 0) break;
         /* Masked factors in double: t then e, each A then B. */
         double *tA = d, *tB = d + na, *eA = d + na + nb, *eB = eA + na;
@@ -795,6 +812,9 @@ int lora_realign(nlsr_ctx *ctx, const lora_prep *P, const char *ref_name, const 
 {
     nlsr_err *e = &ctx->err;
     NLSR_FORWARD(refuse_existing(ctx, out_dir, p->force));
+    /* What the output folder will hold beside the adapter (src/io/sidefiles.h). */
+    if (!rep->files.loaded)
+        NLSR_FORWARD(nlsr_sidefiles_load(ctx, ft, p->drop_other_weights, 0, &rep->files));
     lora_prep T;
     size_t *ta = NULL, *tb = NULL;
     lora_action *act = NULL;
@@ -805,7 +825,7 @@ int lora_realign(nlsr_ctx *ctx, const lora_prep *P, const char *ref_name, const 
     act = calloc(ft->n ? ft->n : 1, sizeof *act);
     if (rc == 0 && (!ta || !tb || !act)) rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", ft->path);
     if (rc == 0) rc = check_pair(ctx, P, ref_name, ft, &T, ta, tb);
-    if (rc == 0) rc = similarities(ctx, P, ft, ta, tb, rep);
+    if (rc == 0) rc = similarities(ctx, P, ref_name, ft, ta, tb, rep);
     if (rc == 0) rc = nlsr_report_select(rep, ctx, &p->select);
     if (rc < 0) goto done;
     /* Per-factor transplant: A_t' = M_A ? A_e : A_t, B_t' = M_B ? B_e : B_t. */
@@ -821,7 +841,7 @@ int lora_realign(nlsr_ctx *ctx, const lora_prep *P, const char *ref_name, const 
         rc = lora_write_masks(ctx, P, p->mask_out_path, p->force);
         wrote_masks = rc == 0;
     }
-    if (rc == 0) rc = write_adapter(ctx, ft, act, out_dir, p, rep);
+    if (rc == 0) rc = write_adapter(ctx, ft, act, out_dir, p, &rep->files, rep);
     if (rc < 0 && wrote_masks) unlink(p->mask_out_path);
     if (rc == 0) rc = nlsr_report_emit(rep, ctx, p);
 done:
@@ -840,6 +860,8 @@ int nlsr_lora_amplify(nlsr_ctx *ctx, const nlsr_ckpt *aligned, const char *out_d
     nlsr_err *e = &ctx->err;
     NLSR_FORWARD(refuse_existing(ctx, out_dir, p->force));
     NLSR_FORWARD(check_params(ctx, p));
+    nlsr_sidefiles sf;
+    NLSR_FORWARD(nlsr_sidefiles_load(ctx, aligned, p->drop_other_weights, 0, &sf));
     lora_prep P;
     lora_action *act = NULL;
     int rc = lora_list_modules(ctx, aligned, p, &P);
@@ -853,8 +875,9 @@ int nlsr_lora_amplify(nlsr_ctx *ctx, const nlsr_ckpt *aligned, const char *out_d
             if (p->amplify != NLSR_AMPLIFY_PAPER) act[P.m[j].ta] = (lora_action){P.m[j].ea, NULL};
             act[P.m[j].tb] = (lora_action){P.m[j].eb, NULL};
         }
-        rc = write_adapter(ctx, aligned, act, out_dir, p, NULL);
+        rc = write_adapter(ctx, aligned, act, out_dir, p, &sf, NULL);
     }
+    nlsr_sidefiles_free(&sf);
     free(act);
     lora_prep_free(ctx, &P);
     return rc;

@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -273,6 +274,7 @@ static int list_pf_modules(nlsr_ctx *ctx, const nlsr_pf_reader *r, lora_prep *P)
 static int load_factor(nlsr_pf_reader *r, const nlsr_pf_tensor *t, float *v, uint8_t *m,
                        uint64_t *count)
 {
+    nlsr_err *e = &r->ctx->err;
     size_t es = nlsr_dtype_size(t->ref_dtype);
     memset(v, 0, (size_t)t->numel * sizeof *v);
     memset(m, 0, (size_t)t->numel);
@@ -282,6 +284,11 @@ static int load_factor(nlsr_pf_reader *r, const nlsr_pf_tensor *t, float *v, uin
         const unsigned char *ref = vw.ref;
         for (size_t k = 0; k < vw.m; k++) {
             nlsr_to_f32(t->ref_dtype, ref + k * es, &v[vw.idx[k]], 1);
+            /* Checksums prove the bytes are what the writer wrote, not that they are finite. */
+            NLSR_FAIL_IF(!isfinite(v[vw.idx[k]]), e, NLSR_E_VALUE,
+                         "%s: tensor '%s': element %" PRIu64
+                         " is %g (a reference value in the patch file)",
+                         r->path, t->name, vw.idx[k], (double)v[vw.idx[k]]);
             m[vw.idx[k]] = 1;
         }
         *count += vw.m;

@@ -15,6 +15,7 @@
 #include "../io/file.h"
 #include "../io/io.h"
 #include "../io/io_sink.h"
+#include "../io/sidefiles.h"
 #include "progress.h"
 #include "realign_run.h"
 #include "scorer.h"
@@ -221,27 +222,15 @@ static void sink_size(uint64_t budget, size_t *chunk, unsigned *nbuf)
     *nbuf = SINK_NBUF;
 }
 
-/* Bytes of the side files a job copies beside the output's shards: every regular, non-hidden
- * file of the layout's folder that is not one of its shards (nlsr_copy_side_files). A single
- * .safetensors file given by path has none. */
-static int side_files(const nlsr_ckpt *L, uint64_t *bytes, nlsr_err *e)
+/* Bytes of the side files a job copies beside the output's shards: the COPY entries of the
+ * layout's folder (src/io/sidefiles.h; none for a single .safetensors file given by path).
+ * Weights the job would leave out are not counted: with them the job refuses or drops them. */
+static int side_files(nlsr_ctx *ctx, const nlsr_ckpt *L, uint64_t *bytes)
 {
-    *bytes = 0;
-    if (nlsr_is_dir(L->path) != 1) return 0;
-    DIR *d = opendir(L->dir);
-    NLSR_FAIL_IF(!d, e, -errno, "%s: cannot list folder: %s", L->dir, strerror(errno));
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        const char *nm = de->d_name;
-        if (nm[0] == '.' || strstr(nm, ".nlsr-tmp-")) continue;
-        int shard = 0;
-        for (size_t i = 0; i < L->nshards && !shard; i++) shard = strcmp(L->shard_names[i], nm) == 0;
-        if (shard) continue;
-        struct stat st;
-        if (fstatat(dirfd(d), nm, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
-            *bytes += (uint64_t)st.st_size;
-    }
-    closedir(d);
+    nlsr_sidefiles sf;
+    NLSR_FORWARD(nlsr_sidefiles_scan(ctx, L, &sf));
+    *bytes = sf.copy_bytes;
+    nlsr_sidefiles_free(&sf);
     return 0;
 }
 
@@ -472,7 +461,7 @@ int nlsr_plan_build(nlsr_ctx *ctx, const nlsr_job_desc *job, nlsr_plan *out)
             out->out_size[s] = 8 + hlen + ds;
             out->write_bytes += out->out_size[s];
         }
-        rc = side_files(L, &out->side_bytes, e);
+        rc = side_files(ctx, L, &out->side_bytes);
         if (rc < 0) goto fail;
         out->write_bytes += out->side_bytes;
     }
@@ -931,7 +920,10 @@ int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const 
     const char *src = "given";
     double *rp = read_bw == 0 ? &read_bw : NULL, *wp = write_bw == 0 ? &write_bw : NULL;
     if (rp || wp) {
-        if (!probe_dir) probe_dir = pdir = parent_dir(ck[1]->dir);
+        /* Beside the aligned model, unless that is in a hub cache, which nlsr never writes
+         * into: then the current folder. */
+        if (!probe_dir)
+            probe_dir = pdir = ck[1]->hub ? strdup(".") : parent_dir(ck[1]->dir);
         rc = pdir || probe_dir ? nlsr_plan_probe(ctx, ck[1], probe_dir, rp, wp)
                                : nlsr_fail(e, -ENOMEM, "out of memory");
         if (rc < 0) goto done;

@@ -21,10 +21,12 @@
 #include "../common/dtype_table.h"
 #include "../compute/convert.h"
 #include "../compute/kth.h"
+#include "../compute/reference.h"
 #include "../compute/selection.h"
 #include "../compute/similarity.h"
 #include "../io/file.h"
 #include "../io/journal.h"
+#include "../io/sidefiles.h"
 #include "scorer.h"
 #include "stream.h"
 #include "targets.h"
@@ -350,6 +352,15 @@ static int nonfinite_fail(nlsr_ctx *ctx, const char *file, const char *tensor, u
 {
     return nlsr_fail(&ctx->err, NLSR_E_VALUE, "%s: tensor '%.200s': element %" PRIu64 " is %g%s",
                      file, tensor, el, (double)v, what);
+}
+
+int nlsr_full_dest_overflow(nlsr_ctx *ctx, const char *ft_file, const char *tensor, uint64_t el,
+                            float v, nlsr_dtype dt, const char *source)
+{
+    return nlsr_fail(&ctx->err, NLSR_E_VALUE,
+                     "%s: tensor '%.200s': element %" PRIu64 ": the realigned value %.9g (from "
+                     "%s) is not finite in the fine-tune's dtype %s",
+                     ft_file, tensor, el, (double)v, source, nlsr_dtype_name(dt));
 }
 
 int nlsr_full_step1(nlsr_ctx *ctx, const nlsr_step1_mod *m, uint64_t first, size_t cnt,
@@ -683,6 +694,12 @@ static cJSON *source_json(const nlsr_ckpt *ck, const nlsr_xxh64_state *fp)
     char *abs = realpath(ck->path, NULL);
     cJSON_AddStringToObject(o, "path", abs ? abs : ck->path);
     free(abs);
+    if (ck->resolved) {
+        /* A hub cache repository folder: which of its revisions was read. */
+        char *snap = realpath(ck->resolved, NULL);
+        cJSON_AddStringToObject(o, "snapshot", snap ? snap : ck->resolved);
+        free(snap);
+    }
     uint64_t bytes = 0;
     for (size_t i = 0; i < ck->n; i++) bytes += ck->t[i].t->end - ck->t[i].t->begin;
     cJSON_AddNumberToObject(o, "tensors", (double)ck->n);
@@ -836,6 +853,7 @@ typedef struct apply_ctx {
      * are the shard indexes; jn_mod is the module of the batch being staged. */
     nlsr_journal *jn;
     size_t jn_mod;
+    int drop; /* p->drop_other_weights */
 } apply_ctx;
 
 static int apply_units(apply_ctx *A, const int *only, nlsr_unit **units, size_t *nunits)
@@ -870,6 +888,46 @@ static int apply_units(apply_ctx *A, const int *only, nlsr_unit **units, size_t 
     return 0;
 }
 
+/* The patch file's values (checksums prove they are what prepare wrote, not that they are
+ * finite: a file written by another tool, or by prepare from a reference holding Inf), then
+ * every transplant value as the fine-tune's dtype stores it: a reference finite in the
+ * aligned dtype may overflow a narrower destination (an F16 fine-tune, |e_s| >= 65520).
+ * Checked for every module in this first pass, patched or not, so that the job fails before
+ * any byte is written (in place: before the journal starts), whatever the selection draws. */
+static int check_patch_values(apply_ctx *A, size_t mi, const nlsr_pf_tensor *pt,
+                              const nlsr_pf_view *v, const st_tensor *t)
+{
+    const char *pfile = A->pf->path;
+    size_t bad = nlsr_first_nonfinite_f32(A->em, v->m);
+    if (bad < v->m)
+        return nonfinite_fail(A->ctx, pfile, pt->name, v->idx[bad], A->em[bad],
+                              " (a reference value in the patch file)");
+    bad = nlsr_first_nonfinite_f32(A->bm, v->m);
+    if (bad < v->m)
+        return nonfinite_fail(A->ctx, pfile, pt->name, v->idx[bad], A->bm[bad],
+                              " (a base value in the patch file)");
+    if (t->dtype == NLSR_DTYPE_F32 || t->dtype == pt->ref_dtype) return 0; /* exact */
+    nlsr_from_f32(t->dtype, A->em, A->conv, v->m);
+    if (!nlsr_any_nonfinite_raw(t->dtype, A->conv, v->m)) return 0;
+    size_t tsz = nlsr_dtype_size(t->dtype);
+    for (bad = 0; bad < v->m; bad++) {
+        float x;
+        nlsr_to_f32(t->dtype, A->conv + bad * tsz, &x, 1);
+        if (!isfinite(x)) break;
+    }
+    /* run's patch file is a temporary one: the checkpoint it was prepared from says more. */
+    const cJSON *src = cJSON_GetObjectItemCaseSensitive(A->pf->header, "sources");
+    const cJSON *from = cJSON_GetObjectItemCaseSensitive(src, "aligned");
+    if (!from) from = cJSON_GetObjectItemCaseSensitive(src, "reference");
+    const cJSON *fp = cJSON_GetObjectItemCaseSensitive(from, "path");
+    char where[1200];
+    if (cJSON_IsString(fp))
+        snprintf(where, sizeof where, "%.500s, prepared from %.500s", pfile, fp->valuestring);
+    else snprintf(where, sizeof where, "%.500s", pfile);
+    return nlsr_full_dest_overflow(A->ctx, shard_path(A->ft, A->ti[mi]), t->name, v->idx[bad],
+                                   A->em[bad], t->dtype, where);
+}
+
 /* Pass 1 for one block: every fine-tuned value finite, the masked cosine's sums. */
 static int similarity_block(apply_ctx *A, size_t mi, size_t bi, const unsigned char *raw,
                             nlsr_cos_sums *sums)
@@ -889,6 +947,7 @@ static int similarity_block(apply_ctx *A, size_t mi, size_t bi, const unsigned c
     for (size_t j = 0; j < v.m; j++) A->tm[j] = A->tf[v.idx[j] - first];
     nlsr_to_f32(pt->ref_dtype, v.ref, A->em, v.m);
     nlsr_to_f32(pt->base_dtype, v.base, A->bm, v.m);
+    NLSR_FORWARD(check_patch_values(A, mi, pt, &v, t));
     nlsr_cos_add_masked(sums, A->tm, A->em, A->bm, v.m);
     if (A->cache) {
         size_t tsz = nlsr_dtype_size(t->dtype);
@@ -964,7 +1023,7 @@ static int write_block(apply_ctx *A, size_t mi, size_t bi, const unsigned char *
 /* Pass 2: the output checkpoint. Every shard is copied (reflink where the file system can);
  * in the copies of shards that hold patched tensors, those tensors' bytes are rewritten in
  * place, so headers, metadata, tensor order and every other byte stay the fine-tune's own. */
-static int apply_write(apply_ctx *A, const nlsr_report *rep, const char *out_dir)
+static int apply_write(apply_ctx *A, nlsr_report *rep, const char *out_dir)
 {
     nlsr_ctx *ctx = A->ctx;
     nlsr_err *e = &ctx->err;
@@ -1029,9 +1088,9 @@ static int apply_write(apply_ctx *A, const nlsr_report *rep, const char *out_dir
             rc = nlsr_fail(e, -errno, "%s: fsync failed: %s", A->dst[k], strerror(errno));
         close(A->fds[k]);
     }
-    /* Side files (index, config, tokenizer ...) come along unless the input was a lone file. */
-    if (rc == 0 && !A->jn && nlsr_is_dir(ft->path) == 1)
-        rc = nlsr_copy_side_files(ctx, ft->dir, out_dir, ft->shard_names, ft->nshards);
+    /* Side files (index, config, tokenizer ...) as the policy says (src/io/sidefiles.h). */
+    if (rc == 0 && !A->jn)
+        rc = nlsr_sidefiles_copy(ctx, ft, out_dir, A->drop, &rep->files);
 done:
     free(units);
     if (A->dst)
@@ -1059,6 +1118,7 @@ static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
     A.ft = ft;
     A.jn = jn;
     A.jn_mod = SIZE_MAX;
+    A.drop = p->drop_other_weights;
     A.ti = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *A.ti);
     A.cache_off = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *A.cache_off);
     if (!A.ti || !A.cache_off) {
@@ -1162,32 +1222,4 @@ int nlsr_outdir_commit(nlsr_ctx *ctx, const char *tmp_dir, const char *out_dir, 
 void nlsr_outdir_abort(const char *tmp_dir)
 {
     nlsr_tmp_remove(tmp_dir);
-}
-
-int nlsr_copy_side_files(nlsr_ctx *ctx, const char *src_dir, const char *dst_dir,
-                         char *const *skip, size_t nskip)
-{
-    nlsr_err *e = &ctx->err;
-    DIR *d = opendir(src_dir);
-    NLSR_FAIL_IF(!d, e, -errno, "%s: cannot list folder: %s", src_dir, strerror(errno));
-    int rc = 0;
-    struct dirent *de;
-    while (rc == 0 && (de = readdir(d)) != NULL) {
-        const char *nm = de->d_name;
-        if (nm[0] == '.' || strstr(nm, ".nlsr-tmp-")) continue;
-        int skipped = 0;
-        for (size_t i = 0; i < nskip && !skipped; i++) skipped = strcmp(skip[i], nm) == 0;
-        if (skipped) continue;
-        char *s = nlsr_path_join(src_dir, nm), *t = nlsr_path_join(dst_dir, nm);
-        struct stat st;
-        if (!s || !t) rc = nlsr_fail(e, -ENOMEM, "out of memory");
-        else if (lstat(s, &st) == 0 && S_ISREG(st.st_mode)) {
-            rc = nlsr_copy_file(s, t, e);
-            if (rc == 0) ctx->bytes_written += (uint64_t)st.st_size;
-        }
-        free(s);
-        free(t);
-    }
-    closedir(d);
-    return rc;
 }

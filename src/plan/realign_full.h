@@ -61,6 +61,11 @@ typedef struct nlsr_step1_buf {
 int nlsr_full_step1(nlsr_ctx *ctx, const nlsr_step1_mod *m, uint64_t first, size_t cnt,
                     const unsigned char *araw, const unsigned char *braw, int validate,
                     const nlsr_step1_buf *b);
+/* Fails with NLSR_E_VALUE: element el of `tensor` would be written as v, which the fine-tune's
+ * dtype dt cannot hold (overflow to Inf); source names where v came from (the aligned or
+ * reference shard, or the patch file). One message for every plan. */
+int nlsr_full_dest_overflow(nlsr_ctx *ctx, const char *ft_file, const char *tensor, uint64_t el,
+                            float v, nlsr_dtype dt, const char *source);
 
 /* Header-only checks before anything is read or written: base and source (aligned or
  * reference) have the same target tensors (per p->targets) with the same shapes, float dtypes
@@ -118,9 +123,5 @@ int nlsr_outdir_begin(nlsr_ctx *ctx, const char *out_dir, int force, char **tmp_
 int nlsr_outdir_commit(nlsr_ctx *ctx, const char *tmp_dir, const char *out_dir, int force);
 /* Removes the temporary folder without following links (best effort); NULL is a no-op. */
 void nlsr_outdir_abort(const char *tmp_dir);
-/* Copies every regular, non-hidden file of `src_dir` not named in skip[] into dst_dir (the
- * index, config.json, tokenizer files ...), counting the bytes written. */
-int nlsr_copy_side_files(nlsr_ctx *ctx, const char *src_dir, const char *dst_dir,
-                         char *const *skip, size_t nskip);
 
 #endif

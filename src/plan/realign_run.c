@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "../common/ctx.h"
+#include "../common/testhook.h"
 #include "../compute/convert.h"
 #include "../compute/kth.h"
 #include "../compute/mask.h"
@@ -25,6 +26,7 @@
 #include "../compute/similarity.h"
 #include "../io/file.h"
 #include "../io/io.h"
+#include "../io/sidefiles.h"
 #include "progress.h"
 #include "stream.h"
 #include "targets.h"
@@ -457,6 +459,24 @@ static int pass_threshold(runner *R, rmod *M, const unsigned char *a, const unsi
     return 0;
 }
 
+/* A transplant value that the fine-tune's dtype cannot hold (a reference finite in the aligned
+ * dtype overflows an F16 fine-tune) fails the job. vals: m values of em[] stored in ft's dtype,
+ * elements at + idx[i]. Only a dtype narrower than the source's can overflow. */
+static int check_dest(runner *R, const rmod *M, uint64_t at, const unsigned char *vals, size_t m)
+{
+    if (M->tdt == M->adt || M->tdt == NLSR_DTYPE_F32 || M->tdt == NLSR_DTYPE_F64 ||
+        !nlsr_any_nonfinite_raw(M->tdt, vals, m))
+        return 0;
+    size_t i = 0;
+    for (; i + 1 < m; i++) {
+        float x;
+        nlsr_to_f32(M->tdt, vals + i * M->tsz, &x, 1);
+        if (!isfinite(x)) break;
+    }
+    return nlsr_full_dest_overflow(R->ctx, shard_path(R->ft, M->it), M->tt->name,
+                                   at + R->idx[i], R->em[i], M->tdt, M->s1.src_file);
+}
+
 /* The mask (strictly above the threshold), the masked cosine's sums in element order (as
  * apply accumulates them), and, when stored, the bitmap and the values in ft's dtype. */
 static int pass_mask(runner *R, rmod *M, const unsigned char *a, const unsigned char *b,
@@ -484,7 +504,13 @@ static int pass_mask(runner *R, rmod *M, const unsigned char *a, const unsigned 
                          "tensor '%.200s': more than %" PRIu64 " elements above the threshold",
                          M->ts->name, M->n - M->k);
             nlsr_from_f32(M->tdt, R->em, vals, m);
+            NLSR_FORWARD(check_dest(R, M, at, vals, m));
             vals += m * M->tsz;
+        } else if (m && M->tdt != M->adt && M->tdt != NLSR_DTYPE_F32) {
+            /* Checked here for every module, patched or not, so that the job fails before
+             * anything is written and whatever the selection draws (as apply does). */
+            nlsr_from_f32(M->tdt, R->em, R->conv, m);
+            NLSR_FORWARD(check_dest(R, M, at, R->conv, m));
         }
         M->mask_count += m;
         NLSR_FORWARD(poll_stream(R));
@@ -768,6 +794,7 @@ static int merge_unit(runner *R, rmod *M, uint64_t first, size_t cnt, const unsi
         size_t m = mask_positions(R->fs, c, M->thr, R->words, R->idx);
         for (size_t i = 0; i < m; i++) R->em[i] = R->fe[R->idx[i]];
         nlsr_from_f32(M->tdt, R->em, R->conv, m);
+        NLSR_FORWARD(check_dest(R, M, first + at, R->conv, m)); /* phase A checked the same */
         for (size_t i = 0; i < m; i++)
             memcpy(out + (at + R->idx[i]) * tsz, R->conv + i * tsz, tsz);
     }
@@ -783,7 +810,7 @@ static int cmp_begin(const void *x, const void *y, const void *ctx)
     return a->tt->begin < b->tt->begin ? -1 : a->tt->begin > b->tt->begin;
 }
 
-static int phase_b(runner *R, const nlsr_report *rep, const char *out_dir)
+static int phase_b(runner *R, nlsr_report *rep, const char *out_dir)
 {
     nlsr_ctx *ctx = R->ctx;
     nlsr_err *e = &ctx->err;
@@ -880,13 +907,18 @@ static int phase_b(runner *R, const nlsr_report *rep, const char *out_dir)
         }
         if (rc == 0 && fsync(out) != 0)
             rc = nlsr_fail(e, -errno, "%s: fsync failed: %s", dst, strerror(errno));
+        if (rc == 0) {
+            nlsr_test_point("shard");
+            rc = nlsr_ctx_check_cancel(ctx); /* a safe point between shards */
+        }
         close(out);
         out = -1;
         free(dst);
         dst = NULL;
     }
-    if (rc == 0 && nlsr_is_dir(ft->path) == 1)
-        rc = nlsr_copy_side_files(ctx, ft->dir, out_dir, ft->shard_names, ft->nshards);
+    /* Side files (index, config, tokenizer ...) as the policy says (src/io/sidefiles.h). */
+    if (rc == 0)
+        rc = nlsr_sidefiles_copy(ctx, ft, out_dir, R->p->drop_other_weights, &rep->files);
 done:
     if (out >= 0) close(out);
     free(dst);

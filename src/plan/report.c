@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -18,6 +19,7 @@
 #include "../compute/selection.h"
 #include "../io/file.h"
 #include "../io/outpath.h"
+#include "audit.h"
 #include "scorer.h"
 
 static double now_seconds(void)
@@ -48,6 +50,35 @@ void nlsr_report_free(nlsr_report *r)
     r->staged = NULL;
     r->m = NULL;
     r->n = r->cap = 0;
+    nlsr_sidefiles_free(&r->files);
+}
+
+/* "files": what the output folder got from the input folder, by class (sidefiles.h). */
+static int add_files(cJSON *root, const nlsr_sidefiles *sf)
+{
+    static const struct {
+        const char *key;
+        nlsr_sf_class cls;
+    } k[] = {{"weights", NLSR_SF_WEIGHTS},
+             {"copied", NLSR_SF_COPY},
+             {"dropped", NLSR_SF_OTHER},
+             {"skipped", NLSR_SF_SKIP}};
+    cJSON *f = cJSON_AddObjectToObject(root, "files");
+    if (!f) return -1;
+    for (size_t j = 0; j < sizeof k / sizeof k[0]; j++) {
+        cJSON *a = cJSON_AddArrayToObject(f, k[j].key);
+        if (!a) return -1;
+        for (size_t i = 0; i < sf->n; i++) {
+            const nlsr_sf_entry *x = &sf->e[i];
+            if (x->cls != k[j].cls) continue;
+            char nm[4096];
+            snprintf(nm, sizeof nm, "%s%s", x->name, x->is_dir ? "/" : "");
+            cJSON *str = cJSON_CreateString(nm);
+            if (!str) return -1;
+            cJSON_AddItemToArray(a, str);
+        }
+    }
+    return 0;
 }
 
 int nlsr_report_add(nlsr_report *r, nlsr_ctx *ctx, const char *name, uint64_t numel,
@@ -242,6 +273,9 @@ int nlsr_report_json(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_par
                                                                     (double)s->model_bytes
                                                               : 0.0));
     }
+    cJSON *audit = nlsr_audit_json(ctx); /* NULL when the job keeps no audit */
+    if (audit) cJSON_AddItemToObject(root, "audit", audit);
+    if (r->files.loaded && add_files(root, &r->files) < 0) goto oom;
     char *txt = cJSON_Print(root);
     if (!txt) goto oom;
     cJSON_Delete(root);

@@ -9,7 +9,10 @@
  *    "summary": {"modules","patched","elements_patched","bytes_read","bytes_written","seconds",
  *                "peak_rss_bytes","io_backend", "patch_bytes"?, "model_bytes"?,
  *                "patch_fraction"?, "plan"?, "patches_in_memory"?, "phase_seconds"?,
- *                "single_pass_need_bytes"?}}
+ *                "single_pass_need_bytes"?},
+ *    "audit"?: {...},   (audit.h: version, command line, times, host, inputs, outputs, XXH64s)
+ *    "files"?: {"weights", "copied", "dropped", "skipped"}}   (jobs that write a folder: names
+ *               relative to the input folder, src/io/sidefiles.h; folders end in '/')
  *
  * Usage (both the full-weight and the LoRA jobs):
  *   nlsr_report r;
@@ -27,6 +30,7 @@
 #include <stdio.h>
 
 #include "nlsr.h"
+#include "../io/sidefiles.h"
 
 typedef struct nlsr_report_module {
     char *name;            /* owned (copied by nlsr_report_add) */
@@ -71,6 +75,8 @@ typedef struct nlsr_report {
     char *staged;                   /* nlsr_report_stage's temporary file, renamed by emit */
     int finished;                   /* summary filled (stage fills it before the commit) */
     uint64_t read0, written0;       /* ctx counters at init: the summary counts this job only */
+    nlsr_sidefiles files;           /* the input folder's entries, when the job writes a folder
+                                       (files.loaded); owned */
 } nlsr_report;
 
 /* Starts an empty report and its clock. `job` and `kind` must be static strings. */

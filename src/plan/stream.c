@@ -24,6 +24,7 @@
 #include "../common/ctx.h"
 #include "../io/file.h"
 #include "../io/io.h"
+#include "audit.h"
 
 /* Request size and queue depth: large enough that per-request costs vanish and the device
  * sees several requests at once, small enough that the head of the next unit arrives early.
@@ -345,10 +346,20 @@ static int submit_more(nlsr_stream *s)
     return 0;
 }
 
-static void release_slot(nlsr_stream *s, stream_slot *sl)
+/* Unmaps the slot's windows; NLSR_E_FORMAT (recorded) when one of them lost its file's end
+ * while the caller read it (the SIGBUS guard, io.h). */
+static int release_slot(nlsr_stream *s, stream_slot *sl)
 {
-    (void)s;
-    for (int k = 0; k < NLSR_STREAM_MAX_SPANS; k++) nlsr_io_unmap(&sl->map[k]);
+    int rc = 0;
+    for (int k = 0; k < NLSR_STREAM_MAX_SPANS; k++) {
+        const char *path = sl->map[k].path;
+        if (nlsr_io_unmap(&sl->map[k]) && rc == 0)
+            rc = nlsr_fail(&s->ctx->err, NLSR_E_FORMAT,
+                           "%s: the file shrank while it was read (truncated by another "
+                           "process?)",
+                           path ? path : "input");
+    }
+    return rc;
 }
 
 int nlsr_stream_open(nlsr_ctx *ctx, const nlsr_unit *units, size_t nunits, unsigned depth,
@@ -498,9 +509,11 @@ fail:
 int nlsr_stream_next(nlsr_stream *s, const nlsr_unit **unit, const unsigned char *const **data)
 {
     if (s->err) return s->err;
+    /* Between units is every job's safe point: the job's error path removes what it wrote. */
+    NLSR_FORWARD(set_err(s, nlsr_ctx_check_cancel(s->ctx)));
     if (s->held) {
-        release_slot(s, &s->slot[(s->next_deliver - 1) % s->depth]);
         s->held = 0;
+        NLSR_FORWARD(set_err(s, release_slot(s, &s->slot[(s->next_deliver - 1) % s->depth])));
     }
     if (s->next_deliver >= s->nunits) return 0;
     while (s->next_start < s->nunits && s->next_start < s->next_deliver + s->depth)
@@ -512,9 +525,18 @@ int nlsr_stream_next(nlsr_stream *s, const nlsr_unit **unit, const unsigned char
         NLSR_FORWARD(submit_more(s));
     }
     if (s->kind == NLSR_IO_MMAP)
-        for (int k = 0; k < NLSR_STREAM_MAX_SPANS; k++) nlsr_io_map_populate(&sl->map[k]);
+        for (int k = 0; k < NLSR_STREAM_MAX_SPANS; k++)
+            NLSR_FORWARD(set_err(s, nlsr_io_map_populate(&sl->map[k], &s->ctx->err)));
     const nlsr_unit *u = &s->units[s->next_deliver];
     for (int k = 0; k < u->nspans; k++) s->ctx->bytes_read += nlsr_span_bytes(&u->span[k]);
+    if (s->ctx->audit) /* the report's fingerprints, from the bytes as delivered (audit.h) */
+        for (int k = 0; k < u->nspans; k++) {
+            const nlsr_span *sp = &u->span[k];
+            const st_file *f = span_file(sp);
+            uint64_t off = ck_tensor_offset(sp->ck, sp->tensor) +
+                           sp->first * nlsr_dtype_size(sp->ck->t[sp->tensor].t->dtype);
+            nlsr_audit_tap(s->ctx, f->fd, off, sl->ptr[k], (size_t)nlsr_span_bytes(sp));
+        }
     s->next_deliver++;
     s->held = 1;
     *unit = u;
@@ -545,7 +567,7 @@ void nlsr_stream_close(nlsr_stream *s)
     nlsr_io_close(s->io);
     if (s->slot)
         for (unsigned d = 0; d < s->depth; d++) {
-            release_slot(s, &s->slot[d]);
+            (void)release_slot(s, &s->slot[d]);
             free(s->slot[d].req);
             free(s->slot[d].rfile);
         }

@@ -1,0 +1,19 @@
+/* Test points: builds configured with -DNLSR_TEST_HOOKS=ON stop the process (SIGSTOP) at the
+ * named point when the environment says NLSR_TEST_STOP_AT=<name>, once per process, so that a
+ * test can deliver a signal at an exact moment of a job (tests/hostile/). Release builds have
+ * no hook: the call compiles to nothing. Points: "outdir" (temporary output folder made),
+ * "shard" (an output shard complete), "journal" (in place: a journal record durable, its range
+ * not yet written), "commit" (the output about to be moved into place). */
+#ifndef NLSR_COMMON_TESTHOOK_H
+#define NLSR_COMMON_TESTHOOK_H
+
+#ifdef NLSR_TEST_HOOKS
+void nlsr_test_point(const char *name);
+#else
+static inline void nlsr_test_point(const char *name)
+{
+    (void)name;
+}
+#endif
+
+#endif
