@@ -25,19 +25,19 @@ case_sig_term_run_out_shard() { sig_out shard TERM 143 "${RUNS[@]}" --out out; }
 case_sig_term_run_out_commit() { sig_out commit TERM 143 "${RUNS[@]}" --out out --report r.json; }
 case_sig_int_run_out_shard() { sig_out shard INT 130 "${RUNS[@]}" --out out; }
 case_sig_hup_run_out_outdir() { sig_out outdir HUP 129 "${RUNS[@]}" --out out; }
-# The patch-file plan (a budget too small for the single pass) has a temporary patch file too.
-case_sig_term_run_out_patchplan_shard() {
-    sig_out shard TERM 143 "${RUNS[@]}" --mem-budget 1M --out out
+# apply --out writes its own temporary folder (it has no "shard" point: its shards are not
+# written by the single-pass writer).
+case_sig_term_apply_out_outdir() {
+    sig_out outdir TERM 143 apply --patches "$W/p.nlsrp" --finetuned ft --out out -q
 }
-case_sig_term_apply_out_shard() {
-    sig_out shard TERM 143 apply --patches "$W/p.nlsrp" --finetuned ft --out out -q
+case_sig_term_apply_out_commit() {
+    sig_out commit TERM 143 apply --patches "$W/p.nlsrp" --finetuned ft --out out -q --report r.json
 }
-case_sig_term_prepare_commit() {
-    sig_out commit TERM 143 prepare --base sft --aligned aligned --out p.nlsrp -q
-}
+case_sig_term_rewrite_commit() { sig_out commit TERM 143 rewrite ft out; }
 case_sig_term_amplify_shard() { sig_out shard TERM 143 amplify --base sft --aligned aligned --out out -q; }
 
-# sig_inplace POINT SIG STATUS KIND: KIND run|apply --in-place ft stopped at POINT then sent SIG;
+# sig_inplace POINT SIG STATUS KIND: KIND run|apply --in-place ft stopped at POINT (in place:
+# "journal", the first record durable and its range not yet written) then sent SIG;
 # ft must be byte-identical to before and the same in-place job must then succeed.
 sig_inplace() {
     local point=$1 sig=$2 status=$3 kind=$4 cmd
@@ -56,13 +56,24 @@ sig_inplace() {
     same_ckpt "$S/ft" "$W/ref"
 }
 case_sig_term_run_inplace_journal() { sig_inplace journal TERM 143 run; }
-case_sig_term_run_inplace_shard() { sig_inplace shard TERM 143 run; }
-case_sig_term_run_inplace_commit() { sig_inplace commit TERM 143 run; }
 case_sig_term_apply_inplace_journal() { sig_inplace journal TERM 143 apply; }
-case_sig_term_apply_inplace_shard() { sig_inplace shard TERM 143 apply; }
-case_sig_term_apply_inplace_commit() { sig_inplace commit TERM 143 apply; }
 case_sig_int_run_inplace_journal() { sig_inplace journal INT 130 run; }
 case_sig_hup_apply_inplace_journal() { sig_inplace journal HUP 129 apply; }
+# A PEFT adapter realigned in place, interrupted the same way.
+case_sig_term_lora_run_inplace_journal() {
+    need_hooks
+    setup_lora
+    local cmd=(run --aligned lora_align --finetuned lora_ft --select all -q --in-place)
+    "$NLSR" run --aligned "$FX/lora_align" --finetuned "$FX/lora_finetuned" --select all -q \
+        --out "$W/ref" >/dev/null 2>&1 || die "LoRA reference run"
+    snap_before lora_ft/.nlsr.lock lora_ft/.nlsr-journal lora_ft/.nlsr-state.json
+    start_stopped journal "${cmd[@]}" || return
+    resume TERM
+    expect_interrupted TERM 143
+    snap_check "the in-place adapter (must be untouched or rolled back)"
+    nl 0 "${cmd[@]}"
+    same_ckpt "$S/lora_ft" "$W/ref"
+}
 
 # While the job runs, its temporary folder is out.nlsr-tmp-XXXXXX with a random suffix (not the
 # pid), and only one; resumed without a signal it commits normally.
@@ -111,6 +122,6 @@ case_mmap_truncated_at_shard() {
     trunc_case shard ft/model-00003-of-00003.safetensors 1000 "${RUNS[@]}" --out out
 }
 case_mmap_truncated_apply() {
-    trunc_case shard ft/model-00003-of-00003.safetensors 1000 \
+    trunc_case outdir ft/model-00003-of-00003.safetensors 1000 \
         apply --patches "$W/p.nlsrp" --finetuned ft --out out -q
 }
