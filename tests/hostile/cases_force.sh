@@ -174,3 +174,19 @@ case_file_outputs_at_fifo() {
     expect_err p.nlsrp
     snap_check
 }
+
+# In place writes its own files into the folder (.nlsr.lock, .nlsr-journal, .nlsr-state.json):
+# planted as links to a victim outside, they are never written, truncated or removed through.
+inplace_own_file_link() { # NAME
+    setup_full
+    make_patch "$W/p.nlsrp"
+    echo precious >"$S/victim"
+    ln -s ../victim "$S/ft/$1"
+    snap_before ft
+    nl '0|1|2' apply --patches "$W/p.nlsrp" --in-place ft -q
+    [ "$RC" -ne 0 ] && expect_err "$1"
+    snap_check "the victim behind ft/$1"
+}
+case_inplace_lock_file_link() { inplace_own_file_link .nlsr.lock; }
+case_inplace_journal_link() { inplace_own_file_link .nlsr-journal; }
+case_inplace_state_link() { inplace_own_file_link .nlsr-state.json; }

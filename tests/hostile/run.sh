@@ -6,7 +6,9 @@
 # usage: run.sh NLSR_PROGRAM TESTS_DATA_DIR CASE   -> exit 0 pass, 1 fail, 77 skipped
 #        run.sh --list                             -> the case names
 # Environment: ASAN_OPTIONS/UBSAN_OPTIONS pass through to nlsr; NLSR_HOOKS (ON/OFF, from CMake)
-# says whether the build has the NLSR_TEST_STOP_AT hook; NLSR_HOSTILE_TIMEOUT, NLSR_HOSTILE_TMP.
+# says whether the build has the NLSR_TEST_STOP_AT hook; NLSR_HOSTILE_TIMEOUT (seconds per
+# command), NLSR_HOSTILE_TMP (where sandboxes go; default $TMPDIR or /tmp), NLSR_HOSTILE_KEEP=1
+# (keep a failed case's sandbox).
 set -u
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 for f in "$HERE"/cases_*.sh; do . "$f"; done
