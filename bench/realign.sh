@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Bench of `nlsr run`, cold cache. Writes bench/results/realign.csv and realign.md.
 #  1. llama-8b --layers ${LAYERS:-8} triple: wall time, bytes, peak RSS of `nlsr run` (single
 #     pass at 4G and 1G; the prepare + apply plan forced at 4G as the previous baseline) against

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* nlsr: Neuron-Level Safety Realignment of fine-tuned LLM checkpoints, streamed out of core.
  *
  * The one public header. Every function returns 0 (or a count) on success and a negative code
@@ -17,7 +18,15 @@
 extern "C" {
 #endif
 
+/* The version (CHANGELOG.md; CMake's project version is read from these three lines). The
+ * SONAME is libnlsr.so.MAJOR: MAJOR goes up with every ABI break (README "Install"). */
+#define NLSR_VERSION_MAJOR 0
+#define NLSR_VERSION_MINOR 1
+#define NLSR_VERSION_PATCH 0
 #define NLSR_VERSION "0.1.0"
+/* The version of the library actually linked ("MAJOR.MINOR.PATCH"), which may be newer than the
+ * header a program was compiled with. */
+const char *nlsr_version(void);
 
 /* Own error codes, below every -errno value. */
 enum {

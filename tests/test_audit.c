@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The report's audit section, through the nlsr program over tests/data/hf-tiny-llama:
  *
  *  - tool version == what `nlsr --version` prints; the command line exactly as run; host ==

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # The engine commands through the nlsr program: synth, amplify, plan. Usage:
 #   test_engine_cli.sh NLSR TEST_DATA
 set -eu

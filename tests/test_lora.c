@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* LoRA adapters through NLSR (issue 5), against the authors' own outputs in
  * tests/data/hf-tiny-llama/authors/:
  *
@@ -31,7 +32,7 @@
 #include "test.h"
 #include "../src/compute/lora_gram.h"
 #include "../src/io/safetensors.h"
-#include "../src/plan/lora.h"
+#include "../src/jobs/lora.h"
 
 #ifndef NLSR_TEST_DATA
 #error "NLSR_TEST_DATA must name tests/data"

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # What an output folder holds (README "What the output folder holds"): fine-tune folders built
 # from the fixtures with weights nlsr does not realign beside the shards (consolidated.safetensors,
 # pytorch_model.bin, a *.pt, original/ with weights, model.safetensors beside the index, an index

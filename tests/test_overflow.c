@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Values the destination cannot hold, over tests/data/hf-tiny-llama:
  *
  *  - an aligned model whose reference a + beta (a - b) is finite in its own BF16 but overflows

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* XXH64 written here from the xxHash specification (doc/xxhash_spec.md, "XXH64 algorithm"),
  * independently of src/io/patchfile.c, so that tests can check the fingerprints nlsr
  * reports. One-shot over a buffer; test_xxh64_selftest checks the published vectors. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* `nlsr amplify`, and the option handling and run summaries the engine commands (amplify,
  * synth, plan) share. */
 #define _GNU_SOURCE

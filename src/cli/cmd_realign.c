@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* `nlsr run`, `nlsr prepare`, `nlsr apply`: option parsing onto nlsr_realign_params and the
  * public jobs. Options a command cannot honour are usage errors rather than silently ignored
  * (e.g. --beta for apply: the patch file fixes it). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #define _POSIX_C_SOURCE 200809L
 /* The nlsr command line. It uses the public header only. Exit status: 0 success, 1 failure
  * (bad input, I/O), 2 usage error; in place also 3 locked, 4 interrupted journal (roll back
@@ -234,7 +235,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-        printf("nlsr %s\n", NLSR_VERSION);
+        printf("nlsr %s\n", nlsr_version()); /* the library linked, not the header */
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

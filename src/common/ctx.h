@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The context every public call takes: the error buffer, the memory budget, the I/O choice
  * and the run's counters. */
 #ifndef NLSR_COMMON_CTX_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The prepared-patches file: writer, validating reader, and the XXH64 both use. The format is
  * described byte by byte in docs/FORMAT.md and summarized in patchfile.h. */
 #define _GNU_SOURCE

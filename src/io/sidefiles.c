@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The output folder's contents beside the weights: which entries of an input checkpoint folder
  * are copied, left out or refused (the policy is in sidefiles.h), and the copy itself. */
 #define _GNU_SOURCE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* What goes into an output folder beside the weights a job writes: the policy that sorts every
  * entry of an input checkpoint folder, and the copy of the side files (README.md "What the
  * output folder holds").
