@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Rule: a FIFO (or other non-regular file) in place of any file nlsr reads is a clean error
 # (exit 1 or 2, one line naming it) within seconds, never a hang: no writer ever opens these.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Rule: nothing is written, truncated or removed through a symbolic link; --force replaces only a
 # folder nlsr wrote (marker .nlsr-output) or an empty one, or a regular file for file outputs;
 # an existing output without --force is exit 1 "exists (use --force to replace it)".

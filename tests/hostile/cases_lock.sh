@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Rule: jobs that read a folder (run/apply/prepare --out) take a shared flock on the folder itself
 # (the directory), in-place runs and rollback an exclusive one, even on folders nlsr never saw
 # (no .nlsr.lock there). A conflict is exit 3 naming the folder; a reader creates nothing.

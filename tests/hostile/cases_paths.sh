@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Rule: an output that is, contains or lies inside an input (or is an input file under another
 # name) is refused with exit 2 and one line naming both; the output's final component is not
 # followed and its parents need not exist. Every case runs from $S with relative paths.

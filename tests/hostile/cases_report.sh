@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Rule: an output that cannot be written (a full file system, a read-only mount: root ignores
 # permission bits) fails the job with exit 1 and nothing committed: never an output plus exit 1.
 

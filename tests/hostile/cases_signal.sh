@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Rule: SIGINT, SIGTERM and SIGHUP stop a job at its next safe point: temporary outputs removed,
 # inputs unchanged, an in-place folder untouched or rolled back (the next in-place run goes on,
 # never exit 4), exit 128+n and one line "nlsr: interrupted by SIG...". Deterministic points need

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Rule: rollback with a damaged .nlsr-state.json after a finished in-place realignment either
 # restores everything (exit 0, journal gone) or refuses up front changing nothing; never bytes
 # restored with exit 1 and the journal left "rolling back" (the next in-place job must not exit 4).

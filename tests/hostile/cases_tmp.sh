@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Rule: temporary outputs are <dest>.nlsr-tmp-XXXXXX, unpredictable and created exclusively; a
 # planted path with such a name is never followed, emptied or removed, unless it is a folder whose
 # .nlsr-output marker proves it belongs to a dead nlsr run of this host (removed, said on stderr).

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Helpers of the hostile-input suite (sourced by run.sh). A case works in a fresh sandbox $S
 # (the inputs; every path in it is snapshotted) and a work folder $W beside it (logs, reference
 # outputs, holders' ready files), runs nlsr under `timeout` and checks exit status, stderr and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The case names registered in tests/CMakeLists.txt (arguments) are exactly the case_* functions
 # of tests/hostile/cases_*.sh: a case written but not registered would never run.
 set -u

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The hostile-input suite: nlsr run as root over a store of other people's checkpoints, given
 # links, FIFOs, hard links, planted temporary names, held locks, signals, truncated inputs,
 # damaged state files and unwritable reports. One case per function (cases_*.sh); CTest runs
