@@ -138,7 +138,7 @@ nl() {
 judge() { # EXPECTED DESCRIPTION
     sanitizer_check "$W/err"
     if [ "$RC" -eq 124 ] || [ "$RC" -eq 137 ]; then
-        fail "nlsr $2: timed out after ${TMO}s (a hang); stderr: $(head -3 "$W/err")"
+        fail "nlsr $2: exit $RC: timed out after ${TMO}s (a hang) or SIGKILL; stderr: $(head -3 "$W/err")"
     elif ! [[ "|$1|" == *"|$RC|"* ]]; then
         if [ "$RC" -ge 128 ]; then
             fail "nlsr $2: killed by signal $((RC - 128)) (exit $RC), expected $1; stderr: $(head -3 "$W/err")"
