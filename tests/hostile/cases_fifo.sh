@@ -11,7 +11,7 @@ INPLACE_EX=(ft/.nlsr.lock)
 fifo_case() {
     local f=$1
     shift
-    local TMO=${NLSR_HOSTILE_FIFO_TIMEOUT:-6} # "within a few seconds"
+    local TMO=${NLSR_HOSTILE_FIFO_TIMEOUT:-10} # "within a few seconds"
     rm -f "$S/$f" && mkfifo "$S/$f" || die "mkfifo $f"
     snap_before "${FIFO_EX[@]}"
     nl '1|2' "$@"
