@@ -3,8 +3,11 @@
 # Memory at any model size, and the auto budget. Writes bench/results/memscale.csv and
 # appends a run section (machine load, figures) to bench/results/memscale.md.
 #
-#   bench/memscale.sh SCRATCH [STAGE...]      stages: small70 sparse70 sparse405 (default all)
+#   bench/memscale.sh SCRATCH [STAGE...]      stages: dir small70 sparse70 sparse405 (default all)
 #
+#  dir       the patch file's directory alone at full scale (tests/test_patchdir --scale: every
+#            target module of every layer in 65,536-element blocks, 1.04 million blocks at 70B,
+#            6.1 million at 405B), written and read back: peak RSS (VmHWM) of each phase.
 #  small70   llama-70b --layers 2, real synth data (~8 GB per checkpoint, ~23 GB in all; df is
 #            checked first and the triple removed after unless KEEP_DATA=1): `run` at the
 #            default budget (auto) against --mem-budget 4G, cold cache, same script run: the
@@ -23,11 +26,12 @@ cd "$(dirname "$0")/.."
 NLSR=${NLSR:-build/nlsr}
 S=${1:-}
 if [ -z "$S" ]; then
-  echo "usage: bench/memscale.sh SCRATCH [small70|sparse70|sparse405 ...]" >&2
+  echo "usage: bench/memscale.sh SCRATCH [dir|small70|sparse70|sparse405 ...]" >&2
   exit 2
 fi
 shift
-STAGES=${*:-small70 sparse70 sparse405}
+STAGES=${*:-dir small70 sparse70 sparse405}
+PATCHDIR=${PATCHDIR:-build/tests/test_patchdir}
 TIMEOUT=${TIMEOUT:-7200}
 RES=bench/results
 CSV=$RES/memscale.csv
@@ -142,8 +146,25 @@ small_stage() {
   [ "${KEEP_DATA:-0}" = 1 ] || rm -rf "$d"
 }
 
+dir_stage() {
+  {
+    echo
+    echo "## dir: the patch directory alone, written and read back ($(date -u +%F\ %TZ))"
+    echo
+    echo "load before: $(uptime | sed 's/.*load average/load average/')"
+    echo
+    echo '```'
+  } >>"$MD"
+  for preset in llama-70b llama-405b; do
+    /usr/bin/time -f "%e s wall" "$PATCHDIR" --scale $preset "$S" >>"$MD" 2>&1 || fails=$((fails + 1))
+  done
+  echo '```' >>"$MD"
+  footer
+}
+
 for st in $STAGES; do
   case $st in
+  dir) dir_stage ;;
   small70) small_stage ;;
   sparse70) sparse_stage sparse70 llama-70b ;;
   sparse405) sparse_stage sparse405 llama-405b ;;

@@ -5,6 +5,7 @@
  * identical patches keep identical fingerprints. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -209,8 +210,129 @@ static void test_fingerprint(void)
     free(c);
 }
 
-int main(void)
+/* ---- scale mode: test_patchdir --scale llama-70b|llama-405b DIR --------------------------
+ * The patch directory of a whole model (every target module of every layer in 65,536-element
+ * blocks, one masked element each: 1.04 million blocks at 70B, 6.1 million at 405B) written
+ * and read back, with the process's peak RSS (VmHWM, reset between the phases) and the
+ * budget's peak: the directory's memory at full scale in a minute, without the checkpoints.
+ * bench/memscale.sh runs it. */
+
+static uint64_t vm_hwm(void)
 {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    uint64_t kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %" SCNu64, &kb) == 1) break;
+    if (f) fclose(f);
+    return kb * 1024;
+}
+
+static void reset_hwm(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (f) {
+        fputs("5", f);
+        fclose(f);
+    }
+}
+
+static int scale(const char *preset, const char *dir)
+{
+    int is405 = strcmp(preset, "llama-405b") == 0;
+    uint64_t H = is405 ? 16384 : 8192, I = is405 ? 53248 : 28672, q = is405 ? 16384 : 8192,
+             kv = 1024, layers = is405 ? 126 : 80, blk = 65536;
+    static const char *const names[7] = {"mlp.down_proj", "mlp.gate_proj", "mlp.up_proj",
+                                         "self_attn.k_proj", "self_attn.o_proj",
+                                         "self_attn.q_proj", "self_attn.v_proj"};
+    const uint64_t shapes[7][2] = {{H, I}, {I, H}, {I, H}, {kv, H}, {H, q}, {q, H}, {kv, H}};
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s-dir.nlsrp", dir, preset);
+    nlsr_ctx *ctx = nlsr_ctx_create();
+    nlsr_ctx_set_mem_budget(ctx, 512ull << 20);
+    reset_hwm();
+    nlsr_pf_writer *w = NULL;
+    if (nlsr_pf_writer_open(ctx, path, "full", &w) < 0) goto fail;
+    /* Module order is bytewise: layer names sort as strings ("10" before "2"). */
+    char (*mods)[96] = calloc(layers * 7, sizeof *mods);
+    size_t *shp = calloc(layers * 7, sizeof *shp);
+    for (uint64_t L = 0; L < layers; L++)
+        for (int k = 0; k < 7; k++) {
+            snprintf(mods[L * 7 + k], 96, "model.layers.%" PRIu64 ".%s.weight", L, names[k]);
+            shp[L * 7 + k] = (size_t)k;
+        }
+    for (size_t i = 0; i < layers * 7; i++) /* insertion sort by name, carrying the shape */
+        for (size_t j = i; j > 0 && strcmp(mods[j - 1], mods[j]) > 0; j--) {
+            char t[96];
+            memcpy(t, mods[j], 96);
+            memcpy(mods[j], mods[j - 1], 96);
+            memcpy(mods[j - 1], t, 96);
+            size_t u = shp[j];
+            shp[j] = shp[j - 1];
+            shp[j - 1] = u;
+        }
+    uint64_t nblocks = 0;
+    for (size_t i = 0; i < layers * 7; i++) {
+        const uint64_t *sh = shapes[shp[i]];
+        nlsr_pf_tensor_desc d = {mods[i], "weight", NLSR_DTYPE_BF16, 1, NLSR_DTYPE_BF16, 2, sh};
+        if (nlsr_pf_writer_begin_module(w, mods[i]) < 0 || nlsr_pf_writer_begin_tensor(w, &d) < 0)
+            goto fail;
+        uint64_t n = sh[0] * sh[1];
+        for (uint64_t f = 0; f < n; f += blk, nblocks++) {
+            uint64_t c = n - f < blk ? n - f : blk, idx = f + c / 2;
+            uint16_t ref = 0x3c00, base = 0x3c01;
+            if (nlsr_pf_writer_block(w, f, c, &idx, 1, &ref, &base) < 0) goto fail;
+        }
+        if (nlsr_pf_writer_end_tensor(w) < 0 || nlsr_pf_writer_end_module(w) < 0) goto fail;
+    }
+    free(mods);
+    free(shp);
+    cJSON *extra = cJSON_CreateObject();
+    cJSON_AddObjectToObject(extra, "params");
+    uint64_t bytes = 0;
+    int rc = nlsr_pf_writer_commit(w, extra, &bytes);
+    w = NULL;
+    cJSON_Delete(extra);
+    if (rc < 0) goto fail;
+    printf("%s: %" PRIu64 " blocks, patch file %" PRIu64 " bytes\n", preset, nblocks, bytes);
+    printf("write: peak RSS %.1f MiB, budget peak %.2f MiB\n", (double)vm_hwm() / 1048576.0,
+           (double)ctx->budget.peak / 1048576.0);
+    nlsr_ctx_free(ctx);
+    ctx = nlsr_ctx_create();
+    nlsr_ctx_set_mem_budget(ctx, 512ull << 20);
+    reset_hwm();
+    nlsr_pf_reader *r = NULL;
+    if (nlsr_pf_open(ctx, path, &r) < 0) goto fail;
+    uint64_t seen = 0, masked = 0;
+    for (size_t i = 0; i < r->nmodules; i++) {
+        const nlsr_pf_tensor *t = &r->modules[i].t[0];
+        for (size_t b = 0; b < t->nblocks; b++, seen++) {
+            nlsr_pf_view v;
+            if (nlsr_pf_read_block(r, t, b, &v) < 0) {
+                nlsr_pf_close(r);
+                goto fail;
+            }
+            masked += v.m;
+        }
+    }
+    printf("read (open, every block): peak RSS %.1f MiB, budget peak %.2f MiB, %" PRIu64
+           " blocks, %" PRIu64 " masked\n",
+           (double)vm_hwm() / 1048576.0, (double)ctx->budget.peak / 1048576.0, seen, masked);
+    nlsr_pf_close(r);
+    nlsr_ctx_free(ctx);
+    unlink(path);
+    return seen == nblocks && masked == nblocks ? 0 : 1;
+fail:
+    fprintf(stderr, "%s\n", nlsr_ctx_error(ctx));
+    nlsr_pf_writer_abort(w);
+    nlsr_ctx_free(ctx);
+    unlink(path);
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 4 && strcmp(argv[1], "--scale") == 0) return scale(argv[2], argv[3]);
     snprintf(root, sizeof root, "/tmp/nlsr-test-patchdir-XXXXXX");
     if (!mkdtemp(root)) {
         perror("mkdtemp");

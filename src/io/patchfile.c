@@ -24,7 +24,7 @@
 #define PF_TRAILER 56u                /* u64 T, N, table XXH64, H, L, header XXH64, magic */
 #define PF_REC 56u                    /* a block-table record: 7 x u64 */
 #define PF_TCHUNK 512u                /* records per table read/write: 28 KiB, whatever the
-                                       * model (a 405B patch has about 1.7 million blocks) */
+                                       * model (a 405B patch has about 6.1 million blocks) */
 #define PF_BLOCK_HEAD 24u              /* encoding byte, 7 zero bytes, u64 m, u64 mask bytes */
 #define PF_MAX_HEADER 100000000ull     /* as for safetensors headers */
 #define PF_ZSTD_LEVEL 3                /* the patch is written once per aligned model; level 3
