@@ -37,6 +37,7 @@
 #include "../src/plan/targets.h"
 #include "nlsr.h"
 #include "test.h"
+#include "test_cli.h"
 #include "test_files.h"
 #include "test_sha256.h"
 
@@ -1122,41 +1123,6 @@ static void test_sparsity_edges(void)
 
 /* ---- the program -------------------------------------------------------------------------- */
 
-/* Runs the CLI with args, capturing stdout into *out (malloc'd); returns the exit status. */
-static int cli(const char *const *args, char **out)
-{
-    int pfd[2];
-    if (pipe(pfd) != 0) abort();
-    pid_t pid = fork();
-    if (pid == 0) {
-        const char *argv[40];
-        int n = 0;
-        argv[n++] = NLSR_CLI;
-        for (int i = 0; args[i]; i++) argv[n++] = args[i];
-        argv[n] = NULL;
-        dup2(pfd[1], 1);
-        int dn = open("/dev/null", O_WRONLY);
-        dup2(dn, 2);
-        close(pfd[0]);
-        execv(NLSR_CLI, (char *const *)argv);
-        _exit(127);
-    }
-    close(pfd[1]);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    ssize_t r;
-    while ((r = read(pfd[0], buf + len, cap - len - 1)) > 0) {
-        len += (size_t)r;
-        if (len + 1 == cap) buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = '\0';
-    close(pfd[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    if (out) *out = buf;
-    else free(buf);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 static void test_cli(void)
 {
