@@ -79,13 +79,18 @@ static inline void test_init(int argc, char **argv)
     test_only_ = argc > 1 ? argv[1] : NULL;
 }
 
-static inline void test_run_(void (*fn)(void), const char *name, int alone)
+/* Whether the test named `name` runs in this invocation; if so, it starts. */
+static inline int test_begin_(const char *name, int alone)
 {
-    if (test_only_ ? strcmp(test_only_, name) != 0 : alone) return;
+    if (test_only_ ? strcmp(test_only_, name) != 0 : alone) return 0;
     test_ran_++;
     test_cur_failed_ = 0;
     test_cur_skipped_ = 0;
-    fn();
+    return 1;
+}
+
+static inline void test_end_(const char *name)
+{
     if (test_cur_failed_) {
         test_failed_++;
         fprintf(stderr, "FAIL %s\n", name);
@@ -97,10 +102,17 @@ static inline void test_run_(void (*fn)(void), const char *name, int alone)
     }
 }
 
+#define RUN_TEST_(fn, alone)                                                                      \
+    do {                                                                                          \
+        if (test_begin_(#fn, alone)) {                                                            \
+            fn();                                                                                 \
+            test_end_(#fn);                                                                       \
+        }                                                                                         \
+    } while (0)
 /* Runs one test function and counts it. */
-#define RUN_TEST(fn) test_run_(fn, #fn, 0)
+#define RUN_TEST(fn) RUN_TEST_(fn, 0)
 /* A test that runs only when named on the command line (a CTest entry of its own). */
-#define RUN_TEST_ALONE(fn) test_run_(fn, #fn, 1)
+#define RUN_TEST_ALONE(fn) RUN_TEST_(fn, 1)
 
 /* Exit status: 1 if a test failed (or the named test does not exist), 77 if every test that
  * ran was skipped, else 0. */

@@ -1,4 +1,4 @@
-/* The fixture acceptance of the Foundation issue, through the library and the `nlsr` program:
+/* Fixture acceptance, through the library and the `nlsr` program:
  *
  *  - every .safetensors file and every checkpoint folder under tests/data opens;
  *  - `nlsr dump` of each tensor of dtypes.safetensors prints the numbers of
@@ -176,9 +176,12 @@ static int raw_header_read(const char *path, raw_header *h)
     return h->json ? 0 : -1;
 }
 
+/* A JSON number that is a non-negative integer; UINT64_MAX for anything else. */
 static uint64_t json_u64(const cJSON *v)
 {
-    return cJSON_IsNumber(v) ? (uint64_t)v->valuedouble : UINT64_MAX;
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0) || v->valuedouble != floor(v->valuedouble))
+        return UINT64_MAX;
+    return (uint64_t)v->valuedouble;
 }
 
 /* ---- fixture discovery ---------------------------------------------------------------- */
@@ -323,7 +326,7 @@ static void test_every_fixture_opens(void)
             const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "r");
             const cJSON *al = cJSON_GetObjectItemCaseSensitive(j, "lora_alpha");
             ASSERT_TRUE(cJSON_IsNumber(r) && cJSON_IsNumber(al));
-            if (cJSON_IsNumber(r)) ASSERT_EQ_I(nlsr_ckpt_lora_r(ck), r->valueint);
+            if (cJSON_IsNumber(r)) ASSERT_EQ_D(nlsr_ckpt_lora_r(ck), r->valuedouble);
             if (cJSON_IsNumber(al)) ASSERT_TRUE(nlsr_ckpt_lora_alpha(ck) == al->valuedouble);
             cJSON_Delete(j);
             free(text);

@@ -1,4 +1,4 @@
-/* In-place realignment, the undo journal, rollback, the lock and the state file (issue 6), on
+/* In-place realignment, the undo journal, rollback, the lock and the state file, on
  * tests/data/hf-tiny-llama:
  *
  *  - in place == --out bit for bit (BF16 default and --select all against expected/ sha256s,
