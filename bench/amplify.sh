@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Throughput and peak memory of `nlsr amplify` on synthetic Llama-70B checkpoints, against
 # `cat` of the same input files as the baseline, cold cache (caches dropped before every run)
 # and warm. Writes amplify.csv, amplify.svg (plot), amplify-summary.md (tables),

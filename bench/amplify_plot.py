@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Summary (Markdown on stdout) and plot (SVG, drawn by hand: no numpy or matplotlib here) of
 bench/amplify.sh's CSV.
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """The plain numpy implementation of METHOD.md's full-weight NLSR a user would otherwise write:
 load the three checkpoints whole, compute the reference, masks, similarities, the adaptive
 selection and the transplant, and write the realigned checkpoint. It is the baseline that

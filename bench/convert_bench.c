@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Throughput of the compute layer's bulk kernels against the scalar loops they replaced, on
  * 64M elements (override: first argument, in millions). The "old" loops below are the previous
  * src/compute/convert.c and similarity.c code, copied with their scalar functions so they are

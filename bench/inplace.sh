@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # In place against --out on a synthetic triple (base, aligned, fine-tuned), cold cache: wall
 # time, the bytes nlsr says it wrote, and the bytes the process caused to be written to storage
 # (GNU time's %O: the kernel's per-task write accounting, in 512-byte units), for

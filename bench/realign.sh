@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Bench of `nlsr run` (issue 4), cold cache. Writes bench/results/realign.csv and realign.md.
+# SPDX-License-Identifier: Apache-2.0
+# Bench of `nlsr run`, cold cache. Writes bench/results/realign.csv and realign.md.
 #  1. llama-8b --layers ${LAYERS:-8} triple: wall time, bytes, peak RSS of `nlsr run` (single
 #     pass at 4G and 1G; the prepare + apply plan forced at 4G as the previous baseline) against
 #     the minimal I/O time (every input byte read once at the bandwidth `cat` gets on the same
@@ -12,7 +13,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NLSR=${NLSR:-build/nlsr}
-DATA=${DATA:-/work/bench-realign}
+# The scratch folder for the synthetic checkpoints: the first argument (or DATA).
+DATA=${1:-${DATA:-}}
+if [ -z "$DATA" ]; then
+  echo "usage: bench/realign.sh DATA_DIR   (a scratch folder with ~35 GB free)" >&2
+  exit 2
+fi
 RES=bench/results
 LAYERS=${LAYERS:-8}
 # The numpy baseline needs a python with numpy (Debian: apt-get install python3-numpy).

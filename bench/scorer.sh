@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Time and peak memory of `nlsr prepare --scorer lowrank` against `--scorer magnitude` (the
 # default) on a synthetic Llama-8B pair (base, aligned), cold cache (page cache dropped before
 # every run). Writes bench/results/scorer.md (figures, passes, commands, machine) and a log.

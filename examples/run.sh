@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The main job end to end on a bundled example: builds nlsr, makes a small synthetic
 # base / aligned / fine-tuned triple with `nlsr synth`, realigns the fine-tuned model with
 # `nlsr run`, and shows the report. Output goes to ${OUT:-out/example}.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* libFuzzer target for the safetensors header parser.
  *
  * The input is a whole file image, as st_open sees it: an 8-byte little-endian header length

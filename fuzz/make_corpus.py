@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Writes the seed corpus of fuzz_header into fuzz/corpus/.
 
 Each seed is a whole safetensors file image (8-byte length, header, data), as the target

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* nlsr: Neuron-Level Safety Realignment of fine-tuned LLM checkpoints, streamed out of core.
  *
  * The one public header. Every function returns 0 (or a count) on success and a negative code
@@ -17,7 +18,15 @@
 extern "C" {
 #endif
 
+/* The version (CHANGELOG.md; CMake's project version is read from these three lines). The
+ * SONAME is libnlsr.so.MAJOR: MAJOR goes up with every ABI break (README "Install"). */
+#define NLSR_VERSION_MAJOR 0
+#define NLSR_VERSION_MINOR 1
+#define NLSR_VERSION_PATCH 0
 #define NLSR_VERSION "0.1.0"
+/* The version of the library actually linked ("MAJOR.MINOR.PATCH"), which may be newer than the
+ * header a program was compiled with. */
+const char *nlsr_version(void);
 
 /* Own error codes, below every -errno value. */
 enum {
@@ -88,6 +97,9 @@ nlsr_io_kind nlsr_ctx_io_used(const nlsr_ctx *ctx);
 void nlsr_ctx_set_quiet(nlsr_ctx *ctx, int quiet);
 /* Compute threads (OpenBLAS and kernels); default 1. */
 void nlsr_ctx_set_threads(nlsr_ctx *ctx, int threads);
+/* The command line that started the job (copied), recorded in reports' audit section
+ * (docs: README "The report"). 0 or -ENOMEM. */
+int nlsr_ctx_set_command_line(nlsr_ctx *ctx, int argc, const char *const *argv);
 /* Bytes read from and written to checkpoint files by jobs so far. */
 void nlsr_ctx_counters(const nlsr_ctx *ctx, uint64_t *bytes_read, uint64_t *bytes_written);
 /* The revision that Hugging Face hub cache repository folders (models--org--name) given as
@@ -189,11 +201,15 @@ typedef struct nlsr_realign_params {
     const char *mask_out_path;    /* LoRA prepare/run: also write the masks there, as a
                                      safetensors file in the authors' layout (NULL = none) */
     nlsr_scorer_params scorer;    /* step 2's scorer (full weights); magnitude by default */
+    int drop_other_weights;       /* leave out of the output folder the weights nlsr does not
+                                     realign (consolidated.safetensors, *.bin, original/ ...),
+                                     which are refused otherwise (README "What the output
+                                     folder holds"); in place they are refused always */
 } nlsr_realign_params;
 
 #define NLSR_REALIGN_PARAMS_DEFAULT                                                               \
     ((nlsr_realign_params){0.9, 0.8, NLSR_SELECT_PARAMS_DEFAULT, NULL, 0, NLSR_AMPLIFY_PAPER,    \
-                           0.9, NULL, 0, NULL, 0, NULL, NLSR_SCORER_PARAMS_DEFAULT})
+                           0.9, NULL, 0, NULL, 0, NULL, NLSR_SCORER_PARAMS_DEFAULT, 0})
 
 /* ---- checkpoints ------------------------------------------------------------------------ */
 
@@ -253,9 +269,12 @@ int nlsr_ckpt_print_inspect(nlsr_ctx *ctx, const nlsr_ckpt *ck, int json, FILE *
 int nlsr_ckpt_print_dump(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *tensor, FILE *out);
 
 /* Rewrites a checkpoint with nlsr's own writer (same tensors, values, metadata, shard layout,
- * index and side files) into `out_dir`, which must not exist unless force. Used to prove the
- * writer round-trips real files. */
-int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, int force);
+ * index and side files) into `out_dir`, which must not exist unless flags has
+ * NLSR_REWRITE_FORCE. Other weights beside the checkpoint's are refused unless flags has
+ * NLSR_REWRITE_DROP_OTHER_WEIGHTS. Used to prove the writer round-trips real files. */
+#define NLSR_REWRITE_FORCE 1
+#define NLSR_REWRITE_DROP_OTHER_WEIGHTS 2
+int nlsr_ckpt_rewrite(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *out_dir, int flags);
 
 /* ---- jobs -------------------------------------------------------------------------------- */
 /* Each job validates every input (names, shapes, dtypes, finiteness of target tensors) before it

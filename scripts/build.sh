@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Configures and builds nlsr into ${BUILD_DIR:-build}; extra arguments go to cmake.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Sets up, builds and runs the whole test suite (the README's test command).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Minimal test harness: assertions that print both values (libuv's ASSERT_EQ), a pass/fail
  * count, and the closing line "N passed, N failed[, N skipped]".
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Step 1 on full checkpoints (nlsr_amplify) against values computed here independently of the
  * library, on the fixtures and on synthetic checkpoints; the same bytes under every backend
  * and budget; the plan's byte counts against what the run reads and writes; refusals and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Helpers of the kernel tests (test_kernels.c, test_mask.c): float bit views, a reproducible
  * generator, an allocation that cannot fail silently. */
 #ifndef NLSR_TEST_BITS_H

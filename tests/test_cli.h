@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Runs the nlsr program (NLSR_CLI) from a test and captures what it prints: the one runner the
  * tests that drive the program share. Include after test.h, with _GNU_SOURCE defined. */
 #ifndef NLSR_TEST_CLI_H

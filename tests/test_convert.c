@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Dtype conversions (src/compute/convert.h) against references written differently here.
  *
  * Widening: every one of the 65536 f16 and bf16 bit patterns and the 256 of each F8 format is

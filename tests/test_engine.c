@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The streaming engine: I/O backends, the read stream (every backend, several depths, the
  * step-downs forced by fault injection and by a real seccomp filter), the sink, and the
  * planner (units cover every tensor exactly, budgets, byte counts). */
@@ -21,7 +22,7 @@
 #include "../src/io/io_sink.h"
 #include "../src/io/safetensors.h"
 #include "../src/plan/planner.h"
-#include "../src/plan/stream.h"
+#include "../src/io/stream.h"
 #include "test.h"
 
 static char tmpdir[256];

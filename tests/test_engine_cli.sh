@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # The engine commands through the nlsr program: synth, amplify, plan. Usage:
 #   test_engine_cli.sh NLSR TEST_DATA
 set -eu
@@ -36,6 +37,8 @@ for k in bytes_read bytes_written; do
 done
 [ "$(num peak_rss_bytes "$T/run.json")" -gt 0 ] || fail "no peak RSS in the summary"
 [ "$(str backend "$T/run.json")" = io_uring ] || fail "backend $(str backend "$T/run.json")"
+# io_backend, the key every command's JSON uses (the report's too), says the same.
+[ "$(str io_backend "$T/run.json")" = io_uring ] || fail "io_backend $(str io_backend "$T/run.json")"
 for io in uring pread mmap; do
     "$NLSR" plan --base "$T/b" --aligned "$T/a" --mem-budget 512K --measure-read --io $io \
         --json -q > "$T/read.json"
@@ -59,6 +62,7 @@ NLSR_IO_FAULT=uring-setup "$NLSR" amplify --base "$T/b" --aligned "$T/a" --out "
 grep -q 'using pread' "$T/fb.err" || fail "no fallback notice: $(cat "$T/fb.err")"
 [ "$(grep -c 'io_uring unavailable' "$T/fb.err")" = 1 ] || fail "notice not said once"
 [ "$(str backend "$T/fb.json")" = pread ] || fail "fallback backend $(str backend "$T/fb.json")"
+[ "$(str io_backend "$T/fb.json")" = pread ] || fail "fallback io_backend $(str io_backend "$T/fb.json")"
 same_dir "$T/o" "$T/o-fb" || fail "fallback wrote other bytes"
 
 # The fixtures: amplify runs; an existing output is refused; bad options are usage errors.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* File and folder comparison shared by the job tests: outputs are compared byte for byte.
  * Include after test.h, with _GNU_SOURCE defined and src/io/file.h included. */
 #ifndef NLSR_TEST_FILES_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Fixture acceptance, through the library and the `nlsr` program:
  *
  *  - every .safetensors file and every checkpoint folder under tests/data opens;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Replays every file of fuzz/corpus/ through fuzz_header's entry point, compiled here without
  * libFuzzer, so that the seeds (and any crasher added to them) run in every ctest run and,
  * in the sanitizer build, under ASan and UBSan. The entry point traps on any violated

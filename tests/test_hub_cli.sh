@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Input layouts through the nlsr program (README "Input layouts"): Hugging Face hub cache
 # snapshot folders and repository folders (refs/main, --revision by commit, abbreviated commit
 # and ref name), full weights and PEFT adapters, for run, prepare + apply, amplify, inspect and

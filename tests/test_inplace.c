@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* In-place realignment, the undo journal, rollback, the lock and the state file, on
  * tests/data/hf-tiny-llama:
  *
@@ -39,7 +40,7 @@
 #include "../src/io/file.h"
 #include "../src/io/outpath.h"
 #include "../src/io/journal.h"
-#include "../src/plan/inplace.h"
+#include "../src/jobs/inplace.h"
 #include "nlsr.h"
 #include "test.h"
 #include "test_files.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The bulk element kernels of the compute layer against the scalar functions they restate.
  *
  * nlsr_to_f32 / nlsr_from_f32 (BF16, F16) run vectorized, branch-free loops (an AVX2 clone

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* LoRA adapters through NLSR, against the authors' own outputs in
  * tests/data/hf-tiny-llama/authors/:
  *
@@ -32,7 +33,7 @@
 #include "test_select.h"
 #include "../src/compute/lora_gram.h"
 #include "../src/io/safetensors.h"
-#include "../src/plan/lora.h"
+#include "../src/jobs/lora.h"
 
 #ifndef NLSR_TEST_DATA
 #error "NLSR_TEST_DATA must name tests/data"

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # LoRA adapters through the nlsr program: run, prepare + apply, --mask, --mask-out and
 # a refusal, compared byte for byte with the authors' outputs in tests/data/hf-tiny-llama/authors.
 # usage: test_lora_cli.sh NLSR_PROGRAM TESTS_DATA_DIR. Exit 0 pass, 1 fail.

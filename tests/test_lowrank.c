@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The low-rank (ActSVD) and Wanda scorers, against exact references computed here:
  *
  *  - randomized vs exact: the rank-r subspace of the randomized path agrees with a full SVD

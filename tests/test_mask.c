@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The mask kernels (src/compute/mask.h) and the BF16 step-1 kernels (src/compute/reference.h)
  * against trivially correct loops written here, bit for bit:
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The options of `nlsr run`, `prepare` and `apply`, pinned before the command line is
  * refactored. For every option:
  *
@@ -275,13 +276,19 @@ static cJSON *load_json(const char *path)
     return j;
 }
 
-/* What differs between two runs of one job whatever the parameters: times and peak memory. */
+/* What differs between two runs of one job whatever the parameters: times, peak memory, and
+ * the audit's command line (the library's caller has none). */
 static void strip_times(cJSON *j)
 {
     cJSON *sum = cJSON_GetObjectItemCaseSensitive(j, "summary");
     cJSON_DeleteItemFromObjectCaseSensitive(sum, "seconds");
     cJSON_DeleteItemFromObjectCaseSensitive(sum, "peak_rss_bytes");
     cJSON_DeleteItemFromObjectCaseSensitive(sum, "phase_seconds");
+    cJSON *audit = cJSON_GetObjectItemCaseSensitive(j, "audit");
+    cJSON_DeleteItemFromObjectCaseSensitive(audit, "command_line");
+    cJSON_DeleteItemFromObjectCaseSensitive(audit, "started_utc");
+    cJSON_DeleteItemFromObjectCaseSensitive(audit, "finished_utc");
+    cJSON_DeleteItemFromObjectCaseSensitive(audit, "output_hash_seconds");
 }
 
 static int same_json(const cJSON *a, const cJSON *b)

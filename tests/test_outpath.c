@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The output-path rules (src/io/outpath.h) at the function level: resolution without following
  * the last component, refusals on and around inputs, the --force policy, tree removal that
  * never follows links, stale temporary outputs, non-blocking opens, and the mmap SIGBUS guard.

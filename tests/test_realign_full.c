@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Full-weight prepare / apply / run over tests/data/hf-tiny-llama:
  *
  *  - reports and output tensors match expected/full_bf16_all.json and
@@ -33,8 +34,8 @@
 #include "../src/io/file.h"
 #include "../src/io/outpath.h"
 #include "../src/io/patchfile.h"
-#include "../src/plan/realign_full.h"
-#include "../src/plan/realign_run.h"
+#include "../src/jobs/realign_full.h"
+#include "../src/jobs/realign_run.h"
 #include "../src/plan/targets.h"
 #include "nlsr.h"
 #include "test.h"

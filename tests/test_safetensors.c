@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The safetensors reader, writer and checkpoint opener, called directly.
  *
  * Every malformed file below is written to a temporary folder and opened with st_open (or

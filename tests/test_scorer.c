@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Step 2's scorers in the full-weight pipeline: prepare / run with --scorer lowrank
  * and --scorer wanda.
  *
@@ -34,7 +35,7 @@
 #include "../src/io/outpath.h"
 #include "../src/io/patchfile.h"
 #include "../src/io/safetensors.h"
-#include "../src/plan/realign_full.h"
+#include "../src/jobs/realign_full.h"
 #include "nlsr.h"
 #include "test.h"
 #include "test_cli.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* METHOD.md step 3's adaptive selection written out again for the tests, independently of
  * src/compute/selection.c (no sort: each module's place is counted), so that a report's
  * probabilities, draws and decisions are checked against the spec rather than against

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The selection rule of METHOD.md step 3 on checkpoints built here, where every similarity,
  * probability and draw is known in advance:
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* SHA-256 (FIPS 180-4) for the tests that check the expected files' sha256_after (the
  * authors' fixtures record tensors by their SHA-256); one-shot over a buffer. */
 #ifndef NLSR_TEST_SHA256_H

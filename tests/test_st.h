@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Small safetensors checkpoints written by the tests: tensors given as f32 values, stored in
  * any float dtype. Include after test.h, with _GNU_SOURCE defined. */
 #ifndef NLSR_TEST_ST_H

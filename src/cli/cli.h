@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Shared helpers of the CLI's subcommands. */
 #ifndef NLSR_CLI_H
 #define NLSR_CLI_H

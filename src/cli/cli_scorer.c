@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Parsing of the scorer options (cli_scorer.h). */
 #define _GNU_SOURCE
 #include "cli_scorer.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The step-2 scorer options shared by `nlsr prepare`, `nlsr run` and `nlsr plan`:
  * --scorer magnitude|lowrank|wanda, --rank R, --rank-fraction F, --rank-reading
  * paper|authors|direct, --power-iters N, --oversample N, --exact-svd, --activations FILE,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* `nlsr amplify`, and the option handling and run summaries the engine commands (amplify,
  * synth, plan) share. */
 #define _GNU_SOURCE
@@ -82,10 +83,10 @@ void cli_summary(const char *job, const char *out_dir, nlsr_ctx *ctx, double sec
         }
         printf("\", \"seconds\": %.3f, \"bytes_read\": %llu, \"bytes_written\": %llu, "
                "\"read_bytes_per_s\": %.0f, \"peak_rss_bytes\": %llu, \"mem_budget_bytes\": %llu, "
-               "\"budget_peak_bytes\": %llu, \"backend\": \"%s\"}\n",
+               "\"budget_peak_bytes\": %llu, \"io_backend\": \"%s\", \"backend\": \"%s\"}\n",
                seconds, (unsigned long long)rd, (unsigned long long)wr,
                seconds > 0 ? (double)rd / seconds : 0.0, (unsigned long long)rss,
-               (unsigned long long)budget, (unsigned long long)nlsr_ctx_mem_peak(ctx), io);
+               (unsigned long long)budget, (unsigned long long)nlsr_ctx_mem_peak(ctx), io, io);
         fflush(stdout);
     }
     if (!c->quiet)
@@ -109,6 +110,10 @@ int cmd_amplify(int argc, char **argv)
         if (r != 0) return r;
         if (strcmp(o, "--force") == 0) {
             p.force = 1;
+            continue;
+        }
+        if (strcmp(o, "--drop-other-weights") == 0) {
+            p.drop_other_weights = 1;
             continue;
         }
         int known = strcmp(o, "--base") == 0 || strcmp(o, "--aligned") == 0 ||

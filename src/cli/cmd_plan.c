@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* `nlsr plan`: what a run would read, write, hold in memory and take, without running it; with
  * --measure-read, the plan's reads alone, carried out and timed. */
 #define _GNU_SOURCE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* `nlsr run`, `nlsr prepare`, `nlsr apply`: option parsing onto nlsr_realign_params and the
  * public jobs. Options a command cannot honour are usage errors rather than silently ignored
  * (e.g. --beta for apply: the patch file fixes it). */
@@ -18,7 +19,7 @@ enum opt_id {
     O_BASE, O_ALIGNED, O_REFERENCE, O_FINETUNED, O_PATCHES, O_OUT, O_BETA, O_SPARSITY, O_SELECT,
     O_SEMANTICS, O_PRUNE, O_EPSILON, O_SEED, O_TAU, O_TARGETS, O_REPORT, O_MEM, O_IO, O_JSON,
     O_QUIET, O_FORCE, O_THREADS, O_AMPLIFY, O_ALPHA, O_MASK, O_MASK_OUT, O_SCORER,
-    O_IN_PLACE, O_WAIT, O_FOLLOW_LINKS, O_DRY_RUN, O_REVISION
+    O_IN_PLACE, O_WAIT, O_FOLLOW_LINKS, O_DRY_RUN, O_REVISION, O_DROP_OTHER
 };
 
 static const struct opt {
@@ -71,6 +72,8 @@ static const struct opt {
     {"--dry-run", O_DRY_RUN, 0, C_RUN | C_APPLY},
     /* Hub cache repository folders among the checkpoints (README "Input layouts"). */
     {"--revision", O_REVISION, 1, C_ALL},
+    /* The output folder (README "What the output folder holds"). */
+    {"--drop-other-weights", O_DROP_OTHER, 0, C_RUN | C_APPLY},
 };
 
 typedef struct args {
@@ -203,6 +206,7 @@ static int set_opt(args *a, enum opt_id id, const char *opt, const char *v)
     case O_FOLLOW_LINKS: a->ip.follow_links = 1; break;
     case O_DRY_RUN: a->ip.dry_run = 1; break;
     case O_REVISION: a->revision = v; break;
+    case O_DROP_OTHER: p->drop_other_weights = 1; break;
     }
     return 0;
 }
@@ -291,6 +295,9 @@ static int inplace_job(int cmd, args *a)
         return cli_usage_error("%s --in-place does not take --revision: a hub cache's files are "
                                "shared by its revisions (copy the snapshot first)",
                                name);
+    if (a->p.drop_other_weights)
+        return cli_usage_error("%s --in-place cannot leave weights out of the checkpoint folder: "
+                               "move them out, or write a new folder with --out", name);
     if (a->finetuned) a->dirs[a->ndirs++] = a->finetuned;
     if (a->ndirs == 0)
         return cli_usage_error("%s --in-place needs the checkpoint folder%s", name,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The in-place front end: `nlsr rollback DIR...`, and the per-checkpoint loop that
  * `nlsr run --in-place` and `nlsr apply --in-place DIR...` (cmd_realign.c) share: one line per
  * checkpoint, an optional JSON summary, and the exit status of a store sweep.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* `nlsr synth`: synthetic checkpoints for tests and benchmarks. */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #define _POSIX_C_SOURCE 200809L
 /* The nlsr command line. It uses the public header only. Exit status: 0 success, 1 failure
  * (bad input, I/O), 2 usage error; in place also 3 locked, 4 interrupted journal (roll back
@@ -19,7 +20,8 @@ static void usage(FILE *f)
           "  inspect PATH [--json] [--revision REV]\n"
           "                                 validate a checkpoint and list its tensors\n"
           "  dump PATH TENSOR               print a tensor's values, one per line\n"
-          "  rewrite PATH OUT [--force]     rewrite a checkpoint with nlsr's writer\n"
+          "  rewrite PATH OUT [--force] [--drop-other-weights]\n"
+          "                                 rewrite a checkpoint with nlsr's writer\n"
           "  run --base B --aligned A|--reference R --finetuned T --out DIR [options]\n"
           "                                 realign T: all three steps, streamed\n"
           "  prepare --base B --aligned A|--reference R --out FILE.nlsrp [options]\n"
@@ -34,6 +36,8 @@ static void usage(FILE *f)
           "      options: --beta 0.9 --sparsity 0.8 --select adaptive|threshold|all|none\n"
           "               --semantics paper|authors --prune-rate 0.5 --epsilon 0.2 --seed 42\n"
           "               --tau 0.1 --targets LIST --report FILE --json -q --force\n"
+          "               --drop-other-weights (run, apply: leave weights nlsr does not\n"
+          "               realign out of the output; they are refused otherwise)\n"
           "               --mem-budget SIZE --io auto|io_uring|pread|mmap --threads N\n"
           "               --revision REV (hub cache repository folders; also amplify, plan)\n"
           "      step 2 scorer (run, prepare; docs/LOWRANK.md): --scorer magnitude|lowrank|wanda\n"
@@ -41,6 +45,7 @@ static void usage(FILE *f)
           "               --power-iters 2 --oversample 10 --exact-svd --activations FILE\n"
           "               --wanda-select row|matrix\n"
           "  amplify --base B --aligned A --out DIR [--beta 0.9] [--force]\n"
+          "          [--drop-other-weights]\n"
           "                                 step 1 alone: the safety reference checkpoint\n"
           "  plan --base B --aligned A [--finetuned T] [--bandwidth R[,W]] [--json]\n"
           "       [--sparsity S] [scorer options, with --finetuned] [--no-time]\n"
@@ -82,9 +87,17 @@ static void install_stop_handlers(void)
     for (int i = 0; i < 3; i++) sigaction(sigs[i], &sa, NULL);
 }
 
+/* Set by main: the program's whole command line, for reports' audit record. */
+static int g_argc;
+static char **g_argv;
+
 nlsr_ctx *cli_ctx_create(void)
 {
     nlsr_ctx *ctx = nlsr_ctx_create();
+    if (ctx && nlsr_ctx_set_command_line(ctx, g_argc, (const char *const *)g_argv) < 0) {
+        nlsr_ctx_free(ctx);
+        return NULL;
+    }
     if (ctx) nlsr_ctx_set_cancel_flag(ctx, &stop_signal);
     return ctx;
 }
@@ -169,9 +182,11 @@ static int cmd_dump(int argc, char **argv)
 static int cmd_rewrite(int argc, char **argv)
 {
     const char *pos[2] = {0};
-    int npos = 0, force = 0;
+    int npos = 0, flags = 0;
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--force") == 0) force = 1;
+        if (strcmp(argv[i], "--force") == 0) flags |= NLSR_REWRITE_FORCE;
+        else if (strcmp(argv[i], "--drop-other-weights") == 0)
+            flags |= NLSR_REWRITE_DROP_OTHER_WEIGHTS;
         else if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error("unknown option '%s'", argv[i]);
         else if (npos < 2) pos[npos++] = argv[i];
         else return cli_usage_error("unexpected argument '%s'", argv[i]);
@@ -181,7 +196,7 @@ static int cmd_rewrite(int argc, char **argv)
     if (!ctx) return 1;
     nlsr_ckpt *ck = NULL;
     int rc = nlsr_ckpt_open(ctx, pos[0], &ck);
-    if (rc == 0) rc = nlsr_ckpt_rewrite(ctx, ck, pos[1], force);
+    if (rc == 0) rc = nlsr_ckpt_rewrite(ctx, ck, pos[1], flags);
     int status = rc < 0 ? cli_fail(ctx, rc) : 0;
     nlsr_ckpt_free(ck);
     nlsr_ctx_free(ctx);
@@ -211,6 +226,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    g_argc = argc;
+    g_argv = argv;
     const char *cmd = argv[1];
     install_stop_handlers();
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
@@ -218,7 +235,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-        printf("nlsr %s\n", NLSR_VERSION);
+        printf("nlsr %s\n", nlsr_version()); /* the library linked, not the header */
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

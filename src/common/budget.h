@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The memory budget: every large buffer is charged here where it is allocated, so peak memory
  * is a number the run can report and the planner can promise. */
 #ifndef NLSR_COMMON_BUDGET_H

@@ -1,6 +1,10 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#define _GNU_SOURCE
 #include "ctx.h"
 
+#include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 nlsr_ctx *nlsr_ctx_create(void)
 {
@@ -13,9 +17,37 @@ nlsr_ctx *nlsr_ctx_create(void)
     return ctx;
 }
 
+static void free_argv(nlsr_ctx *ctx)
+{
+    for (int i = 0; i < ctx->argc; i++) free(ctx->argv[i]);
+    free(ctx->argv);
+    ctx->argv = NULL;
+    ctx->argc = 0;
+}
+
 void nlsr_ctx_free(nlsr_ctx *ctx)
 {
+    if (!ctx) return;
+    if (ctx->audit && ctx->audit_free) ctx->audit_free(ctx->audit);
+    free_argv(ctx);
     free(ctx);
+}
+
+int nlsr_ctx_set_command_line(nlsr_ctx *ctx, int argc, const char *const *argv)
+{
+    free_argv(ctx);
+    if (argc <= 0 || !argv) return 0;
+    char **v = calloc((size_t)argc + 1, sizeof *v);
+    if (!v) return -ENOMEM;
+    for (int i = 0; i < argc; i++)
+        if (!(v[i] = strdup(argv[i] ? argv[i] : ""))) {
+            for (int k = 0; k < i; k++) free(v[k]);
+            free(v);
+            return -ENOMEM;
+        }
+    ctx->argv = v;
+    ctx->argc = argc;
+    return 0;
 }
 
 const char *nlsr_ctx_error(const nlsr_ctx *ctx)

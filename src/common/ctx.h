@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The context every public call takes: the error buffer, the memory budget, the I/O choice
  * and the run's counters. */
 #ifndef NLSR_COMMON_CTX_H
@@ -17,6 +18,16 @@ struct nlsr_ctx {
     volatile sig_atomic_t cancel;             /* nlsr_ctx_cancel's value */
     const volatile sig_atomic_t *cancel_flag; /* nlsr_ctx_set_cancel_flag's, may be NULL */
     char revision[256];     /* hub cache repository folders: nlsr_ctx_set_revision ("": main) */
+    /* The program's command line (nlsr_ctx_set_command_line), copied, for reports. */
+    int argc;
+    char **argv;
+    /* The running job's audit record (src/plan/audit.h): fingerprints of the bytes read and
+     * written. NULL when no report is wanted. audit_free releases it with the context. */
+    struct nlsr_audit *audit;
+    void (*audit_free)(struct nlsr_audit *a);
+    /* Readers outside the streams (the patch file's blocks, src/io) hand the bytes they read
+     * to this hook, so that the audit fingerprints them without reading them again. */
+    void (*read_tap)(struct nlsr_ctx *ctx, int fd, uint64_t off, const void *data, size_t len);
 };
 
 /* At a safe point of a job: NLSR_E_CANCELLED (recorded in the context) once the job was asked

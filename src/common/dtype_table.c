@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Names and sizes of safetensors dtypes: shared by the parser (io) and the kernels (compute). */
 #include <string.h>
 

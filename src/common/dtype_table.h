@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #ifndef NLSR_COMMON_DTYPE_TABLE_H
 #define NLSR_COMMON_DTYPE_TABLE_H
 #include "nlsr.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Error reporting shared by every layer: negative codes plus a per-context message buffer.
  * The first error recorded wins, because later failures are usually consequences of it. */
 #ifndef NLSR_COMMON_ERR_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #include "testhook.h"
 
 #ifdef NLSR_TEST_HOOKS

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Test points: builds configured with -DNLSR_TEST_HOOKS=ON stop the process (SIGSTOP) at the
  * named point when the environment says NLSR_TEST_STOP_AT=<name>, once per process, so that a
  * test can deliver a signal at an exact moment of a job (tests/hostile/). Release builds have

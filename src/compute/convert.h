@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Element conversions between safetensors dtypes and f32/f64, exact as METHOD.md requires:
  * bf16 -> f32 is a 16-bit shift, f16 and F8 widen exactly, f32 -> bf16/f16 round to nearest
  * even with NaN kept NaN. Little-endian data on a little-endian host. */

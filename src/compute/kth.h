@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Exact k-th smallest of non-negative f32 scores (the magnitude rule's threshold).
  *
  * Non-negative IEEE floats order like their bit patterns as unsigned integers, so the threshold

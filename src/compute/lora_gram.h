@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Similarity sums of two LoRA deltas without forming them (METHOD.md step 3, LoRA).
  *
  * A LoRA module's delta is P = B A with B out x r and A r x in, so an out x in product would

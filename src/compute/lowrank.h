@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The low-rank (ActSVD) scorer of METHOD.md step 2, as a state machine of passes over row
  * blocks, so that a caller streaming a 28672 x 8192 delta from disk never holds it whole.
  *

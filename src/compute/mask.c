@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Mask bitmaps and radix candidates (mask.h): an AVX2 version (8 compares per instruction
  * and a movemask) chosen at run time where the CPU has it, and plain C otherwise; both give
  * the same bits (tests/test_mask.c). */

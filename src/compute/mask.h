@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The magnitude rule's mask over a chunk of scores, as bitmaps: the work of the mask pass of a
  * streamed module (src/plan/realign_run.c), vectorized where the CPU allows. Bit j of the map is
  * element j: w[j / 64] >> (j % 64) & 1. */

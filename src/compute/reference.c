@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* METHOD.md step 1 stored straight into the output dtype: e = a + beta (a - b) per element in
  * f32 (no fused multiply-add), rounded to nearest even into the output. The streaming amplify
  * job runs these on whole units; realign_full.c uses nlsr_full_reference_f32 on f32 staging. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The safety reference (METHOD.md step 1) computed from raw inputs into raw outputs. */
 #ifndef NLSR_COMPUTE_REFERENCE_H
 #define NLSR_COMPUTE_REFERENCE_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Module selection (METHOD.md step 3): which modules get the reference's neurons. */
 #ifndef NLSR_COMPUTE_SELECTION_H
 #define NLSR_COMPUTE_SELECTION_H

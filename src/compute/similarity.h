@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Full-weight kernels of METHOD.md steps 1-3, element by element in f32 with double sums:
  * the safety reference e = a + beta (a - b), the score |e_s - b|, and the masked cosine's sums.
  * Built with -ffp-contract=off, so every a*b+c rounds twice as the method prescribes. */

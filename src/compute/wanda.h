@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The Wanda scorer (METHOD.md step 2, --scorer wanda): score_ij = |delta_ij| * norm_j, with
  * norm_j = sqrt(sum_n X_nj^2) the L2 norm of input column j over the calibration activations
  * X (n x in). The authors' Wanda code keeps the running mean of X_nj^2 instead of the sum; the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Opening a checkpoint: which layout it is, its shards, and the cross-checks between index and
  * shards. An index is only a map of where tensors live, so it must agree with the shards
  * exactly; its metadata.total_size is informational and not trusted. */

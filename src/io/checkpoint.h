@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* A checkpoint: one safetensors file, a sharded folder with its index, or a PEFT adapter; a
  * Hugging Face hub cache snapshot or repository folder holding one (hub.h).
  * Tensors are kept in bytewise name order across all shards (METHOD.md's module order). */

@@ -1,6 +1,6 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #define _GNU_SOURCE
 #include "file.h"
-#include "outpath.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -270,4 +270,52 @@ int nlsr_mkdir_parents(const char *path, nlsr_err *e)
     }
     free(p);
     return rc;
+}
+
+const char *nlsr_file_type_name(unsigned mode)
+{
+    mode_t m = (mode_t)mode;
+    if (S_ISREG(m)) return "regular file";
+    if (S_ISDIR(m)) return "folder";
+    if (S_ISLNK(m)) return "symbolic link";
+    if (S_ISFIFO(m)) return "FIFO";
+    if (S_ISSOCK(m)) return "socket";
+    if (S_ISCHR(m)) return "character device";
+    if (S_ISBLK(m)) return "block device";
+    return "special file";
+}
+
+int nlsr_open_regular(nlsr_err *e, const char *path, int flags, int follow, int *fd_out)
+{
+    *fd_out = -1;
+    int fd = open(path, flags | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
+    if (fd < 0) {
+        int err = errno;
+        NLSR_FAIL_IF(err == ELOOP && !follow, e, NLSR_E_USAGE,
+                     "%s is a symbolic link: refused (nlsr does not write through links)", path);
+        if (err == ENXIO || err == ENODEV) {
+            struct stat st;
+            if (stat(path, &st) == 0)
+                return nlsr_fail(e, NLSR_E_FORMAT, "%s is a %s, not a regular file: refused",
+                                 path, nlsr_file_type_name(st.st_mode));
+        }
+        return nlsr_fail(e, -err, "%s: cannot open: %s", path, strerror(err));
+    }
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) != 0) rc = nlsr_fail(e, -errno, "%s: cannot stat: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        rc = nlsr_fail(e, NLSR_E_FORMAT, "%s is a %s, not a regular file: refused", path,
+                       nlsr_file_type_name(st.st_mode));
+    else {
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0)
+            rc = nlsr_fail(e, -errno, "%s: fcntl failed: %s", path, strerror(errno));
+    }
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    *fd_out = fd;
+    return 0;
 }

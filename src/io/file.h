@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Plain file helpers: whole reads/writes that survive EINTR and short transfers, durable
  * renames, cheap copies. Everything returns 0 or -errno and records a message naming the path. */
 #ifndef NLSR_IO_FILE_H
@@ -33,5 +34,12 @@ int nlsr_exists(const char *path);
 /* Creates the missing folders above `path` (mkdir -p of its parent), so that an output such
  * as out/run-1/realigned can be named before out/ exists. */
 int nlsr_mkdir_parents(const char *path, nlsr_err *e);
+
+/* Opens an input for reading (flags: O_RDONLY or O_RDWR, plus O_DIRECT etc.) without
+ * blocking: a FIFO, device or socket is refused with a message naming it (a FIFO in place of a
+ * shard must never hang a sweep that holds a lock); follow = 0 also refuses a symbolic link. */
+int nlsr_open_regular(nlsr_err *e, const char *path, int flags, int follow, int *fd);
+/* "regular file", "FIFO", "symbolic link" ... for a st_mode. */
+const char *nlsr_file_type_name(unsigned mode);
 
 #endif

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Hugging Face hub cache layouts: which snapshot a repository folder means (hub.h). Only stat,
  * opendir, realpath and small reads: the cache is shared by every program on the machine (and
  * its blobs by every revision), so nlsr never writes into it, not even a lock file. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Hugging Face hub cache layouts (huggingface_hub's `~/.cache/huggingface/hub`):
  *
  *   models--org--name/                 the repository folder

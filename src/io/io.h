@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Asynchronous positioned I/O for the streaming engine: one interface, three backends.
  *
  *   io_uring  (default) one ring per user, queue depth `qd`, registered buffers where the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The backend-independent half of nlsr_io: choosing a backend, stepping down when one cannot
  * run here, and the once-per-process notices that say so. */
 #define _GNU_SOURCE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Private to src/io/io_*.c: the request backends' shared state and entry points. */
 #ifndef NLSR_IO_IO_IMPL_H
 #define NLSR_IO_IO_IMPL_H

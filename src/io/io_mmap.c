@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* mmap windows: the third backend. A window is mapped per span and unmapped as soon as the
  * caller moves past it, so resident memory stays bounded by the windows in use (which the
  * caller charges to the budget) however large the file. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The pread backend: a few worker threads take requests from a queue and do plain
  * pread/pwrite loops, so that reads of the next units are in the kernel while the caller
  * computes, without io_uring. */

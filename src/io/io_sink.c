@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The sink (io_sink.h): a ring of chunk buffers written asynchronously in file order, or
  * windows of a shared mapping for the mmap backend. */
 #define _GNU_SOURCE

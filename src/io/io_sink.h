@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The sink: sequential writing of whole output files through the I/O backends.
  *
  * A file is built under "<final>.nlsr-tmp-<pid>" beside its destination, preallocated to its

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The io_uring backend: requests become SQEs (fixed-buffer variants when the caller registered
  * its buffers), short transfers are resubmitted for the rest, and a completion is handed back
  * only when its request is finished. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The undo journal: writer, reader, rollback, and the durable-write helpers of in-place jobs.
  * The format and the reasoning behind the write order are in journal.h and docs/JOURNAL.md. */
 #define _GNU_SOURCE
@@ -1165,4 +1166,21 @@ done:
     if (R.fd >= 0) close(R.fd);
     free(path);
     return rc;
+}
+
+int nlsr_journal_check_input(nlsr_ctx *ctx, const char *path)
+{
+    if (nlsr_is_dir(path) != 1) return 0;
+    nlsr_journal_info ji;
+    int rc = nlsr_journal_inspect(ctx, path, &ji);
+    nlsr_journal_state s = ji.state;
+    nlsr_journal_info_free(&ji);
+    if (rc < 0) return NLSR_E_JOURNAL;
+    /* A journal torn at its creation had changed nothing: the bytes are the original ones. */
+    NLSR_FAIL_IF(s == NLSR_JOURNAL_WRITING || s == NLSR_JOURNAL_ROLLING_BACK, &ctx->err,
+                 NLSR_E_JOURNAL,
+                 "%s: an interrupted in-place %s left its tensors half patched: run 'nlsr "
+                 "rollback %s' first",
+                 path, s == NLSR_JOURNAL_ROLLING_BACK ? "rollback" : "realignment", path);
+    return 0;
 }

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The undo journal of in-place realignment (byte layout: docs/JOURNAL.md). In short:
  *
  *   0      64   preamble: "NLSRJRNL", u32 version 1, u32 flags, u64 id, u64 created, u64 pid,
@@ -156,5 +157,10 @@ int nlsr_journal_inspect(nlsr_ctx *ctx, const char *dir, nlsr_journal_info *info
  * force (NLSR_E_MISMATCH otherwise). The journal file is kept (marked rolling back): the
  * caller removes it with nlsr_durable_unlink once its own records are updated. */
 int nlsr_journal_rollback(nlsr_ctx *ctx, const char *dir, int force, nlsr_journal_info *info);
+
+/* For jobs that read a fine-tuned checkpoint into another folder (--out): refuses a folder whose
+ * in-place realignment was interrupted (its bytes are half patched) with NLSR_E_JOURNAL and a
+ * message saying to roll it back. A file path, or a folder without a journal, passes. */
+int nlsr_journal_check_input(nlsr_ctx *ctx, const char *path);
 
 #endif

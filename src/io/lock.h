@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The lock of a checkpoint folder: flock(2) on the folder itself (its directory descriptor),
  * exclusive for in-place runs and rollbacks, shared for jobs that only read it, so that no
  * reader and in-place writer ever interleave, on any folder, and readers create no file. The

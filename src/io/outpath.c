@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Output paths, temporary names, tree removal and safe opens: the rules are in outpath.h. */
 #define _GNU_SOURCE
 #include "outpath.h"
@@ -54,14 +55,7 @@ static int path_inside(const char *inner, const char *outer)
 
 static const char *type_name(mode_t m)
 {
-    if (S_ISREG(m)) return "regular file";
-    if (S_ISDIR(m)) return "folder";
-    if (S_ISLNK(m)) return "symbolic link";
-    if (S_ISFIFO(m)) return "FIFO";
-    if (S_ISSOCK(m)) return "socket";
-    if (S_ISCHR(m)) return "character device";
-    if (S_ISBLK(m)) return "block device";
-    return "special file";
+    return nlsr_file_type_name(m);
 }
 
 static mode_t file_mode(void)
@@ -711,41 +705,4 @@ void nlsr_tmp_sweep(nlsr_ctx *ctx, const char *dir, const char *prefix)
         free(p);
     }
     closedir(d);
-}
-
-/* ---- input opens ------------------------------------------------------------------------- */
-
-int nlsr_open_regular(nlsr_err *e, const char *path, int flags, int follow, int *fd_out)
-{
-    *fd_out = -1;
-    int fd = open(path, flags | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
-    if (fd < 0) {
-        int err = errno;
-        NLSR_FAIL_IF(err == ELOOP && !follow, e, NLSR_E_USAGE,
-                     "%s is a symbolic link: refused (nlsr does not write through links)", path);
-        if (err == ENXIO || err == ENODEV) {
-            struct stat st;
-            if (stat(path, &st) == 0)
-                return nlsr_fail(e, NLSR_E_FORMAT, "%s is a %s, not a regular file: refused",
-                                 path, type_name(st.st_mode));
-        }
-        return nlsr_fail(e, -err, "%s: cannot open: %s", path, strerror(err));
-    }
-    struct stat st;
-    int rc = 0;
-    if (fstat(fd, &st) != 0) rc = nlsr_fail(e, -errno, "%s: cannot stat: %s", path, strerror(errno));
-    else if (!S_ISREG(st.st_mode))
-        rc = nlsr_fail(e, NLSR_E_FORMAT, "%s is a %s, not a regular file: refused", path,
-                       type_name(st.st_mode));
-    else {
-        int fl = fcntl(fd, F_GETFL);
-        if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0)
-            rc = nlsr_fail(e, -errno, "%s: fcntl failed: %s", path, strerror(errno));
-    }
-    if (rc < 0) {
-        close(fd);
-        return rc;
-    }
-    *fd_out = fd;
-    return 0;
 }

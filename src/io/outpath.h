@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Every path nlsr writes or removes goes through this module, so that the rules that keep a
  * store of other people's checkpoints safe live in one place (README "Output safety"):
  *
@@ -12,8 +13,7 @@
  *   destination and renamed into place at commit. They carry a marker naming their owner (host,
  *   boot, pid, process start time), so a later run recognises a dead run's leftovers and
  *   removes them only when the marker proves they are nlsr's and their owner is gone.
- * - Inputs are opened without blocking and refused unless they are regular files: a FIFO in
- *   place of a shard can never hang a sweep that holds a lock. */
+ * Inputs are opened with nlsr_open_regular (file.h): never blocking, regular files only. */
 #ifndef NLSR_IO_OUTPATH_H
 #define NLSR_IO_OUTPATH_H
 
@@ -75,10 +75,6 @@ void nlsr_tmp_remove(const char *tmp);
  * (unless quiet); others are reported and left alone. */
 void nlsr_tmp_sweep(nlsr_ctx *ctx, const char *dir, const char *prefix);
 
-/* Opens an input for reading (flags: O_RDONLY or O_RDWR, plus O_DIRECT etc.) without
- * blocking: a FIFO, device or socket is refused with a message naming it; follow = 0 also
- * refuses a symbolic link. */
-int nlsr_open_regular(nlsr_err *e, const char *path, int flags, int follow, int *fd);
 
 /* 1 when `path` (not followed) is a folder holding a valid nlsr marker, else 0. */
 int nlsr_marker_present(const char *path);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The prepared-patches file (.nlsrp): per module the safety-critical mask and the values the
  * transplant and the similarity need, in zstd-compressed blocks with checksums. Byte layout in
  * docs/FORMAT.md; in short:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* safetensors files: a validating reader and an atomic writer.
  *
  * Layout (https://github.com/huggingface/safetensors):

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The validating safetensors reader. Every check happens here, before any tensor byte is read:
  * several C readers of this format shipped out-of-bounds bugs from unchecked offsets or a
  * wrapped shape product, so nothing from the header is trusted until it has passed. */
@@ -13,7 +14,6 @@
 
 #include "../common/dtype_table.h"
 #include "file.h"
-#include "outpath.h"
 #include "safetensors.h"
 
 #define MAX_SAFE_INT 9007199254740992.0 /* 2^53: doubles are exact integers below it */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The safetensors writer: header padded to 8 bytes, data appended in the declared order, the
  * file built under a temporary name and renamed into place only once complete and durable, so
  * an interrupted run never leaves a file that looks finished. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The planner: how a streaming job cuts its checkpoints into work units that fit the memory
  * budget, in what order it reads them, and what that costs.
  *
@@ -26,7 +27,7 @@
 #include <stdio.h>
 
 #include "../common/budget.h"
-#include "stream.h"
+#include "../io/stream.h"
 
 #define NLSR_PLAN_MAX_CK 3
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The progress bar (progress.h). */
 #define _GNU_SOURCE
 #include "progress.h"

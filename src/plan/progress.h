@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Progress of a long job on stderr: a bar with bytes done, rate and ETA, redrawn at most ten
  * times a second, only when stderr is a terminal and the context is not quiet. */
 #ifndef NLSR_PLAN_PROGRESS_H

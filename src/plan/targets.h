@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Which tensors are target modules (METHOD.md): 2-D, name ends in ".weight" and contains one
  * of the target names (default: the authors' seven LoRA targets). */
 #ifndef NLSR_PLAN_TARGETS_H

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Interop check: nlsr's outputs, made from a Hugging Face hub cache, load in the real libraries.
 
 Builds a hub cache the way huggingface_hub lays it out (blobs/<sha256>, snapshots/<commit>/ of

@@ -1,0 +1,970 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* `run` for full weights in one streamed pass (realign_run.h): no patch file, each target
+ * module read once from base, aligned and fine-tuned, the fine-tune read once more while the
+ * output is written. The arithmetic is realign_full.c's (prepare + apply), value for value and
+ * in the same order, so that both give the same bits; tests/test_realign_full.c compares them. */
+#define _GNU_SOURCE
+#include "realign_run.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../common/ctx.h"
+#include "../common/testhook.h"
+#include "../compute/convert.h"
+#include "../compute/kth.h"
+#include "../compute/mask.h"
+#include "../compute/reference.h"
+#include "../compute/selection.h"
+#include "../compute/similarity.h"
+#include "../io/file.h"
+#include "../io/io.h"
+#include "../io/sidefiles.h"
+#include "../plan/progress.h"
+#include "../io/stream.h"
+#include "../plan/targets.h"
+
+/* Elements computed at a time: the f32 staging of a chunk stays in the L2 cache. */
+#define CH 4096u
+/* Chunks between two polls of the read stream (about 50 us of compute): the next module's
+ * reads are kept queued while this one is computed. */
+#define POLL_CHUNKS 8u
+/* Phase B: elements per streamed unit of a patched tensor (a multiple of 64, so that a unit
+ * starts on a word of the mask bitmap), and units in flight. */
+#define OUT_UNIT (1u << 22)
+#define OUT_DEPTH 3u
+/* Bytes of the fallback copy buffer (copy_file_range refused). */
+#define COPY_BUF (1u << 20)
+
+typedef struct rmod {
+    size_t is, ib, it;           /* tensor indexes in src, base, ft */
+    const st_tensor *ts, *tb, *tt;
+    nlsr_dtype adt, bdt, tdt;
+    size_t asz, bsz, tsz;
+    uint64_t n, k;
+    float thr;
+    uint64_t mask_count;
+    nlsr_cos_sums sums;
+    nlsr_step1_mod s1;           /* step 1's inputs (realign_full.h) */
+    int fast;                    /* BF16 aligned and base: the fused kernels (reference.h) */
+    int store;                   /* mask and values kept in memory for phase B */
+    uint64_t *bits;              /* mask bitmap, ceil(n / 64) words (in the arena) */
+    unsigned char *vals;         /* transplanted values in ft's dtype, mask order */
+    uint64_t vpos;               /* phase B: values used so far */
+} rmod;
+
+typedef struct runner {
+    nlsr_ctx *ctx;
+    const nlsr_realign_params *p;
+    const nlsr_ckpt *base, *src, *ft;
+    int is_ref;
+    rmod *m;
+    size_t nm;
+    nlsr_stream *s;              /* the stream being read, polled while computing */
+    unsigned poll_tick;
+    /* scratch, CH elements each, one allocation */
+    float *fa, *fb, *fe, *fs, *tf, *tm, *em, *bm;
+    unsigned char *es, *conv;
+    uint32_t *idx;
+    uint64_t *words;             /* a chunk's mask bitmap */
+    unsigned char *scratch;
+    size_t scratch_bytes;
+    uint64_t *hist, *hist2;
+    float *cands;
+    uint64_t cand_cap;
+    struct lanes *lanes;         /* the second compute thread, NULL if none */
+    unsigned char *arena;        /* stored masks and values */
+    uint64_t arena_bytes;
+} runner;
+
+static const char *shard_path(const nlsr_ckpt *ck, size_t i)
+{
+    return ck->shards[ck->t[i].shard]->path;
+}
+
+static uint64_t budget_room(const nlsr_ctx *ctx)
+{
+    const nlsr_budget *b = &ctx->budget;
+    if (b->limit == 0) return UINT64_MAX;
+    return b->limit > b->used ? b->limit - b->used : 0;
+}
+
+static int nonfinite_fail(nlsr_ctx *ctx, const char *file, const char *tensor, uint64_t el,
+                          float v, const char *what)
+{
+    return nlsr_fail(&ctx->err, NLSR_E_VALUE, "%s: tensor '%.200s': element %" PRIu64 " is %g%s",
+                     file, tensor, el, (double)v, what);
+}
+
+static int poll_stream(runner *R)
+{
+    if (!R->s || ++R->poll_tick % POLL_CHUNKS) return 0;
+    return nlsr_stream_poll(R->s);
+}
+
+/* Step 1 and the score for one chunk, as prepare computes them (nlsr_full_step1). */
+static int step1(runner *R, const rmod *M, uint64_t first, size_t cnt, const unsigned char *araw,
+                 const unsigned char *braw, int validate)
+{
+    nlsr_step1_buf b = {R->fa, R->fb, R->fe, R->fs, R->es};
+    return nlsr_full_step1(R->ctx, &M->s1, first, cnt, araw, braw, validate, &b);
+}
+
+/* The scores fs of one chunk (full: also fe, fb and es), the BF16 kernels where they apply.
+ * No validation: pass 1 has done it. */
+static int scores(runner *R, const rmod *M, uint64_t first, size_t cnt, const unsigned char *a,
+                  const unsigned char *b, int full)
+{
+    if (!M->fast) return step1(R, M, first, cnt, a, b, 0);
+    if (full) nlsr_step1_bf16(a, b, (float)R->p->beta, R->fs, R->fe, R->fb, (uint16_t *)(void *)R->es, cnt);
+    else nlsr_score_bf16(a, b, (float)R->p->beta, R->fs, cnt);
+    return 0;
+}
+
+/* Positions j (ascending) with s[j] > thr, into idx; returns how many. The bitmap goes to
+ * words (ceil(n / 64) of them). */
+static size_t mask_positions(const float *s, size_t n, float thr, uint64_t *words, uint32_t *idx)
+{
+    nlsr_mask_words(s, n, thr, words);
+    return nlsr_mask_indices(words, n, idx);
+}
+
+/* Pass 1 over a module held whole, on this thread: validation (naming the first bad value),
+ * the score histogram. */
+static int pass_hist_serial(runner *R, rmod *M, const unsigned char *a, const unsigned char *b,
+                            const unsigned char *t)
+{
+    memset(R->hist, 0, NLSR_KTH_BUCKETS * sizeof *R->hist);
+    for (uint64_t at = 0; at < M->n; at += CH) {
+        size_t cnt = (size_t)(M->n - at < CH ? M->n - at : CH);
+        const unsigned char *ac = a + at * M->asz, *bc = b + at * M->bsz;
+        /* The fast kernel only says whether something is not finite; the generic one then
+         * finds what and says so. */
+        if (!M->fast || nlsr_score_bf16(ac, bc, (float)R->p->beta, R->fs, cnt))
+            NLSR_FORWARD(step1(R, M, at, cnt, ac, bc, 1));
+        nlsr_kth_hist_add(R->hist, R->fs, cnt);
+        if (nlsr_any_nonfinite_raw(M->tdt, t + at * M->tsz, cnt)) {
+            nlsr_to_f32(M->tdt, t + at * M->tsz, R->tf, cnt);
+            size_t bad = nlsr_first_nonfinite_f32(R->tf, cnt);
+            if (bad < cnt)
+                return nonfinite_fail(R->ctx, shard_path(R->ft, M->it), M->tt->name, at + bad,
+                                      R->tf[bad], " in finetuned");
+        }
+        NLSR_FORWARD(poll_stream(R));
+    }
+    return 0;
+}
+
+
+/* ---- two lanes: passes 1 and 2 of BF16 modules split in halves ------------------------- */
+
+/* The second half runs on a worker thread with its own scratch. The halves' histograms add
+ * up to the whole's and each half's candidates go to their own range of the array, so the
+ * results are those of one thread. Pass 3 stays on one thread: the cosine's sums must be
+ * accumulated in element order. */
+typedef struct lane {
+    float *fs;                   /* CH scores */
+    uint64_t *hist, *hist2;
+    /* the job */
+    int pass;                    /* 1: histogram, 2: candidates */
+    const rmod *M;
+    const unsigned char *a, *b, *t;
+    uint64_t lo, hi;
+    uint32_t bucket;
+    float *cands;                /* pass 2 in memory: this lane's range of the array */
+    uint64_t cap;
+    /* results */
+    int bad;                     /* a value not finite (pass 1), or more candidates than cap */
+    uint64_t got;
+} lane;
+
+struct lanes {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int job, done, stop;
+    runner *R;
+    lane L[2];
+    unsigned char *mem;
+    size_t mem_bytes;
+};
+
+static size_t lane_mem(void)
+{
+    return (size_t)CH * 4 + 2 * NLSR_KTH_BUCKETS * 8;
+}
+
+static void lane_run(runner *R, lane *L, int main_thread)
+{
+    const rmod *M = L->M;
+    float beta = (float)R->p->beta;
+    L->bad = 0;
+    L->got = 0;
+    if (L->pass == 1) memset(L->hist, 0, NLSR_KTH_BUCKETS * sizeof *L->hist);
+    for (uint64_t at = L->lo; at < L->hi; at += CH) {
+        size_t cnt = (size_t)(L->hi - at < CH ? L->hi - at : CH);
+        uint32_t bad = nlsr_score_bf16(L->a + at * 2, L->b + at * 2, beta, L->fs, cnt);
+        if (L->pass == 1) {
+            if (bad || nlsr_any_nonfinite_raw(M->tdt, L->t + at * M->tsz, cnt)) {
+                L->bad = 1;
+                return;
+            }
+            nlsr_kth_hist_add(L->hist, L->fs, cnt);
+        } else if (L->cands) {
+            if (L->got + cnt <= L->cap) {
+                L->got += nlsr_bucket_collect(L->fs, cnt, L->bucket, L->cands + L->got);
+            } else {
+                size_t c = nlsr_bucket_collect(L->fs, cnt, L->bucket, NULL);
+                if (L->got + c > L->cap) {
+                    L->bad = 1;
+                    return;
+                }
+                L->got += nlsr_bucket_collect(L->fs, cnt, L->bucket, L->cands + L->got);
+            }
+        } else {
+            for (size_t j = 0; j < cnt; j++) {
+                if (nlsr_kth_bucket_of(L->fs[j]) != L->bucket) continue;
+                uint32_t u;
+                memcpy(&u, &L->fs[j], 4);
+                L->hist2[u & 0xffffu]++;
+                L->got++;
+            }
+        }
+        /* Only the thread that owns the stream may poll it; the poll's errors surface at the
+         * next nlsr_stream_next. */
+        if (main_thread) (void)poll_stream(R);
+    }
+}
+
+static void *lane_worker(void *arg)
+{
+    struct lanes *W = arg;
+    pthread_mutex_lock(&W->mu);
+    for (;;) {
+        while (!W->job && !W->stop) pthread_cond_wait(&W->cv, &W->mu);
+        if (W->stop) break;
+        pthread_mutex_unlock(&W->mu);
+        lane_run(W->R, &W->L[1], 0);
+        pthread_mutex_lock(&W->mu);
+        W->job = 0;
+        W->done = 1;
+        pthread_cond_broadcast(&W->cv);
+    }
+    pthread_mutex_unlock(&W->mu);
+    return NULL;
+}
+
+/* Starts the worker; without one (a single CPU, or no thread), everything runs here. */
+static void lanes_start(runner *R)
+{
+    nlsr_ctx *ctx = R->ctx;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cpus < 2 || getenv("NLSR_RUN_ONE_THREAD")) return;
+    struct lanes *W = calloc(1, sizeof *W);
+    if (!W) return;
+    W->R = R;
+    W->mem_bytes = 2 * lane_mem();
+    nlsr_err ignored; /* no room: one thread, and nothing to report */
+    memset(&ignored, 0, sizeof ignored);
+    if (nlsr_budget_alloc(&ctx->budget, W->mem_bytes, "second compute lane", (void **)&W->mem,
+                          &ignored) < 0) {
+        free(W);
+        return;
+    }
+    for (int i = 0; i < 2; i++) {
+        unsigned char *p = W->mem + (size_t)i * lane_mem();
+        W->L[i].fs = (float *)(void *)p;
+        W->L[i].hist = (uint64_t *)(void *)(p + (size_t)CH * 4);
+        W->L[i].hist2 = W->L[i].hist + NLSR_KTH_BUCKETS;
+    }
+    pthread_mutex_init(&W->mu, NULL);
+    pthread_cond_init(&W->cv, NULL);
+    if (pthread_create(&W->th, NULL, lane_worker, W) != 0) {
+        pthread_mutex_destroy(&W->mu);
+        pthread_cond_destroy(&W->cv);
+        nlsr_budget_free(&ctx->budget, W->mem, W->mem_bytes);
+        free(W);
+        return;
+    }
+    R->lanes = W;
+}
+
+static void lanes_stop(runner *R)
+{
+    struct lanes *W = R->lanes;
+    if (!W) return;
+    pthread_mutex_lock(&W->mu);
+    W->stop = 1;
+    pthread_cond_broadcast(&W->cv);
+    pthread_mutex_unlock(&W->mu);
+    pthread_join(W->th, NULL);
+    pthread_mutex_destroy(&W->mu);
+    pthread_cond_destroy(&W->cv);
+    nlsr_budget_free(&R->ctx->budget, W->mem, W->mem_bytes);
+    free(W);
+    R->lanes = NULL;
+}
+
+/* Runs L[0] here and L[1] on the worker, and waits for both. */
+static void lanes_run(runner *R)
+{
+    struct lanes *W = R->lanes;
+    pthread_mutex_lock(&W->mu);
+    W->done = 0;
+    W->job = 1;
+    pthread_cond_broadcast(&W->cv);
+    pthread_mutex_unlock(&W->mu);
+    lane_run(R, &W->L[0], 1);
+    pthread_mutex_lock(&W->mu);
+    while (!W->done) pthread_cond_wait(&W->cv, &W->mu);
+    pthread_mutex_unlock(&W->mu);
+}
+
+/* The halves: the first ends on a chunk boundary. */
+static int lanes_usable(const runner *R, const rmod *M)
+{
+    return R->lanes && M->fast && M->n >= 4 * (uint64_t)CH;
+}
+
+static void lanes_set(runner *R, int pass, const rmod *M, const unsigned char *a,
+                      const unsigned char *b, const unsigned char *t)
+{
+    uint64_t h = M->n / 2 / CH * CH;
+    for (int i = 0; i < 2; i++) {
+        lane *L = &R->lanes->L[i];
+        L->pass = pass;
+        L->M = M;
+        L->a = a;
+        L->b = b;
+        L->t = t;
+        L->lo = i ? h : 0;
+        L->hi = i ? M->n : h;
+    }
+}
+
+/* Pass 1. A value that is not finite makes the pass run again on this thread, which finds the
+ * first one and names it. */
+static int pass_hist(runner *R, rmod *M, const unsigned char *a, const unsigned char *b,
+                     const unsigned char *t)
+{
+    if (!lanes_usable(R, M)) return pass_hist_serial(R, M, a, b, t);
+    lanes_set(R, 1, M, a, b, t);
+    lanes_run(R);
+    lane *L = R->lanes->L;
+    if (L[0].bad || L[1].bad) {
+        NLSR_FORWARD(pass_hist_serial(R, M, a, b, t));
+        return nlsr_fail(&R->ctx->err, NLSR_E_VALUE, "tensor '%.200s': a value is not finite",
+                         M->ts->name);
+    }
+    for (uint32_t i = 0; i < NLSR_KTH_BUCKETS; i++) R->hist[i] = L[0].hist[i] + L[1].hist[i];
+    return 0;
+}
+
+/* Pass 2 in two lanes; returns 1 when done here, 0 when the caller must do it on one thread. */
+static int pass_cands_lanes(runner *R, rmod *M, const unsigned char *a, const unsigned char *b,
+                            uint32_t bucket, int in_mem, uint64_t *got)
+{
+    if (!lanes_usable(R, M)) return 0;
+    lane *L = R->lanes->L;
+    uint64_t c0 = L[0].hist[bucket];
+    /* Each lane writes its own range of the array: the ranges must tile it. */
+    if (in_mem && c0 + L[1].hist[bucket] != R->hist[bucket]) return 0;
+    lanes_set(R, 2, M, a, b, NULL);
+    for (int i = 0; i < 2; i++) {
+        L[i].bucket = bucket;
+        L[i].cands = in_mem ? R->cands + (i ? c0 : 0) : NULL;
+        L[i].cap = in_mem ? L[i].hist[bucket] : 0;
+        if (!in_mem) memset(L[i].hist2, 0, NLSR_KTH_BUCKETS * sizeof *L[i].hist2);
+    }
+    lanes_run(R);
+    *got = L[0].got + L[1].got;
+    if (L[0].bad || L[1].bad || L[0].got != L[0].cap || L[1].got != L[1].cap) {
+        if (in_mem) *got = UINT64_MAX; /* caught by the caller's count check */
+    }
+    if (!in_mem)
+        for (uint32_t i = 0; i < NLSR_KTH_BUCKETS; i++)
+            R->hist2[i] = L[0].hist2[i] + L[1].hist2[i];
+    return 1;
+}
+
+/* The exact k-th smallest score: the candidates of the bucket holding rank k, selected in
+ * memory, or (too many for the budget) a histogram of their low 16 bits. */
+static int pass_threshold(runner *R, rmod *M, const unsigned char *a, const unsigned char *b)
+{
+    nlsr_ctx *ctx = R->ctx;
+    uint32_t bucket;
+    uint64_t below;
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < NLSR_KTH_BUCKETS; i++) total += R->hist[i];
+    NLSR_FAIL_IF(total != M->n, &ctx->err, NLSR_E_FORMAT,
+                 "tensor '%.200s': %" PRIu64 " scores counted for %" PRIu64 " elements",
+                 M->ts->name, total, M->n);
+    nlsr_kth_hist_pick(R->hist, M->k, &bucket, &below);
+    uint64_t nc = R->hist[bucket];
+    int in_mem = nc * sizeof(float) <= budget_room(ctx) / 2;
+    if (in_mem && nc > R->cand_cap) {
+        nlsr_budget_free(&ctx->budget, R->cands, R->cand_cap * sizeof(float));
+        R->cands = NULL;
+        R->cand_cap = 0;
+        NLSR_FORWARD(nlsr_budget_alloc(&ctx->budget, (size_t)nc * sizeof(float),
+                                       "threshold candidates", (void **)&R->cands, &ctx->err));
+        R->cand_cap = nc;
+    }
+    if (!in_mem) memset(R->hist2, 0, NLSR_KTH_BUCKETS * sizeof *R->hist2);
+    uint64_t got = 0;
+    int done = pass_cands_lanes(R, M, a, b, bucket, in_mem, &got);
+    for (uint64_t at = 0; at < M->n && !done; at += CH) {
+        size_t cnt = (size_t)(M->n - at < CH ? M->n - at : CH);
+        NLSR_FORWARD(scores(R, M, at, cnt, a + at * M->asz, b + at * M->bsz, 0));
+        if (in_mem) {
+            /* Room for a whole chunk past the count: a file changing under us is caught below
+             * without writing out of bounds. */
+            size_t c = nlsr_bucket_collect(R->fs, cnt, bucket, got + cnt <= nc ? R->cands + got
+                                                                               : NULL);
+            if (got + cnt > nc) {
+                size_t w = 0;
+                for (size_t j = 0; j < cnt && got + w < nc; j++)
+                    if (nlsr_kth_bucket_of(R->fs[j]) == bucket) R->cands[got + w++] = R->fs[j];
+            }
+            got += c;
+        } else {
+            for (size_t j = 0; j < cnt; j++) {
+                if (nlsr_kth_bucket_of(R->fs[j]) != bucket) continue;
+                uint32_t u;
+                memcpy(&u, &R->fs[j], 4);
+                R->hist2[u & 0xffffu]++;
+                got++;
+            }
+        }
+        NLSR_FORWARD(poll_stream(R));
+    }
+    NLSR_FAIL_IF(got != nc, &ctx->err, NLSR_E_FORMAT,
+                 "%s: tensor '%.200s' changed while it was read", R->src->path, M->ts->name);
+    if (in_mem) {
+        M->thr = nlsr_kth_inplace(R->cands, (size_t)nc, M->k - below);
+    } else {
+        uint32_t lo;
+        uint64_t below2;
+        nlsr_kth_hist_pick(R->hist2, M->k - below, &lo, &below2);
+        uint32_t bits = bucket << 16 | lo;
+        memcpy(&M->thr, &bits, 4);
+    }
+    return 0;
+}
+
+/* A transplant value that the fine-tune's dtype cannot hold (a reference finite in the aligned
+ * dtype overflows an F16 fine-tune) fails the job. vals: m values of em[] stored in ft's dtype,
+ * elements at + idx[i]. Only a dtype narrower than the source's can overflow. */
+static int check_dest(runner *R, const rmod *M, uint64_t at, const unsigned char *vals, size_t m)
+{
+    if (M->tdt == M->adt || M->tdt == NLSR_DTYPE_F32 || M->tdt == NLSR_DTYPE_F64 ||
+        !nlsr_any_nonfinite_raw(M->tdt, vals, m))
+        return 0;
+    size_t i = 0;
+    for (; i + 1 < m; i++) {
+        float x;
+        nlsr_to_f32(M->tdt, vals + i * M->tsz, &x, 1);
+        if (!isfinite(x)) break;
+    }
+    return nlsr_full_dest_overflow(R->ctx, shard_path(R->ft, M->it), M->tt->name,
+                                   at + R->idx[i], R->em[i], M->tdt, M->s1.src_file);
+}
+
+/* The mask (strictly above the threshold), the masked cosine's sums in element order (as
+ * apply accumulates them), and, when stored, the bitmap and the values in ft's dtype. */
+static int pass_mask(runner *R, rmod *M, const unsigned char *a, const unsigned char *b,
+                     const unsigned char *t)
+{
+    unsigned char *vals = M->vals;
+    for (uint64_t at = 0; at < M->n; at += CH) {
+        size_t cnt = (size_t)(M->n - at < CH ? M->n - at : CH);
+        NLSR_FORWARD(scores(R, M, at, cnt, a + at * M->asz, b + at * M->bsz, 1));
+        /* The chunk starts on a word of the module's bitmap (CH is a multiple of 64). */
+        uint64_t *words = M->store ? M->bits + at / 64 : R->words;
+        size_t m = mask_positions(R->fs, cnt, M->thr, words, R->idx);
+        const unsigned char *tc = t + at * M->tsz;
+        for (size_t i = 0; i < m; i++) {
+            uint32_t j = R->idx[i];
+            memcpy(R->conv + i * M->tsz, tc + (size_t)j * M->tsz, M->tsz);
+            R->em[i] = R->fe[j];
+            R->bm[i] = R->fb[j];
+        }
+        nlsr_to_f32(M->tdt, R->conv, R->tm, m);
+        nlsr_cos_add_masked(&M->sums, R->tm, R->em, R->bm, m);
+        if (M->store && m) {
+            /* At most n - k scores lie above the k-th smallest: the room reserved. */
+            NLSR_FAIL_IF(M->mask_count + m > M->n - M->k, &R->ctx->err, NLSR_E_FORMAT,
+                         "tensor '%.200s': more than %" PRIu64 " elements above the threshold",
+                         M->ts->name, M->n - M->k);
+            nlsr_from_f32(M->tdt, R->em, vals, m);
+            NLSR_FORWARD(check_dest(R, M, at, vals, m));
+            vals += m * M->tsz;
+        } else if (m && M->tdt != M->adt && M->tdt != NLSR_DTYPE_F32) {
+            /* Checked here for every module, patched or not, so that the job fails before
+             * anything is written and whatever the selection draws (as apply does). */
+            nlsr_from_f32(M->tdt, R->em, R->conv, m);
+            NLSR_FORWARD(check_dest(R, M, at, R->conv, m));
+        }
+        M->mask_count += m;
+        NLSR_FORWARD(poll_stream(R));
+    }
+    return 0;
+}
+
+static int module_compute(runner *R, rmod *M, const unsigned char *const *data)
+{
+    const unsigned char *a = data[0], *b = data[1], *t = data[2];
+    if (M->n == 0) return 0;
+    NLSR_FORWARD(pass_hist(R, M, a, b, t));
+    if (M->k >= M->n) return 0; /* the empty mask: similarity 0, nothing to transplant */
+    NLSR_FORWARD(pass_threshold(R, M, a, b));
+    return pass_mask(R, M, a, b, t);
+}
+
+/* ---- plan -------------------------------------------------------------------------------- */
+
+/* A module's kept patch: the bitmap, then at most n - k values; rounded up so that the next
+ * module's bitmap stays 8-byte aligned in the arena. */
+static uint64_t store_bytes(const rmod *M)
+{
+    return ((M->n + 63) / 64 * 8 + (M->n - M->k) * M->tsz + 63) & ~(uint64_t)63;
+}
+
+static int build_modules(runner *R)
+{
+    nlsr_ctx *ctx = R->ctx;
+    size_t n = 0;
+    for (size_t j = 0; j < R->src->n; j++) n += nlsr_is_target(R->src->t[j].t, R->p->targets,
+                                                               R->p->ntargets);
+    R->m = calloc(n ? n : 1, sizeof *R->m);
+    NLSR_FAIL_IF(!R->m, &ctx->err, -ENOMEM, "out of memory");
+    for (size_t j = 0; j < R->src->n; j++) {
+        const st_tensor *ts = R->src->t[j].t;
+        if (!nlsr_is_target(ts, R->p->targets, R->p->ntargets)) continue;
+        rmod *M = &R->m[R->nm++];
+        M->is = j;
+        M->ts = ts;
+        NLSR_FAIL_IF(nlsr_ckpt_find(R->base, ts->name, &M->ib) != 0, &ctx->err, NLSR_E_MISMATCH,
+                     "target tensor '%.200s' is not in base %s", ts->name, R->base->path);
+        NLSR_FAIL_IF(nlsr_ckpt_find(R->ft, ts->name, &M->it) != 0, &ctx->err, NLSR_E_MISMATCH,
+                     "finetuned %s lacks '%.200s'", R->ft->path, ts->name);
+        M->tb = R->base->t[M->ib].t;
+        M->tt = R->ft->t[M->it].t;
+        M->adt = ts->dtype;
+        M->bdt = M->tb->dtype;
+        M->tdt = M->tt->dtype;
+        M->asz = nlsr_dtype_size(M->adt);
+        M->bsz = nlsr_dtype_size(M->bdt);
+        M->tsz = nlsr_dtype_size(M->tdt);
+        M->n = ts->numel;
+        M->k = nlsr_mask_k(M->n, R->p->sparsity);
+        M->fast = !R->is_ref && M->adt == NLSR_DTYPE_BF16 && M->bdt == NLSR_DTYPE_BF16;
+        M->s1 = (nlsr_step1_mod){shard_path(R->base, M->ib), shard_path(R->src, M->is),
+                                 ts->name, M->adt, M->bdt, R->is_ref, R->p->beta};
+    }
+    return 0;
+}
+
+static void phase_a_units(const runner *R, nlsr_unit *u)
+{
+    for (size_t i = 0; i < R->nm; i++) {
+        const rmod *M = &R->m[i];
+        u[i].nspans = 3;
+        u[i].span[0] = (nlsr_span){R->src, M->is, 0, M->n};
+        u[i].span[1] = (nlsr_span){R->base, M->ib, 0, M->n};
+        u[i].span[2] = (nlsr_span){R->ft, M->it, 0, M->n};
+        u[i].tag = i;
+    }
+}
+
+/* The runner's modules and phase A's units (*u, malloc'd), before any memory is charged. */
+static int runner_init(runner *R, nlsr_ctx *ctx, const nlsr_realign_params *p,
+                       const nlsr_ckpt *base, const nlsr_ckpt *src, int is_ref,
+                       const nlsr_ckpt *ft, nlsr_unit **u)
+{
+    memset(R, 0, sizeof *R);
+    R->ctx = ctx;
+    R->p = p;
+    R->base = base;
+    R->src = src;
+    R->ft = ft;
+    R->is_ref = is_ref;
+    *u = NULL;
+    NLSR_FORWARD(build_modules(R));
+    NLSR_FAIL_IF(!(*u = calloc(R->nm ? R->nm : 1, sizeof **u)), &ctx->err, -ENOMEM,
+                 "out of memory");
+    phase_a_units(R, *u);
+    return 0;
+}
+
+/* Scratch for CH elements: 8 f32 arrays, e_s and converted values (8 bytes each at most), the
+ * mask positions and bitmap, and two histograms. */
+static size_t scratch_need(void)
+{
+    return (size_t)CH * (8 * 4 + 8 + 8 + 4) + CH / 8 + 2 * NLSR_KTH_BUCKETS * 8;
+}
+
+static int alloc_scratch(runner *R)
+{
+    R->scratch_bytes = scratch_need();
+    NLSR_FORWARD(nlsr_budget_alloc(&R->ctx->budget, R->scratch_bytes, "run scratch",
+                                   (void **)&R->scratch, &R->ctx->err));
+    float *f = (float *)(void *)R->scratch;
+    R->fa = f;
+    R->fb = f + CH;
+    R->fe = f + 2 * CH;
+    R->fs = f + 3 * CH;
+    R->tf = f + 4 * CH;
+    R->tm = f + 5 * CH;
+    R->em = f + 6 * CH;
+    R->bm = f + 7 * CH;
+    unsigned char *p = R->scratch + (size_t)CH * 32;
+    R->es = p;
+    R->conv = p + (size_t)CH * 8;
+    R->idx = (uint32_t *)(void *)(p + (size_t)CH * 16);
+    R->words = (uint64_t *)(void *)(p + (size_t)CH * 20);
+    R->hist = R->words + CH / 64;
+    R->hist2 = R->hist + NLSR_KTH_BUCKETS;
+    return 0;
+}
+
+/* What phase B holds at most: its stream (a patched tensor's units, with base and aligned
+ * when recomputed), the output buffer and the copy buffer. */
+static uint64_t phase_b_need(const runner *R)
+{
+    uint64_t unit = 0, outb = 0;
+    for (size_t i = 0; i < R->nm; i++) {
+        const rmod *M = &R->m[i];
+        uint64_t c = M->n < OUT_UNIT ? M->n : OUT_UNIT;
+        uint64_t b = c * (M->asz + M->bsz + M->tsz) + 3 * 2 * NLSR_IO_ALIGN;
+        if (b > unit) unit = b;
+        if (c * M->tsz > outb) outb = c * M->tsz;
+    }
+    return unit * OUT_DEPTH + outb + COPY_BUF;
+}
+
+/* What phase A holds beside its stream: room for the threshold candidates and the second
+ * lane's scratch. */
+static uint64_t a_reserve(uint64_t stream_bytes)
+{
+    return stream_bytes / 16 + 2 * lane_mem();
+}
+
+/* Marks the modules whose patches are kept: the first ones (module order) that fit the room
+ * left after the larger of the phases' buffers; returns their bytes. */
+static uint64_t choose_kept(runner *R, uint64_t stream_bytes, uint64_t room, int no_store)
+{
+    uint64_t pb = phase_b_need(R), pa = stream_bytes + a_reserve(stream_bytes);
+    uint64_t reserve = pa > pb ? pa : pb;
+    uint64_t avail = room > reserve ? room - reserve : 0;
+    uint64_t total = 0;
+    for (size_t i = 0; i < R->nm && !no_store; i++) {
+        rmod *M = &R->m[i];
+        if (M->k >= M->n) continue; /* nothing to transplant */
+        uint64_t b = store_bytes(M);
+        if (total + b > avail) break;
+        M->store = 1;
+        total += b;
+    }
+    return total;
+}
+
+int nlsr_full_run_plan(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
+                       const nlsr_ckpt *ft, const nlsr_realign_params *p, nlsr_run_plan *out)
+{
+    memset(out, 0, sizeof *out);
+    runner R;
+    nlsr_unit *u = NULL;
+    int rc = runner_init(&R, ctx, p, base, src, 0, ft, &u);
+    if (rc == 0) {
+        out->modules = R.nm;
+        out->stream_bytes = nlsr_stream_mem(u, R.nm, 2);
+        out->phase_b_bytes = phase_b_need(&R);
+        out->scratch_bytes = scratch_need() + 2 * lane_mem();
+        uint64_t a = out->stream_bytes + a_reserve(out->stream_bytes), b = out->phase_b_bytes;
+        out->need_bytes = (a > b ? a : b) + scratch_need();
+        uint64_t room = budget_room(ctx);
+        out->single = p->scorer.kind == NLSR_SCORER_MAGNITUDE && R.nm > 0 &&
+                      out->need_bytes <= room;
+        if (out->single) {
+            out->kept_bytes = choose_kept(&R, out->stream_bytes, room - scratch_need(), 0);
+            for (size_t i = 0; i < R.nm; i++) {
+                const rmod *M = &R.m[i];
+                out->kept += (size_t)M->store;
+                uint64_t ab = M->n * (M->asz + M->bsz);
+                out->read_min += ab + M->n * M->tsz;
+                /* A patched module whose patch is not kept is read again from base and
+                 * aligned. */
+                if (!M->store && M->k < M->n) out->reread_max += ab;
+            }
+            for (size_t k = 0; k < ft->nshards; k++) {
+                out->read_min += ft->shards[k]->file_size;
+                out->written += ft->shards[k]->file_size;
+            }
+        }
+    }
+    free(u);
+    free(R.m);
+    return rc;
+}
+
+/* Keeps the masks and values of the modules choose_kept picks; phase B recomputes the others
+ * from base and aligned. */
+static int plan_store(runner *R, uint64_t stream_bytes, int no_store)
+{
+    nlsr_ctx *ctx = R->ctx;
+    uint64_t total = choose_kept(R, stream_bytes, budget_room(ctx), no_store);
+    if (total == 0) return 0;
+    NLSR_FORWARD(nlsr_budget_alloc(&ctx->budget, (size_t)total, "patches kept in memory",
+                                   (void **)&R->arena, &ctx->err));
+    R->arena_bytes = total;
+    unsigned char *at = R->arena;
+    for (size_t i = 0; i < R->nm; i++) {
+        rmod *M = &R->m[i];
+        if (!M->store) continue;
+        size_t words = (size_t)((M->n + 63) / 64);
+        M->bits = (uint64_t *)(void *)at;
+        memset(M->bits, 0, words * 8);
+        M->vals = at + words * 8;
+        at += store_bytes(M);
+    }
+    return 0;
+}
+
+/* ---- phase A: every module once ------------------------------------------------------- */
+
+/* u: the units runner_init made (the stream copies them). */
+static int phase_a(runner *R, const nlsr_unit *u, nlsr_report *rep)
+{
+    nlsr_ctx *ctx = R->ctx;
+    int rc = nlsr_stream_open(ctx, u, R->nm, 2, &R->s);
+    NLSR_FORWARD(rc);
+    lanes_start(R);
+    const nlsr_unit *un;
+    const unsigned char *const *data;
+    while ((rc = nlsr_stream_next(R->s, &un, &data)) == 1) {
+        rc = module_compute(R, &R->m[un->tag], data);
+        if (rc < 0) break;
+    }
+    lanes_stop(R);
+    nlsr_stream_close(R->s);
+    R->s = NULL;
+    for (size_t i = 0; i < R->nm && rc == 0; i++) {
+        rmod *M = &R->m[i];
+        size_t idx;
+        rc = nlsr_report_add(rep, ctx, M->ts->name, M->n, M->mask_count, &idx);
+        if (rc == 0) rep->m[idx].similarity = nlsr_cosine(M->sums.dot, M->sums.nx, M->sums.ny);
+    }
+    return rc < 0 ? rc : 0;
+}
+
+/* ---- phase B: the output checkpoint ----------------------------------------------------- */
+
+/* t' = M ? e_s : t for one unit of a patched module, into out (cnt elements of ft's dtype). */
+static int merge_unit(runner *R, rmod *M, uint64_t first, size_t cnt, const unsigned char *const *d,
+                      unsigned char *out)
+{
+    size_t tsz = M->tsz;
+    if (M->store) {
+        memcpy(out, d[0], cnt * tsz);
+        uint64_t w0 = first / 64, w1 = (first + cnt + 63) / 64;
+        for (uint64_t w = w0; w < w1; w++) {
+            uint64_t bits = M->bits[w];
+            while (bits) {
+                uint64_t el = w * 64 + (uint64_t)__builtin_ctzll(bits);
+                bits &= bits - 1;
+                memcpy(out + (el - first) * tsz, M->vals + M->vpos * tsz, tsz);
+                M->vpos++;
+            }
+        }
+        return 0;
+    }
+    /* Recomputed from base and aligned with the threshold phase A found. */
+    memcpy(out, d[2], cnt * tsz);
+    for (size_t at = 0; at < cnt; at += CH) {
+        size_t c = cnt - at < CH ? cnt - at : CH;
+        NLSR_FORWARD(scores(R, M, first + at, c, d[0] + at * M->asz, d[1] + at * M->bsz, 1));
+        size_t m = mask_positions(R->fs, c, M->thr, R->words, R->idx);
+        for (size_t i = 0; i < m; i++) R->em[i] = R->fe[R->idx[i]];
+        nlsr_from_f32(M->tdt, R->em, R->conv, m);
+        NLSR_FORWARD(check_dest(R, M, first + at, R->conv, m)); /* phase A checked the same */
+        for (size_t i = 0; i < m; i++)
+            memcpy(out + (at + R->idx[i]) * tsz, R->conv + i * tsz, tsz);
+    }
+    return 0;
+}
+
+static int cmp_begin(const void *x, const void *y, const void *ctx)
+{
+    const runner *R = ctx;
+    const rmod *a = &R->m[*(const size_t *)x], *b = &R->m[*(const size_t *)y];
+    uint32_t sa = R->ft->t[a->it].shard, sb = R->ft->t[b->it].shard;
+    if (sa != sb) return sa < sb ? -1 : 1;
+    return a->tt->begin < b->tt->begin ? -1 : a->tt->begin > b->tt->begin;
+}
+
+static int phase_b(runner *R, nlsr_report *rep, const char *out_dir)
+{
+    nlsr_ctx *ctx = R->ctx;
+    nlsr_err *e = &ctx->err;
+    const nlsr_ckpt *ft = R->ft;
+    int rc = 0;
+    /* Patched modules by shard, then by position in the shard. */
+    size_t np = 0;
+    size_t *order = malloc((R->nm ? R->nm : 1) * sizeof *order);
+    NLSR_FAIL_IF(!order, e, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < R->nm; i++)
+        if (rep->m[i].patched && R->m[i].n > 0 && R->m[i].k < R->m[i].n) order[np++] = i;
+    /* Insertion sort: a few hundred modules at most, and the order needs the shard table. */
+    for (size_t i = 1; i < np; i++)
+        for (size_t j = i; j > 0 && cmp_begin(&order[j - 1], &order[j], R) > 0; j--) {
+            size_t t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    size_t nu = 0;
+    for (size_t i = 0; i < np; i++) nu += (size_t)((R->m[order[i]].n + OUT_UNIT - 1) / OUT_UNIT);
+    nlsr_unit *u = calloc(nu ? nu : 1, sizeof *u);
+    unsigned char *outbuf = NULL, *copybuf = NULL;
+    char *dst = NULL;
+    int out = -1;
+    nlsr_stream *s = NULL;
+    uint64_t maxel = 1;
+    if (!u) {
+        rc = nlsr_fail(e, -ENOMEM, "out of memory");
+        goto done;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < np; i++) {
+        const rmod *M = &R->m[order[i]];
+        for (uint64_t first = 0; first < M->n; first += OUT_UNIT, k++) {
+            uint64_t cnt = M->n - first < OUT_UNIT ? M->n - first : OUT_UNIT;
+            if (cnt * M->tsz > maxel) maxel = cnt * M->tsz;
+            if (M->store) {
+                u[k].nspans = 1;
+                u[k].span[0] = (nlsr_span){ft, M->it, first, cnt};
+            } else {
+                u[k].nspans = 3;
+                u[k].span[0] = (nlsr_span){R->src, M->is, first, cnt};
+                u[k].span[1] = (nlsr_span){R->base, M->ib, first, cnt};
+                u[k].span[2] = (nlsr_span){ft, M->it, first, cnt};
+            }
+            u[k].tag = order[i];
+        }
+    }
+    rc = nlsr_budget_alloc(&ctx->budget, (size_t)maxel, "output buffer", (void **)&outbuf, e);
+    if (rc == 0) rc = nlsr_budget_alloc(&ctx->budget, COPY_BUF, "copy buffer", (void **)&copybuf, e);
+    if (rc == 0 && nu) rc = nlsr_stream_open(ctx, u, nu, OUT_DEPTH, &s);
+    size_t next = 0; /* next patched module in `order` */
+    for (size_t sh = 0; sh < ft->nshards && rc == 0; sh++) {
+        const st_file *f = ft->shards[sh];
+        if (!(dst = nlsr_path_join(out_dir, ft->shard_names[sh]))) {
+            rc = nlsr_fail(e, -ENOMEM, "out of memory");
+            break;
+        }
+        out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (out < 0) {
+            rc = nlsr_fail(e, -errno, "%s: cannot create: %s", dst, strerror(errno));
+            break;
+        }
+        uint64_t cursor = 0;
+        while (rc == 0 && next < np && ft->t[R->m[order[next]].it].shard == sh) {
+            rmod *M = &R->m[order[next]];
+            uint64_t start = f->data_start + M->tt->begin, end = f->data_start + M->tt->end;
+            rc = nlsr_copy_range(f->fd, out, cursor, start - cursor, copybuf, COPY_BUF, f->path,
+                                 dst, e);
+            ctx->bytes_read += start - cursor;
+            ctx->bytes_written += start - cursor;
+            M->vpos = 0;
+            for (uint64_t first = 0; rc == 0 && first < M->n; first += OUT_UNIT) {
+                const nlsr_unit *un;
+                const unsigned char *const *data;
+                rc = nlsr_stream_next(s, &un, &data);
+                if (rc == 0) rc = nlsr_fail(e, NLSR_E_FORMAT, "output stream ended early");
+                if (rc < 0) break;
+                size_t cnt = (size_t)un->span[0].count;
+                rc = merge_unit(R, M, first, cnt, data, outbuf);
+                if (rc == 0)
+                    rc = nlsr_pwrite_all(out, outbuf, cnt * M->tsz, start + first * M->tsz, dst,
+                                         e);
+                ctx->bytes_written += cnt * M->tsz;
+            }
+            cursor = end;
+            next++;
+        }
+        if (rc == 0) {
+            rc = nlsr_copy_range(f->fd, out, cursor, f->file_size - cursor, copybuf, COPY_BUF,
+                                 f->path, dst, e);
+            ctx->bytes_read += f->file_size - cursor;
+            ctx->bytes_written += f->file_size - cursor;
+        }
+        if (rc == 0 && fsync(out) != 0)
+            rc = nlsr_fail(e, -errno, "%s: fsync failed: %s", dst, strerror(errno));
+        if (rc == 0) {
+            nlsr_test_point("shard");
+            rc = nlsr_ctx_check_cancel(ctx); /* a safe point between shards */
+        }
+        close(out);
+        out = -1;
+        free(dst);
+        dst = NULL;
+    }
+    /* Side files (index, config, tokenizer ...) as the policy says (src/io/sidefiles.h). */
+    if (rc == 0)
+        rc = nlsr_sidefiles_copy(ctx, ft, out_dir, R->p->drop_other_weights, &rep->files);
+done:
+    if (out >= 0) close(out);
+    free(dst);
+    nlsr_stream_close(s);
+    nlsr_budget_free(&ctx->budget, outbuf, (size_t)maxel);
+    nlsr_budget_free(&ctx->budget, copybuf, COPY_BUF);
+    free(u);
+    free(order);
+    return rc;
+}
+
+int nlsr_full_run(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src, int is_reference,
+                  const nlsr_ckpt *ft, const char *out_dir, const nlsr_realign_params *p,
+                  int no_store, nlsr_report *rep)
+{
+    nlsr_err *e = &ctx->err;
+    NLSR_FAIL_IF(!(p->sparsity >= 0.0 && p->sparsity <= 1.0) || !isfinite(p->beta), e,
+                 NLSR_E_USAGE, "sparsity must lie in [0, 1] and beta be finite");
+    runner R;
+    nlsr_unit *u = NULL;
+    int rc = runner_init(&R, ctx, p, base, src, is_reference, ft, &u);
+    if (rc == 0) {
+        uint64_t stream_bytes = nlsr_stream_mem(u, R.nm, 2);
+        rc = alloc_scratch(&R);
+        if (rc == 0) rc = plan_store(&R, stream_bytes, no_store);
+    }
+    double t0 = nlsr_now();
+    if (rc == 0) rc = phase_a(&R, u, rep);
+    double t1 = nlsr_now();
+    free(u);
+    nlsr_budget_free(&ctx->budget, R.cands, R.cand_cap * sizeof(float));
+    R.cands = NULL;
+    if (rc == 0) rc = nlsr_report_select(rep, ctx, &p->select);
+    if (rc == 0) rc = phase_b(&R, rep, out_dir);
+    double t2 = nlsr_now();
+    if (rc == 0) {
+        size_t kept = 0;
+        for (size_t i = 0; i < R.nm; i++) kept += (size_t)R.m[i].store;
+        rep->summary.plan = "single pass";
+        rep->summary.patches_in_memory = kept;
+        rep->summary.phase_seconds[0] = t1 - t0;
+        rep->summary.phase_seconds[1] = t2 - t1;
+    }
+    nlsr_budget_free(&ctx->budget, R.arena, (size_t)R.arena_bytes);
+    nlsr_budget_free(&ctx->budget, R.scratch, R.scratch_bytes);
+    free(R.m);
+    return rc;
+}

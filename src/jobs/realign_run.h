@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* `run` on full weights in a single pass, without a patch file:
+ *
+ *   phase A  one read stream delivers each target module whole, base + aligned + fine-tuned
+ *            together, module order, two modules in the buffers so that the next is read
+ *            while this one is computed (the stream is polled between chunks to keep the disk
+ *            busy). Per module, from memory: validation and the score histogram, the exact
+ *            threshold (the bucket's candidates), then the mask, the masked cosine's sums and
+ *            (while the budget allows) the mask bitmap and transplanted values kept in memory.
+ *   select   over all similarities (METHOD.md step 3).
+ *   phase B  each output shard written once: byte ranges outside patched tensors copied in
+ *            the kernel (copy_file_range), patched tensors streamed from the fine-tune and
+ *            merged with the kept values, or with values recomputed from base and aligned with
+ *            the threshold of phase A for modules whose patches did not fit.
+ *
+ * Bytes read: every target tensor of the three checkpoints once, the fine-tune once more (its
+ * patched tensors through the stream, the rest in the kernel), plus base and aligned again for
+ * patched modules whose patches did not fit. Written: the output once. Same bits as prepare +
+ * apply (realign_full.c), whose arithmetic and summation order it repeats. */
+#ifndef NLSR_PLAN_REALIGN_RUN_H
+#define NLSR_PLAN_REALIGN_RUN_H
+
+#include "../io/checkpoint.h"
+#include "../plan/planner.h"
+#include "report.h"
+#include "realign_full.h"
+
+/* What `run` will do with the budget left (nlsr_run_plan, planner.h): the single pass or
+ * prepare + apply, and for the single pass its memory and bytes. */
+int nlsr_full_run_plan(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
+                       const nlsr_ckpt *ft, const nlsr_realign_params *p, nlsr_run_plan *out);
+
+/* Steps 1-3 into out_dir (an existing empty folder, the job's temporary output). Assumes the
+ * header checks (nlsr_full_check_sources, nlsr_full_check_finetuned) passed. no_store: keep
+ * no patches in memory (tests; phase B then recomputes every patched module). */
+int nlsr_full_run(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src, int is_reference,
+                  const nlsr_ckpt *ft, const char *out_dir, const nlsr_realign_params *p,
+                  int no_store, nlsr_report *rep);
+
+#endif
