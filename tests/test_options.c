@@ -600,6 +600,7 @@ static void test_program_equals_library(void)
         test_cur_failed_ = 0;
         double t0 = now_s();
         run_case(i);
+        /* NLSR_TEST_TIMES=1: each case's time, and below how each option changed the outcome. */
         if (getenv("NLSR_TEST_TIMES")) fprintf(stderr, "%6.3f s %s\n", now_s() - t0, cases[i].label);
         if (test_cur_failed_) fprintf(stderr, "  in case \"%s\"\n", cases[i].label);
         test_cur_failed_ |= before;
