@@ -3,12 +3,14 @@
  * refactored. For every option:
  *
  *  - the program with the option gives the same report (--report FILE and --json, apart from
- *    times and peak memory) and the same output bytes as nlsr_run / nlsr_prepare / nlsr_apply
- *    called through the public API with the parameter set by hand;
+ *    times, peak memory and the audit's command line) and the same output bytes as nlsr_run /
+ *    nlsr_prepare / nlsr_apply called through the public API with the parameter set by hand;
  *  - for a method option, its value here (not the default) changes the outcome against the
  *    run without it (report numbers or output bytes), so a parser that drops the option, or
  *    maps it onto another, fails; for --mem-budget and --io the report's summary shows the
- *    option took effect and the bytes are the default's.
+ *    option took effect and the bytes are the default's; options given their default value
+ *    (--select adaptive, --semantics paper, --scorer magnitude, --amplify paper) give the
+ *    default's bytes. -q, --force and --mask-out are checked on their own.
  *
  * Inputs: tests/data/hf-tiny-llama (sft, aligned, finetuned; lora_align, lora_finetuned), and
  * checkpoints written here where the fixtures cannot show an option: one 8193 x 128 module
@@ -485,10 +487,12 @@ static void make_big(void)
     uint64_t s = 11;
     for (uint64_t i = 0; i < O * I; i++) r[i] = (float)tst_gauss(&s);
     for (uint64_t i = 0; i < O * I; i++) t[i] = 0.5f * r[i] + (float)tst_gauss(&s);
-    const char *up = "model.layers.0.mlp.up_proj.weight", *q = "model.layers.0.self_attn.q_proj.weight";
-    tst_tensor b[2] = {{up, NLSR_DTYPE_F32, 2, {O, I, 0}, z}, {q, NLSR_DTYPE_F32, 2, {16, 16, 0}, z}};
-    tst_tensor rr[2] = {{up, NLSR_DTYPE_F32, 2, {O, I, 0}, r}, {q, NLSR_DTYPE_F32, 2, {16, 16, 0}, r}};
-    tst_tensor tt[2] = {{up, NLSR_DTYPE_F32, 2, {O, I, 0}, t}, {q, NLSR_DTYPE_F32, 2, {16, 16, 0}, t}};
+    const char *up = "model.layers.0.mlp.up_proj.weight";
+    const char *q = "model.layers.0.self_attn.q_proj.weight";
+    const nlsr_dtype F = NLSR_DTYPE_F32;
+    tst_tensor b[2] = {{up, F, 2, {O, I, 0}, z}, {q, F, 2, {16, 16, 0}, z}};
+    tst_tensor rr[2] = {{up, F, 2, {O, I, 0}, r}, {q, F, 2, {16, 16, 0}, r}};
+    tst_tensor tt[2] = {{up, F, 2, {O, I, 0}, t}, {q, F, 2, {16, 16, 0}, t}};
     tst_write_dir(big_b, b, 2);
     tst_write_dir(big_r, rr, 2);
     tst_write_dir(big_t, tt, 2);
@@ -601,7 +605,8 @@ static void test_program_equals_library(void)
         double t0 = now_s();
         run_case(i);
         /* NLSR_TEST_TIMES=1: each case's time, and below how each option changed the outcome. */
-        if (getenv("NLSR_TEST_TIMES")) fprintf(stderr, "%6.3f s %s\n", now_s() - t0, cases[i].label);
+        if (getenv("NLSR_TEST_TIMES"))
+            fprintf(stderr, "%6.3f s %s\n", now_s() - t0, cases[i].label);
         if (test_cur_failed_) fprintf(stderr, "  in case \"%s\"\n", cases[i].label);
         test_cur_failed_ |= before;
     }

@@ -414,8 +414,8 @@ static void test_lora_frozen(void)
         zeroed += z;
         for (uint64_t k = 0; k < ti.numel; k++) v[i][k] = z ? 0.0f : (float)d[k];
         free(d);
-        t[i] = (tst_tensor){ti.name, ti.dtype, ti.ndim, {ti.shape[0], ti.ndim > 1 ? ti.shape[1] : 0, 0},
-                            v[i]};
+        uint64_t cols = ti.ndim > 1 ? ti.shape[1] : 0;
+        t[i] = (tst_tensor){ti.name, ti.dtype, ti.ndim, {ti.shape[0], cols, 0}, v[i]};
     }
     ASSERT_EQ_I(zeroed, 1);
     tst_write(file, t, n, "format", "pt");
