@@ -47,13 +47,16 @@ measure() {
   local stage=$1 job=$2 budget=$3
   shift 3
   local t=$S/time.txt log=$S/$stage-$job.log
-  timeout "$TIMEOUT" /usr/bin/time -f "%e %M" -o "$t" "$@" >"$log" 2>&1
+  # GNU time outside timeout: wait4's peak RSS covers the waited-for descendants, so a job
+  # stopped by timeout (SIGTERM: nlsr cleans up and exits 143) still has its figure.
+  rm -f "$t"
+  /usr/bin/time -f "%e %M" -o "$t" timeout "$TIMEOUT" "$@" >"$log" 2>&1
   local rc=$? secs rss
   secs=$(awk 'END { print $1 }' "$t" 2>/dev/null)
   rss=$(awk 'END { printf "%.0f", $2 / 1024 }' "$t" 2>/dev/null)
   local lim=$(($(mib "$budget") + 64)) ok=yes note=""
-  [ "$rc" = 124 ] && note="timed out after ${TIMEOUT}s"
-  [ "$rc" != 0 ] && [ "$rc" != 124 ] && { note="exit $rc: $(tail -1 "$log" | tr ',' ';')"; ok=no; }
+  [ "$rc" = 124 ] && note="stopped by timeout after ${TIMEOUT}s (partial: peak RSS so far)"
+  [ "$rc" != 0 ] && [ "$rc" != 124 ] && { note="exit $rc: $(grep -v '^Command' "$log" | tail -1 | tr ',' ';')"; ok=no; }
   [ -n "$rss" ] && [ "$rss" -gt "$lim" ] && ok=no
   local plan
   plan=$(grep -o 'plan: [a-z +]*' "$log" | head -1 | sed 's/plan: //')
