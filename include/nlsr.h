@@ -82,7 +82,7 @@ void nlsr_ctx_set_cancel_flag(nlsr_ctx *ctx, const volatile sig_atomic_t *flag);
 int nlsr_ctx_cancelled(const nlsr_ctx *ctx);
 
 /* I/O backends for streaming reads and writes (see docs/DESIGN.md). AUTO tries io_uring, then
- * pread, then mmap, and says once on stderr when it steps down. */
+ * pread, then mmap, and says once per context, in a NLSR_LOG_NOTICE, when it steps down. */
 typedef enum nlsr_io_kind { NLSR_IO_AUTO, NLSR_IO_URING, NLSR_IO_PREAD, NLSR_IO_MMAP } nlsr_io_kind;
 const char *nlsr_io_kind_name(nlsr_io_kind k);
 
@@ -93,8 +93,52 @@ uint64_t nlsr_ctx_mem_peak(const nlsr_ctx *ctx);
 void nlsr_ctx_set_io(nlsr_ctx *ctx, nlsr_io_kind kind);
 /* The backend the last job actually used (after any fallback). */
 nlsr_io_kind nlsr_ctx_io_used(const nlsr_ctx *ctx);
-/* quiet != 0: no progress bar or human summary on stderr. */
+/* quiet != 0: the log callback receives warnings only, the progress callback nothing. */
 void nlsr_ctx_set_quiet(nlsr_ctx *ctx, int quiet);
+
+/* ---- logs and progress (README "Progress and logs") ------------------------------------
+ * The library never writes to stdout or stderr on its own: what it has to say goes to the
+ * callbacks set here, and with none set it is dropped. Both are called from the thread that
+ * runs the job (the one that called nlsr_run ...), never concurrently for one context. */
+typedef enum nlsr_log_level {
+    NLSR_LOG_WARN,   /* something the user should act on or know went wrong after a success
+                        (the report not written after the output was committed, a damaged
+                        state file removed, a temporary left alone) */
+    NLSR_LOG_NOTICE, /* a step down or a wait the user should see (io_uring unavailable, using
+                        pread; waiting for a lock; a stale temporary output removed; weights
+                        left out of the output) */
+    NLSR_LOG_INFO,   /* the human summary of a finished job, one call per line */
+    NLSR_LOG_DEBUG   /* details for -v (test builds' write-point counts) */
+} nlsr_log_level;
+/* "warning", "notice", "info", "debug". */
+const char *nlsr_log_level_name(nlsr_log_level level);
+/* `line` is one line without a trailing newline or a "nlsr:" prefix, valid during the call. */
+typedef void (*nlsr_log_fn)(void *user, nlsr_log_level level, const char *line);
+/* fn NULL: logs are dropped (the default). */
+void nlsr_ctx_set_log(nlsr_ctx *ctx, nlsr_log_fn fn, void *user);
+
+/* One progress report of a long job. A job runs one or more phases in order; each phase has a
+ * planned byte total (the planner's: e.g. run's single pass reads every target module of the
+ * three checkpoints in "similarities", then writes every output shard in "output") and, where
+ * the job works in units (modules, journal ranges, shards), a unit total. The last report of
+ * a phase has finished = 1 and done = total; a phase cut short by an error or a cancel gets no
+ * finished report. */
+typedef struct nlsr_progress {
+    const char *job;        /* "run", "prepare", "apply", "amplify", "synth", "rollback",
+                               "plan-read" */
+    const char *phase;      /* the job's phase: run "similarities" / "output" (single pass) or
+                               "prepare" / "apply" (through a patch file); prepare "prepare";
+                               apply "apply"; in place "journal" ...; README lists them */
+    int phase_index;        /* 0-based index of the phase in this job */
+    uint64_t bytes_done, bytes_total;  /* bytes read or written in the phase, planned total */
+    uint64_t units_done, units_total;  /* 0 / 0 where the phase does not count units */
+    double seconds;         /* since the phase began */
+    int finished;           /* 1 on the phase's last report */
+} nlsr_progress;
+typedef void (*nlsr_progress_fn)(void *user, const nlsr_progress *p);
+/* Calls fn at most every min_interval seconds per phase (0: at every update), always at a
+ * phase's start and end. fn NULL: no progress reports (the default). */
+void nlsr_ctx_set_progress(nlsr_ctx *ctx, nlsr_progress_fn fn, void *user, double min_interval);
 /* Compute threads (OpenBLAS and kernels); default 1. */
 void nlsr_ctx_set_threads(nlsr_ctx *ctx, int threads);
 /* The command line that started the job (copied), recorded in reports' audit section
