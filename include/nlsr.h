@@ -179,8 +179,13 @@ typedef struct nlsr_select_params {
     uint64_t seed;     /* 42 */
 } nlsr_select_params;
 
+/* The defaults, by field name (a field added or moved never shifts the others), as a compound
+ * literal for C callers and as an init function for every language: each *_init(p) sets *p
+ * to its *_DEFAULT. */
 #define NLSR_SELECT_PARAMS_DEFAULT                                                                \
-    ((nlsr_select_params){NLSR_SELECT_ADAPTIVE, NLSR_SEMANTICS_PAPER, 0.5, 0.2, 0.1, 42u})
+    ((nlsr_select_params){.mode = NLSR_SELECT_ADAPTIVE, .semantics = NLSR_SEMANTICS_PAPER,       \
+                          .prune_rate = 0.5, .epsilon = 0.2, .tau = 0.1, .seed = 42u})
+void nlsr_select_params_init(nlsr_select_params *p);
 
 /* The three steps' parameters. Full weights and PEFT adapters share them; LoRA-only fields are
  * ignored for full checkpoints. */
@@ -227,9 +232,17 @@ typedef struct nlsr_scorer_params {
 } nlsr_scorer_params;
 
 #define NLSR_SCORER_PARAMS_DEFAULT                                                                \
-    ((nlsr_scorer_params){NLSR_SCORER_MAGNITUDE, 0, 1.0, NLSR_RANK_MODE_PAPER, 2, 10u, 0, 42u,    \
-                          NULL, NLSR_WANDA_MODE_ROW})
+    ((nlsr_scorer_params){.kind = NLSR_SCORER_MAGNITUDE, .rank = 0, .rank_fraction = 1.0,        \
+                          .rank_mode = NLSR_RANK_MODE_PAPER, .power_iters = 2, .oversample = 10u, \
+                          .exact_svd = 0, .seed = 42u, .activations = NULL,                       \
+                          .wanda_select = NLSR_WANDA_MODE_ROW})
+void nlsr_scorer_params_init(nlsr_scorer_params *p);
 
+/* The method's parameters (beta ... alpha, mask_path, scorer) and the job's output policy
+ * (force, report_path, json_stdout, mask_out_path, drop_other_weights) share this struct: the
+ * policy fields stay where they are rather than in a nested struct because moving them would
+ * break the ABI of libnlsr.so.0 and every caller's source for no change in meaning. Which is
+ * which: the patch file and the report's "params" record the method's fields only. */
 typedef struct nlsr_realign_params {
     double beta;                  /* 0.9: e = a + beta (a - b) */
     double sparsity;              /* 0.8: k = (long)(n * sparsity), mask = score > k-th */
@@ -239,21 +252,26 @@ typedef struct nlsr_realign_params {
     nlsr_amplify_mode amplify;    /* LoRA only */
     double alpha;                 /* LoRA authors' amplification factor, 0.9 */
     const char *mask_path;        /* LoRA: masks from a safetensors file (authors' layout) */
-    int force;                    /* replace an existing output */
-    const char *report_path;      /* write the JSON report here (NULL = none) */
-    int json_stdout;              /* print the JSON report on stdout */
-    const char *mask_out_path;    /* LoRA prepare/run: also write the masks there, as a
+    int force;                    /* policy: replace an existing output */
+    const char *report_path;      /* policy: write the JSON report here (NULL = none) */
+    int json_stdout;              /* policy: print the JSON report on stdout (the product the
+                                     caller asked for, not a log) */
+    const char *mask_out_path;    /* policy, LoRA prepare/run: also write the masks there, as a
                                      safetensors file in the authors' layout (NULL = none) */
     nlsr_scorer_params scorer;    /* step 2's scorer (full weights); magnitude by default */
-    int drop_other_weights;       /* leave out of the output folder the weights nlsr does not
+    int drop_other_weights;       /* policy: leave out of the output folder the weights nlsr does not
                                      realign (consolidated.safetensors, *.bin, original/ ...),
                                      which are refused otherwise (README "What the output
                                      folder holds"); in place they are refused always */
 } nlsr_realign_params;
 
 #define NLSR_REALIGN_PARAMS_DEFAULT                                                               \
-    ((nlsr_realign_params){0.9, 0.8, NLSR_SELECT_PARAMS_DEFAULT, NULL, 0, NLSR_AMPLIFY_PAPER,    \
-                           0.9, NULL, 0, NULL, 0, NULL, NLSR_SCORER_PARAMS_DEFAULT, 0})
+    ((nlsr_realign_params){.beta = 0.9, .sparsity = 0.8, .select = NLSR_SELECT_PARAMS_DEFAULT,   \
+                           .targets = NULL, .ntargets = 0, .amplify = NLSR_AMPLIFY_PAPER,         \
+                           .alpha = 0.9, .mask_path = NULL, .force = 0, .report_path = NULL,      \
+                           .json_stdout = 0, .mask_out_path = NULL,                               \
+                           .scorer = NLSR_SCORER_PARAMS_DEFAULT, .drop_other_weights = 0})
+void nlsr_realign_params_init(nlsr_realign_params *p);
 
 /* ---- checkpoints ------------------------------------------------------------------------ */
 
@@ -362,7 +380,9 @@ typedef struct nlsr_inplace_params {
     int dry_run;      /* check headers, lock, journal and state; write nothing */
 } nlsr_inplace_params;
 
-#define NLSR_INPLACE_PARAMS_DEFAULT ((nlsr_inplace_params){0, 0, 0})
+#define NLSR_INPLACE_PARAMS_DEFAULT                                                               \
+    ((nlsr_inplace_params){.wait = 0, .follow_links = 0, .dry_run = 0})
+void nlsr_inplace_params_init(nlsr_inplace_params *p);
 
 typedef enum nlsr_inplace_outcome {
     NLSR_INPLACE_REALIGNED,     /* patched and recorded */
@@ -407,7 +427,9 @@ typedef struct nlsr_rollback_params {
     int discard; /* keep a finished realignment and delete its journal (no undo after that) */
 } nlsr_rollback_params;
 
-#define NLSR_ROLLBACK_PARAMS_DEFAULT ((nlsr_rollback_params){0, 0, 0})
+#define NLSR_ROLLBACK_PARAMS_DEFAULT                                                              \
+    ((nlsr_rollback_params){.wait = 0, .force = 0, .discard = 0})
+void nlsr_rollback_params_init(nlsr_rollback_params *p);
 
 /* Restores dir's original bytes from its journal (after a crash, or to undo a finished
  * realignment), verifies them against the journal's checksums, updates the state file and
@@ -453,7 +475,9 @@ typedef struct nlsr_synth_params {
 } nlsr_synth_params;
 
 #define NLSR_SYNTH_PARAMS_DEFAULT                                                                 \
-    ((nlsr_synth_params){"tiny", 0, NLSR_SYNTH_BASE, 1u, NLSR_DTYPE_BF16, 5ull << 30, 0})
+    ((nlsr_synth_params){.preset = "tiny", .layers = 0, .role = NLSR_SYNTH_BASE, .seed = 1u,      \
+                         .dtype = NLSR_DTYPE_BF16, .shard_size = 5ull << 30, .force = 0})
+void nlsr_synth_params_init(nlsr_synth_params *p);
 
 /* Writes a synthetic Hugging Face checkpoint folder (config.json, shards, index) with the
  * preset's real tensor names and shapes, deterministic for a seed, streaming within the
