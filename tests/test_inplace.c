@@ -1024,7 +1024,7 @@ int main(void)
     RUN_HOOK_TEST(test_kill_apply);
     RUN_HOOK_TEST(test_kill_lora_and_run);
     RUN_HOOK_TEST(test_kill_rollback);
-    RUN_TEST(test_damaged_journal);
+    RUN_HOOK_TEST(test_damaged_journal);
     RUN_TEST(test_full_disk);
     RUN_TEST(test_read_only);
     RUN_TEST(test_lock);

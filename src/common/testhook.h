@@ -32,7 +32,7 @@ static inline const char *nlsr_test_env(const char *name)
 static inline const char *nlsr_test_env(const char *name)
 {
     (void)name;
-    return NULL;
+    return (const char *)0;
 }
 #endif
 
