@@ -58,7 +58,7 @@ done
 
 # Fallback: io_uring refused as under Docker's seccomp profile -> pread, said once, same bytes
 # (forced with a test hook: builds with -DNLSR_TEST_HOOKS=ON only).
-if [ "${NLSR_HOOKS:-1}" = 1 ]; then
+if [ "${NLSR_HOOKS:-ON}" = ON ]; then
 NLSR_IO_FAULT=uring-setup "$NLSR" amplify --base "$T/b" --aligned "$T/a" --out "$T/o-fb" \
     --json > "$T/fb.json" 2> "$T/fb.err"
 grep -q 'using pread' "$T/fb.err" || fail "no fallback notice: $(cat "$T/fb.err")"

@@ -1,6 +1,6 @@
 #!/bin/sh
 # SPDX-License-Identifier: Apache-2.0
-# In place through the nlsr program (issue 6): a store sweep (one line per checkpoint, the JSON
+# In place through the nlsr program: a store sweep (one line per checkpoint, the JSON
 # summary, exit 5 when one failed, skips on a second pass), --dry-run, the exit statuses of a
 # held lock (3) and of an interrupted journal (4), rollback, usage errors.
 # usage: test_inplace_cli.sh NLSR_PROGRAM TESTS_DATA_DIR. Exit 0 pass, 1 fail.
@@ -86,7 +86,7 @@ fi
 
 # Killed halfway (the test switch, builds with -DNLSR_TEST_HOOKS=ON only): exit 4 until
 # rolled back; rollback restores the original.
-if [ "${NLSR_HOOKS:-1}" = 1 ]; then
+if [ "${NLSR_HOOKS:-ON}" = ON ]; then
 fresh "$T/e"
 NLSR_TEST_KILL_AFTER_WRITES=20 "$NLSR" apply --patches "$T/p.nlsrp" --in-place "$T/e" -q \
     >/dev/null 2>&1

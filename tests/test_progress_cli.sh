@@ -51,7 +51,7 @@ check no_carriage_return sh -c "! grep -q \"\$(printf '\\r')\" '$T/e1'"
 check last_similarities_full grep -q -E "^nlsr: run: similarities ($SIZE) of \\1 \\(100%, 21 of 21 units\\)" "$T/e1"
 
 # The patch-file plan (a test hook): prepare, then the apply's similarities and output.
-if [ "${NLSR_HOOKS:-1}" = 1 ]; then
+if [ "${NLSR_HOOKS:-ON}" = ON ]; then
     NLSR_RUN_PLAN=patch-file NLSR_PROGRESS_INTERVAL=0 "$NLSR" run $RUN --out "$T/o2" 2>"$T/e2"
     check pf_exit test $? -eq 0
     p_done=$(line_of '^nlsr: run: prepare done' "$T/e2")
