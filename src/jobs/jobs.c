@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/params.h"
 #include "../common/ctx.h"
 #include "../io/file.h"
 #include "../io/hub.h"
@@ -125,6 +126,7 @@ int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const cha
                  const char *out_file, const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
+    NLSR_FORWARD(nlsr_params_validate(p, e));
     NLSR_FAIL_IF(!aligned == !reference, e, NLSR_E_USAGE,
                  "prepare needs exactly one of an aligned model and a reference");
     NLSR_FAIL_IF(!out_file, e, NLSR_E_USAGE, "prepare needs an output file");
@@ -190,6 +192,7 @@ int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const 
                const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
+    NLSR_FORWARD(nlsr_params_validate(p, e));
     NLSR_FAIL_IF(!patches || !finetuned || !out_dir, e, NLSR_E_USAGE,
                  "apply needs a patch file, a fine-tuned model and an output folder");
     nlsr_pf_reader *pf = NULL;
@@ -259,6 +262,7 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
              const char *finetuned, const char *out_dir, const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
+    NLSR_FORWARD(nlsr_params_validate(p, e));
     NLSR_FAIL_IF(!aligned == !reference, e, NLSR_E_USAGE,
                  "run needs exactly one of an aligned model and a reference");
     NLSR_FAIL_IF(!finetuned || !out_dir, e, NLSR_E_USAGE,
