@@ -75,7 +75,7 @@ const nlsr_param nlsr_params_table[] = {
     {{"scorer", NLSR_PARAM_ENUM, "KIND", scorer_names, "magnitude", 0, 0, 0, RUN | PREP | PLAN,
       -1, "step 2's score (docs/LOWRANK.md)", OFF(scorer.kind)},
      0, NULL, NLSR_PJ_FULL},
-    {{"rank", NLSR_PARAM_UINT64, "R", NULL, "0", 1, (double)(1ull << 40),
+    {{"rank", NLSR_PARAM_UINT64, "R", NULL, "", 1, (double)(1ull << 40),
       NLSR_BOUND_MIN | NLSR_BOUND_MAX, RUN | PREP | PLAN, NLSR_SCORER_LOWRANK,
       "base rank (instead of --rank-fraction)", OFF(scorer.rank)},
      0, NULL, 0},
@@ -287,7 +287,15 @@ int nlsr_params_get(const nlsr_realign_params *p, const char *name, char *buf, s
     const void *f = cfield(p, in->offset);
     int w = 0;
     switch (in->type) {
-    case NLSR_PARAM_DOUBLE: w = snprintf(buf, len, "%.17g", *(const double *)f); break;
+    case NLSR_PARAM_DOUBLE: {
+        /* The shortest text that reads back as the same double (0.9, not 0.90000000000000002). */
+        double d = *(const double *)f;
+        for (int prec = 15; prec <= 17; prec++) {
+            w = snprintf(buf, len, "%.*g", prec, d);
+            if (w < 0 || (size_t)w >= len || strtod(buf, NULL) == d) break;
+        }
+        break;
+    }
     case NLSR_PARAM_UINT64: w = snprintf(buf, len, "%" PRIu64, *(const uint64_t *)f); break;
     case NLSR_PARAM_INT: w = snprintf(buf, len, "%d", *(const int *)f); break;
     case NLSR_PARAM_FLAG: w = snprintf(buf, len, "%s", *(const int *)f ? "true" : "false"); break;
