@@ -4,10 +4,11 @@
 # every option the command takes named), --opt=value as --opt value, unknown options (exit 2,
 # one line), --version after a command, --config FILE and the command line over it, a config
 # with an unknown key or a FIFO for a file, plan with every job option, -q and -v. Usage:
-#   test_cli_args.sh NLSR TEST_DATA
+#   test_cli_args.sh NLSR TEST_DATA [COMPLETION_FILE]
 set -u
 NLSR=$1
 DATA=$2/hf-tiny-llama
+COMPLETION=${3-}
 T=$(mktemp -d "${TMPDIR:-/tmp}/nlsr-cli-args.XXXXXX") || exit 1
 trap 'rm -rf "$T"' EXIT
 fails=0
@@ -62,6 +63,19 @@ for c in inspect dump rewrite run prepare apply rollback amplify plan synth; do
     "$NLSR" "$c" -q --help > /dev/null 2>&1 || fail "$c takes -q"
     "$NLSR" "$c" -v --help > /dev/null 2>&1 || fail "$c takes -v"
 done
+# The bash completion offers exactly the options the help lists.
+if [ -n "$COMPLETION" ] && command -v bash > /dev/null; then
+    for c in inspect dump rewrite run prepare apply rollback amplify plan synth; do
+        "$NLSR" help "$c" | sed -n '/^options:/,$p' | grep -o -- '^ *\(-[a-z], \)\{0,1\}--[a-z][a-z-]*' |
+            sed 's/^ *//; s/, /\n/' | sort -u > "$T/want"
+        bash --norc --noprofile -c 'source "$1"; COMP_WORDS=(nlsr "$2" -); COMP_CWORD=2
+            COMP_LINE="nlsr $2 -"; COMP_POINT=${#COMP_LINE}; _nlsr nlsr - "$2"
+            printf "%s\n" "${COMPREPLY[@]}"' _ "$COMPLETION" "$c" | sort -u > "$T/got"
+        cmp -s "$T/want" "$T/got" ||
+            fail "completion of $c differs from its help: $(diff "$T/want" "$T/got" | grep '^[<>]' | tr '\n' ' ')"
+    done
+fi
+
 "$NLSR" help > "$T/h" || fail "help: exit $?"
 for c in inspect dump rewrite run prepare apply rollback amplify plan synth; do
     grep -q "^  $c " "$T/h" || fail "nlsr help does not list $c"
