@@ -76,6 +76,22 @@ if [ -n "$COMPLETION" ] && command -v bash > /dev/null; then
     done
 fi
 
+# README "Commands" lists each command's options and the parameters table as the help does.
+README=$2/../../README.md
+if [ -f "$README" ]; then
+    for c in inspect dump rewrite run prepare apply rollback amplify plan synth; do
+        "$NLSR" help "$c" | grep -o -- '^ *\(-[a-z], \)\{0,1\}--[a-z][a-z-]*' | sed 's/^ *//; s/^-[a-z], //' |
+            grep -v -- '^--help$\|^--version$\|^--quiet$\|^--verbose$' | sort > "$T/want"
+        grep "^- \`$c\`:" "$README" | grep -o -- '--[a-z][a-z-]*' | sort > "$T/got"
+        cmp -s "$T/want" "$T/got" || fail "README's options of $c are not its help's"
+    done
+    "$NLSR" help plan | sed -n '/^method parameters/,$p' | sed 1d > "$T/want"
+    awk '/^`nlsr_param_info_at\(\)`\), with/ { m = 1; next }
+         m && /^```$/ { if (++f == 2) exit; next }
+         f == 1 { print }' "$README" > "$T/got"
+    cmp -s "$T/want" "$T/got" || fail "README's parameters table is not 'nlsr help plan'"
+fi
+
 "$NLSR" help > "$T/h" || fail "help: exit $?"
 for c in inspect dump rewrite run prepare apply rollback amplify plan synth; do
     grep -q "^  $c " "$T/h" || fail "nlsr help does not list $c"

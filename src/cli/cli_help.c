@@ -74,6 +74,13 @@ int cli_help_command(const char *name, FILE *f)
         extra[0] = '\0';
         if (in->def[0] && in->type != NLSR_PARAM_FLAG)
             snprintf(extra, sizeof extra, " (default %s%s)", in->def, range);
+        else if (range[0])
+            snprintf(extra, sizeof extra, " (%s)", range + 2);
+        if (in->scorer >= 0) {
+            size_t l = strlen(extra);
+            snprintf(extra + l, sizeof extra - l, " [--scorer %s]",
+                     nlsr_param_find("scorer")->values[in->scorer]);
+        }
         opt_line(f, 0, in->name, in->type == NLSR_PARAM_FLAG ? NULL : mv, in->help, extra);
     }
     return 0;
