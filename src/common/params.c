@@ -133,47 +133,71 @@ int nlsr_scorer_params_from_json(const cJSON *o, nlsr_scorer_params *sp, const c
     return 0;
 }
 
+/* The key and JSON value of one entry (NULL value: not in JSON, or out of memory). */
+static cJSON *param_json(const nlsr_param *pp, const nlsr_realign_params *p, const char **key)
+{
+    const nlsr_param_info *in = &pp->pub;
+    const void *f = (const char *)p + in->offset;
+    *key = pp->json;
+    if (in->offset == offsetof(nlsr_realign_params, scorer.kind)) {
+        *key = "scorer";
+        return nlsr_scorer_params_json(&p->scorer);
+    }
+    switch (in->type) {
+    case NLSR_PARAM_DOUBLE: return nlsr_json_number(*(const double *)f);
+    case NLSR_PARAM_UINT64: return nlsr_json_u64(*(const uint64_t *)f);
+    case NLSR_PARAM_ENUM: return cJSON_CreateString(in->values[*(const int *)f]);
+    case NLSR_PARAM_LIST: break;
+    default: return NULL;
+    }
+    cJSON *v = cJSON_CreateArray();
+    if (!v) return NULL;
+    if (p->targets) {
+        for (size_t k = 0; k < p->ntargets; k++)
+            cJSON_AddItemToArray(v, cJSON_CreateString(p->targets[k]));
+        return v;
+    }
+    /* The defaults, written out: the default text is the list. */
+    for (const char *s = in->def; *s;) {
+        const char *c = strchr(s, ',');
+        size_t l = c ? (size_t)(c - s) : strlen(s);
+        char name[64];
+        snprintf(name, sizeof name, "%.*s", (int)l, s);
+        cJSON_AddItemToArray(v, cJSON_CreateString(name));
+        s += l + (c != NULL);
+    }
+    return v;
+}
+
 int nlsr_params_add_json(cJSON *obj, const nlsr_realign_params *p, unsigned pj)
 {
     for (size_t i = 0; i < nlsr_params_table_len; i++) {
         const nlsr_param *pp = &nlsr_params_table[i];
-        const nlsr_param_info *in = &pp->pub;
         if (!(pp->pj & pj)) continue;
-        const void *f = (const char *)p + in->offset;
-        cJSON *v = NULL;
-        const char *key = pp->json;
-        if (in->offset == offsetof(nlsr_realign_params, scorer.kind)) {
-            key = "scorer";
-            v = nlsr_scorer_params_json(&p->scorer);
-        } else if (in->type == NLSR_PARAM_LIST) {
-            key = "targets";
-            if (!(v = cJSON_CreateArray())) return -ENOMEM;
-            if (p->targets) {
-                for (size_t k = 0; k < p->ntargets; k++)
-                    cJSON_AddItemToArray(v, cJSON_CreateString(p->targets[k]));
-            } else {
-                /* The defaults, written out: the default text is the list. */
-                const char *s = in->def;
-                while (*s) {
-                    const char *c = strchr(s, ',');
-                    size_t l = c ? (size_t)(c - s) : strlen(s);
-                    char name[64];
-                    snprintf(name, sizeof name, "%.*s", (int)l, s);
-                    cJSON_AddItemToArray(v, cJSON_CreateString(name));
-                    s += l + (c != NULL);
-                }
-            }
-        } else if (in->type == NLSR_PARAM_DOUBLE) {
-            v = nlsr_json_number(*(const double *)f);
-        } else if (in->type == NLSR_PARAM_UINT64) {
-            v = nlsr_json_u64(*(const uint64_t *)f);
-        } else if (in->type == NLSR_PARAM_ENUM) {
-            v = cJSON_CreateString(in->values[*(const int *)f]);
-        }
+        const char *key;
+        cJSON *v = param_json(pp, p, &key);
         if (!key) {
             cJSON_Delete(v);
             continue;
         }
+        if (!v) return -ENOMEM;
+        cJSON_AddItemToObject(obj, key, v);
+    }
+    return 0;
+}
+
+int nlsr_params_add_json_keys(cJSON *obj, const nlsr_realign_params *p, const char *const *keys)
+{
+    for (; *keys; keys++) {
+        const nlsr_param *pp = NULL;
+        const char *key = NULL;
+        for (size_t i = 0; !pp && i < nlsr_params_table_len; i++) {
+            const char *k = nlsr_params_table[i].json;
+            if (nlsr_params_table[i].pub.offset == offsetof(nlsr_realign_params, scorer.kind))
+                k = "scorer";
+            if (k && strcmp(k, *keys) == 0) pp = &nlsr_params_table[i];
+        }
+        cJSON *v = pp ? param_json(pp, p, &key) : NULL;
         if (!v) return -ENOMEM;
         cJSON_AddItemToObject(obj, key, v);
     }

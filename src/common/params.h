@@ -41,6 +41,10 @@ void nlsr_param_range_text(const nlsr_param_info *in, char *buf, size_t n);
  * NLSR_PJ_LORA amplify and alpha, for NLSR_PJ_FULL the scorer object, then targets (the
  * defaults written out). 0 or -ENOMEM. */
 int nlsr_params_add_json(struct cJSON *obj, const nlsr_realign_params *p, unsigned pj);
+/* The parameters named by their report keys (NULL-terminated), in that order: the patch
+ * header's and the plan's subsets. 0, or -ENOMEM (or an unknown key). */
+int nlsr_params_add_json_keys(struct cJSON *obj, const nlsr_realign_params *p,
+                              const char *const *keys);
 /* Reads such an object back: every key present is parsed and bound-checked as on the command
  * line (absent keys leave p as it is). A "targets" array becomes a malloc'd block as
  * nlsr_params_set makes (the caller frees p->targets if it changed). NLSR_E_FORMAT naming

@@ -715,14 +715,10 @@ static cJSON *source_json(const nlsr_ckpt *ck, const nlsr_xxh64_state *fp)
 static cJSON *header_extra(const prep *P, uint64_t *model_bytes)
 {
     const nlsr_realign_params *p = P->p;
-    cJSON *x = cJSON_CreateObject(), *par, *tg, *src, *model, *ts;
+    cJSON *x = cJSON_CreateObject(), *par, *src, *model, *ts;
     if (!x || !(par = cJSON_AddObjectToObject(x, "params"))) goto oom;
-    cJSON_AddItemToObject(par, "beta", nlsr_json_number(p->beta));
-    cJSON_AddItemToObject(par, "sparsity", nlsr_json_number(p->sparsity));
-    if (!(tg = cJSON_AddArrayToObject(par, "targets"))) goto oom;
-    const char *const *names = p->targets ? p->targets : nlsr_target_names;
-    size_t nn = p->targets ? p->ntargets : NLSR_NTARGET_NAMES;
-    for (size_t i = 0; i < nn; i++) cJSON_AddItemToArray(tg, cJSON_CreateString(names[i]));
+    static const char *const keys[] = {"beta", "sparsity", "targets", NULL};
+    if (nlsr_params_add_json_keys(par, p, keys) != 0) goto oom;
     cJSON_AddNumberToObject(par, "block_elems", (double)P->blk);
     cJSON *scp = nlsr_scorer_params_json(&p->scorer);
     if (!scp) goto oom;

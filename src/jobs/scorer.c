@@ -772,7 +772,8 @@ static cJSON *plan_json(const nlsr_realign_params *p, const shape_row *g, size_t
     cJSON *o = cJSON_CreateObject(), *mods;
     if (!o) return NULL;
     cJSON_AddItemToObject(o, "params", nlsr_scorer_params_json(&p->scorer));
-    cJSON_AddItemToObject(o, "sparsity", nlsr_json_number(p->sparsity));
+    static const char *const keys[] = {"sparsity", NULL};
+    if (nlsr_params_add_json_keys(o, p, keys) != 0) goto oom;
     if (!(mods = cJSON_AddArrayToObject(o, "modules"))) goto oom;
     for (size_t i = 0; i < ng; i++) {
         cJSON *m = cJSON_CreateObject(), *sh = cJSON_CreateArray();
