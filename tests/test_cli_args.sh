@@ -152,6 +152,17 @@ tr -d '\n\t ' < "$T/r2.json" | grep -q '"targets":\["k_proj"\]' || fail "--targe
 for f in "$T/o3"/*.safetensors; do
     cmp -s "$f" "$T/o2/$(basename "$f")" || fail "config + override wrote other bytes than the command line"
 done
+# Paths from a config file: inputs, the output and the report.
+cat > "$T/paths.json" <<JSON
+{"base": "$B", "aligned": "$A", "finetuned": "$F", "out": "$T/o7", "report": "$T/r7.json",
+ "sparsity": 0.3, "select": "threshold", "tau": 0.25, "targets": "k_proj", "mem-budget": "4G",
+ "quiet": true}
+JSON
+"$NLSR" run --config "$T/paths.json" || fail "run with paths from --config: exit $?"
+for f in "$T/o3"/*.safetensors; do
+    cmp -s "$f" "$T/o7/$(basename "$f")" || fail "paths from a config: other bytes"
+done
+[ "$(val sparsity "$T/r7.json")" = 0.3 ] || fail "config report path: no report"
 # Errors: an unknown key (named with the file), a bad value, a FIFO, a non-object: one line.
 echo '{"sparsity": 0.5, "sparsty": 0.4}' > "$T/bad.json"
 "$NLSR" run --config "$T/bad.json" --base "$B" --aligned "$A" --finetuned "$F" --out "$T/x" \

@@ -276,7 +276,17 @@ static int config_entry(void *arg, const char *key, const char *value)
         return cli_usage_error("%s: unknown key \"%s\"", s->config, key);
     int rc = lookup(s, key, len, 0, &o, &i);
     if (rc) return rc;
-    return o ? set_opt(s, o, value) : set_param(s, i, value);
+    /* Paths keep pointing at the value: keep a copy as long as the arguments. */
+    cli_args *a = s->a;
+    char **more = realloc(a->owned, (size_t)(a->nowned + 1) * sizeof *more);
+    char *copy = strdup(value);
+    if (more) a->owned = more;
+    if (!more || !copy) {
+        free(copy);
+        return cli_usage_error("out of memory");
+    }
+    a->owned[a->nowned++] = copy;
+    return o ? set_opt(s, o, copy) : set_param(s, i, copy);
 }
 
 static int read_config(cli_args *a, const char *path)
@@ -379,6 +389,10 @@ int cli_parse(unsigned cmd, int argc, char **argv, cli_args *a)
 
 void cli_args_free(cli_args *a)
 {
+    for (int i = 0; i < a->nowned; i++) free(a->owned[i]);
+    free(a->owned);
+    a->owned = NULL;
+    a->nowned = 0;
     free(a->pos);
     free(a->targets_block);
     a->pos = NULL;

@@ -74,6 +74,8 @@ typedef struct cli_args {
     nlsr_synth_params synth;
     int have_role;
     char *targets_block; /* owned: the targets list nlsr_params_set made */
+    char **owned;        /* the config file's values, which the fields above point into */
+    int nowned;
 } cli_args;
 
 /* Parses argv (after the command name) for command `cmd` (K_*): the config file first, then
