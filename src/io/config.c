@@ -54,8 +54,11 @@ int nlsr_config_read(nlsr_ctx *ctx, const char *path, nlsr_config_fn fn, void *a
     NLSR_FORWARD(nlsr_read_small_file(path, CONFIG_MAX_BYTES, &txt, &len, e));
     cJSON *root = cJSON_ParseWithLength(txt, len);
     free(txt);
-    NLSR_FAIL_IF(!cJSON_IsObject(root), e, NLSR_E_FORMAT,
-                 "%s: a config file is one JSON object of option names", path);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return nlsr_fail(e, NLSR_E_FORMAT, "%s: a config file is one JSON object of option names",
+                         path);
+    }
     int rc = 0;
     for (const cJSON *it = root->child; it && rc == 0; it = it->next) {
         char *v = value_text(it);
