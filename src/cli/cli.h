@@ -52,7 +52,8 @@ typedef struct cli_inplace {
     uint64_t mem;
     int have_mem;
     nlsr_io_kind io;
-    int quiet, threads, json;
+    int quiet, verbose, threads, json;
+    double progress_interval; /* negative: the printer's default */
 } cli_inplace;
 int cli_inplace_main(const cli_inplace *c);
 int cmd_rollback(int argc, char **argv);

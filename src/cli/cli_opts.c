@@ -71,7 +71,7 @@ const cli_opt cli_opts[] = {
     {"config", 0, "FILE", ENGINE | K_ROLLBACK, O_CONFIG,
      "options from a JSON object (keys: long option names); the command line overrides"},
     {"progress-interval", 0, "SECONDS", ENGINE | K_ROLLBACK, O_PROGRESS,
-     "seconds between progress lines (10)"},
+     "seconds between progress lines when stderr is no terminal (10)"},
     {"discard-journal", 0, NULL, K_ROLLBACK, O_DISCARD,
      "keep the realignment, delete its journal (no undo after that)"},
     {"bandwidth", 0, "R[,W]", K_PLAN, O_BANDWIDTH,

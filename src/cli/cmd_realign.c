@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "cli_args.h"
+#include "cli_output.h"
 #include "nlsr.h"
 
 static int run_job(unsigned cmd, cli_args *a)
@@ -18,10 +19,7 @@ static int run_job(unsigned cmd, cli_args *a)
         fprintf(stderr, "nlsr: error: out of memory\n");
         return 1;
     }
-    if (a->have_mem) nlsr_ctx_set_mem_budget(ctx, a->mem);
-    nlsr_ctx_set_io(ctx, a->io);
-    nlsr_ctx_set_quiet(ctx, a->quiet);
-    if (a->threads) nlsr_ctx_set_threads(ctx, a->threads);
+    cli_apply_ctx(a, ctx);
     if (a->verbose) cli_print_params(a);
     int rc = nlsr_ctx_set_revision(ctx, a->revision);
     if (rc < 0) {
@@ -80,6 +78,8 @@ static int inplace_job(unsigned cmd, cli_args *a)
     c.have_mem = a->have_mem;
     c.io = a->io;
     c.quiet = a->quiet;
+    c.verbose = a->verbose;
+    c.progress_interval = a->progress_interval;
     c.threads = a->threads;
     return cli_inplace_main(&c);
 }

@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "cli_args.h"
+#include "cli_output.h"
 #include "nlsr.h"
 
 /* A JSON string literal (quotes, backslashes and control characters escaped). */
@@ -127,7 +128,8 @@ static nlsr_ctx *new_ctx(const cli_inplace *c)
     if (!ctx) return NULL;
     if (c->have_mem) nlsr_ctx_set_mem_budget(ctx, c->mem);
     nlsr_ctx_set_io(ctx, c->io);
-    nlsr_ctx_set_quiet(ctx, c->quiet || c->ndirs > 1);
+    cli_output_install(ctx, c->quiet || c->ndirs > 1 ? -1 : c->verbose ? 1 : 0,
+                       c->progress_interval);
     if (c->threads) nlsr_ctx_set_threads(ctx, c->threads);
     return ctx;
 }
@@ -203,6 +205,8 @@ int cmd_rollback(int argc, char **argv)
         c.io = NLSR_IO_AUTO;
         c.json = a.p.json_stdout;
         c.quiet = a.quiet;
+        c.verbose = a.verbose;
+        c.progress_interval = a.progress_interval;
         c.dirs = a.pos;
         c.ndirs = a.npos;
         rc = cli_inplace_main(&c);

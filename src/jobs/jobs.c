@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "../common/params.h"
+#include "../common/testhook.h"
+#include "../common/log.h"
 #include "../common/ctx.h"
 #include "../io/file.h"
 #include "../io/hub.h"
@@ -122,7 +124,7 @@ static int open_pair(nlsr_ctx *ctx, const char *base, const char *src, nlsr_ckpt
     return 0;
 }
 
-int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+static int prepare_job(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
                  const char *out_file, const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
@@ -177,6 +179,15 @@ done:
     return rc;
 }
 
+int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+                 const char *out_file, const nlsr_realign_params *p)
+{
+    int entered = nlsr_job_enter(ctx, "prepare");
+    int rc = prepare_job(ctx, base, aligned, reference, out_file, p);
+    nlsr_job_leave(ctx, entered);
+    return rc;
+}
+
 /* Step 3 of a full patch file into out_dir; shared by apply and run. `rep` gets the modules. */
 static int apply_full(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *T, const char *tmp,
                       const nlsr_realign_params *p, nlsr_report *rep, nlsr_realign_params *used,
@@ -188,7 +199,7 @@ static int apply_full(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *T, con
     return nlsr_full_apply(ctx, pf, T, tmp, used, NULL, rep);
 }
 
-int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const char *out_dir,
+static int apply_job(nlsr_ctx *ctx, const char *patches, const char *finetuned, const char *out_dir,
                const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
@@ -258,7 +269,16 @@ done:
     return rc;
 }
 
-int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const char *out_dir,
+               const nlsr_realign_params *p)
+{
+    int entered = nlsr_job_enter(ctx, "apply");
+    int rc = apply_job(ctx, patches, finetuned, out_dir, p);
+    nlsr_job_leave(ctx, entered);
+    return rc;
+}
+
+static int run_job(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
              const char *finetuned, const char *out_dir, const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
@@ -326,8 +346,9 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     if (rc == 0) rc = nlsr_scorer_check_params(ctx, &p->scorer);
     if (rc < 0) goto done;
     /* The single pass when the budget holds two whole modules; prepare + apply through a
-     * temporary patch file otherwise. NLSR_RUN_PLAN forces one (tests, measurements). */
-    const char *force = getenv("NLSR_RUN_PLAN");
+     * temporary patch file otherwise. NLSR_RUN_PLAN forces one (test builds only: tests,
+     * measurements). */
+    const char *force = nlsr_test_env("NLSR_RUN_PLAN");
     nlsr_run_plan rp;
     rc = nlsr_full_run_plan(ctx, B, S, T, p, &rp);
     if (rc < 0) goto done;
@@ -384,5 +405,14 @@ done:
     nlsr_ckpt_free(B);
     nlsr_ckpt_free(S);
     nlsr_ckpt_free(T);
+    return rc;
+}
+
+int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+             const char *finetuned, const char *out_dir, const nlsr_realign_params *p)
+{
+    int entered = nlsr_job_enter(ctx, "run");
+    int rc = run_job(ctx, base, aligned, reference, finetuned, out_dir, p);
+    nlsr_job_leave(ctx, entered);
     return rc;
 }
