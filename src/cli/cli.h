@@ -53,7 +53,7 @@ typedef struct cli_inplace {
     int have_mem;
     nlsr_io_kind io;
     int quiet, verbose, threads, json;
-    double progress_interval;           /* the progress printer's (cli_output.h) */
+    double progress_interval; /* negative: the printer's default */
 } cli_inplace;
 int cli_inplace_main(const cli_inplace *c);
 int cmd_rollback(int argc, char **argv);
