@@ -25,6 +25,8 @@ int cmd_apply(int argc, char **argv);
 int cmd_amplify(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
+/* cmd_bench.c: the sweep of jobs, budgets and backends (nlsr_bench). */
+int cmd_bench(int argc, char **argv);
 /* Options the engine commands share: --mem-budget SIZE, --io KIND, -q/--quiet, --json. */
 typedef struct cli_common {
     uint64_t mem;

@@ -57,6 +57,11 @@ static void usage(FILE *f)
           "                                 write a synthetic checkpoint\n"
           "      engine options: --mem-budget SIZE (default 1G) --io auto|uring|pread|mmap\n"
           "                      -q --json\n"
+          "  bench --synth tiny|llama-8b|llama-70b [--layers N] | --base B --aligned A\n"
+          "        --finetuned T  [--budgets 256M,1G,4G] [--io uring,pread,mmap]\n"
+          "        [--jobs run,run-in-place,prepare,apply,amplify] [--reps N] [--warm]\n"
+          "        [--drop-caches] [--scratch DIR] [--csv F] [--json F] [--plot F.svg] [-q]\n"
+          "                                 time jobs on this machine, cold, against its disks\n"
           "  version                        print the version\n"
           "\n"
           "PATH is a safetensors file, a folder with model.safetensors or shards and\n"
@@ -218,6 +223,7 @@ static const struct {
     {"amplify", cmd_amplify},
     {"synth", cmd_synth},
     {"plan", cmd_plan},
+    {"bench", cmd_bench},
 };
 
 int main(int argc, char **argv)
