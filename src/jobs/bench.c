@@ -203,17 +203,13 @@ static void plan_bytes(sweep *s, int job, uint64_t budget, int have_budget, benc
     free(txt);
     nlsr_ctx_free(c);
     if (!root) return;
-    /* A run that can keep its patches in memory makes one pass (the "run" object); otherwise
-     * the patch-file plan at the top. */
-    cJSON *run = cJSON_GetObjectItem(root, "run"), *rd = NULL, *wr = NULL;
+    /* A run that can keep its patches in memory makes one pass (the "run" object's reads);
+     * otherwise the patch-file plan at the top. The output is the same checkpoint either way:
+     * the top's bytes written count its headers and index too, the "run" object's do not. */
+    cJSON *run = cJSON_GetObjectItem(root, "run");
+    cJSON *rd = cJSON_GetObjectItem(root, "bytes_read"), *wr = cJSON_GetObjectItem(root, "bytes_written");
     const char *kind = run ? cJSON_GetStringValue(cJSON_GetObjectItem(run, "plan")) : NULL;
-    if (kind && !strcmp(kind, "single pass")) {
-        rd = cJSON_GetObjectItem(run, "bytes_read");
-        wr = cJSON_GetObjectItem(run, "bytes_written");
-    } else {
-        rd = cJSON_GetObjectItem(root, "bytes_read");
-        wr = cJSON_GetObjectItem(root, "bytes_written");
-    }
+    if (kind && !strcmp(kind, "single pass")) rd = cJSON_GetObjectItem(run, "bytes_read");
     if (cJSON_IsNumber(rd)) row->planned_read = (int64_t)rd->valuedouble;
     if (cJSON_IsNumber(wr) && (job == J_RUN || job == J_AMPLIFY)) row->planned_written = (int64_t)wr->valuedouble;
     cJSON_Delete(root);
