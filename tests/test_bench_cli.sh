@@ -103,5 +103,7 @@ st=0; "$T/nlsr" bench $B --jobs run,bogus -q --scratch "$T/res" 2>"$T/err" || st
 [ "$st" = 2 ] && grep -q "bogus" "$T/err" || fail "--jobs bogus: exit $st $(cat "$T/err")"
 st=0; "$T/nlsr" bench $B --io mmap,floppy -q --scratch "$T/res" 2>"$T/err" || st=$?
 [ "$st" = 2 ] && grep -q "floppy" "$T/err" || fail "--io floppy: exit $st"
+st=0; "$T/nlsr" bench $B -q --scratch "$T/res" --csv "$T/nowhere/b.csv" 2>"$T/err" || st=$?
+[ "$st" = 2 ] && grep -q "nowhere/b.csv" "$T/err" || fail "--csv into a missing folder: exit $st"
 ls "$T/res" | grep -q nlsr-bench && fail "a refused bench made a scratch folder"
 echo "1 passed, 0 failed"

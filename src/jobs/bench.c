@@ -162,7 +162,7 @@ static void drop_all(sweep *s, bench_row *row)
      * in-place copy). Clean pages go without root; dirty ones are written back first. */
     int failed = 0;
     const char *paths[4] = {s->base, s->aligned, s->finetuned, s->dir};
-    for (int i = 0; i < 4; i++) failed += bench_drop_pages(paths[i]);
+    for (int i = 0; i < 4; i++) failed += bench_drop_pages(paths[i], i < 3);
     snprintf(row->cache, sizeof row->cache, failed ? "fadvise-partial" : "fadvise");
 }
 
@@ -317,6 +317,27 @@ static int one_run(sweep *s, int job, const char *budget_s, uint64_t budget, int
     if (!s->ctx->quiet)
         fprintf(stderr, "nlsr bench: %-12s %-6s %-5s rep %d  %8.2f s  %s\n", row->job, row->budget,
                 row->io, rep, row->wall_s, row->status ? row->error : row->cache);
+    return 0;
+}
+
+/* The result files' folders must take them: a sweep of an hour should not end in "cannot
+ * create". Nothing is created here. */
+static int check_outputs(nlsr_err *e, const nlsr_bench_params *bp)
+{
+    const char *outs[3] = {bp->csv, bp->json, bp->plot};
+    for (int i = 0; i < 3; i++) {
+        if (!outs[i]) continue;
+        const char *slash = strrchr(outs[i], '/');
+        char *dir = slash ? strndup(outs[i], (size_t)(slash - outs[i])) : strdup(".");
+        if (!dir) return nlsr_fail(e, -ENOMEM, "bench: out of memory");
+        int ok = access(*dir ? dir : "/", W_OK | X_OK) == 0;
+        int err = errno;
+        free(dir);
+        NLSR_FAIL_IF(!ok, e, NLSR_E_USAGE, "%s: cannot write there: %s", outs[i], strerror(err));
+        for (int j = 0; j < i; j++)
+            NLSR_FAIL_IF(outs[j] && !strcmp(outs[j], outs[i]), e, NLSR_E_USAGE,
+                         "bench: %s is given for two outputs", outs[i]);
+    }
     return 0;
 }
 
@@ -510,6 +531,7 @@ int nlsr_bench(nlsr_ctx *ctx, const nlsr_bench_params *bp, FILE *out)
     if (rc == 0) rc = split(e, "--budgets", bp->budgets ? bp->budgets : "1G", &budgets);
     if (rc == 0) rc = split(e, "--io", bp->ios ? bp->ios : "uring,pread", &ios);
     if (rc == 0) rc = validate(&s, &jobs, &budgets, &ios);
+    if (rc == 0) rc = check_outputs(e, bp);
     if (rc == 0) rc = make_scratch(&s);
     if (rc == 0 && synth) rc = synth_triple(&s, syn);
     if (rc == 0) {

@@ -75,8 +75,9 @@ int bench_read_rates(nlsr_ctx *ctx, const char *file, uint64_t max, bench_fs *f)
 /* Write + fsync of `bytes` into a temporary file in `dir`. */
 int bench_write_rate(nlsr_ctx *ctx, const char *dir, uint64_t bytes, bench_fs *f);
 /* Writes back (fsync) and drops the cached pages of every regular file under `path` (a file or
- * a folder, recursively, not crossing file systems). Returns the files that failed. */
-int bench_drop_pages(const char *path);
+ * a folder, recursively, not crossing file systems; through links when `follow`, as a hub
+ * cache snapshot's files are links to its blobs). Returns the files that failed. */
+int bench_drop_pages(const char *path, int follow);
 /* sync + /proc/sys/vm/drop_caches = 3; 0 or -errno. */
 int bench_drop_caches(void);
 /* The largest regular file under `path` (a file or folder); malloc'd, NULL if none. */

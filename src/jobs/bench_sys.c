@@ -174,10 +174,10 @@ int bench_read_rates(nlsr_ctx *ctx, const char *file, uint64_t max, bench_fs *f)
     f->probe_bytes = total;
     snprintf(f->path, sizeof f->path, "%s", file);
     if (total < 16 * NLSR_IO_ALIGN) return 0; /* too small to say anything */
-    bench_drop_pages(file);
+    bench_drop_pages(file, 1);
     NLSR_FORWARD(direct_rate(ctx, file, total, f));
     /* Buffered: the same bytes, cold, one sequential reader with the kernel's readahead. */
-    bench_drop_pages(file);
+    bench_drop_pages(file, 1);
     int fd = open(file, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return nlsr_fail(&ctx->err, -errno, "%s: cannot open: %s", file, strerror(errno));
     char *buf = malloc(RATE_CHUNK);
@@ -194,7 +194,7 @@ int bench_read_rates(nlsr_ctx *ctx, const char *file, uint64_t max, bench_fs *f)
     f->buffered_bps = dt > 0 ? (double)got / dt : 0;
     free(buf);
     close(fd);
-    bench_drop_pages(file);
+    bench_drop_pages(file, 1);
     return rc;
 }
 
@@ -257,10 +257,10 @@ static int drop_visit(const char *path, const struct stat *st, int type, struct 
     return 0;
 }
 
-int bench_drop_pages(const char *path)
+int bench_drop_pages(const char *path, int follow)
 {
     g_drop_failed = 0;
-    if (nftw(path, drop_visit, 16, FTW_PHYS | FTW_MOUNT) != 0) return 1;
+    if (nftw(path, drop_visit, 16, (follow ? 0 : FTW_PHYS) | FTW_MOUNT) != 0) return 1;
     return g_drop_failed;
 }
 
