@@ -50,7 +50,7 @@ def check(c, msg):
     if not c: bad.append(msg)
 HEAD = ("job,budget,budget_bytes,io,backend,rep,cache,status,wall_s,user_s,sys_s,cpu_s,"
         "peak_rss_bytes,plan,phase_similarities_s,phase_output_s,planned_bytes_read,"
-        "planned_bytes_written,bytes_read,bytes_written,min_io_s,ratio,error").split(",")
+        "planned_bytes_read_max,planned_bytes_written,bytes_read,bytes_written,min_io_s,ratio,error").split(",")
 rows = list(csv.DictReader(open(f"{T}/res/b.csv")))
 check(list(rows[0].keys()) == HEAD if rows else False, "CSV header")
 want = {(j, b, i) for j in ("run", "amplify") for b in ("4M", "1G") for i in ("uring", "pread")}
@@ -85,6 +85,7 @@ for r, j in zip(rows, doc["runs"]):
         # The plan's bytes are what the job read and wrote.
         check(int(r["planned_bytes_read"]) == s["bytes_read"], f"{key} planned read {r['planned_bytes_read']}")
         check(int(r["planned_bytes_written"]) == s["bytes_written"], f"{key} planned written")
+        check(int(r["planned_bytes_read"]) <= int(r["planned_bytes_read_max"]), f"{key} read max")
 svg = ET.parse(f"{T}/res/b.svg").getroot()
 ns = "{http://www.w3.org/2000/svg}"
 check(svg.tag == ns + "svg", f"root {svg.tag}")

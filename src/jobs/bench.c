@@ -183,7 +183,7 @@ static double rate_of(const sweep *s, const char *role, int write)
  * one. */
 static void plan_bytes(sweep *s, int job, uint64_t budget, int have_budget, bench_row *row)
 {
-    row->planned_read = row->planned_written = -1;
+    row->planned_read = row->planned_read_max = row->planned_written = -1;
     if (!have_budget || job == J_APPLY) return;
     nlsr_ctx *c = nlsr_ctx_create();
     char *txt = NULL;
@@ -209,8 +209,13 @@ static void plan_bytes(sweep *s, int job, uint64_t budget, int have_budget, benc
     cJSON *run = cJSON_GetObjectItem(root, "run");
     cJSON *rd = cJSON_GetObjectItem(root, "bytes_read"), *wr = cJSON_GetObjectItem(root, "bytes_written");
     const char *kind = run ? cJSON_GetStringValue(cJSON_GetObjectItem(run, "plan")) : NULL;
-    if (kind && !strcmp(kind, "single pass")) rd = cJSON_GetObjectItem(run, "bytes_read");
-    if (cJSON_IsNumber(rd)) row->planned_read = (int64_t)rd->valuedouble;
+    cJSON *rmax = NULL;
+    if (kind && !strcmp(kind, "single pass")) {
+        rd = cJSON_GetObjectItem(run, "bytes_read");
+        rmax = cJSON_GetObjectItem(run, "bytes_read_max");
+    }
+    if (cJSON_IsNumber(rd)) row->planned_read = row->planned_read_max = (int64_t)rd->valuedouble;
+    if (cJSON_IsNumber(rmax)) row->planned_read_max = (int64_t)rmax->valuedouble;
     if (cJSON_IsNumber(wr) && (job == J_RUN || job == J_AMPLIFY)) row->planned_written = (int64_t)wr->valuedouble;
     cJSON_Delete(root);
 }

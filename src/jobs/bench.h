@@ -25,7 +25,10 @@ typedef struct bench_row {
     uint64_t peak_rss;      /* bytes: the child's ru_maxrss */
     char plan[24];          /* the report's plan: "single pass", "patch file", or "" */
     double phase_sim_s, phase_out_s; /* run's phase_seconds; negative when not reported */
-    int64_t planned_read, planned_written; /* from nlsr_plan_print; -1 when no plan covers it */
+    int64_t planned_read, planned_written; /* from nlsr_plan_print; -1 when no plan covers it:
+                                              reads the least (each input byte once) */
+    int64_t planned_read_max; /* the most: patched modules whose patches the budget cannot
+                                 keep are read again (which ones is known only after step 3) */
     uint64_t bytes_read, bytes_written;    /* the job's own counters (its report's summary) */
     double min_io_s;        /* planned (else actual) bytes at the measured rates */
     double ratio;           /* wall_s / min_io_s */

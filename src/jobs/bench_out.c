@@ -50,7 +50,7 @@ void bench_print_table(const bench_result *r, FILE *out)
 static const char *const CSV_HEAD =
     "job,budget,budget_bytes,io,backend,rep,cache,status,wall_s,user_s,sys_s,cpu_s,"
     "peak_rss_bytes,plan,phase_similarities_s,phase_output_s,planned_bytes_read,"
-    "planned_bytes_written,bytes_read,bytes_written,min_io_s,ratio,error\n";
+    "planned_bytes_read_max,planned_bytes_written,bytes_read,bytes_written,min_io_s,ratio,error\n";
 
 static void csv_str(FILE *f, const char *s)
 {
@@ -104,6 +104,8 @@ int bench_write_csv(const bench_result *r, const char *path, nlsr_err *e)
         fputc(',', f);
         csv_i64(f, w->planned_read);
         fputc(',', f);
+        csv_i64(f, w->planned_read_max);
+        fputc(',', f);
         csv_i64(f, w->planned_written);
         fprintf(f, ",%llu,%llu,%.6f,%.6f,", (unsigned long long)w->bytes_read,
                 (unsigned long long)w->bytes_written, w->min_io_s, w->ratio);
@@ -145,6 +147,8 @@ static cJSON *row_json(const bench_row *w)
     }
     if (w->planned_read >= 0) cJSON_AddItemToObject(o, "planned_bytes_read", nlsr_json_u64((uint64_t)w->planned_read));
     else cJSON_AddNullToObject(o, "planned_bytes_read");
+    if (w->planned_read_max >= 0) cJSON_AddItemToObject(o, "planned_bytes_read_max", nlsr_json_u64((uint64_t)w->planned_read_max));
+    else cJSON_AddNullToObject(o, "planned_bytes_read_max");
     if (w->planned_written >= 0) cJSON_AddItemToObject(o, "planned_bytes_written", nlsr_json_u64((uint64_t)w->planned_written));
     else cJSON_AddNullToObject(o, "planned_bytes_written");
     cJSON_AddItemToObject(o, "bytes_read", nlsr_json_u64(w->bytes_read));
@@ -318,7 +322,7 @@ static void panel(FILE *f, const series *s, int ns, const char *const *bud, int 
                 xml_text(f, s[i].io);
                 fputc(' ', f);
                 xml_text(f, bud[b]);
-                fprintf(f, ": %.3g %s</title></circle>\n", v, rss ? "MiB" : "s");
+                fprintf(f, rss ? ": %.0f MiB</title></circle>\n" : ": %.2f s</title></circle>\n", v);
             }
         fputs("</g>\n", f);
     }
@@ -370,7 +374,7 @@ int bench_write_svg(const bench_result *r, const char *path, nlsr_err *e)
         free(s);
         return nlsr_fail(e, -errno, "%s: cannot create: %s", path, strerror(errno));
     }
-    const double W = 980, H = 470 + 18.0 * ((ns + 2) / 3);
+    const double W = 980, H = 470 + 18.0 * ((ns + 2) / 3 + 1);
     fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
                "viewBox=\"0 0 %.0f %.0f\" font-family=\"sans-serif\">\n"
@@ -378,21 +382,25 @@ int bench_write_svg(const bench_result *r, const char *path, nlsr_err *e)
             W, H, W, H);
     xml_text(f, "nlsr bench: time and peak RSS against the memory budget");
     fputs("</title>\n<text x=\"20\" y=\"24\" font-size=\"13\">", f);
-    char head[512];
-    snprintf(head, sizeof head, "nlsr %s bench, %s%s%d layers; %s x%d, %.0f GiB; %s; load %s",
-             nlsr_version(), r->synth ? r->synth : "own models", r->synth ? ", " : "",
-             r->synth ? r->synth_layers : 0, r->m.cpu, r->m.cpus,
-             (double)r->m.mem_bytes / (1024.0 * MIB), r->rows && r->nrows ? r->rows[0].cache : "",
-             r->m.load);
-    if (!r->synth) {
-        snprintf(head, sizeof head, "nlsr %s bench; %s x%d, %.0f GiB; %s; load %s", nlsr_version(),
-                 r->m.cpu, r->m.cpus, (double)r->m.mem_bytes / (1024.0 * MIB),
-                 r->rows && r->nrows ? r->rows[0].cache : "", r->m.load);
-    }
+    char head[512], load[16];
+    snprintf(load, sizeof load, "%.*s", (int)strcspn(r->m.load, " "), r->m.load);
+    char what[96];
+    if (!r->synth) snprintf(what, sizeof what, "own models");
+    else if (r->synth_layers) snprintf(what, sizeof what, "synthetic %s, %d layers", r->synth, r->synth_layers);
+    else snprintf(what, sizeof what, "synthetic %s", r->synth);
+    snprintf(head, sizeof head, "nlsr %s bench, %s; %s x%d, %.0f GiB; %s; load %s", nlsr_version(),
+             what, r->m.cpu, r->m.cpus, (double)r->m.mem_bytes / (1024.0 * MIB),
+             r->rows && r->nrows ? r->rows[0].cache : "", load);
     xml_text(f, head);
     fputs("</text>\n", f);
     panel(f, s, ns, bud, nb, 70, 70, 380, 300, 0, "wall time (s); dashed: minimal I/O time");
     panel(f, s, ns, bud, nb, 570, 70, 380, 300, 1, "peak RSS (MiB)");
+    double ly = 430 + 18.0 * ((ns + 2) / 3);
+    fprintf(f, "<g class=\"legend\"><line x1=\"70\" y1=\"%.1f\" x2=\"94\" y2=\"%.1f\" stroke=\"#000\" "
+               "stroke-dasharray=\"6,4\"/><text x=\"100\" y=\"%.1f\" font-size=\"12\">minimal I/O time: "
+               "the job's planned bytes at the direct read and write+fsync rates measured in this "
+               "run</text></g>\n",
+            ly, ly, ly + 4);
     for (int i = 0; i < ns; i++) {
         double x = 70 + 300.0 * (i % 3), y = 430 + 18.0 * (i / 3);
         fprintf(f, "<g class=\"legend\"><line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" "
