@@ -583,8 +583,7 @@ typedef struct nlsr_bench_params {
     ((nlsr_bench_params){NULL, NULL, NULL, NULL, 0, NULL, NULL, NULL, NULL, 1, 0, 0, NULL,       \
                          NULL, NULL})
 
-/* Runs the sweep and prints the table on `out` (progress on stderr unless the context is
- * quiet). A failed run is a row with its status and message, not a failure of the bench;
+/* Runs the sweep and prints the table on `out` (one INFO line per run to the log callback). A failed run is a row with its status and message, not a failure of the bench;
  * invalid parameters are NLSR_E_USAGE. */
 int nlsr_bench(nlsr_ctx *ctx, const nlsr_bench_params *bp, FILE *out);
 

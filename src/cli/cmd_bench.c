@@ -9,6 +9,7 @@
 
 #include "nlsr.h"
 #include "cli.h"
+#include "cli_output.h"
 
 int cmd_bench(int argc, char **argv)
 {
@@ -51,7 +52,7 @@ int cmd_bench(int argc, char **argv)
     if (bp.synth_layers && !bp.synth) return cli_usage_error("bench: --layers goes with --synth");
     nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) return 1;
-    nlsr_ctx_set_quiet(ctx, quiet);
+    cli_output_install(ctx, quiet ? -1 : 0, -1);
     int rc = nlsr_bench(ctx, &bp, stdout);
     int status = rc < 0 ? cli_fail(ctx, rc) : 0;
     nlsr_ctx_free(ctx);

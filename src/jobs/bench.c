@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "../common/ctx.h"
+#include "../common/log.h"
 #include "../io/file.h"
 #include "../plan/progress.h"
 #include "bench.h"
@@ -153,8 +154,8 @@ static void drop_all(sweep *s, bench_row *row)
         return;
     }
     if (bp->drop_caches && !s->drop_failed_said) {
-        fprintf(stderr, "nlsr bench: cannot write /proc/sys/vm/drop_caches (%s): dropping each "
-                        "file's pages with posix_fadvise instead\n",
+        nlsr_log(s->ctx, NLSR_LOG_NOTICE, "bench: cannot write /proc/sys/vm/drop_caches (%s): dropping each "
+                        "file's pages with posix_fadvise instead",
                 geteuid() == 0 ? "refused" : "not root");
         s->drop_failed_said = 1;
     }
@@ -319,8 +320,7 @@ static int one_run(sweep *s, int job, const char *budget_s, uint64_t budget, int
     if (row->status) row->backend[0] = '\0'; /* a job that failed early chose none */
     min_io(s, job, row);
     s->r->nrows++;
-    if (!s->ctx->quiet)
-        fprintf(stderr, "nlsr bench: %-12s %-6s %-5s rep %d  %8.2f s  %s\n", row->job, row->budget,
+    nlsr_log(s->ctx, NLSR_LOG_INFO, "bench: %-12s %-6s %-5s rep %d  %8.2f s  %s", row->job, row->budget,
                 row->io, rep, row->wall_s, row->status ? row->error : row->cache);
     return 0;
 }
@@ -391,7 +391,7 @@ static int synth_triple(sweep *s, char *paths[3])
         sp.preset = s->bp->synth;
         sp.layers = s->bp->synth_layers;
         sp.role = roles[k];
-        if (!s->ctx->quiet) fprintf(stderr, "nlsr bench: making the synthetic %s %s\n", sp.preset, names[k]);
+        nlsr_log(s->ctx, NLSR_LOG_INFO, "bench: making the synthetic %s %s", sp.preset, names[k]);
         NLSR_FORWARD(nlsr_synth(s->ctx, &sp, paths[k]));
     }
     return 0;
@@ -549,7 +549,7 @@ int nlsr_bench(nlsr_ctx *ctx, const nlsr_bench_params *bp, FILE *out)
         res.synth = bp->synth;
         res.synth_layers = bp->synth_layers;
         bench_machine_describe(&res.m);
-        if (!ctx->quiet) fprintf(stderr, "nlsr bench: measuring the disks\n");
+        nlsr_log(ctx, NLSR_LOG_INFO, "bench: measuring the disks");
         rc = measure_disks(&s);
     }
     if (rc == 0) rc = run_sweep(&s, &jobs, &budgets, &ios, reps);

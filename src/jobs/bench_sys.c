@@ -117,7 +117,7 @@ static int direct_rate(nlsr_ctx *ctx, const char *file, uint64_t total, bench_fs
     }
     nlsr_io *io = NULL;
     nlsr_io_kind used;
-    int rc = nlsr_io_open(NLSR_IO_AUTO, RATE_QD, "bench read", 1, &io, &used, e);
+    int rc = nlsr_io_open(NLSR_IO_AUTO, RATE_QD, "bench read", ctx, &io, &used, e);
     void *mem = NULL;
     if (rc < 0 || !io) goto done;
     if (posix_memalign(&mem, NLSR_IO_ALIGN, (size_t)RATE_QD * RATE_CHUNK) != 0) {
