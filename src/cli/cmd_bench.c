@@ -11,6 +11,15 @@
 #include "cli.h"
 #include "cli_output.h"
 
+static const char BENCH_USAGE[] =
+    "usage: nlsr bench --synth tiny|llama-8b|llama-70b [--layers N]\n"
+    "                  | --base B --aligned A --finetuned T\n"
+    "       [--budgets 1G[,4G,...]] [--io uring,pread[,mmap]]\n"
+    "       [--jobs run[,run-in-place,prepare,apply,amplify]] [--reps N] [--warm | --drop-caches]\n"
+    "       [--scratch DIR] [--csv FILE] [--json FILE] [--plot FILE.svg] [-q]\n"
+    "time jobs on this machine across memory budgets and I/O backends, each run cold in a\n"
+    "child process, against the disks' own rates measured in the same run (nlsr(1))\n";
+
 int cmd_bench(int argc, char **argv)
 {
     nlsr_bench_params bp = NLSR_BENCH_PARAMS_DEFAULT;
@@ -20,6 +29,10 @@ int cmd_bench(int argc, char **argv)
                                          "--reps", "--csv", "--json", "--plot"};
     for (int i = 0; i < argc; i++) {
         const char *o = argv[i];
+        if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
+            fputs(BENCH_USAGE, stdout);
+            return 0;
+        }
         if (!strcmp(o, "--warm")) { bp.warm = 1; continue; }
         if (!strcmp(o, "--drop-caches")) { bp.drop_caches = 1; continue; }
         if (!strcmp(o, "-q") || !strcmp(o, "--quiet")) { quiet = 1; continue; }
