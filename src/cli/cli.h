@@ -26,6 +26,8 @@ int cmd_apply(int argc, char **argv);
 int cmd_amplify(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
+/* cmd_bench.c: the sweep of jobs, budgets and backends (nlsr_bench). */
+int cmd_bench(int argc, char **argv);
 /* The parsed options onto a context: budget, backend, quiet, threads. */
 void cli_apply_ctx(const struct cli_args *a, nlsr_ctx *ctx);
 double cli_now(void);

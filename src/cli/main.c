@@ -181,6 +181,7 @@ static const struct {
     {"amplify", cmd_amplify},
     {"synth", cmd_synth},
     {"plan", cmd_plan},
+    {"bench", cmd_bench},
 };
 
 int main(int argc, char **argv)
