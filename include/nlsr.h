@@ -82,18 +82,18 @@ void nlsr_ctx_set_cancel_flag(nlsr_ctx *ctx, const volatile sig_atomic_t *flag);
 int nlsr_ctx_cancelled(const nlsr_ctx *ctx);
 
 /* I/O backends for streaming reads and writes (see docs/DESIGN.md). AUTO tries io_uring, then
- * pread, then mmap, and says once on stderr when it steps down. */
+ * pread, then mmap, and says once per context, in a NLSR_LOG_NOTICE, when it steps down. */
 typedef enum nlsr_io_kind { NLSR_IO_AUTO, NLSR_IO_URING, NLSR_IO_PREAD, NLSR_IO_MMAP } nlsr_io_kind;
 const char *nlsr_io_kind_name(nlsr_io_kind k);
 
-/* A context's budget until one is set: 1 GiB (the nlsr program's default is auto). */
-#define NLSR_MEM_BUDGET_DEFAULT (1ull << 30)
+/* The memory budget a context starts with (1 GiB); the nlsr program's default is auto. */
+#define NLSR_DEFAULT_MEM_BUDGET (1ull << 30)
 /* Given to nlsr_ctx_set_mem_budget: derive the budget from what the machine can give now
  * (half of MemAvailable or of the cgroup's room, whichever is smaller, between 256 MiB and
  * 64 GiB; README "Memory budget"). */
 #define NLSR_MEM_BUDGET_AUTO UINT64_MAX
 /* Memory budget in bytes for every buffer a job allocates (0 = unlimited, NLSR_MEM_BUDGET_AUTO,
- * default NLSR_MEM_BUDGET_DEFAULT). A number is a hard limit. */
+ * default NLSR_DEFAULT_MEM_BUDGET). A number is a hard limit. */
 void nlsr_ctx_set_mem_budget(nlsr_ctx *ctx, uint64_t bytes);
 /* The budget in force (auto resolved to bytes). */
 uint64_t nlsr_ctx_mem_budget(const nlsr_ctx *ctx);
@@ -105,8 +105,52 @@ uint64_t nlsr_ctx_mem_peak(const nlsr_ctx *ctx);
 void nlsr_ctx_set_io(nlsr_ctx *ctx, nlsr_io_kind kind);
 /* The backend the last job actually used (after any fallback). */
 nlsr_io_kind nlsr_ctx_io_used(const nlsr_ctx *ctx);
-/* quiet != 0: no progress bar or human summary on stderr. */
+/* quiet != 0: the log callback receives warnings only, the progress callback nothing. */
 void nlsr_ctx_set_quiet(nlsr_ctx *ctx, int quiet);
+
+/* ---- logs and progress (README "Progress and logs") ------------------------------------
+ * The library never writes to stdout or stderr on its own: what it has to say goes to the
+ * callbacks set here, and with none set it is dropped. Both are called from the thread that
+ * runs the job (the one that called nlsr_run ...), never concurrently for one context. */
+typedef enum nlsr_log_level {
+    NLSR_LOG_WARN,   /* something the user should act on or know went wrong after a success
+                        (the report not written after the output was committed, a damaged
+                        state file removed, a temporary left alone) */
+    NLSR_LOG_NOTICE, /* a step down or a wait the user should see (io_uring unavailable, using
+                        pread; waiting for a lock; a stale temporary output removed; weights
+                        left out of the output) */
+    NLSR_LOG_INFO,   /* the human summary of a finished job, one call per line */
+    NLSR_LOG_DEBUG   /* details for -v (test builds' write-point counts) */
+} nlsr_log_level;
+/* "warning", "notice", "info", "debug". */
+const char *nlsr_log_level_name(nlsr_log_level level);
+/* `line` is one line without a trailing newline or a "nlsr:" prefix, valid during the call. */
+typedef void (*nlsr_log_fn)(void *user, nlsr_log_level level, const char *line);
+/* fn NULL: logs are dropped (the default). */
+void nlsr_ctx_set_log(nlsr_ctx *ctx, nlsr_log_fn fn, void *user);
+
+/* One progress report of a long job. A job runs one or more phases in order; each phase has a
+ * planned byte total (the planner's: e.g. run's single pass reads every target module of the
+ * three checkpoints in "similarities", then writes every output shard in "output") and, where
+ * the job works in units (modules, journal ranges, shards), a unit total. The last report of
+ * a phase has finished = 1 and done = total; a phase cut short by an error or a cancel gets no
+ * finished report. */
+typedef struct nlsr_progress {
+    const char *job;        /* "run", "prepare", "apply", "amplify", "synth", "rollback",
+                               "plan-read" */
+    const char *phase;      /* the job's phase: run "similarities" / "output" (single pass) or
+                               "prepare" / "apply" (through a patch file); prepare "prepare";
+                               apply "apply"; in place "journal" ...; README lists them */
+    int phase_index;        /* 0-based index of the phase in this job */
+    uint64_t bytes_done, bytes_total;  /* bytes read or written in the phase, planned total */
+    uint64_t units_done, units_total;  /* 0 / 0 where the phase does not count units */
+    double seconds;         /* since the phase began */
+    int finished;           /* 1 on the phase's last report */
+} nlsr_progress;
+typedef void (*nlsr_progress_fn)(void *user, const nlsr_progress *p);
+/* Calls fn at most every min_interval seconds per phase (0: at every update), always at a
+ * phase's start and end. fn NULL: no progress reports (the default). */
+void nlsr_ctx_set_progress(nlsr_ctx *ctx, nlsr_progress_fn fn, void *user, double min_interval);
 /* Compute threads (OpenBLAS and kernels); default 1. */
 void nlsr_ctx_set_threads(nlsr_ctx *ctx, int threads);
 /* The command line that started the job (copied), recorded in reports' audit section
@@ -149,8 +193,13 @@ typedef struct nlsr_select_params {
     uint64_t seed;     /* 42 */
 } nlsr_select_params;
 
+/* The defaults, by field name (a field added or moved never shifts the others), as a compound
+ * literal for C callers and as an init function for every language: each *_init(p) sets *p
+ * to its *_DEFAULT. */
 #define NLSR_SELECT_PARAMS_DEFAULT                                                                \
-    ((nlsr_select_params){NLSR_SELECT_ADAPTIVE, NLSR_SEMANTICS_PAPER, 0.5, 0.2, 0.1, 42u})
+    ((nlsr_select_params){.mode = NLSR_SELECT_ADAPTIVE, .semantics = NLSR_SEMANTICS_PAPER,       \
+                          .prune_rate = 0.5, .epsilon = 0.2, .tau = 0.1, .seed = 42u})
+void nlsr_select_params_init(nlsr_select_params *p);
 
 /* The three steps' parameters. Full weights and PEFT adapters share them; LoRA-only fields are
  * ignored for full checkpoints. */
@@ -197,9 +246,17 @@ typedef struct nlsr_scorer_params {
 } nlsr_scorer_params;
 
 #define NLSR_SCORER_PARAMS_DEFAULT                                                                \
-    ((nlsr_scorer_params){NLSR_SCORER_MAGNITUDE, 0, 1.0, NLSR_RANK_MODE_PAPER, 2, 10u, 0, 42u,    \
-                          NULL, NLSR_WANDA_MODE_ROW})
+    ((nlsr_scorer_params){.kind = NLSR_SCORER_MAGNITUDE, .rank = 0, .rank_fraction = 1.0,        \
+                          .rank_mode = NLSR_RANK_MODE_PAPER, .power_iters = 2, .oversample = 10u, \
+                          .exact_svd = 0, .seed = 42u, .activations = NULL,                       \
+                          .wanda_select = NLSR_WANDA_MODE_ROW})
+void nlsr_scorer_params_init(nlsr_scorer_params *p);
 
+/* The method's parameters (beta ... alpha, mask_path, scorer) and the job's output policy
+ * (force, report_path, json_stdout, mask_out_path, drop_other_weights) share this struct: the
+ * policy fields stay where they are rather than in a nested struct because moving them would
+ * break the ABI of libnlsr.so.0 and every caller's source for no change in meaning. Which is
+ * which: the patch file and the report's "params" record the method's fields only. */
 typedef struct nlsr_realign_params {
     double beta;                  /* 0.9: e = a + beta (a - b) */
     double sparsity;              /* 0.8: k = (long)(n * sparsity), mask = score > k-th */
@@ -209,21 +266,92 @@ typedef struct nlsr_realign_params {
     nlsr_amplify_mode amplify;    /* LoRA only */
     double alpha;                 /* LoRA authors' amplification factor, 0.9 */
     const char *mask_path;        /* LoRA: masks from a safetensors file (authors' layout) */
-    int force;                    /* replace an existing output */
-    const char *report_path;      /* write the JSON report here (NULL = none) */
-    int json_stdout;              /* print the JSON report on stdout */
-    const char *mask_out_path;    /* LoRA prepare/run: also write the masks there, as a
+    int force;                    /* policy: replace an existing output */
+    const char *report_path;      /* policy: write the JSON report here (NULL = none) */
+    int json_stdout;              /* policy: print the JSON report on stdout (the product the
+                                     caller asked for, not a log) */
+    const char *mask_out_path;    /* policy, LoRA prepare/run: also write the masks there, as a
                                      safetensors file in the authors' layout (NULL = none) */
     nlsr_scorer_params scorer;    /* step 2's scorer (full weights); magnitude by default */
-    int drop_other_weights;       /* leave out of the output folder the weights nlsr does not
+    int drop_other_weights;       /* policy: leave out of the output folder the weights nlsr does not
                                      realign (consolidated.safetensors, *.bin, original/ ...),
                                      which are refused otherwise (README "What the output
                                      folder holds"); in place they are refused always */
 } nlsr_realign_params;
 
 #define NLSR_REALIGN_PARAMS_DEFAULT                                                               \
-    ((nlsr_realign_params){0.9, 0.8, NLSR_SELECT_PARAMS_DEFAULT, NULL, 0, NLSR_AMPLIFY_PAPER,    \
-                           0.9, NULL, 0, NULL, 0, NULL, NLSR_SCORER_PARAMS_DEFAULT, 0})
+    ((nlsr_realign_params){.beta = 0.9, .sparsity = 0.8, .select = NLSR_SELECT_PARAMS_DEFAULT,   \
+                           .targets = NULL, .ntargets = 0, .amplify = NLSR_AMPLIFY_PAPER,         \
+                           .alpha = 0.9, .mask_path = NULL, .force = 0, .report_path = NULL,      \
+                           .json_stdout = 0, .mask_out_path = NULL,                               \
+                           .scorer = NLSR_SCORER_PARAMS_DEFAULT, .drop_other_weights = 0})
+void nlsr_realign_params_init(nlsr_realign_params *p);
+
+/* ---- the parameters table (docs/DESIGN.md "Parameters and the command line") ------------ */
+/* Every method parameter of nlsr_realign_params (with its select and scorer parts) is declared
+ * once in a table: its name (the command line's long option without "--", the key of a config
+ * file and of the report's "params"), type, default, bounds, help and the jobs that take it.
+ * Parsing, validation, the report's JSON and the CLI's help all come from it. */
+typedef enum nlsr_param_type {
+    NLSR_PARAM_DOUBLE, NLSR_PARAM_UINT64, NLSR_PARAM_INT,
+    NLSR_PARAM_ENUM,   /* one of `values`; the field holds its index */
+    NLSR_PARAM_FLAG,   /* int 0/1: "true"/"false" ("1"/"0"); an option without a value */
+    NLSR_PARAM_PATH,   /* const char *, the caller's string */
+    NLSR_PARAM_LIST    /* comma-separated names: targets (const char *const *, size_t) */
+} nlsr_param_type;
+
+/* Jobs, as bits (nlsr_param_info.jobs). */
+#define NLSR_JOB_RUN 1u
+#define NLSR_JOB_PREPARE 2u
+#define NLSR_JOB_APPLY 4u
+#define NLSR_JOB_AMPLIFY 8u
+#define NLSR_JOB_PLAN 16u
+
+/* Bounds (nlsr_param_info.bounds): which of min, max apply; MIN_OPEN: min itself excluded. */
+#define NLSR_BOUND_MIN 1u
+#define NLSR_BOUND_MAX 2u
+#define NLSR_BOUND_MIN_OPEN 4u
+#define NLSR_BOUND_FINITE 8u
+
+typedef struct nlsr_param_info {
+    const char *name;           /* "sparsity" */
+    nlsr_param_type type;
+    const char *metavar;        /* "S" in "--sparsity S"; NULL for flags */
+    const char *const *values;  /* ENUM: the names, NULL-terminated, in the enum's order */
+    const char *def;            /* the default, as text */
+    double min, max;            /* the bounds `bounds` names */
+    unsigned bounds;
+    unsigned jobs;              /* NLSR_JOB_* bits of the jobs that use it */
+    int scorer;                 /* -1, or the nlsr_scorer_kind this option belongs to */
+    const char *help;           /* one line */
+    size_t offset;              /* of the field in nlsr_realign_params */
+} nlsr_param_info;
+
+size_t nlsr_param_count(void);
+/* Entry i (i < nlsr_param_count()), or NULL. */
+const nlsr_param_info *nlsr_param_info_at(size_t i);
+/* The entry named `name`, or NULL. */
+const nlsr_param_info *nlsr_param_find(const char *name);
+/* Parses `value` for parameter `name` into p and checks its bounds. PATH values point at
+ * `value`, which must outlive p; a LIST becomes one malloc'd block (the pointers, then the
+ * names) that p->targets points to and the caller frees with free((void *)p->targets).
+ * 0, or NLSR_E_USAGE with one line in err naming the parameter and the value ("sparsity must
+ * lie in [0, 1], got '1.5'"). */
+int nlsr_params_set(nlsr_realign_params *p, const char *name, const char *value, char *err,
+                    size_t errlen);
+/* The value of `name` in p as text that nlsr_params_set reads back (lists comma-joined).
+ * 0, or NLSR_E_USAGE (unknown name), -ENOSPC (buf too small). */
+int nlsr_params_get(const nlsr_realign_params *p, const char *name, char *buf, size_t len);
+/* Checks every bound of the table on p (the jobs call it first). 0 or NLSR_E_USAGE + err. */
+int nlsr_params_check(const nlsr_realign_params *p, char *err, size_t errlen);
+/* Reads a config file: one JSON object whose keys are long option names (without "--") and
+ * whose values are strings, numbers, booleans or arrays of strings. Calls fn once per key, in
+ * file order, with the value as command-line text (numbers exactly, arrays comma-joined,
+ * booleans "true"/"false"); a nonzero return from fn stops and is returned. The file must be a
+ * regular file (a FIFO or device is refused without blocking). NLSR_E_FORMAT naming the file
+ * when it is no such object; the message is in ctx. */
+typedef int (*nlsr_config_fn)(void *arg, const char *key, const char *value);
+int nlsr_config_read(nlsr_ctx *ctx, const char *path, nlsr_config_fn fn, void *arg);
 
 /* ---- checkpoints ------------------------------------------------------------------------ */
 
@@ -332,7 +460,9 @@ typedef struct nlsr_inplace_params {
     int dry_run;      /* check headers, lock, journal and state; write nothing */
 } nlsr_inplace_params;
 
-#define NLSR_INPLACE_PARAMS_DEFAULT ((nlsr_inplace_params){0, 0, 0})
+#define NLSR_INPLACE_PARAMS_DEFAULT                                                               \
+    ((nlsr_inplace_params){.wait = 0, .follow_links = 0, .dry_run = 0})
+void nlsr_inplace_params_init(nlsr_inplace_params *p);
 
 typedef enum nlsr_inplace_outcome {
     NLSR_INPLACE_REALIGNED,     /* patched and recorded */
@@ -377,7 +507,9 @@ typedef struct nlsr_rollback_params {
     int discard; /* keep a finished realignment and delete its journal (no undo after that) */
 } nlsr_rollback_params;
 
-#define NLSR_ROLLBACK_PARAMS_DEFAULT ((nlsr_rollback_params){0, 0, 0})
+#define NLSR_ROLLBACK_PARAMS_DEFAULT                                                              \
+    ((nlsr_rollback_params){.wait = 0, .force = 0, .discard = 0})
+void nlsr_rollback_params_init(nlsr_rollback_params *p);
 
 /* Restores dir's original bytes from its journal (after a crash, or to undo a finished
  * realignment), verifies them against the journal's checksums, updates the state file and
@@ -423,12 +555,48 @@ typedef struct nlsr_synth_params {
 } nlsr_synth_params;
 
 #define NLSR_SYNTH_PARAMS_DEFAULT                                                                 \
-    ((nlsr_synth_params){"tiny", 0, NLSR_SYNTH_BASE, 1u, NLSR_DTYPE_BF16, 5ull << 30, 0})
+    ((nlsr_synth_params){.preset = "tiny", .layers = 0, .role = NLSR_SYNTH_BASE, .seed = 1u,      \
+                         .dtype = NLSR_DTYPE_BF16, .shard_size = 5ull << 30, .force = 0})
+void nlsr_synth_params_init(nlsr_synth_params *p);
 
 /* Writes a synthetic Hugging Face checkpoint folder (config.json, shards, index) with the
  * preset's real tensor names and shapes, deterministic for a seed, streaming within the
  * context's memory budget. */
 int nlsr_synth(nlsr_ctx *ctx, const nlsr_synth_params *p, const char *out_dir);
+
+/* ---- bench (README "Benchmark your machine") ------------------------------------------- */
+
+/* `nlsr bench`: times jobs on the caller's own machine and models, sweeping memory budgets,
+ * I/O backends and jobs, each run in a child process (its own peak RSS and CPU time, from
+ * wait4), cold by default (posix_fadvise DONTNEED on every input and output file before each
+ * run; drop_caches when root and asked), beside the physical reference of the same session
+ * (O_DIRECT and buffered sequential read rates of each input's file system, the write rate
+ * with fsync of the scratch folder's) and each job's minimal I/O time from its plan. Lists are
+ * comma-separated strings; NULL takes the default given. */
+typedef struct nlsr_bench_params {
+    const char *base, *aligned, *finetuned; /* the job's own inputs, or NULL with synth */
+    const char *synth;       /* "tiny", "llama-8b", "llama-70b": a synthetic triple made in
+                                the scratch folder (NULL: use base/aligned/finetuned) */
+    int synth_layers;        /* 0: the preset's own count */
+    const char *scratch;     /* folder for outputs (and the synthetic triple): made, and
+                                removed at the end; NULL: a temporary folder beside the first
+                                of csv/json/plot, else in the current folder */
+    const char *budgets;     /* "1G" (sizes as nlsr_parse_size; "auto" where it parses) */
+    const char *ios;         /* "uring,pread" (uring|io_uring, pread, mmap) */
+    const char *jobs;        /* "run" (run, run-in-place, prepare, apply, amplify) */
+    int reps;                /* runs per combination, 0 = 1 */
+    int warm;                /* no cache dropping: warm runs */
+    int drop_caches;         /* write 3 to /proc/sys/vm/drop_caches (root) instead of fadvise */
+    const char *csv, *json, *plot; /* output files (NULL: none): rows, rows + machine, SVG */
+} nlsr_bench_params;
+
+#define NLSR_BENCH_PARAMS_DEFAULT                                                                 \
+    ((nlsr_bench_params){NULL, NULL, NULL, NULL, 0, NULL, NULL, NULL, NULL, 1, 0, 0, NULL,       \
+                         NULL, NULL})
+
+/* Runs the sweep and prints the table on `out` (one INFO line per run to the log callback). A failed run is a row with its status and message, not a failure of the bench;
+ * invalid parameters are NLSR_E_USAGE. */
+int nlsr_bench(nlsr_ctx *ctx, const nlsr_bench_params *bp, FILE *out);
 
 #ifdef __cplusplus
 }

@@ -74,7 +74,7 @@ lacks() { # LINE WORD...: no WORD is among the candidates
 
 expect "nlsr r" "rewrite rollback run"
 expect "nlsr pl" "plan"
-has "nlsr " inspect dump rewrite run prepare apply rollback amplify plan synth help version
+has "nlsr " inspect dump rewrite run prepare apply rollback amplify plan synth bench help version
 # Each command's options, and not another's (apply's patch file fixes --beta).
 expect "nlsr apply --pa" "--patches"
 lacks "nlsr apply --" --beta --sparsity --targets --base --scorer
@@ -84,16 +84,24 @@ has "nlsr run --" --base --aligned --reference --finetuned --out --beta --in-pla
     --rank-fraction --revision --mem-budget --io --threads
 lacks "nlsr run --" --patches --discard-journal --preset
 lacks "nlsr prepare --" --drop-other-weights --in-place --patches
-expect "nlsr rewrite --" "--drop-other-weights --force"
-expect "nlsr rollback --" "--discard-journal --force --json --quiet --wait"
+expect "nlsr rewrite --" "--drop-other-weights --force --help --quiet --verbose --version"
+expect "nlsr rollback --" "--config --discard-journal --force --help --json --progress-interval --quiet --verbose --version --wait"
 has "nlsr synth --" --preset --role --layers --seed --dtype --shard-size --out --force
 has "nlsr plan --" --bandwidth --no-time --measure-read --finetuned --scorer
-expect "nlsr inspect --" "--json --revision"
+expect "nlsr inspect --" "--help --json --quiet --revision --verbose --version"
+has "nlsr bench --" --synth --layers --budgets --io --jobs --reps --warm --drop-caches --csv \
+    --json --plot --scratch --base --aligned --finetuned
+lacks "nlsr bench --" --out --beta --mem-budget --in-place
+expect "nlsr bench --synth l" "llama-70b llama-8b"
+expect "nlsr bench --jobs run" "run run-in-place"
+expect "nlsr bench --budgets " ""
+expect "nlsr bench --scratch s" "sft store sub"
+expect "nlsr help pl" "plan"
 # Option values.
 expect "nlsr synth --preset " "llama-70b llama-8b tiny"
 expect "nlsr synth --role f" "finetuned"
 expect "nlsr run --select " "adaptive all none threshold"
-expect "nlsr apply --io " "auto io_uring mmap pread"
+expect "nlsr apply --io " "auto mmap pread uring"
 expect "nlsr prepare --scorer l" "lowrank"
 expect "nlsr run --beta " ""
 # Paths: folders for --out and rollback, checkpoints (folders and .safetensors) for inputs,

@@ -94,7 +94,7 @@ static void test_cgroup_v1_floor_ceiling(void)
     ASSERT_EQ_U(nlsr_budget_auto(&big, why, sizeof why), NLSR_AUTO_CEIL);
     ASSERT_CONTAINS(why, "capped at 64.0 GiB");
     nlsr_sysmem none = {0};
-    ASSERT_EQ_U(nlsr_budget_auto(&none, why, sizeof why), NLSR_MEM_BUDGET_DEFAULT);
+    ASSERT_EQ_U(nlsr_budget_auto(&none, why, sizeof why), NLSR_DEFAULT_MEM_BUDGET);
 }
 
 /* The public side: "auto" parses, resolves to bytes with a reason; a number stays exact. */
@@ -107,7 +107,7 @@ static void test_ctx(void)
     ASSERT_EQ_U(v, 512ull << 20);
     ASSERT_TRUE(nlsr_parse_mem_budget("automatic", &v) != 0);
     nlsr_ctx *ctx = nlsr_ctx_create();
-    ASSERT_EQ_U(nlsr_ctx_mem_budget(ctx), NLSR_MEM_BUDGET_DEFAULT);
+    ASSERT_EQ_U(nlsr_ctx_mem_budget(ctx), NLSR_DEFAULT_MEM_BUDGET);
     nlsr_ctx_set_mem_budget(ctx, NLSR_MEM_BUDGET_AUTO);
     ASSERT_TRUE(nlsr_ctx_mem_budget(ctx) >= NLSR_AUTO_FLOOR &&
                 nlsr_ctx_mem_budget(ctx) <= NLSR_AUTO_CEIL);

@@ -155,7 +155,7 @@ uint64_t nlsr_budget_auto(const nlsr_sysmem *m, char *why, size_t cap)
     uint64_t base;
     if (!m->mem_available && !m->cg_version) {
         snprintf(why, cap, "neither /proc/meminfo nor a cgroup limit readable: the default");
-        return NLSR_MEM_BUDGET_DEFAULT;
+        return NLSR_DEFAULT_MEM_BUDGET;
     }
     int by_cg = m->cg_version && (!m->mem_available || room < m->mem_available);
     base = by_cg ? room : m->mem_available;

@@ -500,6 +500,7 @@ int nlsr_pf_writer_block(nlsr_pf_writer *w, uint64_t first, uint64_t count, cons
     if (w->rn == PF_TCHUNK) NLSR_FORWARD(flush_table(w));
     t->nblocks++;
     if (count > t->max_count) t->max_count = count;
+    t->csize_total += cs;
     t->mask_count += m;
     w->pos += cs;
     ctx->bytes_written += cs;
@@ -795,7 +796,7 @@ static int check_table(nlsr_pf_reader *r, uint64_t want_xxh)
     for (size_t i = 0; i < r->nmodules; i++)
         for (size_t k = 0; k < r->modules[i].ntensors; k++) {
             const nlsr_pf_tensor *t = &r->modules[i].t[k];
-            uint64_t first = 0, masked = 0, maxc = 0;
+            uint64_t first = 0, masked = 0, maxc = 0, csum = 0;
             for (size_t b = 0; b < t->nblocks; b++) {
                 nlsr_pf_block blk;
                 uint64_t rec = t->blk0 + b;
@@ -810,12 +811,14 @@ static int check_table(nlsr_pf_reader *r, uint64_t want_xxh)
                 first += blk.count;
                 masked += blk.mask_count;
                 if (blk.count > maxc) maxc = blk.count;
+                csum += blk.csize;
             }
             NLSR_FAIL_IF(first != t->numel || masked != t->mask_count, e, NLSR_E_FORMAT,
                          "%s: tensor '%.200s': blocks cover %" PRIu64 " of %" PRIu64
                          " elements with %" PRIu64 " of %" PRIu64 " masked",
                          r->path, t->name, first, t->numel, masked, t->mask_count);
             r->modules[i].t[k].max_count = maxc;
+            r->modules[i].t[k].csize_total = csum;
         }
     NLSR_FAIL_IF(pos != r->table_off, e, NLSR_E_FORMAT,
                  "%s: blocks end at %" PRIu64 " but the block table starts at %" PRIu64, r->path,

@@ -79,6 +79,7 @@ typedef struct nlsr_pf_tensor {
     size_t nblocks;          /* ordered by first; they partition [0, numel) */
     uint64_t blk0;           /* the record of block 0 in the file's block table */
     uint64_t max_count;      /* the largest block's element count */
+    uint64_t csize_total;    /* its blocks' compressed bytes (progress figures) */
 } nlsr_pf_tensor;
 
 typedef struct nlsr_pf_module {

@@ -12,6 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/params.h"
+#include "../common/testhook.h"
+#include "../common/log.h"
 #include "../common/ctx.h"
 #include "../io/file.h"
 #include "../io/hub.h"
@@ -121,10 +124,11 @@ static int open_pair(nlsr_ctx *ctx, const char *base, const char *src, nlsr_ckpt
     return 0;
 }
 
-int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+static int prepare_job(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
                  const char *out_file, const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
+    NLSR_FORWARD(nlsr_params_validate(p, e));
     NLSR_FAIL_IF(!aligned == !reference, e, NLSR_E_USAGE,
                  "prepare needs exactly one of an aligned model and a reference");
     NLSR_FAIL_IF(!out_file, e, NLSR_E_USAGE, "prepare needs an output file");
@@ -175,6 +179,15 @@ done:
     return rc;
 }
 
+int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+                 const char *out_file, const nlsr_realign_params *p)
+{
+    int entered = nlsr_job_enter(ctx, "prepare");
+    int rc = prepare_job(ctx, base, aligned, reference, out_file, p);
+    nlsr_job_leave(ctx, entered);
+    return rc;
+}
+
 /* Step 3 of a full patch file into out_dir; shared by apply and run. `rep` gets the modules. */
 static int apply_full(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *T, const char *tmp,
                       const nlsr_realign_params *p, nlsr_report *rep, nlsr_realign_params *used,
@@ -186,10 +199,11 @@ static int apply_full(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *T, con
     return nlsr_full_apply(ctx, pf, T, tmp, used, NULL, rep);
 }
 
-int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const char *out_dir,
+static int apply_job(nlsr_ctx *ctx, const char *patches, const char *finetuned, const char *out_dir,
                const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
+    NLSR_FORWARD(nlsr_params_validate(p, e));
     NLSR_FAIL_IF(!patches || !finetuned || !out_dir, e, NLSR_E_USAGE,
                  "apply needs a patch file, a fine-tuned model and an output folder");
     nlsr_pf_reader *pf = NULL;
@@ -255,10 +269,20 @@ done:
     return rc;
 }
 
-int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const char *out_dir,
+               const nlsr_realign_params *p)
+{
+    int entered = nlsr_job_enter(ctx, "apply");
+    int rc = apply_job(ctx, patches, finetuned, out_dir, p);
+    nlsr_job_leave(ctx, entered);
+    return rc;
+}
+
+static int run_job(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
              const char *finetuned, const char *out_dir, const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
+    NLSR_FORWARD(nlsr_params_validate(p, e));
     NLSR_FAIL_IF(!aligned == !reference, e, NLSR_E_USAGE,
                  "run needs exactly one of an aligned model and a reference");
     NLSR_FAIL_IF(!finetuned || !out_dir, e, NLSR_E_USAGE,
@@ -322,8 +346,9 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     if (rc == 0) rc = nlsr_scorer_check_params(ctx, &p->scorer);
     if (rc < 0) goto done;
     /* The single pass when the budget holds two whole modules; prepare + apply through a
-     * temporary patch file otherwise. NLSR_RUN_PLAN forces one (tests, measurements). */
-    const char *force = getenv("NLSR_RUN_PLAN");
+     * temporary patch file otherwise. NLSR_RUN_PLAN forces one (test builds only: tests,
+     * measurements). */
+    const char *force = nlsr_test_env("NLSR_RUN_PLAN");
     nlsr_run_plan rp;
     rc = nlsr_full_run_plan(ctx, B, S, T, p, &rp);
     if (rc < 0) goto done;
@@ -380,5 +405,14 @@ done:
     nlsr_ckpt_free(B);
     nlsr_ckpt_free(S);
     nlsr_ckpt_free(T);
+    return rc;
+}
+
+int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+             const char *finetuned, const char *out_dir, const nlsr_realign_params *p)
+{
+    int entered = nlsr_job_enter(ctx, "run");
+    int rc = run_job(ctx, base, aligned, reference, finetuned, out_dir, p);
+    nlsr_job_leave(ctx, entered);
     return rc;
 }

@@ -3,6 +3,8 @@
  * output checkpoint), both streamed through nlsr_stream with every buffer on the budget. The
  * plan of passes is in realign_full.h; the arithmetic is METHOD.md's, to the bit. */
 #define _GNU_SOURCE
+#include "../common/params.h"
+#include "../common/log.h"
 #include "realign_full.h"
 
 #include <cjson/cJSON.h>
@@ -60,14 +62,6 @@ static int same_shape(int na, const uint64_t *a, int nb, const uint64_t *b)
     for (int i = 0; i < na; i++)
         if (a[i] != b[i]) return 0;
     return 1;
-}
-
-/* Bytes the budget can still give (UINT64_MAX when unlimited). */
-static uint64_t budget_room(const nlsr_ctx *ctx)
-{
-    const nlsr_budget *b = &ctx->budget;
-    if (b->limit == 0) return UINT64_MAX;
-    return b->limit > b->used ? b->limit - b->used : 0;
 }
 
 static int is_target(const st_tensor *t, const nlsr_realign_params *p)
@@ -303,6 +297,13 @@ int nlsr_full_patch_params(nlsr_ctx *ctx, const nlsr_pf_reader *pf, nlsr_realign
     p->scorer = scorer;
     p->targets = v;
     p->ntargets = n;
+    char msg[256];
+    if (nlsr_params_check(p, msg, sizeof msg) != 0) {
+        free(v);
+        p->targets = NULL;
+        p->ntargets = 0;
+        return nlsr_fail(e, NLSR_E_FORMAT, "%s: header params: %s", pf->path, msg);
+    }
     *names = v;
     return 0;
 }
@@ -574,7 +575,7 @@ static int prep_module(prep *P, pmod *M, nlsr_report *rep)
     /* Cache the module's raw bytes when they take at most half of what the budget has left:
      * passes 2 and 3 then read nothing. */
     M->cache_bytes = M->n * (M->asz + M->bsz);
-    if (!P->tune.force_stream && M->k < M->n && M->cache_bytes <= budget_room(ctx) / 2) {
+    if (!P->tune.force_stream && M->k < M->n && M->cache_bytes <= nlsr_budget_room(&ctx->budget) / 2) {
         rc = nlsr_budget_alloc(&ctx->budget, M->n * M->asz, "module cache (source)",
                                (void **)&M->cache_a, e);
         if (rc == 0)
@@ -610,7 +611,7 @@ static int prep_module(prep *P, pmod *M, nlsr_report *rep)
     } else {
         nlsr_kth_hist_pick(P->hist, M->k, &M->bucket, &M->below);
         uint64_t nc = P->hist[M->bucket];
-        if (!P->tune.force_lowhist && nc * sizeof(float) <= budget_room(ctx) / 2) {
+        if (!P->tune.force_lowhist && nc * sizeof(float) <= nlsr_budget_room(&ctx->budget) / 2) {
             rc = nlsr_budget_alloc(&ctx->budget, (size_t)(nc ? nc : 1) * sizeof(float),
                                    "threshold candidates", (void **)&M->cands, e);
             if (rc < 0) goto done;
@@ -720,14 +721,10 @@ static cJSON *source_json(const nlsr_ckpt *ck, const nlsr_xxh64_state *fp)
 static cJSON *header_extra(const prep *P, uint64_t *model_bytes)
 {
     const nlsr_realign_params *p = P->p;
-    cJSON *x = cJSON_CreateObject(), *par, *tg, *src, *model, *ts;
+    cJSON *x = cJSON_CreateObject(), *par, *src, *model, *ts;
     if (!x || !(par = cJSON_AddObjectToObject(x, "params"))) goto oom;
-    cJSON_AddItemToObject(par, "beta", nlsr_json_number(p->beta));
-    cJSON_AddItemToObject(par, "sparsity", nlsr_json_number(p->sparsity));
-    if (!(tg = cJSON_AddArrayToObject(par, "targets"))) goto oom;
-    const char *const *names = p->targets ? p->targets : nlsr_target_names;
-    size_t nn = p->targets ? p->ntargets : NLSR_NTARGET_NAMES;
-    for (size_t i = 0; i < nn; i++) cJSON_AddItemToArray(tg, cJSON_CreateString(names[i]));
+    static const char *const keys[] = {"beta", "sparsity", "targets", NULL};
+    if (nlsr_params_add_json_keys(par, p, keys) != 0) goto oom;
     cJSON_AddNumberToObject(par, "block_elems", (double)P->blk);
     cJSON *scp = nlsr_scorer_params_json(&p->scorer);
     if (!scp) goto oom;
@@ -785,8 +782,7 @@ int nlsr_full_prepare(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src
     P.blk = P.tune.block_elems ? P.tune.block_elems : NLSR_FULL_BLOCK_ELEMS;
     NLSR_FAIL_IF(P.blk > NLSR_PF_MAX_BLOCK_ELEMS, e, NLSR_E_USAGE, "block of %" PRIu64
                  " elements is too large", P.blk);
-    NLSR_FAIL_IF(!(p->sparsity >= 0.0 && p->sparsity <= 1.0) || !isfinite(p->beta), e,
-                 NLSR_E_USAGE, "sparsity must lie in [0, 1] and beta be finite");
+    NLSR_FORWARD(nlsr_params_validate(p, e));
     nlsr_xxh64_init(&P.fp_base, 0);
     nlsr_xxh64_init(&P.fp_src, 0);
     cJSON *extra = NULL;
@@ -802,6 +798,18 @@ int nlsr_full_prepare(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src
                                            STREAM_DEPTH * (P.blk * 16 + 4 * 4096));
     }
     if (rc == 0) rc = nlsr_pf_writer_open(ctx, out_file, "full", &P.w);
+    /* Progress: each module of base and source once (the scorer's further passes and the
+     * re-reads of modules too large to cache are not counted twice). */
+    uint64_t prep_bytes = 0, prep_units = 0;
+    for (size_t j = 0; j < src->n; j++) {
+        size_t ib;
+        if (!is_target(src->t[j].t, p) || nlsr_ckpt_find(base, src->t[j].t->name, &ib) != 0)
+            continue;
+        prep_bytes += (src->t[j].t->end - src->t[j].t->begin) +
+                      (base->t[ib].t->end - base->t[ib].t->begin);
+        prep_units++;
+    }
+    if (rc == 0) nlsr_phase_begin(ctx, "prepare", NLSR_PHASE_OWN, prep_bytes, prep_units);
     /* Module order: the source's target names, sorted; check_sources made sure base has each. */
     for (size_t j = 0; j < src->n && rc == 0; j++) {
         if (!is_target(src->t[j].t, p)) continue;
@@ -816,6 +824,8 @@ int nlsr_full_prepare(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src
         }
         M.tb = base->t[M.ib].t;
         rc = prep_module(&P, &M, rep);
+        nlsr_phase_add(ctx, (M.ts->end - M.ts->begin) + (M.tb->end - M.tb->begin));
+        nlsr_phase_units(ctx, 1);
     }
     uint64_t model_bytes = 0, file_bytes = 0;
     if (rc == 0 && !(extra = header_extra(&P, &model_bytes)))
@@ -824,6 +834,7 @@ int nlsr_full_prepare(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src
         rc = nlsr_pf_writer_commit(P.w, extra, &file_bytes);
         P.w = NULL;
     }
+    if (rc == 0) nlsr_phase_end(ctx);
     if (rc == 0 && rep) {
         rep->summary.patch_bytes = file_bytes;
         rep->summary.model_bytes = model_bytes;
@@ -993,7 +1004,9 @@ static int similarity_block(apply_ctx *A, size_t mi, size_t bi, const unsigned c
 static int similarity_fn(apply_ctx *A, size_t mi, size_t bi, const unsigned char *raw, void *arg)
 {
     nlsr_cos_sums *sums = arg;
-    return similarity_block(A, mi, bi, raw, &sums[mi]);
+    NLSR_FORWARD(similarity_block(A, mi, bi, raw, &sums[mi]));
+    if (bi + 1 == A->pf->modules[mi].t[0].nblocks) nlsr_phase_units(A->ctx, 1);
+    return 0;
 }
 
 static int apply_similarity(apply_ctx *A, nlsr_report *rep)
@@ -1002,7 +1015,15 @@ static int apply_similarity(apply_ctx *A, nlsr_report *rep)
     nlsr_pf_reader *pf = A->pf;
     nlsr_cos_sums *sums = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *sums);
     NLSR_FAIL_IF(!sums, &ctx->err, -ENOMEM, "out of memory");
+    /* Progress: the fine-tune's target modules and the patch file's blocks, each read once. */
+    uint64_t sim_bytes = 0;
+    for (size_t i = 0; i < pf->nmodules; i++) {
+        const nlsr_pf_tensor *pt = &pf->modules[i].t[0];
+        sim_bytes += A->ft->t[A->ti[i]].t->end - A->ft->t[A->ti[i]].t->begin + pt->csize_total;
+    }
+    nlsr_phase_begin(ctx, "similarities", NLSR_PHASE_READ, sim_bytes, pf->nmodules);
     int rc = apply_stream(A, NULL, similarity_fn, sums);
+    if (rc == 0) nlsr_phase_end(ctx);
     for (size_t i = 0; i < pf->nmodules && rc == 0; i++) {
         const nlsr_pf_tensor *pt = &pf->modules[i].t[0];
         size_t idx;
@@ -1044,10 +1065,14 @@ static int write_block(apply_ctx *A, size_t mi, size_t bi, const unsigned char *
             NLSR_FORWARD(nlsr_journal_flush(A->jn));
             A->jn_mod = mi;
         }
-        return nlsr_journal_stage(A->jn, sh, off, raw, A->outraw, cnt * tsz, tsz);
+        NLSR_FORWARD(nlsr_journal_stage(A->jn, sh, off, raw, A->outraw, cnt * tsz, tsz));
+    } else {
+        NLSR_FORWARD(nlsr_pwrite_all(A->fds[sh], A->outraw, cnt * tsz, off, A->dst[sh],
+                                     &ctx->err));
+        ctx->bytes_written += cnt * tsz;
     }
-    NLSR_FORWARD(nlsr_pwrite_all(A->fds[sh], A->outraw, cnt * tsz, off, A->dst[sh], &ctx->err));
-    ctx->bytes_written += cnt * tsz;
+    if (bi + 1 == pt->nblocks) nlsr_phase_units(ctx, 1);
+    else nlsr_phase_tick(ctx);
     return 0;
 }
 
@@ -1070,6 +1095,16 @@ static int apply_write(apply_ctx *A, nlsr_report *rep, const char *out_dir)
     }
     for (size_t k = 0; k < ft->nshards; k++) A->fds[k] = -1;
     for (size_t i = 0; i < pf->nmodules; i++) only[i] = rep->m[i].patched;
+    /* Progress: the shards copied (into a folder) and the patched modules' bytes written over
+     * them, or in place their journal copies and the bytes written over them. */
+    uint64_t out_bytes = 0, npatched = 0;
+    for (size_t k = 0; k < ft->nshards && !A->jn; k++) out_bytes += ft->shards[k]->file_size;
+    for (size_t i = 0; i < pf->nmodules; i++)
+        if (only[i]) {
+            npatched++;
+            out_bytes += (A->jn ? 2 : 1) * (ft->t[A->ti[i]].t->end - ft->t[A->ti[i]].t->begin);
+        }
+    nlsr_phase_begin(ctx, "output", NLSR_PHASE_WRITTEN, out_bytes, npatched);
     /* In place there is no copy: the journal holds the shards open for writing. */
     for (size_t k = 0; k < ft->nshards && rc == 0 && !A->jn; k++) {
         if (!(A->dst[k] = nlsr_path_join(out_dir, ft->shard_names[k]))) {
@@ -1081,6 +1116,7 @@ static int apply_write(apply_ctx *A, nlsr_report *rep, const char *out_dir)
             /* The kernel reads the shard to copy it (unless it can reflink). */
             ctx->bytes_read += ft->shards[k]->file_size;
             ctx->bytes_written += ft->shards[k]->file_size;
+            nlsr_phase_tick(ctx);
         }
     }
     for (size_t i = 0; i < pf->nmodules && rc == 0 && !A->jn; i++) {
@@ -1116,6 +1152,7 @@ static int apply_write(apply_ctx *A, nlsr_report *rep, const char *out_dir)
     /* Side files (index, config, tokenizer ...) as the policy says (src/io/sidefiles.h). */
     if (rc == 0 && !A->jn)
         rc = nlsr_sidefiles_copy(ctx, ft, out_dir, A->drop, &rep->files);
+    if (rc == 0) nlsr_phase_end(ctx);
 done:
     if (A->dst)
         for (size_t k = 0; k < ft->nshards; k++) free(A->dst[k]);
@@ -1162,7 +1199,7 @@ static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
         A.cache_bytes += ft->t[A.ti[i]].t->end - ft->t[A.ti[i]].t->begin;
     }
     size_t n = (size_t)(A.blk ? A.blk : 1);
-    uint64_t per_unit = sizeof(nlsr_unit) + 2 * sizeof(size_t), room = budget_room(ctx) / 32;
+    uint64_t per_unit = sizeof(nlsr_unit) + 2 * sizeof(size_t), room = nlsr_budget_room(&ctx->budget) / 32;
     A.batch = room / per_unit > APPLY_BATCH_MAX   ? APPLY_BATCH_MAX
               : room / per_unit < APPLY_BATCH_MIN ? APPLY_BATCH_MIN
                                                   : (size_t)(room / per_unit);
@@ -1182,7 +1219,7 @@ static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
         rc = nlsr_budget_alloc(b, a[i].bytes, "apply scratch", a[i].p, e);
     /* The stream and the patch reader need a few block buffers beside the cache. */
     int may_cache = !(tune && tune->apply_no_cache);
-    if (rc == 0 && may_cache && A.cache_bytes <= budget_room(ctx) / 2)
+    if (rc == 0 && may_cache && A.cache_bytes <= nlsr_budget_room(&ctx->budget) / 2)
         rc = nlsr_budget_alloc(b, (size_t)(A.cache_bytes ? A.cache_bytes : 1),
                                "fine-tuned target cache", (void **)&A.cache, e);
     if (rc == 0) rc = apply_similarity(&A, rep);

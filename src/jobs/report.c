@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The job report: one table of per-module results that both the full-weight and the LoRA jobs
- * fill, rendered as JSON for machines and as a few lines on stderr for people. */
+ * fill, rendered as JSON for machines and as a few lines of the log (info) for people. */
 #define _GNU_SOURCE
 #include "report.h"
 
@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "../common/ctx.h"
+#include "../common/log.h"
 #include "../common/json.h"
 #include "../compute/selection.h"
 #include "../io/file.h"
@@ -175,48 +176,13 @@ int nlsr_report_json(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_par
                      char **out)
 {
     cJSON *root = cJSON_CreateObject();
-    cJSON *par = NULL, *mods = NULL, *sum = NULL, *tg = NULL;
+    cJSON *par = NULL, *mods = NULL, *sum = NULL;
     if (!root || !(par = cJSON_AddObjectToObject(root, "params"))) goto oom;
     cJSON_AddStringToObject(par, "job", r->job);
     cJSON_AddStringToObject(par, "kind", r->kind);
-    cJSON_AddItemToObject(par, "beta", nlsr_json_number(p->beta));
-    cJSON_AddItemToObject(par, "sparsity", nlsr_json_number(p->sparsity));
-    cJSON_AddStringToObject(par, "mode", mode_name(p->select.mode));
-    cJSON_AddStringToObject(par, "semantics",
-                            p->select.semantics == NLSR_SEMANTICS_PAPER ? "paper" : "authors");
-    cJSON_AddItemToObject(par, "prune_rate", nlsr_json_number(p->select.prune_rate));
-    cJSON_AddItemToObject(par, "epsilon", nlsr_json_number(p->select.epsilon));
-    cJSON_AddItemToObject(par, "tau", nlsr_json_number(p->select.tau));
-    /* Seeds above 2^53 would lose digits as a JSON number: those are written as strings. */
-    if (p->select.seed < (1ull << 53))
-        cJSON_AddNumberToObject(par, "seed", (double)p->select.seed);
-    else {
-        char sb[24];
-        snprintf(sb, sizeof sb, "%" PRIu64, p->select.seed);
-        cJSON_AddStringToObject(par, "seed", sb);
-    }
-    if (strcmp(r->kind, "lora") == 0) {
-        cJSON_AddStringToObject(par, "amplify",
-                                p->amplify == NLSR_AMPLIFY_PAPER ? "paper" : "authors");
-        cJSON_AddItemToObject(par, "alpha", nlsr_json_number(p->alpha));
-    }
-    if (strcmp(r->kind, "full") == 0) {
-        cJSON *sc = nlsr_scorer_params_json(&p->scorer);
-        if (!sc) goto oom;
-        cJSON_AddItemToObject(par, "scorer", sc);
-    }
-    if (!(tg = cJSON_AddArrayToObject(par, "targets"))) goto oom;
-    {
-        const char *const *names = p->targets;
-        size_t nn = p->ntargets;
-        static const char *const defaults[] = {"q_proj",    "k_proj",  "v_proj", "o_proj",
-                                               "gate_proj", "up_proj", "down_proj"};
-        if (!names) {
-            names = defaults;
-            nn = sizeof defaults / sizeof defaults[0];
-        }
-        for (size_t i = 0; i < nn; i++) cJSON_AddItemToArray(tg, cJSON_CreateString(names[i]));
-    }
+    /* The table's order and keys (src/common/params.h): old reports read the same. */
+    if (nlsr_params_add_json(par, p, strcmp(r->kind, "lora") == 0 ? NLSR_PJ_LORA : NLSR_PJ_FULL))
+        goto oom;
     if (!(mods = cJSON_AddArrayToObject(root, "modules"))) goto oom;
     for (size_t i = 0; i < r->n; i++) {
         const nlsr_report_module *m = &r->m[i];
@@ -479,6 +445,29 @@ void nlsr_report_print_human(const nlsr_report *r, const nlsr_realign_params *p,
             s->io_backend ? s->io_backend : "pread");
 }
 
+/* The human summary goes to the log at info level, one line per call: a program shows it
+ * the way it shows the rest of the log (README "Progress and logs"). */
+static void report_log_human(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p)
+{
+    if (!ctx->log_fn || ctx->quiet) return;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return;
+    nlsr_report_print_human(r, p, f);
+    if (fclose(f) != 0 || !buf) {
+        free(buf);
+        return;
+    }
+    for (char *line = buf, *nl; *line; line = nl + 1) {
+        nl = strchr(line, '\n');
+        if (nl) *nl = '\0';
+        nlsr_log(ctx, NLSR_LOG_INFO, "%s", line);
+        if (!nl) break;
+    }
+    free(buf);
+}
+
 int nlsr_report_emit(nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p)
 {
     if (!r->finished) nlsr_report_finish(r, ctx);
@@ -488,10 +477,11 @@ int nlsr_report_emit(nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p
         int rc = r->staged ? 0 : write_tmp(r, ctx, p, p->report_path, &r->staged);
         if (rc == 0) rc = nlsr_tmp_file_commit(&ctx->err, r->staged, p->report_path, p->force);
         if (rc < 0) {
-            fprintf(stderr, "nlsr: warning: the job finished and its output is in place, but "
-                            "the report was not written: %s%s%s\n",
-                    nlsr_ctx_error(ctx), r->staged ? "; it is in " : "",
-                    r->staged ? r->staged : "");
+            nlsr_log(ctx, NLSR_LOG_WARN,
+                     "the job finished and its output is in place, but the report was not "
+                     "written: %s%s%s",
+                     nlsr_ctx_error(ctx), r->staged ? "; it is in " : "",
+                     r->staged ? r->staged : "");
             nlsr_ctx_clear_error(ctx);
         } else {
             free(r->staged);
@@ -509,6 +499,6 @@ int nlsr_report_emit(nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p
         fflush(stdout);
         free(txt);
     }
-    if (!ctx->quiet) nlsr_report_print_human(r, p, stderr);
+    if (!ctx->no_summary) report_log_human(r, ctx, p);
     return 0;
 }
