@@ -140,6 +140,7 @@ static size_t fault_len(size_t len)
 static int d_pwrite(nlsr_err *e, int fd, const void *buf, size_t len, uint64_t off,
                     const char *path)
 {
+    nlsr_test_trace("pwrite", path, off, len);
     int rc = nlsr_pwrite_all(fd, buf, fault_len(len), off, path, e);
     fault_after();
     return rc;
@@ -148,6 +149,7 @@ static int d_pwrite(nlsr_err *e, int fd, const void *buf, size_t len, uint64_t o
 static int d_fsync(nlsr_err *e, int fd, const char *path)
 {
     int rc = 0;
+    nlsr_test_trace("fsync", path, 0, 0);
     if (fsync(fd) != 0) {
         rc = -errno;
         nlsr_fail(e, rc, "%s: fsync failed: %s", path, strerror(-rc));
@@ -158,6 +160,7 @@ static int d_fsync(nlsr_err *e, int fd, const char *path)
 
 static int d_fsync_dir(nlsr_err *e, const char *dir)
 {
+    nlsr_test_trace("fsyncdir", dir, 0, 0);
     int rc = nlsr_fsync_dir(dir, e);
     fault_after();
     return rc;
@@ -178,11 +181,13 @@ int nlsr_durable_write_file(nlsr_ctx *ctx, const char *dir, const char *name, co
         free(path);
         return rc;
     }
+    nlsr_test_trace("create", tmp, 0, 0);
     fault_after();
     if (rc == 0) rc = d_pwrite(e, fd, data, len, 0, tmp);
     if (rc == 0) rc = d_fsync(e, fd, tmp);
     if (fd >= 0) close(fd);
     if (rc == 0) {
+        nlsr_test_trace("rename", path, 0, 0);
         if (rename(tmp, path) != 0) {
             rc = -errno;
             nlsr_fail(e, rc, "%s: rename to %s failed: %s", tmp, path, strerror(-rc));
@@ -204,6 +209,7 @@ int nlsr_durable_unlink(nlsr_ctx *ctx, const char *dir, const char *name)
     char *path = nlsr_path_join(dir, name);
     NLSR_FAIL_IF(!path, e, -ENOMEM, "out of memory");
     int rc = 0;
+    nlsr_test_trace("unlink", path, 0, 0);
     if (unlink(path) != 0 && errno != ENOENT) {
         rc = -errno;
         nlsr_fail(e, rc, "%s: cannot remove: %s", path, strerror(-rc));
@@ -455,6 +461,7 @@ static int create(nlsr_journal *j)
 {
     nlsr_err *e = &j->ctx->err;
     int flags = O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW;
+    nlsr_test_trace("create", j->path, 0, 0);
     j->fd = open(j->path, flags, 0644);
     int rc = j->fd < 0 ? -errno : 0;
     fault_after();
@@ -572,6 +579,33 @@ int nlsr_journal_stage(nlsr_journal *j, uint32_t id, uint64_t off, const void *o
         len -= k;
     }
     return 0;
+}
+
+int nlsr_journal_stage_changed(nlsr_journal *j, uint32_t id, uint64_t off, const void *orig,
+                               const void *neu, size_t len, size_t width)
+{
+    const unsigned char *o = orig, *n = neu;
+    /* Grain edges at file offsets that are multiples of the grain, when that keeps every
+     * edge on an element (the range starts on one); relative to the range otherwise. */
+    uint64_t base = off % width == 0 ? 0 : off % NLSR_JOURNAL_GRAIN;
+    size_t pos = 0, run = SIZE_MAX;
+    while (pos < len) {
+        uint64_t at = off + pos;
+        size_t step = (size_t)(NLSR_JOURNAL_GRAIN - (at - base) % NLSR_JOURNAL_GRAIN);
+        if (step > len - pos) step = len - pos;
+        int changed = memcmp(o + pos, n + pos, step) != 0;
+        if (changed && run == SIZE_MAX) run = pos;
+        if (!changed && run != SIZE_MAX) {
+            NLSR_FORWARD(nlsr_journal_stage(j, id, off + run, o + run, n + run, pos - run, width));
+            run = SIZE_MAX;
+        }
+        pos += step;
+    }
+    if (run != SIZE_MAX)
+        NLSR_FORWARD(nlsr_journal_stage(j, id, off + run, o + run, n + run, len - run, width));
+    /* A range with nothing to change still passes a safe point. */
+    if (j->failed) return j->failed;
+    return jfail(j, nlsr_ctx_check_cancel(j->ctx));
 }
 
 int nlsr_journal_flush(nlsr_journal *j)
