@@ -213,9 +213,9 @@ static size_t lane_mem(void)
 static void hash_module(runner *R, const rmod *M, const unsigned char *a, const unsigned char *b)
 {
     nlsr_full_fp_tensor_head(&R->fp_src, M->ts);
-    nlsr_xxh64_update(&R->fp_src, a, M->n * M->asz);
+    if (M->n) nlsr_xxh64_update(&R->fp_src, a, M->n * M->asz);
     nlsr_full_fp_tensor_head(&R->fp_base, M->tb);
-    nlsr_xxh64_update(&R->fp_base, b, M->n * M->bsz);
+    if (M->n) nlsr_xxh64_update(&R->fp_base, b, M->n * M->bsz);
 }
 
 static void lane_run(runner *R, lane *L, int main_thread)
