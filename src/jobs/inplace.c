@@ -1031,6 +1031,7 @@ static int run_single(ip_job *J, const nlsr_ckpt *B, const nlsr_ckpt *S, int is_
     nlsr_ctx *ctx = J->ctx;
     nlsr_report rep;
     nlsr_report_init(&rep, ctx, J->job, "full");
+    nlsr_audit_output(ctx, "out", J->dir, 1);
     nlsr_full_pass *P = NULL;
     nlsr_journal *jn = NULL;
     /* Links, read-only files and the like are refused before the long read. */
