@@ -458,7 +458,23 @@ static int take_lock(ip_job *J)
 static int gate(ip_job *J)
 {
     nlsr_ctx *ctx = J->ctx;
-    int rc = nlsr_journal_inspect(ctx, J->dir, &J->ji);
+    /* Something other than a file where the journal goes (a FIFO, a link) is no journal of
+     * nlsr's: rollback would refuse it too, so saying "roll back" would leave a sweep stuck. */
+    char *jp = nlsr_path_join(J->dir, NLSR_JOURNAL_NAME);
+    NLSR_FAIL_IF(!jp, &ctx->err, -ENOMEM, "out of memory");
+    struct stat jst;
+    int odd = lstat(jp, &jst) == 0 && !S_ISREG(jst.st_mode);
+    int rc = odd ? nlsr_fail(&ctx->err, NLSR_E_USAGE,
+                             "%s is a %s, not an nlsr journal: refused (nlsr never reads or "
+                             "follows it); remove it to realign the folder",
+                             jp, S_ISLNK(jst.st_mode) ? "symbolic link"
+                                 : S_ISFIFO(jst.st_mode) ? "FIFO"
+                                 : S_ISDIR(jst.st_mode) ? "folder"
+                                                         : "special file")
+                 : 0;
+    free(jp);
+    if (rc < 0) return rc;
+    rc = nlsr_journal_inspect(ctx, J->dir, &J->ji);
     if (rc < 0) {
         append_msg(ctx, "; run 'nlsr rollback %s' before realigning it again", J->dir);
         return NLSR_E_JOURNAL;
@@ -811,6 +827,9 @@ static int finish_journal(ip_job *J, const nlsr_ckpt *T, const char *kind, nlsr_
         if (!(st = state_json(J, T, kind, jn)))
             rc = nlsr_fail(&ctx->err, -ENOMEM, "%s: cannot build the state record", J->dir);
     }
+    /* The report is written before the realignment is recorded as done: one that cannot be
+     * written fails the job, which is then rolled back (README "Output safety"). */
+    if (rc == 0 && !lora) rc = nlsr_report_stage(rep, ctx, used);
     char *txt = NULL;
     if (rc == 0 && !(txt = cJSON_Print(st))) rc = nlsr_fail(&ctx->err, -ENOMEM, "out of memory");
     if (rc == 0) rc = nlsr_durable_write_file(ctx, J->dir, NLSR_STATE_NAME, txt, strlen(txt));
