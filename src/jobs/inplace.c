@@ -792,7 +792,7 @@ static uint64_t patched_tensor_bytes(const nlsr_report *rep, const nlsr_ckpt *T)
 }
 
 static int finish_journal(ip_job *J, const nlsr_ckpt *T, const char *kind, nlsr_journal *jn,
-                          int rc);
+                          nlsr_report *rep, const nlsr_realign_params *used, int rc);
 
 /* The locked part of apply: the journal, the transplant, the state, completion. */
 static int realign_locked(ip_job *J, nlsr_pf_reader *pf, const char *patches,
@@ -809,13 +809,14 @@ static int realign_locked(ip_job *J, nlsr_pf_reader *pf, const char *patches,
         J->res->patched_bytes = patched_tensor_bytes(rep, T);
     }
     if (rc == 0 && lora) rc = lora_inplace(J, patches, T, jn);
-    return finish_journal(J, T, lora ? "lora" : "full", jn, rc);
+    return finish_journal(J, T, lora ? "lora" : "full", jn, lora ? NULL : rep, used, rc);
 }
 
-/* After the transplant (rc its result): data synced, the state written, the journal marked
- * complete; or, after a failure once the journal exists, the rollback. Closes jn. */
+/* After the transplant (rc its result): data synced, the report staged (rep NULL: none), the
+ * state written, the journal marked complete; or, after a failure once the journal exists, the
+ * rollback. Closes jn. */
 static int finish_journal(ip_job *J, const nlsr_ckpt *T, const char *kind, nlsr_journal *jn,
-                          int rc)
+                          nlsr_report *rep, const nlsr_realign_params *used, int rc)
 {
     nlsr_ctx *ctx = J->ctx;
     cJSON *st = NULL;
@@ -829,7 +830,7 @@ static int finish_journal(ip_job *J, const nlsr_ckpt *T, const char *kind, nlsr_
     }
     /* The report is written before the realignment is recorded as done: one that cannot be
      * written fails the job, which is then rolled back (README "Output safety"). */
-    if (rc == 0 && !lora) rc = nlsr_report_stage(rep, ctx, used);
+    if (rc == 0 && rep) rc = nlsr_report_stage(rep, ctx, used);
     char *txt = NULL;
     if (rc == 0 && !(txt = cJSON_Print(st))) rc = nlsr_fail(&ctx->err, -ENOMEM, "out of memory");
     if (rc == 0) rc = nlsr_durable_write_file(ctx, J->dir, NLSR_STATE_NAME, txt, strlen(txt));
@@ -1110,7 +1111,7 @@ static int run_single(ip_job *J, const nlsr_ckpt *B, const nlsr_ckpt *S, int is_
     if (rc == 0) rc = nlsr_full_pass_inplace(P, jn, &rep, &J->res->patched_bytes);
     J->res->modules = rep.n;
     for (size_t i = 0; i < rep.n; i++) J->res->patched += rep.m[i].patched != 0;
-    rc = finish_journal(J, T, "full", jn, rc);
+    rc = finish_journal(J, T, "full", jn, &rep, J->p, rc);
     jn = NULL;
     if (rc == 0) rc = nlsr_report_emit(&rep, ctx, J->p);
 done:
