@@ -107,10 +107,14 @@ for rep in $(seq "$REPS"); do
     drop
     t=$(now)
     "$NLSR" run --base "$DATA/base" --aligned "$DATA/aligned" --finetuned "$DATA/ip" \
-        --in-place --mem-budget "$BUDGET" --json >"$DATA/ip.json" 2>"$DATA/ip.err"
+        --in-place --mem-budget "$BUDGET" --json --report "$DATA/ip.report.json" >"$DATA/ip.json" \
+        2>"$DATA/ip.err"
     isecs=$(since "$t")
     l1=$(load)
     ipj=$(cat "$DATA/ip.json")
+    # Phase seconds of both (similarities: phase A; output: phase B).
+    pa_o=$(python3 -c 'import json,sys; print("%.1f / %.1f" % tuple(json.load(open(sys.argv[1]))["summary"]["phase_seconds"][k] for k in ("similarities", "output")))' "$DATA/out.json")
+    pa_i=$(python3 -c 'import json,sys; print("%.1f / %.1f" % tuple(json.load(open(sys.argv[1]))["summary"]["phase_seconds"][k] for k in ("similarities", "output")))' "$DATA/ip.report.json")
     wb=$(jnum bytes_written "$ipj")
     jb=$(jnum journal_bytes "$ipj")
     pb=$(jnum patched_bytes "$ipj")
@@ -122,7 +126,7 @@ for rep in $(seq "$REPS"); do
     r_out=$(awk -v a="$isecs" -v b="$osecs" 'BEGIN { printf "%.2f", a / b }')
     r_io=$(awk -v a="$isecs" -v b="$minio" 'BEGIN { printf "%.2f", a / b }')
     echo "rep $rep: run --out $osecs s, run --in-place $isecs s ($r_out x), minimal I/O $minio s ($r_io x); read $(gb "$rrate") GB/s, write $(gb "$wrate") GB/s; load $l0 -> $l1" >&2
-    ROWS="$ROWS| $rep | $osecs | $isecs | $r_out | $(gb "$rrate") | $(gb "$wrate") | $minio | $r_io | $(gb "$wb") / $(gb "$jb") / $(gb "$pb") | $l0 / $l1 |
+    ROWS="$ROWS| $rep | $osecs ($pa_o) | $isecs ($pa_i) | $r_out | $(gb "$rrate") | $(gb "$wrate") | $minio | $r_io | $(gb "$wb") / $(gb "$jb") / $(gb "$pb") | $l0 / $l1 |
 "
 done
 summary=$(tail -1 "$DATA/ip.err")
@@ -137,7 +141,7 @@ summary=$(tail -1 "$DATA/ip.err")
     echo "(\`sync; echo 3 > /proc/sys/vm/drop_caches\`). Machine: $(nproc) cores,"
     echo "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, $(stat -f -c %T "$DATA") on $(df --output=source "$DATA" | tail -1), shared with other engineers' builds."
     echo
-    echo "| rep | run --out (s) | run --in-place (s) | in place / --out | direct read (GB/s) | direct write (GB/s) | minimal in-place I/O (s) | in place / minimal | written / journal / patched tensors (GB) | load before / after |"
+    echo "| rep | run --out (s; phase A / B) | run --in-place (s; phase A / B) | in place / --out | direct read (GB/s) | direct write (GB/s) | minimal in-place I/O (s) | in place / minimal | written / journal / patched tensors (GB) | load before / after |"
     echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     printf '%s' "$ROWS"
     echo

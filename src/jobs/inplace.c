@@ -57,7 +57,7 @@ const char *nlsr_inplace_outcome_name(nlsr_inplace_outcome o)
     return "?";
 }
 
-static const char *jstr_any(const cJSON *o, const char *k)
+static const char *jstr(const cJSON *o, const char *k)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
     return cJSON_IsString(v) ? v->valuestring : NULL;
@@ -155,7 +155,7 @@ uint64_t nlsr_inplace_key_full(const nlsr_inplace_ident *id, const nlsr_select_p
 
 static int parse_fp(const cJSON *src, uint64_t *out)
 {
-    const char *f = cJSON_IsObject(src) ? jstr_any(src, "fingerprint") : NULL;
+    const char *f = cJSON_IsObject(src) ? jstr(src, "fingerprint") : NULL;
     if (!f || strncmp(f, "xxh64:", 6) != 0 || strlen(f) != 22) return -1;
     char *end;
     unsigned long long v = strtoull(f + 6, &end, 16);
@@ -232,12 +232,6 @@ static int inplace_tmp_dir(nlsr_ctx *ctx, const char *dir, char **tdir)
 }
 
 /* ---- the state file --------------------------------------------------------------------- */
-
-static const char *jstr(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
 
 static int state_load(nlsr_ctx *ctx, const char *dir, cJSON **out)
 {
