@@ -102,7 +102,7 @@ for rep in $(seq "$REPS"); do
     (cd "$DATA/out" && sha256sum -- *.safetensors) >"$DATA/out.sha256"
     rm -rf "$DATA/out"
 
-    rm -rf "$DATA/ip"
+    rm -rf "$DATA/ip" "$DATA/ip.report.json"
     cp -r "$FT" "$DATA/ip"
     drop
     t=$(now)

@@ -1011,8 +1011,10 @@ static int phase_b(runner *R, nlsr_report *rep, const char *out_dir)
 /* ---- phase B in place: only the patched elements, through the journal ------------------ */
 
 /* Each patched tensor's units are merged as for the output, compared with the bytes they
- * replace, and the grains that change are journaled and written (nlsr_journal_stage_changed);
- * one batch per tensor. The journal's file ids are ft's shard indexes. */
+ * replace, and the grains that change are journaled and written (nlsr_journal_stage_changed).
+ * Batches fill across tensors (the journal arms one when its buffer is full; the caller's sync
+ * arms the last): fewer fsyncs than one batch per tensor. The journal's file ids are ft's
+ * shard indexes. */
 static int phase_b_inplace(runner *R, nlsr_report *rep, nlsr_journal *jn, uint64_t *patched)
 {
     nlsr_ctx *ctx = R->ctx;
@@ -1047,7 +1049,6 @@ static int phase_b_inplace(runner *R, nlsr_report *rep, nlsr_journal *jn, uint64
                 rc = nlsr_journal_stage_changed(jn, sh, start + first * M->tsz, orig, outbuf,
                                                 cnt * M->tsz, M->tsz);
         }
-        if (rc == 0) rc = nlsr_journal_flush(jn);
         *patched += M->tt->end - M->tt->begin;
     }
     nlsr_stream_close(s);

@@ -55,8 +55,8 @@ int nlsr_full_run(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src, in
  *   inplace       phase B into the fine-tune's own shards through the journal `jn` (file id =
  *                 shard index): per patched tensor, the merged units compared with the bytes
  *                 they replace and only the grains that change journaled and written
- *                 (nlsr_journal_stage_changed), one batch per tensor. The journal is flushed,
- *                 not synced or completed. *patched_bytes: the patched tensors' size.
+ *                 (nlsr_journal_stage_changed); batches fill across tensors. The journal is
+ *                 neither flushed nor synced nor completed (nlsr_journal_sync arms the last). *patched_bytes: the patched tensors' size.
  *   end           frees (NULL is a no-op). */
 typedef struct nlsr_full_pass nlsr_full_pass;
 struct nlsr_journal;
