@@ -818,6 +818,9 @@ static int finish_journal(ip_job *J, const nlsr_ckpt *T, const char *kind, nlsr_
     cJSON *st = NULL;
     /* A run that patches nothing still records itself; its journal then holds only the end. */
     if (rc == 0) rc = nlsr_journal_sync(jn);
+    /* A safe point before the realignment is recorded: a signal during the last batch (the
+     * single pass may have only one) still rolls the job back. */
+    if (rc == 0) rc = nlsr_ctx_check_cancel(ctx);
     if (rc == 0) {
         nlsr_journal_counts(jn, &J->res->bytes_written, NULL, &J->res->ranges);
         fp_str(J->res->result, sizeof J->res->result, nlsr_journal_result(jn));
