@@ -489,14 +489,19 @@ typedef struct nlsr_inplace_result {
     int stacked;              /* force without a journal: applied on top of the previous one */
     char key[32];             /* "xxh64:" + 16 hex digits: patches + selection parameters */
     char result[32];          /* "xxh64:" + 16 hex digits: the bytes written (docs/JOURNAL.md) */
+    uint64_t patched_bytes;   /* the patched tensors' bytes: bytes_written is at most this (only
+                                 the 4 KiB grains that change are written) */
 } nlsr_inplace_result;
 
 /* nlsr_apply into the checkpoint folder `dir` itself. res may be NULL. */
 int nlsr_apply_inplace(nlsr_ctx *ctx, const char *patches, const char *dir,
                        const nlsr_realign_params *p, const nlsr_inplace_params *ip,
                        nlsr_inplace_result *res);
-/* nlsr_run into `dir` itself: prepares the patches into a temporary file in dir (so the folder
- * needs room for it and the journal), then applies them in place. */
+/* nlsr_run into `dir` itself. On full weights with the magnitude rule and a budget that holds
+ * the single pass (nlsr_plan says so), one streamed pass: every target module of the three
+ * checkpoints read once, then only the changed bytes of the patched tensors written behind the
+ * journal; no patch file. Otherwise the patches are prepared into a temporary file in dir (so
+ * the folder needs room for it and the journal), then applied in place. */
 int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
                      const char *dir, const nlsr_realign_params *p,
                      const nlsr_inplace_params *ip, nlsr_inplace_result *res);

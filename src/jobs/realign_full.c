@@ -429,7 +429,7 @@ static int compute_block(prep *P, pmod *M, uint64_t first, size_t cnt, const uns
     return nlsr_full_step1(P->ctx, &m, first, cnt, araw, braw, validate, &b);
 }
 
-static void fp_tensor_head(nlsr_xxh64_state *h, const st_tensor *t)
+void nlsr_full_fp_tensor_head(nlsr_xxh64_state *h, const st_tensor *t)
 {
     unsigned char b[8];
     nlsr_xxh64_update(h, t->name, strlen(t->name) + 1);
@@ -583,8 +583,8 @@ static int prep_module(prep *P, pmod *M, nlsr_report *rep)
                                    (void **)&M->cache_b, e);
         if (rc < 0) goto done;
     }
-    fp_tensor_head(&P->fp_src, M->ts);
-    fp_tensor_head(&P->fp_base, M->tb);
+    nlsr_full_fp_tensor_head(&P->fp_src, M->ts);
+    nlsr_full_fp_tensor_head(&P->fp_base, M->tb);
     memset(P->hist, 0, NHIST * sizeof *P->hist);
     if (M->sc && nlsr_scorer_passes_left(M->sc) > 0) {
         /* The SVD's passes over W (the first one validates, hashes and caches), then the
@@ -1059,13 +1059,14 @@ static int write_block(apply_ctx *A, size_t mi, size_t bi, const unsigned char *
         memcpy(A->outraw + (v.idx[j] - first) * tsz, A->conv + j * tsz, tsz);
     uint64_t off = ft->shards[sh]->data_start + t->begin + first * tsz;
     if (A->jn) {
-        /* In place: raw is the range's current content, journaled before it is overwritten;
-         * one batch (one fsync pair) per tensor. The journal counts the bytes. */
+        /* In place: raw is the range's current content; the grains that change are journaled
+         * before they are overwritten, the others left alone; one batch (one fsync pair) per
+         * tensor. The journal counts the bytes. */
         if (A->jn_mod != mi) {
             NLSR_FORWARD(nlsr_journal_flush(A->jn));
             A->jn_mod = mi;
         }
-        NLSR_FORWARD(nlsr_journal_stage(A->jn, sh, off, raw, A->outraw, cnt * tsz, tsz));
+        NLSR_FORWARD(nlsr_journal_stage_changed(A->jn, sh, off, raw, A->outraw, cnt * tsz, tsz));
     } else {
         NLSR_FORWARD(nlsr_pwrite_all(A->fds[sh], A->outraw, cnt * tsz, off, A->dst[sh],
                                      &ctx->err));
