@@ -19,7 +19,7 @@ enum opt_id {
     O_BASE, O_ALIGNED, O_REFERENCE, O_FINETUNED, O_PATCHES, O_OUT, O_BETA, O_SPARSITY, O_SELECT,
     O_SEMANTICS, O_PRUNE, O_EPSILON, O_SEED, O_TAU, O_TARGETS, O_REPORT, O_MEM, O_IO, O_JSON,
     O_QUIET, O_FORCE, O_THREADS, O_AMPLIFY, O_ALPHA, O_MASK, O_MASK_OUT, O_SCORER,
-    O_IN_PLACE, O_WAIT, O_FOLLOW_LINKS, O_DRY_RUN, O_REVISION, O_DROP_OTHER
+    O_IN_PLACE, O_WAIT, O_FOLLOW_LINKS, O_DRY_RUN, O_REVISION, O_DROP_OTHER, O_PART
 };
 
 static const struct opt {
@@ -74,6 +74,9 @@ static const struct opt {
     {"--revision", O_REVISION, 1, C_ALL},
     /* The output folder (README "What the output folder holds"). */
     {"--drop-other-weights", O_DROP_OTHER, 0, C_RUN | C_APPLY},
+    /* A part of a split prepare (cmd_slurm.c, docs/SCALE.md); --task is the same. */
+    {"--part", O_PART, 1, C_PREPARE},
+    {"--task", O_PART, 1, C_PREPARE},
 };
 
 typedef struct args {
@@ -92,6 +95,7 @@ typedef struct args {
     const char **dirs;  /* apply --in-place DIR...: the positional checkpoint folders */
     int ndirs;
     const char *revision;
+    unsigned part_index, part_count; /* prepare --part I/N; count 0: whole */
 } args;
 
 static int parse_double(const char *opt, const char *s, double *out)
@@ -207,6 +211,9 @@ static int set_opt(args *a, enum opt_id id, const char *opt, const char *v)
     case O_DRY_RUN: a->ip.dry_run = 1; break;
     case O_REVISION: a->revision = v; break;
     case O_DROP_OTHER: p->drop_other_weights = 1; break;
+    case O_PART:
+        if (cli_parse_task(opt, v, &a->part_index, &a->part_count)) return 2;
+        break;
     }
     return 0;
 }
@@ -277,7 +284,20 @@ static int run_job(int cmd, args *a)
     }
     if (cmd == C_RUN)
         rc = nlsr_run(ctx, a->base, a->aligned, a->reference, a->finetuned, a->out, &a->p);
-    else if (cmd == C_PREPARE)
+    else if (cmd == C_PREPARE && a->part_count) {
+        /* A requeued or repeated part finds its finished file and leaves it. */
+        rc = nlsr_patches_verify(ctx, a->out, (int)a->part_index, a->part_count);
+        if (rc == 1) {
+            if (!a->quiet)
+                fprintf(stderr, "nlsr: %s: part %u/%u is already there and verifies; kept\n",
+                        a->out, a->part_index, a->part_count);
+            nlsr_ctx_free(ctx);
+            return 0;
+        }
+        if (rc == 0)
+            rc = nlsr_prepare_part(ctx, a->base, a->aligned, a->reference, a->out, &a->p,
+                                   a->part_index, a->part_count);
+    } else if (cmd == C_PREPARE)
         rc = nlsr_prepare(ctx, a->base, a->aligned, a->reference, a->out, &a->p);
     else
         rc = nlsr_apply(ctx, a->patches, a->finetuned, a->out, &a->p);

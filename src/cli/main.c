@@ -44,6 +44,18 @@ static void usage(FILE *f)
           "               --rank R | --rank-fraction 1 --rank-reading paper|authors|direct\n"
           "               --power-iters 2 --oversample 10 --exact-svd --activations FILE\n"
           "               --wanda-select row|matrix\n"
+          "  prepare ... --part I/N --out PART.nlsrp\n"
+          "                                 one part of a split prepare (modules cut in N)\n"
+          "  reduce --out FILE.nlsrp [--force] PART...\n"
+          "                                 check the parts and merge them (= one prepare)\n"
+          "  sweep --patches FILE --out-root DIR|--in-place [--task I/N] [--status]\n"
+          "        [--summary FILE] [--json] [selection options] DIR...\n"
+          "                                 apply to a store, task I of N; verified outputs\n"
+          "                                 are skipped\n"
+          "  slurm sweep|split --dir DIR [--submit] [--concurrency K] [--parts N]\n"
+          "        [--mem-budget SIZE] [--cpus C] [--time T] [--partition P] [--account A]\n"
+          "        [--prepare-opts STR] [--apply-opts STR] [--nlsr PATH] (job options)\n"
+          "                                 sbatch scripts of a sweep or a split job\n"
           "  amplify --base B --aligned A --out DIR [--beta 0.9] [--force]\n"
           "          [--drop-other-weights]\n"
           "                                 step 1 alone: the safety reference checkpoint\n"
@@ -218,6 +230,9 @@ static const struct {
     {"amplify", cmd_amplify},
     {"synth", cmd_synth},
     {"plan", cmd_plan},
+    {"reduce", cmd_reduce},
+    {"sweep", cmd_sweep},
+    {"slurm", cmd_slurm},
 };
 
 int main(int argc, char **argv)

@@ -121,8 +121,28 @@ static int open_pair(nlsr_ctx *ctx, const char *base, const char *src, nlsr_ckpt
     return 0;
 }
 
+static int prepare_job(nlsr_ctx *ctx, const char *base, const char *aligned,
+                       const char *reference, const char *out_file, const nlsr_realign_params *p,
+                       unsigned part_index, unsigned part_count);
+
 int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
                  const char *out_file, const nlsr_realign_params *p)
+{
+    return prepare_job(ctx, base, aligned, reference, out_file, p, 0, 0);
+}
+
+int nlsr_prepare_part(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+                      const char *out_file, const nlsr_realign_params *p, unsigned index,
+                      unsigned count)
+{
+    NLSR_FAIL_IF(count == 0 || index >= count, &ctx->err, NLSR_E_USAGE,
+                 "part %u of %u does not exist (parts count from 0)", index, count);
+    return prepare_job(ctx, base, aligned, reference, out_file, p, index, count);
+}
+
+static int prepare_job(nlsr_ctx *ctx, const char *base, const char *aligned,
+                       const char *reference, const char *out_file, const nlsr_realign_params *p,
+                       unsigned part_index, unsigned part_count)
 {
     nlsr_err *e = &ctx->err;
     NLSR_FAIL_IF(!aligned == !reference, e, NLSR_E_USAGE,
@@ -146,6 +166,9 @@ int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const cha
     if (nlsr_ckpt_get_kind(S) == NLSR_CKPT_PEFT) {
         /* LoRA: the base is the zero adapter; a given base is not needed. */
         rc = check_out_file(ctx, out_file, p, base, srcp, NULL);
+        if (rc == 0 && part_count)
+            rc = nlsr_fail(e, NLSR_E_USAGE, "%s is a PEFT adapter: adapters are prepared whole "
+                           "(--part is for full checkpoints)", srcp);
 #ifdef NLSR_HAVE_LORA
         if (rc == 0) rc = nlsr_lora_prepare(ctx, S, is_ref, out_file, p);
 #else
@@ -164,7 +187,8 @@ int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const cha
     }
     rc = nlsr_full_check_sources(ctx, B, S, is_ref, p);
     if (rc == 0) rc = check_out_file(ctx, out_file, p, base, srcp, NULL);
-    if (rc == 0) rc = nlsr_full_prepare(ctx, B, S, is_ref, out_file, p, NULL, &rep);
+    if (rc == 0) rc = nlsr_full_prepare_part(ctx, B, S, is_ref, out_file, p, NULL, part_index,
+                                         part_count, &rep);
     if (rc == 0) rc = nlsr_report_emit(&rep, ctx, p);
 done:
     unlock_inputs(locks, 2);
