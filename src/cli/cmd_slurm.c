@@ -408,6 +408,25 @@ static char *absolute(const char *p)
     return join(cwd, p, NULL);
 }
 
+/* mkdir -p: the scripts' folder and its missing parents. */
+static int mkdirs(const char *path)
+{
+    char *p = strdup(path);
+    if (!p) return -1;
+    for (char *c = p + 1; *c; c++)
+        if (*c == '/') {
+            *c = '\0';
+            if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+                free(p);
+                return -1;
+            }
+            *c = '/';
+        }
+    int rc = mkdir(p, 0755) != 0 && errno != EEXIST ? -1 : 0;
+    free(p);
+    return rc;
+}
+
 static int parse_unsigned(const char *o, const char *v, unsigned *out, unsigned lo)
 {
     char *end;
@@ -596,7 +615,7 @@ int cmd_slurm(int argc, char **argv)
         status = 1;
         goto done;
     }
-    if ((mkdir(dir, 0755) != 0 && errno != EEXIST) || (mkdir(logs, 0755) != 0 && errno != EEXIST)) {
+    if (mkdirs(dir) != 0 || (mkdir(logs, 0755) != 0 && errno != EEXIST)) {
         fprintf(stderr, "nlsr: error: %s: %s\n", dir, strerror(errno));
         status = 1;
         goto done;

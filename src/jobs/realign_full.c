@@ -21,6 +21,7 @@
 #include "../common/ctx.h"
 #include "../common/json.h"
 #include "../common/dtype_table.h"
+#include "../common/testhook.h"
 #include "../compute/convert.h"
 #include "../compute/kth.h"
 #include "../compute/reference.h"
@@ -895,6 +896,8 @@ int nlsr_full_prepare_part(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt
         }
         M.tb = base->t[M.ib].t;
         rc = prep_module(&P, &M, rep);
+        /* A stop point between modules (tests/test_slurm.sh signals a split task there). */
+        if (rc == 0) nlsr_test_point("module");
     }
     uint64_t model_bytes = 0, file_bytes = 0;
     if (rc == 0 && !(extra = header_extra(&P, &model_bytes)))

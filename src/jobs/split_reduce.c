@@ -188,11 +188,11 @@ int nlsr_reduce(nlsr_ctx *ctx, const char *const *parts, size_t nparts, const ch
     if (rc < 0) return rc;
     nlsr_pf_reader **r = calloc(nparts, sizeof *r);
     part_info *pi = calloc(nparts, sizeof *pi);
-    nlsr_pf_reader **byidx = calloc(nparts, sizeof *byidx);
-    part_info *pbyidx = calloc(nparts, sizeof *pbyidx);
+    nlsr_pf_reader **byidx = NULL;
+    part_info *pbyidx = NULL;
     nlsr_pf_writer *w = NULL;
     cJSON *extra = NULL;
-    if (!r || !pi || !byidx || !pbyidx) {
+    if (!r || !pi) {
         rc = nlsr_fail(e, -ENOMEM, "out of memory");
         goto done;
     }
@@ -220,30 +220,30 @@ int nlsr_reduce(nlsr_ctx *ctx, const char *const *parts, size_t nparts, const ch
             goto done;
         }
     }
-    /* Every part exactly once. */
+    /* Every part exactly once (all parts have one count, checked above). */
+    size_t count = (size_t)pi[0].count;
+    if (!(byidx = calloc(count, sizeof *byidx)) || !(pbyidx = calloc(count, sizeof *pbyidx))) {
+        rc = nlsr_fail(e, -ENOMEM, "out of memory");
+        goto done;
+    }
     for (size_t i = 0; i < nparts; i++) {
         size_t k = (size_t)pi[i].index;
-        if (k >= nparts && pi[i].count != nparts) continue; /* reported below */
-        if (k < nparts && byidx[k]) {
-            rc = nlsr_fail(e, NLSR_E_USAGE, "part %zu/%" PRIu64 " is given twice: %s and %s", k,
-                           pi[i].count, byidx[k]->path, parts[i]);
+        if (byidx[k]) {
+            rc = nlsr_fail(e, NLSR_E_USAGE, "part %zu/%zu is given twice: %s and %s", k, count,
+                           byidx[k]->path, parts[i]);
             goto done;
         }
-        if (k < nparts) {
-            byidx[k] = r[i];
-            pbyidx[k] = pi[i];
-        }
+        byidx[k] = r[i];
+        pbyidx[k] = pi[i];
     }
-    if (pi[0].count != nparts) {
+    if (count != nparts) {
         char miss[512] = "";
         size_t len = 0;
-        for (uint64_t k = 0; k < pi[0].count && len + 24 < sizeof miss; k++)
-            if (k >= nparts || !byidx[k])
-                len += (size_t)snprintf(miss + len, sizeof miss - len, "%s%" PRIu64,
-                                        len ? ", " : "", k);
-        rc = nlsr_fail(e, NLSR_E_USAGE,
-                       "the job has %" PRIu64 " parts and %zu were given%s%s%s", pi[0].count,
-                       nparts, *miss ? " (missing part " : "", miss, *miss ? ")" : "");
+        for (size_t k = 0; k < count && len + 24 < sizeof miss; k++)
+            if (!byidx[k])
+                len += (size_t)snprintf(miss + len, sizeof miss - len, "%s%zu", len ? ", " : "", k);
+        rc = nlsr_fail(e, NLSR_E_USAGE, "the job has %zu parts and %zu were given (missing part%s %s)",
+                       count, nparts, strchr(miss, ',') ? "s" : "", miss);
         goto done;
     }
     /* Modules in order across the parts, none twice (the directory of each is in order). */
