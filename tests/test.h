@@ -1,6 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Minimal test harness: assertions that print both values (libuv's ASSERT_EQ), a pass/fail
- * count, and the closing line "N passed, N failed". Exit status 77 means skipped (CTest). */
+ * count, and the closing line "N passed, N failed[, N skipped]".
+ *
+ * A test that needs what the machine may not allow (mount(2), seccomp) calls TEST_SKIP and is
+ * registered as a CTest entry of its own: the program runs only the test named by its argument
+ * (test_init), RUN_TEST_ALONE tests run only when named, and a program whose tests were all
+ * skipped exits 77, which CTest (SKIP_RETURN_CODE 77) reports as skipped, not passed. */
 #ifndef NLSR_TEST_H
 #define NLSR_TEST_H
 
@@ -10,6 +15,8 @@
 #include <string.h>
 
 static int test_failed_ = 0, test_passed_ = 0, test_cur_failed_ = 0;
+static int test_skipped_ = 0, test_cur_skipped_ = 0, test_ran_ = 0;
+static const char *test_only_ = NULL; /* run only this test (argv[1]) */
 
 #define FAILF(...)                                                                                \
     do {                                                                                          \
@@ -32,6 +39,12 @@ static int test_failed_ = 0, test_passed_ = 0, test_cur_failed_ = 0;
         unsigned long long a_ = (unsigned long long)(a), b_ = (unsigned long long)(b);            \
         if (a_ != b_) FAILF("%s == %s: %llu != %llu", #a, #b, a_, b_);                            \
     } while (0)
+/* Doubles compared exactly (bit-identical results; 0.0 == -0.0). */
+#define ASSERT_EQ_D(a, b)                                                                         \
+    do {                                                                                          \
+        double a_ = (double)(a), b_ = (double)(b);                                                \
+        if (!(a_ == b_)) FAILF("%s == %s: %.17g != %.17g", #a, #b, a_, b_);                       \
+    } while (0)
 #define ASSERT_NEAR(a, b, tol)                                                                    \
     do {                                                                                          \
         double a_ = (double)(a), b_ = (double)(b);                                                \
@@ -50,23 +63,71 @@ static int test_failed_ = 0, test_passed_ = 0, test_cur_failed_ = 0;
         if (!h_ || !strstr(h_, n_)) FAILF("\"%s\" does not contain \"%s\"", h_ ? h_ : "", n_);    \
     } while (0)
 
-/* Runs one test function and counts it. */
-#define RUN_TEST(fn)                                                                              \
+/* The current test cannot run here: says why on stdout and ends it as skipped (only from the
+ * test function itself; helpers set test_cur_skipped_ and return). */
+#define TEST_SKIP(...)                                                                            \
     do {                                                                                          \
-        test_cur_failed_ = 0;                                                                     \
-        fn();                                                                                     \
-        if (test_cur_failed_) {                                                                   \
-            test_failed_++;                                                                       \
-            fprintf(stderr, "FAIL %s\n", #fn);                                                    \
-        } else {                                                                                  \
-            test_passed_++;                                                                       \
-        }                                                                                         \
+        printf("  skipped: ");                                                                    \
+        printf(__VA_ARGS__);                                                                      \
+        putchar('\n');                                                                            \
+        test_cur_skipped_ = 1;                                                                    \
+        return;                                                                                   \
     } while (0)
 
+/* argv[1], if given, names the one test to run. */
+static inline void test_init(int argc, char **argv)
+{
+    test_only_ = argc > 1 ? argv[1] : NULL;
+}
+
+/* Whether the test named `name` runs in this invocation; if so, it starts. */
+static inline int test_begin_(const char *name, int alone)
+{
+    if (test_only_ ? strcmp(test_only_, name) != 0 : alone) return 0;
+    test_ran_++;
+    test_cur_failed_ = 0;
+    test_cur_skipped_ = 0;
+    return 1;
+}
+
+static inline void test_end_(const char *name)
+{
+    if (test_cur_failed_) {
+        test_failed_++;
+        fprintf(stderr, "FAIL %s\n", name);
+    } else if (test_cur_skipped_) {
+        test_skipped_++;
+        printf("SKIP %s\n", name);
+    } else {
+        test_passed_++;
+    }
+}
+
+#define RUN_TEST_(fn, alone)                                                                      \
+    do {                                                                                          \
+        if (test_begin_(#fn, alone)) {                                                            \
+            fn();                                                                                 \
+            test_end_(#fn);                                                                       \
+        }                                                                                         \
+    } while (0)
+/* Runs one test function and counts it. */
+#define RUN_TEST(fn) RUN_TEST_(fn, 0)
+/* A test that runs only when named on the command line (a CTest entry of its own). */
+#define RUN_TEST_ALONE(fn) RUN_TEST_(fn, 1)
+
+/* Exit status: 1 if a test failed (or the named test does not exist), 77 if every test that
+ * ran was skipped, else 0. */
 static inline int test_finish(void)
 {
-    printf("%d passed, %d failed\n", test_passed_, test_failed_);
-    return test_failed_ ? 1 : 0;
+    if (test_skipped_) printf("%d passed, %d failed, %d skipped\n", test_passed_, test_failed_,
+                              test_skipped_);
+    else printf("%d passed, %d failed\n", test_passed_, test_failed_);
+    if (test_only_ && !test_ran_) {
+        fprintf(stderr, "no test named %s\n", test_only_);
+        return 1;
+    }
+    if (test_failed_) return 1;
+    return test_passed_ == 0 && test_skipped_ > 0 ? 77 : 0;
 }
 
 #endif

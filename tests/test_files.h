@@ -10,7 +10,7 @@
 #include <string.h>
 
 /* The whole file (up to 1 GiB), malloc'd; NULL if it cannot be read. */
-static unsigned char *read_all(const char *path, size_t *len)
+static inline unsigned char *read_all(const char *path, size_t *len)
 {
     char *buf = NULL;
     size_t n = 0;
@@ -20,7 +20,7 @@ static unsigned char *read_all(const char *path, size_t *len)
     return (unsigned char *)buf;
 }
 
-static int files_equal(const char *a, const char *b)
+static inline int files_equal(const char *a, const char *b)
 {
     size_t na = 0, nb = 0;
     unsigned char *x = read_all(a, &na), *y = read_all(b, &nb);
@@ -32,7 +32,7 @@ static int files_equal(const char *a, const char *b)
 
 /* Every file of folder a not starting with '.' is in folder b with the same bytes, and b has
  * no other such files. Differences are named on stderr. */
-static int folders_equal(const char *a, const char *b)
+static inline int folders_equal(const char *a, const char *b)
 {
     int eq = 1, na = 0, nb = 0;
     DIR *d = opendir(a);

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The fixture acceptance of the Foundation issue, through the library and the `nlsr` program:
+/* Fixture acceptance, through the library and the `nlsr` program:
  *
  *  - every .safetensors file and every checkpoint folder under tests/data opens;
  *  - `nlsr dump` of each tensor of dtypes.safetensors prints the numbers of
@@ -30,6 +30,7 @@
 
 #include "nlsr.h"
 #include "test.h"
+#include "test_cli.h"
 
 #ifndef NLSR_TEST_DATA
 #error "NLSR_TEST_DATA must name tests/data"
@@ -126,60 +127,6 @@ static void remove_tree(const char *path)
 
 /* ---- running the CLI ---------------------------------------------------------------------- */
 
-typedef struct run_result {
-    int status; /* exit status, or -1 if killed by a signal */
-    char *out, *err;
-} run_result;
-
-static void run_free(run_result *r)
-{
-    free(r->out);
-    free(r->err);
-}
-
-/* Runs NLSR_CLI with the given arguments (NULL-terminated), stdin from /dev/null. */
-static run_result run_cli(const char *const *args)
-{
-    static int seq = 0;
-    char outp[4200], errp[4200];
-    snprintf(outp, sizeof outp, "%s/run%d.out", tmp_root, seq);
-    snprintf(errp, sizeof errp, "%s/run%d.err", tmp_root, seq++);
-    const char *argv[32];
-    int argc = 0;
-    argv[argc++] = NLSR_CLI;
-    for (int i = 0; args[i] && argc < 31; i++) argv[argc++] = args[i];
-    argv[argc] = NULL;
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int in = open("/dev/null", O_RDONLY);
-        int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (in < 0 || o < 0 || e < 0) _exit(126);
-        dup2(in, 0);
-        dup2(o, 1);
-        dup2(e, 2);
-        execv(NLSR_CLI, (char *const *)argv);
-        _exit(127);
-    }
-    run_result r = {-1, NULL, NULL};
-    int st = 0;
-    if (pid < 0 || waitpid(pid, &st, 0) != pid) {
-        FAILF("cannot run %s: %s", NLSR_CLI, strerror(errno));
-        return r;
-    }
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    r.out = slurp(outp, NULL);
-    r.err = slurp(errp, NULL);
-    if (!r.out) r.out = xstrdup("");
-    if (!r.err) r.err = xstrdup("");
-    unlink(outp);
-    unlink(errp);
-    if (!WIFEXITED(st))
-        FAILF("%s %s: killed by signal %d", NLSR_CLI, args[0] ? args[0] : "", WTERMSIG(st));
-    return r;
-}
-
 static int count_lines(const char *s)
 {
     int n = 0;
@@ -190,7 +137,7 @@ static int count_lines(const char *s)
 /* Exit status 1, nothing on stdout, one line on stderr naming `path` and the problem. */
 static void expect_cli_refusal(const char *const *args, const char *path, const char *what)
 {
-    run_result r = run_cli(args);
+    cli_result r = cli_run(args);
     ASSERT_EQ_I(r.status, 1);
     ASSERT_EQ_I(count_lines(r.err), 1);
     ASSERT_TRUE(r.err[0] != '\0' && r.err[strlen(r.err) - 1] == '\n');
@@ -199,7 +146,7 @@ static void expect_cli_refusal(const char *const *args, const char *path, const 
     ASSERT_CONTAINS(r.err, what);
     ASSERT_STR_EQ(r.out, "");
     if (test_cur_failed_) fprintf(stderr, "  %s %s: stderr \"%s\"\n", args[0], path, r.err);
-    run_free(&r);
+    cli_result_free(&r);
 }
 
 /* ---- independent header reading -------------------------------------------------------- */
@@ -230,9 +177,12 @@ static int raw_header_read(const char *path, raw_header *h)
     return h->json ? 0 : -1;
 }
 
+/* A JSON number that is a non-negative integer; UINT64_MAX for anything else. */
 static uint64_t json_u64(const cJSON *v)
 {
-    return cJSON_IsNumber(v) ? (uint64_t)v->valuedouble : UINT64_MAX;
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0) || v->valuedouble != floor(v->valuedouble))
+        return UINT64_MAX;
+    return (uint64_t)v->valuedouble;
 }
 
 /* ---- fixture discovery ---------------------------------------------------------------- */
@@ -377,7 +327,7 @@ static void test_every_fixture_opens(void)
             const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "r");
             const cJSON *al = cJSON_GetObjectItemCaseSensitive(j, "lora_alpha");
             ASSERT_TRUE(cJSON_IsNumber(r) && cJSON_IsNumber(al));
-            if (cJSON_IsNumber(r)) ASSERT_EQ_I(nlsr_ckpt_lora_r(ck), r->valueint);
+            if (cJSON_IsNumber(r)) ASSERT_EQ_D(nlsr_ckpt_lora_r(ck), r->valuedouble);
             if (cJSON_IsNumber(al)) ASSERT_TRUE(nlsr_ckpt_lora_alpha(ck) == al->valuedouble);
             cJSON_Delete(j);
             free(text);
@@ -422,7 +372,7 @@ static void test_dump_matches_expected(void)
         const char *dtype = cJSON_GetObjectItemCaseSensitive(t, "dtype")->valuestring;
         int is_int = dtype[0] == 'I' || dtype[0] == 'U' || strcmp(dtype, "BOOL") == 0;
         const char *args[] = {"dump", st, t->string, NULL};
-        run_result r = run_cli(args);
+        cli_result r = cli_run(args);
         ASSERT_EQ_I(r.status, 0);
         ASSERT_STR_EQ(r.err, "");
         const cJSON *want = cJSON_GetObjectItemCaseSensitive(exp, t->string);
@@ -438,13 +388,13 @@ static void test_dump_matches_expected(void)
                      (long long)raw[1], (long long)raw[2]);
             ASSERT_STR_EQ(r.out, expect);
             ASSERT_STR_EQ(r.out, "-9223372036854775808\n9\n9223372036854775807\n");
-            run_free(&r);
+            cli_result_free(&r);
             continue;
         }
         ASSERT_TRUE(cJSON_IsArray(want));
         if (!cJSON_IsArray(want)) {
             FAILF("dtypes.expected.json has no '%s'", t->string);
-            run_free(&r);
+            cli_result_free(&r);
             continue;
         }
         int k = 0;
@@ -475,7 +425,7 @@ static void test_dump_matches_expected(void)
             nvalues++;
         }
         if (w) FAILF("%s: fewer lines (%d) than expected values", t->string, k);
-        run_free(&r);
+        cli_result_free(&r);
     }
     /* Every expected entry names a tensor of the file. */
     for (const cJSON *w = exp->child; w; w = w->next)
@@ -559,10 +509,10 @@ static void test_rewrite_round_trip(void)
         snprintf(name, sizeof name, "rewrite-%zu", i);
         char *out = join(tmp_root, name);
         const char *args[] = {"rewrite", fx.ckpts[i], out, NULL};
-        run_result r = run_cli(args);
+        cli_result r = cli_run(args);
         ASSERT_EQ_I(r.status, 0);
         if (r.status != 0) FAILF("rewrite %s: %s", fx.ckpts[i], r.err);
-        run_free(&r);
+        cli_result_free(&r);
         /* Every shard file is rewritten under its own name and compares equal. */
         char *src[64];
         size_t ns = shard_files(fx.ckpts[i], src, 64);
@@ -606,9 +556,9 @@ static void test_rewrite_round_trip(void)
             const char *again[] = {"rewrite", fx.ckpts[i], out, NULL};
             expect_cli_refusal(again, out, "exists");
             const char *forced[] = {"rewrite", fx.ckpts[i], out, "--force", NULL};
-            run_result rf = run_cli(forced);
+            cli_result rf = cli_run(forced);
             ASSERT_EQ_I(rf.status, 0);
-            run_free(&rf);
+            cli_result_free(&rf);
         }
         remove_tree(out);
         free(out);
@@ -627,11 +577,11 @@ static void test_inspect_json(void)
     int checked_bytes = 0;
     for (size_t i = 0; i < fx.nckpts; i++) {
         const char *args[] = {"inspect", "--json", fx.ckpts[i], NULL};
-        run_result r = run_cli(args);
+        cli_result r = cli_run(args);
         ASSERT_EQ_I(r.status, 0);
         cJSON *j = cJSON_Parse(r.out);
         ASSERT_TRUE(cJSON_IsObject(j));
-        run_free(&r);
+        cli_result_free(&r);
         if (!cJSON_IsObject(j)) {
             cJSON_Delete(j);
             continue;
@@ -747,10 +697,10 @@ static void test_inspect_json(void)
 
         /* The human listing works too. */
         const char *human[] = {"inspect", fx.ckpts[i], NULL};
-        run_result rh = run_cli(human);
+        cli_result rh = cli_run(human);
         ASSERT_EQ_I(rh.status, 0);
         ASSERT_CONTAINS(rh.out, "tensors: ");
-        run_free(&rh);
+        cli_result_free(&rh);
     }
     ASSERT_TRUE(checked_bytes >= 11); /* f32 (8) and i16 (3) were decoded at their offsets */
 }
@@ -863,7 +813,7 @@ static void test_cli_usage(void)
         {"rewrite", "--now", dt, out, NULL},     /* unknown option */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        run_result r = run_cli(cases[i]);
+        cli_result r = cli_run(cases[i]);
         if (r.status != 2)
             FAILF("usage case %zu (%s): exit %d, want 2", i, cases[i][0] ? cases[i][0] : "-",
                   r.status);
@@ -873,19 +823,19 @@ static void test_cli_usage(void)
             ASSERT_EQ_I(count_lines(r.err), 1);
             ASSERT_CONTAINS(r.err, "nlsr: usage error: ");
         }
-        run_free(&r);
+        cli_result_free(&r);
     }
     ASSERT_TRUE(!exists(out));
 
     const char *help[] = {"help", NULL}, *version[] = {"version", NULL};
-    run_result r = run_cli(help);
+    cli_result r = cli_run(help);
     ASSERT_EQ_I(r.status, 0);
     ASSERT_CONTAINS(r.out, "usage: nlsr");
-    run_free(&r);
-    r = run_cli(version);
+    cli_result_free(&r);
+    r = cli_run(version);
     ASSERT_EQ_I(r.status, 0);
     ASSERT_STR_EQ(r.out, "nlsr " NLSR_VERSION "\n");
-    run_free(&r);
+    cli_result_free(&r);
     free(out);
 }
 

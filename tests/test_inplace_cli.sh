@@ -1,6 +1,6 @@
 #!/bin/sh
 # SPDX-License-Identifier: Apache-2.0
-# In place through the nlsr program (issue 6): a store sweep (one line per checkpoint, the JSON
+# In place through the nlsr program: a store sweep (one line per checkpoint, the JSON
 # summary, exit 5 when one failed, skips on a second pass), --dry-run, the exit statuses of a
 # held lock (3) and of an interrupted journal (4), rollback, usage errors.
 # usage: test_inplace_cli.sh NLSR_PROGRAM TESTS_DATA_DIR. Exit 0 pass, 1 fail.

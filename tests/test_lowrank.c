@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The low-rank (ActSVD) and Wanda scorers (issue 7), against exact references computed here:
+/* The low-rank (ActSVD) and Wanda scorers, against exact references computed here:
  *
  *  - randomized vs exact: the rank-r subspace of the randomized path agrees with a full SVD
  *    (LAPACKE_dgesdd here, in double) or with a matrix built with known singular vectors, to
@@ -554,7 +554,7 @@ static void test_budget(void)
         nlsr_lowrank_free(st);
         ASSERT_EQ_U(b.used, used0);
     }
-    /* Planned memory of the issue's largest case: 28672 x 8192 at rank 1638. */
+    /* Planned memory of the largest case (Llama-70B's MLP, 28672 x 8192) at rank 1638. */
     nlsr_lowrank_params p = params(1638, NLSR_LOWRANK_AUTO, 42);
     nlsr_lowrank_info info;
     nlsr_err e = {0, ""};

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Full-weight prepare / apply / run (issue 4) over tests/data/hf-tiny-llama:
+/* Full-weight prepare / apply / run over tests/data/hf-tiny-llama:
  *
  *  - reports and output tensors match expected/full_bf16_all.json and
  *    expected/full_bf16_adaptive_paper_seed42.json (similarity within 1e-9, everything else
@@ -7,7 +7,8 @@
  *  - shard headers, non-target tensors, unpatched targets and side files are unchanged;
  *  - run == prepare + apply, bit for bit, whatever the memory plan (cached or streamed,
  *    candidates or second histogram, block sizes);
- *  - F16 and F32 fine-tunes against an independent re-implementation of METHOD.md here;
+ *  - BF16, F16 and F32 fine-tunes, and sparsity 0, against an independent re-implementation
+ *    of METHOD.md here (similarities, masks, the adaptive decisions by test_select.h, bytes);
  *  - a reference checkpoint (--reference) gives the same output as --aligned;
  *  - damaged patch files, patch files for another model and each bad input are refused with
  *    the names involved and nothing written;
@@ -38,7 +39,9 @@
 #include "../src/plan/targets.h"
 #include "nlsr.h"
 #include "test.h"
+#include "test_cli.h"
 #include "test_files.h"
+#include "test_select.h"
 #include "test_sha256.h"
 
 #ifndef NLSR_TEST_DATA
@@ -304,9 +307,9 @@ static void test_prepare_apply_equals_run(void)
     const cJSON *sum = cJSON_GetObjectItemCaseSensitive(pj, "summary");
     struct stat st;
     ASSERT_TRUE(stat(patch, &st) == 0);
-    ASSERT_EQ_U(cJSON_GetObjectItemCaseSensitive(sum, "patch_bytes")->valuedouble,
+    ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(sum, "patch_bytes")->valuedouble,
                 (uint64_t)st.st_size);
-    ASSERT_EQ_U(cJSON_GetObjectItemCaseSensitive(sum, "model_bytes")->valuedouble, 691008);
+    ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(sum, "model_bytes")->valuedouble, 691008);
     double frac = cJSON_GetObjectItemCaseSensitive(sum, "patch_fraction")->valuedouble;
     ASSERT_TRUE(frac > 0.05 && frac < 0.5);
     printf("patch file: %lld bytes, %.4f of the model's bytes\n", (long long)st.st_size, frac);
@@ -529,7 +532,7 @@ static void test_run_plans(void)
         /* The patch-file plan's report says what the single pass would need. */
         const cJSON *spn = cJSON_GetObjectItemCaseSensitive(
             cJSON_GetObjectItemCaseSensitive(pf.json, "summary"), "single_pass_need_bytes");
-        ASSERT_TRUE(cJSON_IsNumber(spn) && (uint64_t)spn->valuedouble == need);
+        ASSERT_TRUE(cJSON_IsNumber(spn) && spn->valuedouble == (double)need);
         uint64_t budgets[64];
         size_t nb = 0;
         for (uint64_t b = 2u << 20; b < need && nb < 16; b += 256u << 10) budgets[nb++] = b;
@@ -633,76 +636,121 @@ static int cmp_float(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* One module by METHOD.md: the similarity and mask count, and the module's expected bytes in
+ * the fine-tuned dtype when patched (*expect, malloc'd; NULL: not wanted). */
+static double reimplement_module(nlsr_ckpt *B, nlsr_ckpt *A, nlsr_ckpt *T, const char *name,
+                                 double sparsity, int patched, uint64_t *count,
+                                 unsigned char **expect)
+{
+    nlsr_dtype db, da, dt;
+    uint64_t n = 0;
+    unsigned char *rb = tensor_bytes(B, name, &db, NULL), *ra = tensor_bytes(A, name, &da, NULL),
+                  *rt = tensor_bytes(T, name, &dt, &n);
+    float *b = malloc(n * 4), *a = malloc(n * 4), *tv = malloc(n * 4), *es = malloc(n * 4),
+          *s = malloc(n * 4), *sorted = malloc(n * 4);
+    nlsr_to_f32(db, rb, b, n);
+    nlsr_to_f32(da, ra, a, n);
+    nlsr_to_f32(dt, rt, tv, n);
+    unsigned char stored[8];
+    for (uint64_t j = 0; j < n; j++) {
+        float e = a[j] + 0.9f * (a[j] - b[j]);
+        nlsr_from_f32(da, &e, stored, 1);
+        nlsr_to_f32(da, stored, &es[j], 1);
+        s[j] = fabsf(es[j] - b[j]);
+    }
+    memcpy(sorted, s, n * 4);
+    qsort(sorted, n, 4, cmp_float);
+    uint64_t k = (uint64_t)((double)n * sparsity);
+    double dot = 0, nx = 0, ny = 0;
+    size_t es_t = nlsr_dtype_size(dt);
+    if (expect) {
+        *expect = malloc(n * es_t);
+        memcpy(*expect, rt, n * es_t);
+    }
+    *count = 0;
+    for (uint64_t j = 0; j < n; j++) {
+        if (!(k < n && s[j] > sorted[k])) continue;
+        (*count)++;
+        double x = (double)(tv[j] - b[j]), y = (double)(es[j] - b[j]);
+        dot += x * y;
+        nx += x * x;
+        ny += y * y;
+        if (patched && expect) nlsr_from_f32(dt, &es[j], *expect + j * es_t, 1);
+    }
+    free(b);
+    free(a);
+    free(tv);
+    free(es);
+    free(s);
+    free(sorted);
+    free(rb);
+    free(ra);
+    free(rt);
+    return nx == 0 || ny == 0 ? 0 : dot / (sqrt(nx) * sqrt(ny));
+}
+
+/* The output and the report against METHOD.md computed here for every module: similarities,
+ * mask counts, and which modules are patched (all, or the adaptive rule with the default
+ * prune rate, epsilon and seed by test_select.h), then every target tensor's bytes. */
 static void check_against_reimplementation(const char *ft_dir, const char *out_dir,
-                                           const char *report_path)
+                                           const char *report_path, nlsr_select_mode mode,
+                                           double sparsity)
 {
     nlsr_ckpt *B = open_ck(SFT), *A = open_ck(ALIGNED), *T = open_ck(ft_dir),
               *O = open_ck(out_dir);
     cJSON *rep = load_json(report_path);
-    const cJSON *m = cJSON_GetObjectItemCaseSensitive(rep, "modules")->child;
+    enum { MAXM = 64 };
+    const char *names[MAXM];
+    double sim[MAXM], prob[MAXM], draw[MAXM];
+    int patched[MAXM];
+    uint64_t count[MAXM];
     size_t nmod = 0;
-    for (size_t i = 0; i < A->n; i++) {
+    for (size_t i = 0; i < A->n && nmod < MAXM; i++) {
         const st_tensor *t = A->t[i].t;
         if (!nlsr_is_target(t, NULL, 0)) continue;
+        names[nmod] = t->name;
+        sim[nmod] = reimplement_module(B, A, T, t->name, sparsity, 0, &count[nmod], NULL);
         nmod++;
-        ASSERT_TRUE(m != NULL);
-        if (!m) break;
-        ASSERT_STR_EQ(cJSON_GetObjectItemCaseSensitive(m, "name")->valuestring, t->name);
-        uint64_t n = t->numel;
-        nlsr_dtype db, da, dt, dout;
-        unsigned char *rb = tensor_bytes(B, t->name, &db, NULL),
-                      *ra = tensor_bytes(A, t->name, &da, NULL),
-                      *rt = tensor_bytes(T, t->name, &dt, NULL),
-                      *ro = tensor_bytes(O, t->name, &dout, NULL);
-        float *b = malloc(n * 4), *a = malloc(n * 4), *tv = malloc(n * 4), *es = malloc(n * 4),
-              *s = malloc(n * 4), *sorted = malloc(n * 4);
-        nlsr_to_f32(db, rb, b, n);
-        nlsr_to_f32(da, ra, a, n);
-        nlsr_to_f32(dt, rt, tv, n);
-        unsigned char stored[8];
-        for (uint64_t j = 0; j < n; j++) {
-            float e = a[j] + 0.9f * (a[j] - b[j]);
-            nlsr_from_f32(da, &e, stored, 1);
-            nlsr_to_f32(da, stored, &es[j], 1);
-            s[j] = fabsf(es[j] - b[j]);
-        }
-        memcpy(sorted, s, n * 4);
-        qsort(sorted, n, 4, cmp_float);
-        uint64_t k = (uint64_t)((double)n * 0.8);
-        double dot = 0, nx = 0, ny = 0;
-        uint64_t count = 0;
-        size_t es_t = nlsr_dtype_size(dt);
-        unsigned char *expect = malloc(n * es_t);
-        memcpy(expect, rt, n * es_t);
-        int patched = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "patched"));
-        for (uint64_t j = 0; j < n; j++) {
-            if (!(k < n && s[j] > sorted[k])) continue;
-            count++;
-            double x = (double)(tv[j] - b[j]), y = (double)(es[j] - b[j]);
-            dot += x * y;
-            nx += x * x;
-            ny += y * y;
-            if (patched) nlsr_from_f32(dt, &es[j], expect + j * es_t, 1);
-        }
-        double sim = nx == 0 || ny == 0 ? 0 : dot / (sqrt(nx) * sqrt(ny));
-        ASSERT_EQ_U(cJSON_GetObjectItemCaseSensitive(m, "mask_count")->valuedouble, count);
-        ASSERT_NEAR(cJSON_GetObjectItemCaseSensitive(m, "similarity")->valuedouble, sim, 1e-12);
-        ASSERT_EQ_I(dout, dt);
-        if (memcmp(expect, ro, n * es_t) != 0) FAILF("%s: output bytes differ", t->name);
-        free(expect);
-        free(b);
-        free(a);
-        free(tv);
-        free(es);
-        free(s);
-        free(sorted);
-        free(rb);
-        free(ra);
-        free(rt);
-        free(ro);
-        m = m->next;
     }
     ASSERT_EQ_U(nmod, 21);
+    if (mode == NLSR_SELECT_ALL) {
+        for (size_t i = 0; i < nmod; i++) patched[i] = 1;
+    } else {
+        ASSERT_EQ_I(mode, NLSR_SELECT_ADAPTIVE);
+        ref_select(sim, nmod, 0, 0.5, 0.2, 42, prob, draw, patched);
+    }
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(rep, "modules")->child;
+    size_t npatched = 0;
+    for (size_t i = 0; i < nmod; i++, m = m ? m->next : NULL) {
+        ASSERT_TRUE(m != NULL);
+        if (!m) break;
+        ASSERT_STR_EQ(cJSON_GetObjectItemCaseSensitive(m, "name")->valuestring, names[i]);
+        ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(m, "mask_count")->valuedouble, count[i]);
+        ASSERT_TRUE(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(m, "similarity")));
+        ASSERT_NEAR(cJSON_GetObjectItemCaseSensitive(m, "similarity")->valuedouble, sim[i], 1e-12);
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "patched")) != patched[i])
+            FAILF("%s: patched should be %d", names[i], patched[i]);
+        if (mode == NLSR_SELECT_ADAPTIVE) {
+            ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(m, "probability")->valuedouble, prob[i]);
+            ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(m, "draw")->valuedouble, draw[i]);
+        }
+        npatched += patched[i] != 0;
+        uint64_t c = 0, n = 0;
+        unsigned char *expect = NULL;
+        nlsr_dtype dout;
+        (void)reimplement_module(B, A, T, names[i], sparsity, patched[i], &c, &expect);
+        unsigned char *ro = tensor_bytes(O, names[i], &dout, &n);
+        nlsr_dtype dt;
+        free(tensor_bytes(T, names[i], &dt, NULL));
+        ASSERT_EQ_I(dout, dt);
+        if (memcmp(expect, ro, n * nlsr_dtype_size(dt)) != 0)
+            FAILF("%s: output bytes differ", names[i]);
+        free(expect);
+        free(ro);
+    }
+    /* Both decisions occur, or the check of the bytes proves little. */
+    ASSERT_TRUE(npatched > 0);
+    if (mode == NLSR_SELECT_ADAPTIVE) ASSERT_TRUE(npatched < nmod);
     cJSON_Delete(rep);
     nlsr_ckpt_free(B);
     nlsr_ckpt_free(A);
@@ -723,7 +771,8 @@ static void test_dtype_variants(void)
             char *rep = wpath(name);
             ASSERT_EQ_I(do_run(fts[v], out, rep, all ? NLSR_SELECT_ALL : NLSR_SELECT_ADAPTIVE),
                         0);
-            check_against_reimplementation(fts[v], out, rep);
+            check_against_reimplementation(fts[v], out, rep,
+                                           all ? NLSR_SELECT_ALL : NLSR_SELECT_ADAPTIVE, 0.8);
             check_unchanged(fts[v], out, rep);
             free(out);
             free(rep);
@@ -1096,11 +1145,15 @@ static void test_sparsity_edges(void)
     cJSON *j = load_json(rep);
     const cJSON *m;
     cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(j, "modules")) {
-        ASSERT_EQ_I(cJSON_GetObjectItemCaseSensitive(m, "mask_count")->valuedouble, 0);
-        ASSERT_EQ_I(cJSON_GetObjectItemCaseSensitive(m, "similarity")->valuedouble, 0);
+        ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(m, "mask_count")->valuedouble, 0);
+        /* Empty masks: similarity 0, a number (cJSON reads null as 0 too). */
+        const cJSON *sim = cJSON_GetObjectItemCaseSensitive(m, "similarity");
+        ASSERT_TRUE(cJSON_IsNumber(sim));
+        ASSERT_EQ_D(sim->valuedouble, 0);
     }
     cJSON_Delete(j);
-    /* sparsity 0: k = 0, every score above the smallest is masked; streamed the same. */
+    /* sparsity 0: k = 0, every score above the smallest is masked; streamed the same, and the
+     * output is METHOD.md's. */
     char *out0 = wpath("sp0"), *p0 = wpath("sp0.nlsrp"), *p0s = wpath("sp0s.nlsrp");
     ctx = new_ctx();
     p = quiet_params();
@@ -1112,8 +1165,13 @@ static void test_sparsity_edges(void)
     ASSERT_TRUE(files_equal(p0, p0s));
     nlsr_ckpt_free(a);
     nlsr_ckpt_free(b);
+    char *rep0 = wpath("sp0.json");
+    p.report_path = rep0;
     ASSERT_EQ_I(nlsr_apply(ctx, p0, FT, out0, &p), 0);
     end_ctx(ctx);
+    /* The realigned bytes, masks, similarities and decisions at sparsity 0, as computed here. */
+    check_against_reimplementation(FT, out0, rep0, NLSR_SELECT_ADAPTIVE, 0.0);
+    free(rep0);
     free(out);
     free(rep);
     free(out0);
@@ -1123,41 +1181,6 @@ static void test_sparsity_edges(void)
 
 /* ---- the program -------------------------------------------------------------------------- */
 
-/* Runs the CLI with args, capturing stdout into *out (malloc'd); returns the exit status. */
-static int cli(const char *const *args, char **out)
-{
-    int pfd[2];
-    if (pipe(pfd) != 0) abort();
-    pid_t pid = fork();
-    if (pid == 0) {
-        const char *argv[40];
-        int n = 0;
-        argv[n++] = NLSR_CLI;
-        for (int i = 0; args[i]; i++) argv[n++] = args[i];
-        argv[n] = NULL;
-        dup2(pfd[1], 1);
-        int dn = open("/dev/null", O_WRONLY);
-        dup2(dn, 2);
-        close(pfd[0]);
-        execv(NLSR_CLI, (char *const *)argv);
-        _exit(127);
-    }
-    close(pfd[1]);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    ssize_t r;
-    while ((r = read(pfd[0], buf + len, cap - len - 1)) > 0) {
-        len += (size_t)r;
-        if (len + 1 == cap) buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = '\0';
-    close(pfd[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    if (out) *out = buf;
-    else free(buf);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 static void test_cli(void)
 {
@@ -1168,8 +1191,8 @@ static void test_cli(void)
     cJSON *j = cJSON_Parse(txt);
     ASSERT_TRUE(j != NULL);
     const cJSON *sum = cJSON_GetObjectItemCaseSensitive(j, "summary");
-    ASSERT_EQ_I(cJSON_GetObjectItemCaseSensitive(sum, "modules")->valuedouble, 21);
-    ASSERT_EQ_I(cJSON_GetObjectItemCaseSensitive(sum, "patched")->valuedouble, 21);
+    ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(sum, "modules")->valuedouble, 21);
+    ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(sum, "patched")->valuedouble, 21);
     ASSERT_TRUE(cJSON_GetObjectItemCaseSensitive(sum, "bytes_read")->valuedouble > 0);
     ASSERT_TRUE(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(sum, "io_backend")));
     const cJSON *m0 = cJSON_GetObjectItemCaseSensitive(j, "modules")->child;

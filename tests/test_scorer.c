@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Step 2's scorers in the full-weight pipeline (issue 7): prepare / run with --scorer lowrank
+/* Step 2's scorers in the full-weight pipeline: prepare / run with --scorer lowrank
  * and --scorer wanda.
  *
  *  - lowrank with X = I at full rank is the identity: the patch's masks and values are the
@@ -38,6 +38,7 @@
 #include "../src/jobs/realign_full.h"
 #include "nlsr.h"
 #include "test.h"
+#include "test_cli.h"
 #include "test_files.h"
 
 #ifndef NLSR_TEST_DATA
@@ -303,41 +304,6 @@ static nlsr_realign_params lowrank_params(void)
     return p;
 }
 
-/* Runs the CLI with args, capturing stdout into *out (malloc'd); returns the exit status. */
-static int cli(const char *const *args, char **out)
-{
-    int pfd[2];
-    if (pipe(pfd) != 0) abort();
-    pid_t pid = fork();
-    if (pid == 0) {
-        const char *argv[48];
-        int n = 0;
-        argv[n++] = NLSR_CLI;
-        for (int i = 0; args[i]; i++) argv[n++] = args[i];
-        argv[n] = NULL;
-        dup2(pfd[1], 1);
-        int dn = open("/dev/null", O_WRONLY);
-        dup2(dn, 2);
-        close(pfd[0]);
-        execv(NLSR_CLI, (char *const *)argv);
-        _exit(127);
-    }
-    close(pfd[1]);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    ssize_t r;
-    while ((r = read(pfd[0], buf + len, cap - len - 1)) > 0) {
-        len += (size_t)r;
-        if (len + 1 == cap) buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = '\0';
-    close(pfd[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    if (out) *out = buf;
-    else free(buf);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 /* ---- the identity -------------------------------------------------------------------------- */
 
@@ -363,12 +329,12 @@ static void test_identity_fixtures(void)
     ASSERT_STR_EQ(cJSON_GetObjectItemCaseSensitive(sb, "name")->valuestring, "lowrank");
     ASSERT_STR_EQ(cJSON_GetObjectItemCaseSensitive(sb, "rank_reading")->valuestring, "direct");
     ASSERT_TRUE(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(sb, "rank")));
-    ASSERT_EQ_I(cJSON_GetObjectItemCaseSensitive(sb, "rank_fraction")->valuedouble, 1);
+    ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(sb, "rank_fraction")->valuedouble, 1);
     /* No SVD pass: the same passes as magnitude. */
     cJSON *ja = load_json(rmag), *jb = load_json(rlr);
     const cJSON *suma = cJSON_GetObjectItemCaseSensitive(ja, "summary");
     const cJSON *sumb = cJSON_GetObjectItemCaseSensitive(jb, "summary");
-    ASSERT_EQ_U(cJSON_GetObjectItemCaseSensitive(suma, "module_passes")->valuedouble,
+    ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(suma, "module_passes")->valuedouble,
                 cJSON_GetObjectItemCaseSensitive(sumb, "module_passes")->valuedouble);
     ASSERT_STR_EQ(cJSON_GetObjectItemCaseSensitive(
                       cJSON_GetObjectItemCaseSensitive(
@@ -506,8 +472,8 @@ static void test_rank4(void)
      * cached after their first pass, so each is read once from disk. */
     cJSON *j = load_json(rep);
     const cJSON *sum = cJSON_GetObjectItemCaseSensitive(j, "summary");
-    ASSERT_EQ_U(cJSON_GetObjectItemCaseSensitive(sum, "module_passes")->valuedouble, 2 + 2);
-    ASSERT_EQ_U(cJSON_GetObjectItemCaseSensitive(sum, "module_disk_passes")->valuedouble, 2);
+    ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(sum, "module_passes")->valuedouble, 2 + 2);
+    ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(sum, "module_disk_passes")->valuedouble, 2);
     cJSON_Delete(j);
     /* A budget that keeps neither W nor the module (12 MiB): every SVD pass streams base and
      * aligned again (7 + 1 passes from disk), and the patch is the same. */
@@ -521,7 +487,7 @@ static void test_rank4(void)
     ASSERT_TRUE(files_equal(lr, lr2));
     j = load_json(rep2);
     sum = cJSON_GetObjectItemCaseSensitive(j, "summary");
-    ASSERT_EQ_U(cJSON_GetObjectItemCaseSensitive(sum, "module_disk_passes")->valuedouble, 7 + 1);
+    ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(sum, "module_disk_passes")->valuedouble, 7 + 1);
     cJSON_Delete(j);
     pmask_free(&a);
     pmask_free(&b);
@@ -564,7 +530,7 @@ static void test_determinism(void)
     ASSERT_TRUE(!files_equal(a, c));
     ASSERT_EQ_I(read_masks(c, &mb), 0);
     const cJSON *sc = cJSON_GetObjectItemCaseSensitive(mb.params, "scorer");
-    ASSERT_EQ_I(cJSON_GetObjectItemCaseSensitive(sc, "seed")->valuedouble, 7);
+    ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(sc, "seed")->valuedouble, 7);
     for (size_t i = 0; i < ma.n; i++) {
         double ag = agreement(ma.mask[i], mb.mask[i], ma.numel[i]);
         printf("seed 42 vs seed 7, r = 3, %-40s mask agreement %.6f\n", ma.name[i], ag);
@@ -965,9 +931,9 @@ static void test_cli(void)
     ASSERT_EQ_I(read_masks(out, &b), 0);
     ASSERT_TRUE(pmask_equal(&a, &b));
     const cJSON *sc = cJSON_GetObjectItemCaseSensitive(b.params, "scorer");
-    ASSERT_EQ_I(cJSON_GetObjectItemCaseSensitive(sc, "power_iters")->valuedouble, 3);
-    ASSERT_EQ_I(cJSON_GetObjectItemCaseSensitive(sc, "oversample")->valuedouble, 5);
-    ASSERT_EQ_I(cJSON_GetObjectItemCaseSensitive(sc, "seed")->valuedouble, 9);
+    ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(sc, "power_iters")->valuedouble, 3);
+    ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(sc, "oversample")->valuedouble, 5);
+    ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(sc, "seed")->valuedouble, 9);
     pmask_free(&a);
     pmask_free(&b);
     /* Usage errors: options of another scorer, both rank forms, wanda without activations,
@@ -1004,7 +970,7 @@ static void test_cli(void)
     cJSON *j = cJSON_Parse(txt);
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(j, "scorer");
     ASSERT_TRUE(cJSON_IsObject(s));
-    ASSERT_EQ_I(cJSON_GetObjectItemCaseSensitive(s, "passes_max")->valuedouble, 2);
+    ASSERT_EQ_D(cJSON_GetObjectItemCaseSensitive(s, "passes_max")->valuedouble, 2);
     ASSERT_TRUE(cJSON_GetObjectItemCaseSensitive(s, "peak_bytes")->valuedouble > 0);
     ASSERT_TRUE(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "bytes_read")));
     cJSON_Delete(j);
