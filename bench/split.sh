@@ -25,6 +25,7 @@ t0=$(now)
 "$NLSR" run -q --base base --aligned aligned --finetuned finetuned --out single
 t1=$(now)
 "$NLSR" prepare -q --base base --aligned aligned --out whole.nlsrp
+tp=$(now)
 "$NLSR" apply -q --patches whole.nlsrp --finetuned finetuned --out pa
 t2=$(now)
 mkdir parts
@@ -49,10 +50,11 @@ for f in single/*.safetensors; do cmp "$f" "split/$(basename "$f")"; cmp "$f" "p
 bytes=$(du -sb finetuned | cut -f1)
 echo "model: tiny x $LAYERS layers, $bytes bytes per checkpoint, $PARTS parts, $(nproc) cores"
 echo "run (single pass)                  $(el "$t0" "$t1") s"
-echo "prepare + apply                    $(el "$t1" "$t2") s"
+echo "prepare + apply                    $(el "$t1" "$t2") s (prepare $(el "$t1" "$tp") s)"
+echo "patch file                         $(stat -c %s whole.nlsrp) bytes"
 echo "split: $PARTS parts in sequence    $(el "$t2" "$t3") s (sum of the map tasks)"
 echo "split: reduce                      $(el "$t3" "$t4") s"
 echo "split: apply                       $(el "$t4" "$t5") s"
 echo "split: total, parts in sequence    $(el "$t2" "$t5") s"
 echo "split: total, 2 parts at a time    $(el "$t6" "$t8") s (map wall $(el "$t6" "$t7") s)"
-echo "outputs identical: yes"
+echo "outputs identical: yes; load average $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -179,6 +179,12 @@ bash jobs/apply.sbatch >/dev/null 2>&1 || fail apply.sbatch
 "$NLSR" run -q --base "$SFT" --aligned "$AL" --finetuned "$DATA/finetuned" --sparsity 0.7 --seed 7 \
     --out single || fail run
 cmpdir single split_out || fail "the scripts' output differs from run's"
+# A requeued reduce or apply (SLURM_RESTART_COUNT set) replaces what its first attempt
+# committed; a first attempt never replaces what was there before the job.
+bash jobs/reduce.sbatch 2>/dev/null && fail "a first reduce replaced an existing file"
+SLURM_RESTART_COUNT=1 bash jobs/reduce.sbatch 2>/dev/null || fail "requeued reduce.sbatch"
+SLURM_RESTART_COUNT=1 bash jobs/apply.sbatch >/dev/null 2>&1 || fail "requeued apply.sbatch"
+cmpdir single split_out || fail "the requeued apply's output differs"
 "$NLSR" slurm sweep --dir sj --patches whole.nlsrp --out-root "$T/sw" --concurrency 2 store/* >/dev/null ||
     fail "slurm sweep"
 grep -qx '#SBATCH --array=0-2%2' sj/sweep.sbatch || fail "sweep array: $(cat sj/sweep.sbatch)"

@@ -506,12 +506,13 @@ static int parse_slurm(int argc, char **argv, slurm_args *a)
 /* The #SBATCH lines every script shares. Memory per task: the budget every job holds to
  * (nlsr's buffers never pass it: docs/DESIGN.md "Memory"), plus the program, libraries and the
  * writer's queue outside it. */
-static void sbatch_head(FILE *f, const slurm_args *a, const char *name, const char *logs)
+static void sbatch_head(FILE *f, const slurm_args *a, const char *name, const char *logs,
+                        int array)
 {
     uint64_t mem_mib = (a->mem_budget >> 20) + 512;
     fprintf(f, "#!/bin/bash\n");
     fprintf(f, "#SBATCH --job-name=nlsr-%s\n", name);
-    fprintf(f, "#SBATCH --output=%s/%s-%%A_%%a.out\n", logs, name);
+    fprintf(f, "#SBATCH --output=%s/%s-%s.out\n", logs, name, array ? "%A_%a" : "%j");
     fprintf(f, "#SBATCH --ntasks=1\n#SBATCH --cpus-per-task=%u\n", a->cpus);
     fprintf(f, "#SBATCH --mem=%lluM\n", (unsigned long long)mem_mib);
     /* A preempted or failed node requeues the task; the task finds what it finished. */
@@ -637,7 +638,7 @@ int cmd_slurm(int argc, char **argv)
                 status = 1;
                 break;
             }
-            sbatch_head(f, &a, k ? "sweep-summary" : "sweep", logs);
+            sbatch_head(f, &a, k ? "sweep-summary" : "sweep", logs, k == 0);
             if (k == 0) array_line(f, &a, (unsigned)a.ndirs);
             fprintf(f, "set -u\n");
             fprintf(f, "exec ");
@@ -684,7 +685,7 @@ int cmd_slurm(int argc, char **argv)
         if (!base || !src || !ft || !out || !parts || !patches) status = 1;
         /* Map: one part of the prepare per task. */
         if (status == 0 && (f = open_script(dir, "prepare.sbatch", &path))) {
-            sbatch_head(f, &a, "prepare", logs);
+            sbatch_head(f, &a, "prepare", logs, 1);
             array_line(f, &a, a.parts);
             fprintf(f, "set -u\nexec ");
             shq(f, nlsr);
@@ -703,10 +704,12 @@ int cmd_slurm(int argc, char **argv)
         } else status = 1;
         /* Reduce: every part checked and merged into the one patch file. */
         if (status == 0 && (f = open_script(dir, "reduce.sbatch", &path))) {
-            sbatch_head(f, &a, "reduce", logs);
+            sbatch_head(f, &a, "reduce", logs, 0);
+            /* A requeued attempt replaces what an earlier one committed (the same bytes); a
+             * first one never replaces a file that was there before the job. */
             fprintf(f, "set -u\nexec ");
             shq(f, nlsr);
-            fprintf(f, " reduce --force --out ");
+            fprintf(f, " reduce ${SLURM_RESTART_COUNT:+--force} --out ");
             shq(f, patches);
             for (unsigned i = 0; i < a.parts; i++) {
                 fprintf(f, " \\\n    ");
@@ -719,10 +722,10 @@ int cmd_slurm(int argc, char **argv)
         } else if (status == 0) status = 1;
         /* Apply: step 3 once the selection has every module's similarity. */
         if (status == 0 && (f = open_script(dir, "apply.sbatch", &path))) {
-            sbatch_head(f, &a, "apply", logs);
+            sbatch_head(f, &a, "apply", logs, 0);
             fprintf(f, "set -u\nexec ");
             shq(f, nlsr);
-            fprintf(f, " apply --patches ");
+            fprintf(f, " apply ${SLURM_RESTART_COUNT:+--force} --patches ");
             shq(f, patches);
             fprintf(f, " --finetuned ");
             shq(f, ft);
