@@ -857,17 +857,21 @@ int nlsr_full_prepare_part(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt
             rc = nlsr_scorer_check_modules(ctx, src, p, P.acts,
                                            STREAM_DEPTH * (P.blk * 16 + 4 * 4096));
     }
-    /* A part (tune->part_count > 0) prepares the modules [lo, hi) of the module order, cut
+    /* A part (part_count > 0) prepares the modules [lo, hi) of the module order, cut
      * evenly by count: the same cut for every part of a job, whatever machine runs it. */
     for (size_t j = 0; j < src->n; j++) P.part_total += is_target(src->t[j].t, p) != 0;
     P.part_hi = P.part_total;
     if (rc == 0 && P.part_count) {
-        NLSR_FAIL_IF(P.part_index >= P.part_count, e, NLSR_E_USAGE,
-                     "part %u of %u does not exist (parts count from 0)", P.part_index,
-                     P.part_count);
-        NLSR_FAIL_IF(P.part_count > P.part_total, e, NLSR_E_USAGE,
-                     "%u parts for %" PRIu64 " modules: at most one part per module",
-                     P.part_count, P.part_total);
+        /* Not NLSR_FAIL_IF: the scratch is allocated and freed below. */
+        if (P.part_index >= P.part_count)
+            rc = nlsr_fail(e, NLSR_E_USAGE, "part %u of %u does not exist (parts count from 0)",
+                           P.part_index, P.part_count);
+        else if (P.part_count > P.part_total)
+            rc = nlsr_fail(e, NLSR_E_USAGE,
+                           "%u parts for %" PRIu64 " modules: at most one part per module",
+                           P.part_count, P.part_total);
+    }
+    if (rc == 0 && P.part_count) {
         P.part_lo = P.part_total * P.part_index / P.part_count;
         P.part_hi = P.part_total * (P.part_index + 1) / P.part_count;
         size_t nh = (size_t)(P.part_hi - P.part_lo);
