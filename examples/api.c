@@ -9,9 +9,12 @@
  *
  * It opens the three checkpoints (every header validated, no tensor data read), runs the three
  * steps with nlsr_run into OUT with the JSON report written to REPORT, stops cleanly on Ctrl-C
- * (the cancel flag), prints the bytes the job read and wrote (nlsr_ctx_counters), then reads
- * the report back and prints how many modules were patched. Exit status: 0, 1 on failure (the
- * context's one-line message), 2 usage, 130 interrupted. */
+ * (the cancel flag), shows the job's progress (a line per phase as it ends, and at most one a
+ * second while it runs: nlsr_ctx_set_progress) and what the library has to say (warnings and
+ * notices: nlsr_ctx_set_log; the library itself prints nothing), prints the bytes the job read
+ * and wrote (nlsr_ctx_counters), then reads the report back and prints how many modules were
+ * patched. Exit status: 0, 1 on failure (the context's one-line message), 2 usage, 130
+ * interrupted. */
 #define _POSIX_C_SOURCE 200809L
 #include <signal.h>
 #include <stdio.h>
@@ -25,6 +28,30 @@ static volatile sig_atomic_t stop;
 static void on_sigint(int sig)
 {
     stop = sig; /* read by the job at its next safe point: nlsr_ctx_set_cancel_flag */
+}
+
+/* The library's log: warnings and notices (a step-down to another I/O backend, a lock waited
+ * for) on stderr; the human summary (info) is left out, as this program prints its own. */
+static void on_log(void *user, nlsr_log_level level, const char *line)
+{
+    (void)user;
+    if (level == NLSR_LOG_WARN || level == NLSR_LOG_NOTICE)
+        fprintf(stderr, "api: %s: %s\n", nlsr_log_level_name(level), line);
+}
+
+/* Progress: the job's phases ("similarities", then "output" for the single pass), with the bytes
+ * done of the planned total. Called from the thread running the job. */
+static void on_progress(void *user, const nlsr_progress *p)
+{
+    (void)user;
+    if (p->finished)
+        printf("%s %s: done, %llu bytes in %.2f s\n", p->job, p->phase,
+               (unsigned long long)p->bytes_total, p->seconds);
+    else if (p->bytes_done > 0)
+        printf("%s %s: %llu of %llu bytes (%.0f%%)\n", p->job, p->phase,
+               (unsigned long long)p->bytes_done, (unsigned long long)p->bytes_total,
+               100.0 * (double)p->bytes_done / (double)p->bytes_total);
+    fflush(stdout);
 }
 
 /* Opens a checkpoint and says what it is. */
@@ -100,14 +127,16 @@ int main(int argc, char **argv)
         return 1;
     }
     nlsr_ctx_set_cancel_flag(ctx, &stop);
-    nlsr_ctx_set_quiet(ctx, 1);                   /* this program prints its own lines */
+    nlsr_ctx_set_log(ctx, on_log, NULL);
+    nlsr_ctx_set_progress(ctx, on_progress, NULL, 1.0); /* at most a line a second per phase */
     nlsr_ctx_set_mem_budget(ctx, 256ull << 20);
 
     int rc = describe(ctx, "base", base);
     if (rc == 0) rc = describe(ctx, "aligned", aligned);
     if (rc == 0) rc = describe(ctx, "finetuned", finetuned);
     if (rc == 0) {
-        nlsr_realign_params p = NLSR_REALIGN_PARAMS_DEFAULT; /* adaptive selection, seed 42 */
+        nlsr_realign_params p;
+        nlsr_realign_params_init(&p); /* the defaults: adaptive selection, seed 42 */
         p.report_path = report;
         rc = nlsr_run(ctx, base, aligned, NULL, finetuned, out, &p);
     }

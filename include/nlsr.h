@@ -82,7 +82,7 @@ void nlsr_ctx_set_cancel_flag(nlsr_ctx *ctx, const volatile sig_atomic_t *flag);
 int nlsr_ctx_cancelled(const nlsr_ctx *ctx);
 
 /* I/O backends for streaming reads and writes (see docs/DESIGN.md). AUTO tries io_uring, then
- * pread, then mmap, and says once on stderr when it steps down. */
+ * pread, then mmap, and says once per context, in a NLSR_LOG_NOTICE, when it steps down. */
 typedef enum nlsr_io_kind { NLSR_IO_AUTO, NLSR_IO_URING, NLSR_IO_PREAD, NLSR_IO_MMAP } nlsr_io_kind;
 const char *nlsr_io_kind_name(nlsr_io_kind k);
 
@@ -93,8 +93,52 @@ uint64_t nlsr_ctx_mem_peak(const nlsr_ctx *ctx);
 void nlsr_ctx_set_io(nlsr_ctx *ctx, nlsr_io_kind kind);
 /* The backend the last job actually used (after any fallback). */
 nlsr_io_kind nlsr_ctx_io_used(const nlsr_ctx *ctx);
-/* quiet != 0: no progress bar or human summary on stderr. */
+/* quiet != 0: the log callback receives warnings only, the progress callback nothing. */
 void nlsr_ctx_set_quiet(nlsr_ctx *ctx, int quiet);
+
+/* ---- logs and progress (README "Progress and logs") ------------------------------------
+ * The library never writes to stdout or stderr on its own: what it has to say goes to the
+ * callbacks set here, and with none set it is dropped. Both are called from the thread that
+ * runs the job (the one that called nlsr_run ...), never concurrently for one context. */
+typedef enum nlsr_log_level {
+    NLSR_LOG_WARN,   /* something the user should act on or know went wrong after a success
+                        (the report not written after the output was committed, a damaged
+                        state file removed, a temporary left alone) */
+    NLSR_LOG_NOTICE, /* a step down or a wait the user should see (io_uring unavailable, using
+                        pread; waiting for a lock; a stale temporary output removed; weights
+                        left out of the output) */
+    NLSR_LOG_INFO,   /* the human summary of a finished job, one call per line */
+    NLSR_LOG_DEBUG   /* details for -v (test builds' write-point counts) */
+} nlsr_log_level;
+/* "warning", "notice", "info", "debug". */
+const char *nlsr_log_level_name(nlsr_log_level level);
+/* `line` is one line without a trailing newline or a "nlsr:" prefix, valid during the call. */
+typedef void (*nlsr_log_fn)(void *user, nlsr_log_level level, const char *line);
+/* fn NULL: logs are dropped (the default). */
+void nlsr_ctx_set_log(nlsr_ctx *ctx, nlsr_log_fn fn, void *user);
+
+/* One progress report of a long job. A job runs one or more phases in order; each phase has a
+ * planned byte total (the planner's: e.g. run's single pass reads every target module of the
+ * three checkpoints in "similarities", then writes every output shard in "output") and, where
+ * the job works in units (modules, journal ranges, shards), a unit total. The last report of
+ * a phase has finished = 1 and done = total; a phase cut short by an error or a cancel gets no
+ * finished report. */
+typedef struct nlsr_progress {
+    const char *job;        /* "run", "prepare", "apply", "amplify", "synth", "rollback",
+                               "plan-read" */
+    const char *phase;      /* the job's phase: run "similarities" / "output" (single pass) or
+                               "prepare" / "apply" (through a patch file); prepare "prepare";
+                               apply "apply"; in place "journal" ...; README lists them */
+    int phase_index;        /* 0-based index of the phase in this job */
+    uint64_t bytes_done, bytes_total;  /* bytes read or written in the phase, planned total */
+    uint64_t units_done, units_total;  /* 0 / 0 where the phase does not count units */
+    double seconds;         /* since the phase began */
+    int finished;           /* 1 on the phase's last report */
+} nlsr_progress;
+typedef void (*nlsr_progress_fn)(void *user, const nlsr_progress *p);
+/* Calls fn at most every min_interval seconds per phase (0: at every update), always at a
+ * phase's start and end. fn NULL: no progress reports (the default). */
+void nlsr_ctx_set_progress(nlsr_ctx *ctx, nlsr_progress_fn fn, void *user, double min_interval);
 /* Compute threads (OpenBLAS and kernels); default 1. */
 void nlsr_ctx_set_threads(nlsr_ctx *ctx, int threads);
 /* The command line that started the job (copied), recorded in reports' audit section
@@ -135,8 +179,13 @@ typedef struct nlsr_select_params {
     uint64_t seed;     /* 42 */
 } nlsr_select_params;
 
+/* The defaults, by field name (a field added or moved never shifts the others), as a compound
+ * literal for C callers and as an init function for every language: each *_init(p) sets *p
+ * to its *_DEFAULT. */
 #define NLSR_SELECT_PARAMS_DEFAULT                                                                \
-    ((nlsr_select_params){NLSR_SELECT_ADAPTIVE, NLSR_SEMANTICS_PAPER, 0.5, 0.2, 0.1, 42u})
+    ((nlsr_select_params){.mode = NLSR_SELECT_ADAPTIVE, .semantics = NLSR_SEMANTICS_PAPER,       \
+                          .prune_rate = 0.5, .epsilon = 0.2, .tau = 0.1, .seed = 42u})
+void nlsr_select_params_init(nlsr_select_params *p);
 
 /* The three steps' parameters. Full weights and PEFT adapters share them; LoRA-only fields are
  * ignored for full checkpoints. */
@@ -183,9 +232,17 @@ typedef struct nlsr_scorer_params {
 } nlsr_scorer_params;
 
 #define NLSR_SCORER_PARAMS_DEFAULT                                                                \
-    ((nlsr_scorer_params){NLSR_SCORER_MAGNITUDE, 0, 1.0, NLSR_RANK_MODE_PAPER, 2, 10u, 0, 42u,    \
-                          NULL, NLSR_WANDA_MODE_ROW})
+    ((nlsr_scorer_params){.kind = NLSR_SCORER_MAGNITUDE, .rank = 0, .rank_fraction = 1.0,        \
+                          .rank_mode = NLSR_RANK_MODE_PAPER, .power_iters = 2, .oversample = 10u, \
+                          .exact_svd = 0, .seed = 42u, .activations = NULL,                       \
+                          .wanda_select = NLSR_WANDA_MODE_ROW})
+void nlsr_scorer_params_init(nlsr_scorer_params *p);
 
+/* The method's parameters (beta ... alpha, mask_path, scorer) and the job's output policy
+ * (force, report_path, json_stdout, mask_out_path, drop_other_weights) share this struct: the
+ * policy fields stay where they are rather than in a nested struct because moving them would
+ * break the ABI of libnlsr.so.0 and every caller's source for no change in meaning. Which is
+ * which: the patch file and the report's "params" record the method's fields only. */
 typedef struct nlsr_realign_params {
     double beta;                  /* 0.9: e = a + beta (a - b) */
     double sparsity;              /* 0.8: k = (long)(n * sparsity), mask = score > k-th */
@@ -195,21 +252,26 @@ typedef struct nlsr_realign_params {
     nlsr_amplify_mode amplify;    /* LoRA only */
     double alpha;                 /* LoRA authors' amplification factor, 0.9 */
     const char *mask_path;        /* LoRA: masks from a safetensors file (authors' layout) */
-    int force;                    /* replace an existing output */
-    const char *report_path;      /* write the JSON report here (NULL = none) */
-    int json_stdout;              /* print the JSON report on stdout */
-    const char *mask_out_path;    /* LoRA prepare/run: also write the masks there, as a
+    int force;                    /* policy: replace an existing output */
+    const char *report_path;      /* policy: write the JSON report here (NULL = none) */
+    int json_stdout;              /* policy: print the JSON report on stdout (the product the
+                                     caller asked for, not a log) */
+    const char *mask_out_path;    /* policy, LoRA prepare/run: also write the masks there, as a
                                      safetensors file in the authors' layout (NULL = none) */
     nlsr_scorer_params scorer;    /* step 2's scorer (full weights); magnitude by default */
-    int drop_other_weights;       /* leave out of the output folder the weights nlsr does not
+    int drop_other_weights;       /* policy: leave out of the output folder the weights nlsr does not
                                      realign (consolidated.safetensors, *.bin, original/ ...),
                                      which are refused otherwise (README "What the output
                                      folder holds"); in place they are refused always */
 } nlsr_realign_params;
 
 #define NLSR_REALIGN_PARAMS_DEFAULT                                                               \
-    ((nlsr_realign_params){0.9, 0.8, NLSR_SELECT_PARAMS_DEFAULT, NULL, 0, NLSR_AMPLIFY_PAPER,    \
-                           0.9, NULL, 0, NULL, 0, NULL, NLSR_SCORER_PARAMS_DEFAULT, 0})
+    ((nlsr_realign_params){.beta = 0.9, .sparsity = 0.8, .select = NLSR_SELECT_PARAMS_DEFAULT,   \
+                           .targets = NULL, .ntargets = 0, .amplify = NLSR_AMPLIFY_PAPER,         \
+                           .alpha = 0.9, .mask_path = NULL, .force = 0, .report_path = NULL,      \
+                           .json_stdout = 0, .mask_out_path = NULL,                               \
+                           .scorer = NLSR_SCORER_PARAMS_DEFAULT, .drop_other_weights = 0})
+void nlsr_realign_params_init(nlsr_realign_params *p);
 
 /* ---- checkpoints ------------------------------------------------------------------------ */
 
@@ -338,7 +400,9 @@ typedef struct nlsr_inplace_params {
     int dry_run;      /* check headers, lock, journal and state; write nothing */
 } nlsr_inplace_params;
 
-#define NLSR_INPLACE_PARAMS_DEFAULT ((nlsr_inplace_params){0, 0, 0})
+#define NLSR_INPLACE_PARAMS_DEFAULT                                                               \
+    ((nlsr_inplace_params){.wait = 0, .follow_links = 0, .dry_run = 0})
+void nlsr_inplace_params_init(nlsr_inplace_params *p);
 
 typedef enum nlsr_inplace_outcome {
     NLSR_INPLACE_REALIGNED,     /* patched and recorded */
@@ -383,7 +447,9 @@ typedef struct nlsr_rollback_params {
     int discard; /* keep a finished realignment and delete its journal (no undo after that) */
 } nlsr_rollback_params;
 
-#define NLSR_ROLLBACK_PARAMS_DEFAULT ((nlsr_rollback_params){0, 0, 0})
+#define NLSR_ROLLBACK_PARAMS_DEFAULT                                                              \
+    ((nlsr_rollback_params){.wait = 0, .force = 0, .discard = 0})
+void nlsr_rollback_params_init(nlsr_rollback_params *p);
 
 /* Restores dir's original bytes from its journal (after a crash, or to undo a finished
  * realignment), verifies them against the journal's checksums, updates the state file and
@@ -429,7 +495,9 @@ typedef struct nlsr_synth_params {
 } nlsr_synth_params;
 
 #define NLSR_SYNTH_PARAMS_DEFAULT                                                                 \
-    ((nlsr_synth_params){"tiny", 0, NLSR_SYNTH_BASE, 1u, NLSR_DTYPE_BF16, 5ull << 30, 0})
+    ((nlsr_synth_params){.preset = "tiny", .layers = 0, .role = NLSR_SYNTH_BASE, .seed = 1u,      \
+                         .dtype = NLSR_DTYPE_BF16, .shard_size = 5ull << 30, .force = 0})
+void nlsr_synth_params_init(nlsr_synth_params *p);
 
 /* Writes a synthetic Hugging Face checkpoint folder (config.json, shards, index) with the
  * preset's real tensor names and shapes, deterministic for a seed, streaming within the

@@ -114,6 +114,24 @@ static inline void test_end_(const char *name)
 #define RUN_TEST(fn) RUN_TEST_(fn, 0)
 /* A test that runs only when named on the command line (a CTest entry of its own). */
 #define RUN_TEST_ALONE(fn) RUN_TEST_(fn, 1)
+/* A test that needs the library's test hooks (environment switches that only builds configured
+ * with -DNLSR_TEST_HOOKS=ON obey: src/common/testhook.h); skipped, and said, otherwise. */
+#ifdef NLSR_TEST_HOOKS
+#define RUN_HOOK_TEST(fn) RUN_TEST(fn)
+#else
+static inline void test_hooks_missing_(void)
+{
+    TEST_SKIP("needs a build with -DNLSR_TEST_HOOKS=ON");
+}
+#define RUN_HOOK_TEST(fn)                                                                         \
+    do {                                                                                          \
+        (void)fn;                                                                                 \
+        if (test_begin_(#fn, 0)) {                                                                \
+            test_hooks_missing_();                                                                \
+            test_end_(#fn);                                                                       \
+        }                                                                                         \
+    } while (0)
+#endif
 
 /* Exit status: 1 if a test failed (or the named test does not exist), 77 if every test that
  * ran was skipped, else 0. */

@@ -159,7 +159,7 @@ static int rollback(const char *dir, int force, int discard, nlsr_inplace_result
                     size_t cap)
 {
     nlsr_ctx *ctx = new_ctx();
-    nlsr_rollback_params rp = {0, force, discard};
+    nlsr_rollback_params rp = {.force = force, .discard = discard};
     nlsr_inplace_result local;
     int rc = nlsr_rollback(ctx, dir, &rp, res ? res : &local);
     if (msg) snprintf(msg, cap, "%s", nlsr_ctx_error(ctx));
@@ -469,7 +469,7 @@ static void test_dry_run(void)
 {
     char *d = wpath("dry");
     nlsr_inplace_result r;
-    nlsr_inplace_params ip = {0, 0, 1};
+    nlsr_inplace_params ip = {.dry_run = 1};
     copy_dir(FT, d);
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, &ip, &r, NULL, 0), 0);
     ASSERT_EQ_I(r.outcome, NLSR_INPLACE_WOULD_REALIGN);
@@ -880,7 +880,7 @@ static void test_read_only_fs(void)
                     -EROFS);
         ASSERT_CONTAINS(msg, "Read-only file system");
         ASSERT_TRUE(folders_equal(m, FT));
-        nlsr_inplace_params ip = {0, 0, 1};
+        nlsr_inplace_params ip = {.dry_run = 1};
         ASSERT_EQ_I(apply_ip(patches, m, NLSR_SELECT_ADAPTIVE, 0, &ip, &r, msg, sizeof msg),
                     -EROFS); /* the dry run finds it too */
     }
@@ -903,7 +903,7 @@ static void test_lock(void)
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, msg, sizeof msg),
                 NLSR_E_LOCKED);
     ASSERT_CONTAINS(msg, "locked by another nlsr run");
-    nlsr_inplace_params dry = {0, 0, 1};
+    nlsr_inplace_params dry = {.dry_run = 1};
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, &dry, &r, msg, sizeof msg),
                 NLSR_E_LOCKED);
     ASSERT_EQ_I(rollback(d, 0, 0, &r, msg, sizeof msg), NLSR_E_LOCKED);
@@ -963,7 +963,7 @@ static void test_lock(void)
     close(fd); /* ...once this process's descriptor is closed too */
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    nlsr_inplace_params wait = {1, 0, 0};
+    nlsr_inplace_params wait = {.wait = 1};
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, &wait, &r, NULL, 0), 0);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double dt = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
@@ -998,7 +998,7 @@ static void test_links(void)
     ASSERT_CONTAINS(msg, "--follow-links");
     ASSERT_TRUE(folders_equal(blobs, FT));
     ASSERT_EQ_I(journal_state(d), NLSR_JOURNAL_NONE);
-    nlsr_inplace_params follow = {0, 1, 0};
+    nlsr_inplace_params follow = {.follow_links = 1};
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, &follow, &r, NULL, 0), 0);
     ASSERT_TRUE(folders_equal(blobs, ref_default));
     ASSERT_EQ_I(rollback(d, 0, 0, &r, NULL, 0), 0); /* follows the links it was written through */
@@ -1039,10 +1039,10 @@ int main(int argc, char **argv)
     RUN_TEST(test_state_and_force);
     RUN_TEST(test_rollback_discard_stack);
     RUN_TEST(test_dry_run);
-    RUN_TEST(test_kill_apply);
-    RUN_TEST(test_kill_lora_and_run);
-    RUN_TEST(test_kill_rollback);
-    RUN_TEST(test_damaged_journal);
+    RUN_HOOK_TEST(test_kill_apply);
+    RUN_HOOK_TEST(test_kill_lora_and_run);
+    RUN_HOOK_TEST(test_kill_rollback);
+    RUN_HOOK_TEST(test_damaged_journal);
     RUN_TEST(test_read_only);
     /* mount(2) may not be permitted here: CTest entries of their own, skipped (77) there. */
     RUN_TEST_ALONE(test_full_disk);

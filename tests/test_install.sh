@@ -104,6 +104,9 @@ try() {
         fail "$name: printed '$said' patched modules, its report has $n, nlsr run's $NREF"
     fi
     if grep -q "^libnlsr $VERSION " "$T/$name.log"; then ok; else fail "$name: nlsr_version()"; fi
+    # The progress callback: the single pass's two phases ended, in order.
+    if [ "$(sed -n 's/^run \([a-z]*\): done.*/\1/p' "$T/$name.log" | tr '\n' ' ')" = \
+        "similarities output " ]; then ok; else fail "$name: progress phases"; fi
     same=yes
     for f in "$T/ref"/*; do
         cmp -s "$f" "$T/out-$name/$(basename "$f")" || same=no

@@ -1360,8 +1360,8 @@ int main(void)
     RUN_TEST(test_run_expected);
     RUN_TEST(test_prepare_apply_equals_run);
     RUN_TEST(test_memory_plans);
-    RUN_TEST(test_run_plans);
-    RUN_TEST(test_run_lanes);
+    RUN_HOOK_TEST(test_run_plans);
+    RUN_HOOK_TEST(test_run_lanes);
     RUN_TEST(test_dtype_variants);
     RUN_TEST(test_reference_mode);
     RUN_TEST(test_damaged_patch);

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "cli_output.h"
 #include "nlsr.h"
 
 int cli_common_opt(int argc, char **argv, int *i, cli_common *c)
@@ -46,7 +47,7 @@ void cli_common_apply(const cli_common *c, nlsr_ctx *ctx)
 {
     if (c->have_mem) nlsr_ctx_set_mem_budget(ctx, c->mem);
     nlsr_ctx_set_io(ctx, c->io);
-    nlsr_ctx_set_quiet(ctx, c->quiet);
+    cli_output_install(ctx, c->quiet ? -1 : 0, -1);
 }
 
 double cli_now(void)

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_output.h"
 #include "cli_scorer.h"
 #include "nlsr.h"
 
@@ -274,7 +275,7 @@ static int run_job(int cmd, args *a)
     }
     if (a->have_mem) nlsr_ctx_set_mem_budget(ctx, a->mem);
     nlsr_ctx_set_io(ctx, a->io);
-    nlsr_ctx_set_quiet(ctx, a->quiet);
+    cli_output_install(ctx, a->quiet ? -1 : 0, -1);
     if (a->threads) nlsr_ctx_set_threads(ctx, a->threads);
     int rc = nlsr_ctx_set_revision(ctx, a->revision);
     if (rc < 0) {

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_output.h"
 #include "nlsr.h"
 
 /* A JSON string literal (quotes, backslashes and control characters escaped). */
@@ -126,7 +127,7 @@ static nlsr_ctx *new_ctx(const cli_inplace *c)
     if (!ctx) return NULL;
     if (c->have_mem) nlsr_ctx_set_mem_budget(ctx, c->mem);
     nlsr_ctx_set_io(ctx, c->io);
-    nlsr_ctx_set_quiet(ctx, c->quiet || c->ndirs > 1);
+    cli_output_install(ctx, c->quiet || c->ndirs > 1 ? -1 : 0, -1);
     if (c->threads) nlsr_ctx_set_threads(ctx, c->threads);
     return ctx;
 }

@@ -11,6 +11,7 @@
 
 #include "nlsr.h"
 #include "cli.h"
+#include "cli_output.h"
 
 static void usage(FILE *f)
 {
@@ -111,6 +112,9 @@ nlsr_ctx *cli_ctx_create(void)
         return NULL;
     }
     if (ctx) nlsr_ctx_set_cancel_flag(ctx, &stop_signal);
+    /* What the library says goes to stderr (README "Progress and logs"); commands install
+     * the printer again once -q is parsed. */
+    if (ctx) cli_output_install(ctx, 0, -1);
     return ctx;
 }
 
@@ -127,6 +131,7 @@ static const char *signal_name(int sig)
 int cli_fail(nlsr_ctx *ctx, int rc)
 {
     const char *msg = nlsr_ctx_error(ctx);
+    cli_output_clear(); /* a bar a failed phase left */
     if (rc == NLSR_E_CANCELLED && stop_signal) {
         fprintf(stderr, "nlsr: interrupted by %s: %s\n", signal_name(stop_signal),
                 msg && *msg ? msg : "stopped");

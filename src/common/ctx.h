@@ -4,15 +4,43 @@
 #ifndef NLSR_COMMON_CTX_H
 #define NLSR_COMMON_CTX_H
 
+#include <pthread.h>
+
 #include "budget.h"
 #include "err.h"
+
+/* The progress phase a job is in (log.h). */
+struct nlsr_phase {
+    int active;
+    const char *job, *name;
+    int index, next_index;  /* this phase's number in the job; the next one's */
+    int counter;            /* NLSR_PHASE_READ / WRITTEN / OWN */
+    uint64_t base;          /* the counter when the phase began */
+    uint64_t own;           /* NLSR_PHASE_OWN: bytes the job added */
+    uint64_t bytes_total, units_total, units_done;
+    double t0, last;        /* began; last report */
+    uint64_t said_done, said_units; /* what the last report said: a tick that moved nothing
+                                       reports nothing */
+    pthread_t owner;        /* reports go out only from this thread */
+};
 
 struct nlsr_ctx {
     nlsr_err err;
     nlsr_budget budget;     /* limit from nlsr_ctx_set_mem_budget; default 1 GiB */
     nlsr_io_kind io_kind;   /* requested backend */
     nlsr_io_kind io_used;   /* backend actually used by the last stream */
-    int quiet;              /* no progress output */
+    int quiet;              /* warnings only, no progress (nlsr_ctx_set_quiet) */
+    nlsr_log_fn log_fn;     /* nlsr_ctx_set_log; NULL: dropped */
+    void *log_user;
+    nlsr_progress_fn progress_fn; /* nlsr_ctx_set_progress; NULL: none */
+    void *progress_user;
+    double progress_interval;
+    struct nlsr_phase phase;
+    const char *job_name;   /* the public job running (nlsr_job_enter), NULL between jobs */
+    int no_summary;         /* a job inside another: the outer one prints the summary */
+    uint64_t write_pending; /* bytes handed to a writer whose file is not complete yet (they
+                               join bytes_written when it is): progress within a shard */
+    unsigned said_fallback; /* bit 4*from+to: the I/O step-down from -> to was logged */
     int threads;            /* compute threads (OpenBLAS) */
     uint64_t bytes_read, bytes_written;
     volatile sig_atomic_t cancel;             /* nlsr_ctx_cancel's value */

@@ -17,4 +17,23 @@ static inline void nlsr_test_point(const char *name)
 }
 #endif
 
+/* The environment variables that change what the library does, for tests only (README
+ * "Progress and logs", docs/DESIGN.md "Test hooks"): NLSR_IO_FAULT, NLSR_RUN_PLAN,
+ * NLSR_TEST_KILL_AFTER_WRITES, NLSR_TEST_KILL_TORN, NLSR_TEST_JOURNAL_RECORD. getenv(name) in
+ * a test build; NULL in a release build, so that a shipped library cannot be made to fail, to
+ * kill itself or to take another plan by its environment. */
+#ifdef NLSR_TEST_HOOKS
+#include <stdlib.h>
+static inline const char *nlsr_test_env(const char *name)
+{
+    return getenv(name);
+}
+#else
+static inline const char *nlsr_test_env(const char *name)
+{
+    (void)name;
+    return (const char *)0;
+}
+#endif
+
 #endif

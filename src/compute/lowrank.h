@@ -88,7 +88,8 @@ typedef struct nlsr_lowrank_params {
 } nlsr_lowrank_params;
 
 #define NLSR_LOWRANK_PARAMS_DEFAULT                                                               \
-    ((nlsr_lowrank_params){0, 10, 2, 42u, NLSR_LOWRANK_AUTO, 1})
+    ((nlsr_lowrank_params){.rank = 0, .oversample = 10, .power_iters = 2, .seed = 42u,            \
+                           .method = NLSR_LOWRANK_AUTO, .threads = 1})
 
 /* What a scorer for given shapes will do and need. */
 typedef struct nlsr_lowrank_info {

@@ -16,12 +16,12 @@
  *
  * nlsr_io_open with NLSR_IO_AUTO steps down io_uring -> pread -> mmap when a backend cannot be
  * set up (io_uring_setup gives EPERM or ENOSYS under seccomp, as in Docker's default profile,
- * or ENOMEM under a low memlock limit) and says so once per process on stderr. Callers step
+ * or ENOMEM under a low memlock limit) and says so once per context in its log. Callers step
  * down the same way when a request fails with EINVAL (nlsr_io_say_fallback).
  *
  * Fault injection for tests: NLSR_IO_FAULT=uring-setup makes io_uring setup fail with ENOSYS,
  * NLSR_IO_FAULT=uring-einval makes the first io_uring completion fail with EINVAL,
- * NLSR_IO_FAULT=pread-setup makes the thread pool fail to start (several: comma-separated).
+ * NLSR_IO_FAULT=pread-setup makes the thread pool fail to start (several: comma-separated); test builds (-DNLSR_TEST_HOOKS=ON) only.
  * NLSR_IO_DIRECT=0 turns O_DIRECT off everywhere, NLSR_IO_DIRECT=1 forces it even for cached files. */
 #ifndef NLSR_IO_IO_H
 #define NLSR_IO_IO_H
@@ -30,6 +30,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "../common/ctx.h"
 #include "../common/err.h"
 
 /* O_DIRECT alignment of file offsets, lengths and buffer addresses. 4096 satisfies every
@@ -63,7 +64,7 @@ typedef struct nlsr_io nlsr_io;
  * down on failure; *used says what was obtained. NLSR_IO_MMAP (asked for, or reached by
  * stepping down) leaves *out NULL: the caller maps instead. `what` names the user in the
  * step-down message ("read stream", "writer"). Forced kinds fail instead of stepping down. */
-int nlsr_io_open(nlsr_io_kind kind, unsigned qd, const char *what, int quiet, nlsr_io **out,
+int nlsr_io_open(nlsr_io_kind kind, unsigned qd, const char *what, nlsr_ctx *ctx, nlsr_io **out,
                  nlsr_io_kind *used, nlsr_err *e);
 void nlsr_io_close(nlsr_io *io);
 nlsr_io_kind nlsr_io_kind_of(const nlsr_io *io);
@@ -87,10 +88,10 @@ unsigned nlsr_io_inflight(const nlsr_io *io);
  * finish a request a backend refused. */
 void nlsr_io_transfer_sync(nlsr_io_req *r);
 
-/* Says once per process and kind of event, on stderr unless quiet, that `what` steps down
- * from one backend to another and why. */
+/* Says once per context and kind of event, in a NLSR_LOG_NOTICE of ctx's log, that `what`
+ * steps down from one backend to another and why. */
 void nlsr_io_say_fallback(const char *what, nlsr_io_kind from, nlsr_io_kind to, const char *why,
-                          int quiet);
+                          nlsr_ctx *ctx);
 
 /* O_DIRECT policy: 0 never (NLSR_IO_DIRECT=0), 2 always (NLSR_IO_DIRECT=1, even for files
  * already in the page cache), 1 otherwise (files mostly cached are read buffered). */
@@ -103,7 +104,7 @@ int nlsr_io_open_direct(const char *path, int write);
  * 6.5+); -1 where the kernel cannot say. A file mostly cached is better read buffered: O_DIRECT
  * would go to the disk for data already in memory. */
 double nlsr_io_cached_fraction(int fd, uint64_t off, uint64_t len);
-/* Test hook: the value of NLSR_IO_FAULT ("" if unset). */
+/* Test hook: the value of NLSR_IO_FAULT ("" if unset or not a test build). */
 const char *nlsr_io_fault(void);
 
 /* ---- mmap windows ----------------------------------------------------------------------- */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The backend-independent half of nlsr_io: choosing a backend, stepping down when one cannot
- * run here, and the once-per-process notices that say so. */
+ * run here, and the once-per-context notices that say so. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -11,7 +11,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "../common/testhook.h"
 #include "io_impl.h"
+#include "../common/log.h"
 
 #ifndef __NR_cachestat
 #define __NR_cachestat 451 /* the same number on every architecture */
@@ -23,7 +25,7 @@
 
 const char *nlsr_io_fault(void)
 {
-    const char *f = getenv("NLSR_IO_FAULT");
+    const char *f = nlsr_test_env("NLSR_IO_FAULT");
     return f ? f : "";
 }
 
@@ -57,20 +59,19 @@ double nlsr_io_cached_fraction(int fd, uint64_t off, uint64_t len)
     return f > 1.0 ? 1.0 : f;
 }
 
-/* One notice per (from, to) pair and process: a run over hundreds of shards steps down once,
- * not once per file. */
-static atomic_int said[4][4];
-
+/* One notice per (from, to) pair and context: a run over hundreds of shards steps down once,
+ * not once per file. The context's job thread is the only one that steps down. */
 void nlsr_io_say_fallback(const char *what, nlsr_io_kind from, nlsr_io_kind to, const char *why,
-                          int quiet)
+                          nlsr_ctx *ctx)
 {
-    if ((unsigned)from > 3u || (unsigned)to > 3u) return;
-    if (atomic_exchange(&said[from][to], 1)) return;
-    if (quiet) return;
-    if (from == to) fprintf(stderr, "nlsr: %s: %s\n", what, why);
+    if (!ctx || (unsigned)from > 3u || (unsigned)to > 3u) return;
+    unsigned bit = 1u << (4u * (unsigned)from + (unsigned)to);
+    if (ctx->said_fallback & bit) return;
+    ctx->said_fallback |= bit;
+    if (from == to) nlsr_log(ctx, NLSR_LOG_NOTICE, "%s: %s", what, why);
     else
-        fprintf(stderr, "nlsr: %s: %s %s; using %s\n", what, nlsr_io_kind_name(from), why,
-                nlsr_io_kind_name(to));
+        nlsr_log(ctx, NLSR_LOG_NOTICE, "%s: %s %s; using %s", what, nlsr_io_kind_name(from),
+                 why, nlsr_io_kind_name(to));
 }
 
 static int try_open(nlsr_io *io, nlsr_io_kind kind)
@@ -86,7 +87,7 @@ static int try_open(nlsr_io *io, nlsr_io_kind kind)
     return nlsr_io_pool_open(io, POOL_THREADS);
 }
 
-int nlsr_io_open(nlsr_io_kind kind, unsigned qd, const char *what, int quiet, nlsr_io **out,
+int nlsr_io_open(nlsr_io_kind kind, unsigned qd, const char *what, nlsr_ctx *ctx, nlsr_io **out,
                  nlsr_io_kind *used, nlsr_err *e)
 {
     *out = NULL;
@@ -111,7 +112,7 @@ int nlsr_io_open(nlsr_io_kind kind, unsigned qd, const char *what, int quiet, nl
         snprintf(why, sizeof why, "unavailable (%s: %s)",
                  order[k] == NLSR_IO_URING ? "io_uring_setup" : "starting threads",
                  strerror(-rc));
-        nlsr_io_say_fallback(what, order[k], k == 0 ? NLSR_IO_PREAD : NLSR_IO_MMAP, why, quiet);
+        nlsr_io_say_fallback(what, order[k], k == 0 ? NLSR_IO_PREAD : NLSR_IO_MMAP, why, ctx);
     }
     free(io);
     if (kind == NLSR_IO_AUTO) {

@@ -2,6 +2,7 @@
 /* The sink (io_sink.h): a ring of chunk buffers written asynchronously in file order, or
  * windows of a shared mapping for the mmap backend. */
 #define _GNU_SOURCE
+#include "../common/log.h"
 #include "io_sink.h"
 
 #include <errno.h>
@@ -45,6 +46,7 @@ struct nlsr_sink {
     nlsr_io_map win;        /* mmap: the current window */
     unsigned char *win_data;
     size_t win_len;
+    uint64_t pending;       /* bytes of this file in ctx->write_pending (progress) */
 };
 
 static size_t round_align(size_t n)
@@ -99,7 +101,7 @@ int nlsr_sink_create_in(nlsr_ctx *ctx, nlsr_io_kind kind, size_t chunk, unsigned
         else if (strcmp(w, "mmap") == 0) kind = NLSR_IO_MMAP;
     }
     s->asked = kind;
-    rc = nlsr_io_open(kind, nbuf, "writer", ctx->quiet, &s->io, &s->kind, e);
+    rc = nlsr_io_open(kind, nbuf, "writer", ctx, &s->io, &s->kind, e);
     if (rc < 0) goto fail;
     const char *what = s->kind == NLSR_IO_MMAP ? "writer mapping windows" : "writer buffers";
     uint64_t bytes = nlsr_sink_mem(chunk, nbuf);
@@ -136,6 +138,8 @@ fail:
 /* Drops the current file's descriptors and mapping, and its temporary if still there. */
 static void close_file(nlsr_sink *s, int remove_tmp)
 {
+    s->ctx->write_pending -= s->pending;
+    s->pending = 0;
     nlsr_io_unmap(&s->win);
     if (s->dfd >= 0) close(s->dfd);
     if (s->fd >= 0) close(s->fd);
@@ -232,7 +236,7 @@ static int redo_einval(nlsr_sink *s, nlsr_io_req *r)
             s->use_direct = 0;
             nlsr_io_say_fallback("writer", s->kind, s->kind,
                                  "O_DIRECT write failed with EINVAL; writing buffered",
-                                 s->ctx->quiet);
+                                 s->ctx);
         }
         r->fd = s->fd;
         NLSR_FORWARD(nlsr_io_submit(s->io, r));
@@ -241,7 +245,7 @@ static int redo_einval(nlsr_sink *s, nlsr_io_req *r)
     if (s->kind == NLSR_IO_URING && s->asked == NLSR_IO_AUTO) {
         if (!s->degrade)
             nlsr_io_say_fallback("writer", NLSR_IO_URING, NLSR_IO_PREAD,
-                                 "write failed with EINVAL", s->ctx->quiet);
+                                 "write failed with EINVAL", s->ctx);
         s->degrade = 1;
         r->res = 0;
         r->done = 0;
@@ -290,7 +294,7 @@ static int maybe_degrade(nlsr_sink *s)
     s->io = NULL;
     s->registered = 0;
     for (unsigned i = 0; i < s->nbuf; i++) s->busy[i] = 0;
-    return nlsr_io_open(NLSR_IO_PREAD, s->nbuf, "writer", s->ctx->quiet, &s->io, &s->kind,
+    return nlsr_io_open(NLSR_IO_PREAD, s->nbuf, "writer", s->ctx, &s->io, &s->kind,
                         &s->ctx->err);
 }
 
@@ -357,6 +361,10 @@ int nlsr_sink_reserve(nlsr_sink *s, unsigned char **p, size_t *avail)
 int nlsr_sink_commit(nlsr_sink *s, size_t n)
 {
     s->fill += n;
+    /* Progress within a file: the bytes count as written once the writer has them. */
+    s->pending += n;
+    s->ctx->write_pending += n;
+    nlsr_phase_tick(s->ctx);
     if (s->kind == NLSR_IO_MMAP) return 0;
     if (s->fill < s->chunk) return 0;
     NLSR_FAIL_IF(s->pos + s->chunk > s->size, &s->ctx->err, NLSR_E_USAGE,
@@ -427,6 +435,8 @@ int nlsr_sink_end(nlsr_sink *s)
     rc = nlsr_tmp_file_commit(e, s->tmp_path, s->final_path, 1);
     if (rc < 0) goto fail;
     nlsr_test_point("shard");
+    s->ctx->write_pending -= s->pending;
+    s->pending = 0;
     s->ctx->bytes_written += total;
     s->fill = 0;
     s->cur = 0;

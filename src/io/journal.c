@@ -2,6 +2,7 @@
 /* The undo journal: writer, reader, rollback, and the durable-write helpers of in-place jobs.
  * The format and the reasoning behind the write order are in journal.h and docs/JOURNAL.md. */
 #define _GNU_SOURCE
+#include "../common/log.h"
 #include "journal.h"
 
 #include <assert.h>
@@ -91,7 +92,7 @@ static struct {
 
 static uint64_t env_u64(const char *name)
 {
-    const char *s = getenv(name);
+    const char *s = nlsr_test_env(name);
     if (!s || !*s) return 0;
     char *end;
     unsigned long long v = strtoull(s, &end, 10);
@@ -192,6 +193,7 @@ int nlsr_durable_write_file(nlsr_ctx *ctx, const char *dir, const char *name, co
     if (rc == 0) rc = d_fsync_dir(e, dir);
     if (rc < 0) unlink(tmp);
     else ctx->bytes_written += len;
+    nlsr_phase_tick(ctx);
     if (rc == 0) (void)lremovexattr(path, "user.nlsr.owner");
     free(tmp);
     free(path);
@@ -523,6 +525,7 @@ static int append(nlsr_journal *j, unsigned char *buf, size_t cap, uint32_t type
     j->nrec++;
     j->journal_bytes += total;
     j->ctx->bytes_written += total;
+    nlsr_phase_tick(j->ctx);
     return 0;
 }
 
@@ -591,6 +594,7 @@ int nlsr_journal_flush(nlsr_journal *j)
         f->dirty = 1;
         j->data_bytes += s->len;
         j->ctx->bytes_written += s->len;
+        nlsr_phase_tick(j->ctx);
     }
     j->nst = 0;
     j->batch_used = 0;
@@ -948,6 +952,7 @@ typedef struct rb {
     ZSTD_DCtx *dctx;
     uint64_t *todo; /* offsets of the records to restore */
     size_t ntodo, todo_cap;
+    uint64_t todo_bytes;     /* the ranges' bytes (progress) */
 } rb;
 
 static int rb_file(rb *R, const rec *r, rfile **out)
@@ -1068,6 +1073,7 @@ static int rb_scan(rb *R, const slot *s, int state, int force)
                          f->path, r.off, r.off + r.len);
         }
         NLSR_FORWARD(rb_push(R, at));
+        R->todo_bytes += r.len;
         at += r.total;
         i++;
     }
@@ -1093,10 +1099,14 @@ static int rb_write(rb *R, int verify)
         if (!verify) {
             NLSR_FORWARD(d_pwrite(e, f->fd, R->ob.p, (size_t)r.len, r.off, f->path));
             R->ctx->bytes_written += r.len;
+            nlsr_phase_add(R->ctx, r.len);
+            nlsr_phase_units(R->ctx, 1);
             continue;
         }
         uint64_t h;
         NLSR_FORWARD(rb_current(R, f, &r, &h));
+        nlsr_phase_add(R->ctx, r.len);
+        nlsr_phase_units(R->ctx, 1);
         NLSR_FAIL_IF(h != r.h_orig, e, NLSR_E_CHECKSUM,
                      "%s: bytes %" PRIu64 "..%" PRIu64 " read back after rollback do not match "
                      "the journal's checksum of the originals",
@@ -1137,10 +1147,17 @@ int nlsr_journal_rollback(nlsr_ctx *ctx, const char *dir, int force, nlsr_journa
         if (rc == 0) rc = d_fsync(e, R.fd, path);
         if (rc < 0) goto done;
     }
+    /* Progress: the ranges restored, then read back and checked. */
+    nlsr_phase_begin(ctx, "restore", NLSR_PHASE_OWN, R.todo_bytes, R.ntodo);
     rc = rb_write(&R, 0);
     for (size_t i = 0; i < R.nfiles && rc == 0; i++)
         rc = d_fsync(e, R.files[i].fd, R.files[i].path);
-    if (rc == 0) rc = rb_write(&R, 1);
+    if (rc == 0) {
+        nlsr_phase_end(ctx);
+        nlsr_phase_begin(ctx, "verify", NLSR_PHASE_OWN, R.todo_bytes, R.ntodo);
+        rc = rb_write(&R, 1);
+    }
+    if (rc == 0) nlsr_phase_end(ctx);
     if (rc == 0) {
         info->restored_ranges = R.ntodo;
         for (size_t k = 0; k < R.ntodo; k++) {

@@ -60,11 +60,12 @@ const char *nlsr_journal_state_name(int state);
  * rollback calls it first. NLSR_TEST_KILL_AFTER_WRITES=N raises SIGKILL right after the N-th
  * fault point; with NLSR_TEST_KILL_TORN=1 a write at that point writes only the first half of
  * its bytes before the kill (a torn write). NLSR_TEST_JOURNAL_RECORD=BYTES caps the bytes per
- * record (default 4 MiB) so that small test checkpoints have many points. Unset: no effect. */
+ * record (default 4 MiB) so that small test checkpoints have many points. Unset: no effect.
+ * Test builds (-DNLSR_TEST_HOOKS=ON) only: a release build ignores the three. */
 void nlsr_fault_reset(void);
 /* Fault points passed since the last reset. */
 uint64_t nlsr_fault_count(void);
-/* 1 when NLSR_TEST_KILL_AFTER_WRITES is set (the job then reports its count on stderr). */
+/* 1 when NLSR_TEST_KILL_AFTER_WRITES is set (the job then logs its count at debug level). */
 int nlsr_fault_armed(void);
 /* NLSR_TEST_JOURNAL_RECORD, or 0 when unset. */
 uint64_t nlsr_fault_record_bytes(void);

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #define _GNU_SOURCE
+#include "../common/log.h"
 #include "lock.h"
 
 #include <errno.h>
@@ -68,9 +69,8 @@ int nlsr_lock_acquire(nlsr_ctx *ctx, const char *dir, int wait, int *fd_out)
                            "try again when it is done, or pass --wait",
                            dir, who);
         } else {
-            if (!ctx->quiet)
-                fprintf(stderr, "nlsr: %s is locked by another nlsr run (%s); waiting\n", dir,
-                        who);
+            nlsr_log(ctx, NLSR_LOG_NOTICE, "%s is locked by another nlsr run (%s); waiting", dir,
+                     who);
             rc = flock_wait(ctx, fd, LOCK_EX);
             if (rc == NLSR_E_CANCELLED)
                 nlsr_fail(e, rc, "%s: interrupted while waiting for its lock", dir);

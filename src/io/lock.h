@@ -12,7 +12,7 @@
 
 #define NLSR_LOCK_NAME ".nlsr.lock"
 
-/* Takes the folder's exclusive lock and records the holder's pid in DIR/.nlsr.lock. wait != 0 blocks until the lock is free (saying so on stderr unless quiet); otherwise a
+/* Takes the folder's exclusive lock and records the holder's pid in DIR/.nlsr.lock. wait != 0 blocks until the lock is free (saying so in a notice of the context's log); otherwise a
  * held lock is NLSR_E_LOCKED with a message naming the folder and the holder's pid.
  * *fd receives the descriptor to pass to nlsr_lock_release. */
 int nlsr_lock_acquire(nlsr_ctx *ctx, const char *dir, int wait, int *fd);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Output paths, temporary names, tree removal and safe opens: the rules are in outpath.h. */
 #define _GNU_SOURCE
+#include "../common/log.h"
 #include "outpath.h"
 
 #include <dirent.h>
@@ -691,16 +692,16 @@ void nlsr_tmp_sweep(nlsr_ctx *ctx, const char *dir, const char *prefix)
         int dead = ok == 0 ? owner_dead(txt, &pid) : -1;
         if (dead == 1) {
             int rc = nlsr_tree_remove(p);
-            if (!ctx->quiet) {
-                if (rc == 0)
-                    fprintf(stderr, "nlsr: removed %s, left by an nlsr run (pid %ld) that died\n",
-                            p, pid);
-                else
-                    fprintf(stderr, "nlsr: %s, left by an nlsr run (pid %ld) that died, could not "
-                            "be removed: %s\n", p, pid, strerror(-rc));
-            }
-        } else if (dead == -1 && !ctx->quiet) {
-            fprintf(stderr, "nlsr: %s has a temporary name but no nlsr marker; left alone\n", p);
+            if (rc == 0)
+                nlsr_log(ctx, NLSR_LOG_NOTICE,
+                         "removed %s, left by an nlsr run (pid %ld) that died", p, pid);
+            else
+                nlsr_log(ctx, NLSR_LOG_WARN,
+                         "%s, left by an nlsr run (pid %ld) that died, could not be removed: %s",
+                         p, pid, strerror(-rc));
+        } else if (dead == -1) {
+            nlsr_log(ctx, NLSR_LOG_NOTICE,
+                     "%s has a temporary name but no nlsr marker; left alone", p);
         }
         free(p);
     }

@@ -71,8 +71,8 @@ int nlsr_tree_remove(const char *path);
 void nlsr_tmp_remove(const char *tmp);
 
 /* Leftovers of dead runs named <prefix>* inside folder `dir`: each one whose marker proves it
- * was made by nlsr on this host in a process that is gone is removed and said on stderr
- * (unless quiet); others are reported and left alone. */
+ * was made by nlsr on this host in a process that is gone is removed and said in a notice of
+ * the context's log; others are reported and left alone. */
 void nlsr_tmp_sweep(nlsr_ctx *ctx, const char *dir, const char *prefix);
 
 

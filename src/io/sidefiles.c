@@ -2,6 +2,7 @@
 /* The output folder's contents beside the weights: which entries of an input checkpoint folder
  * are copied, left out or refused (the policy is in sidefiles.h), and the copy itself. */
 #define _GNU_SOURCE
+#include "../common/log.h"
 #include "sidefiles.h"
 
 #include <errno.h>
@@ -358,11 +359,11 @@ int nlsr_sidefiles_copy(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *dst_dir,
         free(t);
     }
     ctx->bytes_written += bytes;
-    if (rc == 0 && sf->dropped && !ctx->quiet) {
+    if (rc == 0 && sf->dropped) {
         char list[640];
         names_of(sf, NLSR_SF_OTHER, list, sizeof list);
-        fprintf(stderr, "nlsr: left out of the output (weights nlsr does not realign): %s\n",
-                list);
+        nlsr_log(ctx, NLSR_LOG_NOTICE, "left out of the output (weights nlsr does not realign): %s",
+                 list);
     }
     return rc;
 }

@@ -71,7 +71,7 @@ int nlsr_sidefiles_load(nlsr_ctx *ctx, const nlsr_ckpt *ck, int drop, int in_pla
 
 /* Copies the COPY entries of sf (loaded here first when it is not) into dst_dir, which the job
  * created: every file a new regular file (created exclusively, same bytes, fsynced), folders
- * made and fsynced. Counts the bytes in ctx and, unless quiet, says on stderr which weights were
+ * made and fsynced. Counts the bytes in ctx and says in a notice of the log which weights were
  * left out. */
 int nlsr_sidefiles_copy(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *dst_dir, int drop,
                         nlsr_sidefiles *sf);

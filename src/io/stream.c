@@ -14,6 +14,7 @@
  * backend that cannot be set up, or an io_uring read failing with EINVAL, makes the stream
  * step down to the next one and say so once. */
 #define _GNU_SOURCE
+#include "../common/log.h"
 #include "stream.h"
 
 #include <errno.h>
@@ -267,7 +268,7 @@ static int complete(nlsr_stream *s, nlsr_io_req *r)
         if (s->asked == NLSR_IO_AUTO) {
             if (!s->degrade)
                 nlsr_io_say_fallback("read stream", NLSR_IO_URING, NLSR_IO_PREAD,
-                                     "read failed with EINVAL", s->ctx->quiet);
+                                     "read failed with EINVAL", s->ctx);
             s->degrade = 1;
             r->fd = sf->f->fd;
             r->res = 0;
@@ -276,7 +277,7 @@ static int complete(nlsr_stream *s, nlsr_io_req *r)
         } else if (r->fd != sf->f->fd) {
             nlsr_io_say_fallback("read stream", NLSR_IO_URING, NLSR_IO_URING,
                                  "O_DIRECT read failed with EINVAL; reading buffered",
-                                 s->ctx->quiet);
+                                 s->ctx);
             sf->direct = 0;
             r->fd = sf->f->fd;
             return set_err(s, nlsr_io_submit(s->io, r));
@@ -312,7 +313,7 @@ static int degrade_now(nlsr_stream *s)
     s->io = NULL;
     s->registered = 0;
     s->degrade = 0;
-    NLSR_FORWARD(set_err(s, nlsr_io_open(NLSR_IO_PREAD, s->qd, "read stream", s->ctx->quiet,
+    NLSR_FORWARD(set_err(s, nlsr_io_open(NLSR_IO_PREAD, s->qd, "read stream", s->ctx,
                                          &s->io, &s->kind, &s->ctx->err)));
     s->ctx->io_used = s->kind;
     /* Requests already laid out keep their windows; only registered indexes go. */
@@ -456,7 +457,7 @@ int nlsr_stream_open_in(nlsr_ctx *ctx, const nlsr_unit *units, size_t nunits, un
             goto fail;
         }
     }
-    rc = nlsr_io_open(s->asked, s->qd, "read stream", ctx->quiet, &s->io, &s->kind, e);
+    rc = nlsr_io_open(s->asked, s->qd, "read stream", ctx, &s->io, &s->kind, e);
     if (rc < 0) goto fail;
     ctx->io_used = s->kind;
     uint64_t total = s->slot_bytes * depth;
@@ -529,6 +530,7 @@ int nlsr_stream_next(nlsr_stream *s, const nlsr_unit **unit, const unsigned char
             NLSR_FORWARD(set_err(s, nlsr_io_map_populate(&sl->map[k], &s->ctx->err)));
     const nlsr_unit *u = &s->units[s->next_deliver];
     for (int k = 0; k < u->nspans; k++) s->ctx->bytes_read += nlsr_span_bytes(&u->span[k]);
+    nlsr_phase_tick(s->ctx); /* the job's phase, if it counts reads */
     if (s->ctx->read_tap) /* the report's fingerprints, from the bytes as delivered */
         for (int k = 0; k < u->nspans; k++) {
             const nlsr_span *sp = &u->span[k];

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/log.h"
 #include "../common/ctx.h"
 #include "../compute/convert.h"
 #include "../compute/reference.h"
@@ -143,10 +144,10 @@ static int run_plan(amp_run *R)
     if (rc == 0)
         rc = nlsr_stream_open_in(ctx, P->units, P->nunits, P->depth, rmem, (size_t)P->stream_mem,
                                  &st);
-    nlsr_progress pr;
+    /* Bytes read and written together: the plan knows both. */
     uint64_t total = P->write_bytes;
     for (int k = 0; k < NLSR_PLAN_MAX_CK; k++) total += P->read_bytes[k];
-    nlsr_progress_start(&pr, ctx, "amplify", total);
+    if (rc == 0) nlsr_phase_begin(ctx, "amplify", NLSR_PHASE_OWN, total, P->nunits);
     const nlsr_unit *u;
     const unsigned char *const *data;
     while (rc == 0 && (rc = nlsr_stream_next(st, &u, &data)) == 1) {
@@ -166,10 +167,11 @@ static int run_plan(amp_run *R)
                 moved += 2 * nb;
             }
         }
-        nlsr_progress_add(&pr, moved);
+        nlsr_phase_add(ctx, moved);
+        nlsr_phase_units(ctx, 1);
     }
     if (rc == 0) rc = advance_to(R, (long)R->al->nshards);
-    nlsr_progress_end(&pr);
+    if (rc == 0) nlsr_phase_end(ctx);
     if (st) ctx->io_used = nlsr_stream_backend(st);
     nlsr_stream_close(st);
     nlsr_sink_free(R->sink);
@@ -209,7 +211,7 @@ static int amplify_full(nlsr_ctx *ctx, const nlsr_ckpt *bk, const nlsr_ckpt *ak,
     return rc;
 }
 
-int nlsr_amplify(nlsr_ctx *ctx, const char *base, const char *aligned, const char *out_dir,
+static int amplify_job(nlsr_ctx *ctx, const char *base, const char *aligned, const char *out_dir,
                  const nlsr_realign_params *params)
 {
     nlsr_err *e = &ctx->err;
@@ -247,5 +249,14 @@ int nlsr_amplify(nlsr_ctx *ctx, const char *base, const char *aligned, const cha
 done:
     nlsr_ckpt_free(bk);
     nlsr_ckpt_free(ak);
+    return rc;
+}
+
+int nlsr_amplify(nlsr_ctx *ctx, const char *base, const char *aligned, const char *out_dir,
+                 const nlsr_realign_params *params)
+{
+    int entered = nlsr_job_enter(ctx, "amplify");
+    int rc = amplify_job(ctx, base, aligned, out_dir, params);
+    nlsr_job_leave(ctx, entered);
     return rc;
 }

@@ -3,6 +3,7 @@
  * recoverable at every moment is described in inplace.h; the journal's own order in
  * src/io/journal.h. */
 #define _GNU_SOURCE
+#include "../common/log.h"
 #include "inplace.h"
 
 #include <assert.h>
@@ -230,9 +231,8 @@ static int state_revert(nlsr_ctx *ctx, const char *dir, uint64_t id)
         /* The journal has put the original bytes back already; a damaged record of the
          * realignment it undid must not leave the rollback half done. It records nothing
          * that is still true, so it goes, and the user is told. */
-        if (!ctx->quiet)
-            fprintf(stderr, "nlsr: warning: %s; the rollback is complete, so it was removed\n",
-                    ctx->err.msg);
+        nlsr_log(ctx, NLSR_LOG_WARN, "%s; the rollback is complete, so it was removed",
+                 ctx->err.msg);
         nlsr_err_clear(&ctx->err);
         return nlsr_durable_unlink(ctx, dir, NLSR_STATE_NAME);
     }
@@ -325,7 +325,7 @@ static void job_free(ip_job *J)
     cJSON_Delete(J->patch_params);
     nlsr_journal_info_free(&J->ji);
     if (nlsr_fault_armed())
-        fprintf(stderr, "nlsr: test: %" PRIu64 " write points\n", nlsr_fault_count());
+        nlsr_log(J->ctx, NLSR_LOG_DEBUG, "test: %" PRIu64 " write points", nlsr_fault_count());
 }
 
 /* Restores from the journal, reverts the state and removes the journal; shared by rollback,
@@ -840,7 +840,7 @@ done:
     return rc;
 }
 
-int nlsr_apply_inplace(nlsr_ctx *ctx, const char *patches, const char *dir,
+static int apply_inplace_job(nlsr_ctx *ctx, const char *patches, const char *dir,
                        const nlsr_realign_params *p, const nlsr_inplace_params *ip,
                        nlsr_inplace_result *res)
 {
@@ -857,7 +857,17 @@ int nlsr_apply_inplace(nlsr_ctx *ctx, const char *patches, const char *dir,
     return rc;
 }
 
-int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+int nlsr_apply_inplace(nlsr_ctx *ctx, const char *patches, const char *dir,
+                       const nlsr_realign_params *p, const nlsr_inplace_params *ip,
+                       nlsr_inplace_result *res)
+{
+    int entered = nlsr_job_enter(ctx, "apply");
+    int rc = apply_inplace_job(ctx, patches, dir, p, ip, res);
+    nlsr_job_leave(ctx, entered);
+    return rc;
+}
+
+static int run_inplace_job(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
                      const char *dir, const nlsr_realign_params *p,
                      const nlsr_inplace_params *ip, nlsr_inplace_result *res)
 {
@@ -933,10 +943,10 @@ int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const
         pp.report_path = NULL;
         pp.json_stdout = 0;
         pp.force = 1;
-        int quiet = ctx->quiet;
-        ctx->quiet = 1; /* one human summary: apply's */
+        int no_summary = ctx->no_summary;
+        ctx->no_summary = 1; /* one human summary: apply's */
         rc = nlsr_prepare(ctx, base, aligned, reference, patch, &pp);
-        ctx->quiet = quiet;
+        ctx->no_summary = no_summary;
     }
     nlsr_ckpt_free(T);
     T = NULL;
@@ -953,7 +963,17 @@ done:
     return rc;
 }
 
-int nlsr_rollback(nlsr_ctx *ctx, const char *dir, const nlsr_rollback_params *rp,
+int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+                     const char *dir, const nlsr_realign_params *p,
+                     const nlsr_inplace_params *ip, nlsr_inplace_result *res)
+{
+    int entered = nlsr_job_enter(ctx, "run");
+    int rc = run_inplace_job(ctx, base, aligned, reference, dir, p, ip, res);
+    nlsr_job_leave(ctx, entered);
+    return rc;
+}
+
+static int rollback_job(nlsr_ctx *ctx, const char *dir, const nlsr_rollback_params *rp,
                   nlsr_inplace_result *res)
 {
     nlsr_err *e = &ctx->err;
@@ -1012,5 +1032,14 @@ done:
     cJSON_Delete(st);
     nlsr_journal_info_free(&info);
     job_free(&J);
+    return rc;
+}
+
+int nlsr_rollback(nlsr_ctx *ctx, const char *dir, const nlsr_rollback_params *rp,
+                  nlsr_inplace_result *res)
+{
+    int entered = nlsr_job_enter(ctx, "rollback");
+    int rc = rollback_job(ctx, dir, rp, res);
+    nlsr_job_leave(ctx, entered);
     return rc;
 }

@@ -12,6 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/testhook.h"
+#include "../common/log.h"
 #include "../common/ctx.h"
 #include "../io/file.h"
 #include "../io/hub.h"
@@ -121,28 +123,10 @@ static int open_pair(nlsr_ctx *ctx, const char *base, const char *src, nlsr_ckpt
     return 0;
 }
 
-static int prepare_job(nlsr_ctx *ctx, const char *base, const char *aligned,
-                       const char *reference, const char *out_file, const nlsr_realign_params *p,
-                       unsigned part_index, unsigned part_count);
-
-int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
-                 const char *out_file, const nlsr_realign_params *p)
-{
-    return prepare_job(ctx, base, aligned, reference, out_file, p, 0, 0);
-}
-
-int nlsr_prepare_part(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
-                      const char *out_file, const nlsr_realign_params *p, unsigned index,
-                      unsigned count)
-{
-    NLSR_FAIL_IF(count == 0 || index >= count, &ctx->err, NLSR_E_USAGE,
-                 "part %u of %u does not exist (parts count from 0)", index, count);
-    return prepare_job(ctx, base, aligned, reference, out_file, p, index, count);
-}
-
-static int prepare_job(nlsr_ctx *ctx, const char *base, const char *aligned,
-                       const char *reference, const char *out_file, const nlsr_realign_params *p,
-                       unsigned part_index, unsigned part_count)
+/* part_count 0: the whole; else part part_index of part_count (docs/SCALE.md). */
+static int prepare_job(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+                       const char *out_file, const nlsr_realign_params *p, unsigned part_index,
+                       unsigned part_count)
 {
     nlsr_err *e = &ctx->err;
     NLSR_FAIL_IF(!aligned == !reference, e, NLSR_E_USAGE,
@@ -188,7 +172,7 @@ static int prepare_job(nlsr_ctx *ctx, const char *base, const char *aligned,
     rc = nlsr_full_check_sources(ctx, B, S, is_ref, p);
     if (rc == 0) rc = check_out_file(ctx, out_file, p, base, srcp, NULL);
     if (rc == 0) rc = nlsr_full_prepare_part(ctx, B, S, is_ref, out_file, p, NULL, part_index,
-                                         part_count, &rep);
+                                             part_count, &rep);
     if (rc == 0) rc = nlsr_report_emit(&rep, ctx, p);
 done:
     unlock_inputs(locks, 2);
@@ -196,6 +180,27 @@ done:
     nlsr_report_free(&rep);
     nlsr_ckpt_free(B);
     nlsr_ckpt_free(S);
+    return rc;
+}
+
+int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+                 const char *out_file, const nlsr_realign_params *p)
+{
+    int entered = nlsr_job_enter(ctx, "prepare");
+    int rc = prepare_job(ctx, base, aligned, reference, out_file, p, 0, 0);
+    nlsr_job_leave(ctx, entered);
+    return rc;
+}
+
+int nlsr_prepare_part(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+                      const char *out_file, const nlsr_realign_params *p, unsigned index,
+                      unsigned count)
+{
+    NLSR_FAIL_IF(count == 0 || index >= count, &ctx->err, NLSR_E_USAGE,
+                 "part %u of %u does not exist (parts count from 0)", index, count);
+    int entered = nlsr_job_enter(ctx, "prepare");
+    int rc = prepare_job(ctx, base, aligned, reference, out_file, p, index, count);
+    nlsr_job_leave(ctx, entered);
     return rc;
 }
 
@@ -210,7 +215,7 @@ static int apply_full(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *T, con
     return nlsr_full_apply(ctx, pf, T, tmp, used, NULL, rep);
 }
 
-int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const char *out_dir,
+static int apply_job(nlsr_ctx *ctx, const char *patches, const char *finetuned, const char *out_dir,
                const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
@@ -279,7 +284,16 @@ done:
     return rc;
 }
 
-int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const char *out_dir,
+               const nlsr_realign_params *p)
+{
+    int entered = nlsr_job_enter(ctx, "apply");
+    int rc = apply_job(ctx, patches, finetuned, out_dir, p);
+    nlsr_job_leave(ctx, entered);
+    return rc;
+}
+
+static int run_job(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
              const char *finetuned, const char *out_dir, const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
@@ -346,8 +360,9 @@ int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *r
     if (rc == 0) rc = nlsr_scorer_check_params(ctx, &p->scorer);
     if (rc < 0) goto done;
     /* The single pass when the budget holds two whole modules; prepare + apply through a
-     * temporary patch file otherwise. NLSR_RUN_PLAN forces one (tests, measurements). */
-    const char *force = getenv("NLSR_RUN_PLAN");
+     * temporary patch file otherwise. NLSR_RUN_PLAN forces one (test builds only: tests,
+     * measurements). */
+    const char *force = nlsr_test_env("NLSR_RUN_PLAN");
     nlsr_run_plan rp;
     rc = nlsr_full_run_plan(ctx, B, S, T, p, &rp);
     if (rc < 0) goto done;
@@ -404,5 +419,14 @@ done:
     nlsr_ckpt_free(B);
     nlsr_ckpt_free(S);
     nlsr_ckpt_free(T);
+    return rc;
+}
+
+int nlsr_run(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+             const char *finetuned, const char *out_dir, const nlsr_realign_params *p)
+{
+    int entered = nlsr_job_enter(ctx, "run");
+    int rc = run_job(ctx, base, aligned, reference, finetuned, out_dir, p);
+    nlsr_job_leave(ctx, entered);
     return rc;
 }

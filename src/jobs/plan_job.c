@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/log.h"
 #include "../common/ctx.h"
 #include "../io/file.h"
 #include "../plan/planner.h"
@@ -123,7 +124,7 @@ done:
     return rc;
 }
 
-int nlsr_plan_read(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
+static int plan_read_job(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
                    const nlsr_realign_params *params)
 {
     nlsr_ckpt *ck[NLSR_PLAN_MAX_CK] = {NULL, NULL, NULL};
@@ -132,10 +133,9 @@ int nlsr_plan_read(nlsr_ctx *ctx, const char *base, const char *aligned, const c
     nlsr_stream *st = NULL;
     int rc = open_and_plan(ctx, base, aligned, finetuned, params, ck, &plan);
     if (rc == 0) rc = nlsr_stream_open(ctx, plan.units, plan.nunits, plan.depth, &st);
-    nlsr_progress pr;
     uint64_t total = 0;
     for (int k = 0; k < NLSR_PLAN_MAX_CK; k++) total += plan.read_bytes[k];
-    nlsr_progress_start(&pr, ctx, "read", total);
+    if (rc == 0) nlsr_phase_begin(ctx, "read", NLSR_PHASE_READ, total, plan.nunits);
     const nlsr_unit *u;
     const unsigned char *const *data;
     volatile unsigned sink = 0;
@@ -146,15 +146,24 @@ int nlsr_plan_read(nlsr_ctx *ctx, const char *base, const char *aligned, const c
         for (int k = 0; k < u->nspans; k++) {
             uint64_t n = nlsr_span_bytes(&u->span[k]);
             for (uint64_t i = 0; i < n; i += 4096) acc += data[k][i];
-            nlsr_progress_add(&pr, n);
         }
         sink += acc;
+        nlsr_phase_units(ctx, 1);
     }
     (void)sink; /* read once so the touches cannot be optimized away */
-    nlsr_progress_end(&pr);
+    if (rc == 0) nlsr_phase_end(ctx);
     if (st) ctx->io_used = nlsr_stream_backend(st);
     nlsr_stream_close(st);
     nlsr_plan_free(&plan);
     for (int k = 0; k < NLSR_PLAN_MAX_CK; k++) nlsr_ckpt_free(ck[k]);
+    return rc;
+}
+
+int nlsr_plan_read(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
+                   const nlsr_realign_params *params)
+{
+    int entered = nlsr_job_enter(ctx, "plan-read");
+    int rc = plan_read_job(ctx, base, aligned, finetuned, params);
+    nlsr_job_leave(ctx, entered);
     return rc;
 }

@@ -3,6 +3,7 @@
  * output checkpoint), both streamed through nlsr_stream with every buffer on the budget. The
  * plan of passes is in realign_full.h; the arithmetic is METHOD.md's, to the bit. */
 #define _GNU_SOURCE
+#include "../common/log.h"
 #include "realign_full.h"
 
 #include <cjson/cJSON.h>
@@ -880,6 +881,21 @@ int nlsr_full_prepare_part(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt
         if (!P.hm_base || !P.hm_src) rc = nlsr_fail(e, -ENOMEM, "out of memory");
     }
     if (rc == 0) rc = nlsr_pf_writer_open(ctx, out_file, "full", &P.w);
+    /* Progress: each module of base and source once (the scorer's further passes and the
+     * re-reads of modules too large to cache are not counted twice). */
+    uint64_t prep_bytes = 0, prep_units = 0, pm = 0;
+    for (size_t j = 0; j < src->n; j++) {
+        size_t ib;
+        if (!is_target(src->t[j].t, p)) continue;
+        pm++; /* a part counts its own modules only */
+        if (pm - 1 < P.part_lo || pm - 1 >= P.part_hi ||
+            nlsr_ckpt_find(base, src->t[j].t->name, &ib) != 0)
+            continue;
+        prep_bytes += (src->t[j].t->end - src->t[j].t->begin) +
+                      (base->t[ib].t->end - base->t[ib].t->begin);
+        prep_units++;
+    }
+    if (rc == 0) nlsr_phase_begin(ctx, "prepare", NLSR_PHASE_OWN, prep_bytes, prep_units);
     /* Module order: the source's target names, sorted; check_sources made sure base has each. */
     uint64_t mi = 0;
     for (size_t j = 0; j < src->n && rc == 0; j++) {
@@ -900,6 +916,8 @@ int nlsr_full_prepare_part(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt
         }
         M.tb = base->t[M.ib].t;
         rc = prep_module(&P, &M, rep);
+        nlsr_phase_add(ctx, (M.ts->end - M.ts->begin) + (M.tb->end - M.tb->begin));
+        nlsr_phase_units(ctx, 1);
         /* A stop point between modules (tests/test_slurm.sh signals a split task there). */
         if (rc == 0) nlsr_test_point("module");
     }
@@ -910,6 +928,7 @@ int nlsr_full_prepare_part(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt
         rc = nlsr_pf_writer_commit(P.w, extra, &file_bytes);
         P.w = NULL;
     }
+    if (rc == 0) nlsr_phase_end(ctx);
     if (rc == 0 && rep) {
         rep->summary.patch_bytes = file_bytes;
         rep->summary.model_bytes = model_bytes;
@@ -1060,6 +1079,14 @@ static int apply_similarity(apply_ctx *A, nlsr_report *rep)
     nlsr_cos_sums *sums = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *sums);
     NLSR_FAIL_IF(!sums, &ctx->err, -ENOMEM, "out of memory");
     int rc = apply_units(A, NULL, &units, &nunits);
+    /* Progress: the fine-tune's target modules and the patch file's blocks, each read once. */
+    uint64_t sim_bytes = 0;
+    for (size_t i = 0; i < pf->nmodules; i++) {
+        const nlsr_pf_tensor *pt = &pf->modules[i].t[0];
+        sim_bytes += A->ft->t[A->ti[i]].t->end - A->ft->t[A->ti[i]].t->begin;
+        for (size_t b = 0; b < pt->nblocks; b++) sim_bytes += pt->blocks[b].csize;
+    }
+    if (rc == 0) nlsr_phase_begin(ctx, "similarities", NLSR_PHASE_READ, sim_bytes, pf->nmodules);
     nlsr_stream *s = NULL;
     if (rc == 0 && nunits) rc = nlsr_stream_open(ctx, units, nunits, STREAM_DEPTH, &s);
     const nlsr_unit *u;
@@ -1067,8 +1094,11 @@ static int apply_similarity(apply_ctx *A, nlsr_report *rep)
     while (rc == 0 && s && (rc = nlsr_stream_next(s, &u, &data)) == 1) {
         size_t mi = A->umod[u->tag];
         rc = similarity_block(A, mi, A->ublk[u->tag], data[0], &sums[mi]);
+        if (rc == 0 && A->ublk[u->tag] + 1 == pf->modules[mi].t[0].nblocks)
+            nlsr_phase_units(ctx, 1);
     }
     nlsr_stream_close(s);
+    if (rc == 0) nlsr_phase_end(ctx);
     free(units);
     for (size_t i = 0; i < pf->nmodules && rc == 0; i++) {
         const nlsr_pf_tensor *pt = &pf->modules[i].t[0];
@@ -1108,10 +1138,14 @@ static int write_block(apply_ctx *A, size_t mi, size_t bi, const unsigned char *
             NLSR_FORWARD(nlsr_journal_flush(A->jn));
             A->jn_mod = mi;
         }
-        return nlsr_journal_stage(A->jn, sh, off, raw, A->outraw, cnt * tsz, tsz);
+        NLSR_FORWARD(nlsr_journal_stage(A->jn, sh, off, raw, A->outraw, cnt * tsz, tsz));
+    } else {
+        NLSR_FORWARD(nlsr_pwrite_all(A->fds[sh], A->outraw, cnt * tsz, off, A->dst[sh],
+                                     &ctx->err));
+        ctx->bytes_written += cnt * tsz;
     }
-    NLSR_FORWARD(nlsr_pwrite_all(A->fds[sh], A->outraw, cnt * tsz, off, A->dst[sh], &ctx->err));
-    ctx->bytes_written += cnt * tsz;
+    if (bi + 1 == pt->nblocks) nlsr_phase_units(ctx, 1);
+    else nlsr_phase_tick(ctx);
     return 0;
 }
 
@@ -1137,6 +1171,16 @@ static int apply_write(apply_ctx *A, nlsr_report *rep, const char *out_dir)
     }
     for (size_t k = 0; k < ft->nshards; k++) A->fds[k] = -1;
     for (size_t i = 0; i < pf->nmodules; i++) only[i] = rep->m[i].patched;
+    /* Progress: the shards copied (into a folder) and the patched modules' bytes written over
+     * them, or in place their journal copies and the bytes written over them. */
+    uint64_t out_bytes = 0, npatched = 0;
+    for (size_t k = 0; k < ft->nshards && !A->jn; k++) out_bytes += ft->shards[k]->file_size;
+    for (size_t i = 0; i < pf->nmodules; i++)
+        if (only[i]) {
+            npatched++;
+            out_bytes += (A->jn ? 2 : 1) * (ft->t[A->ti[i]].t->end - ft->t[A->ti[i]].t->begin);
+        }
+    nlsr_phase_begin(ctx, "output", NLSR_PHASE_WRITTEN, out_bytes, npatched);
     /* In place there is no copy: the journal holds the shards open for writing. */
     for (size_t k = 0; k < ft->nshards && rc == 0 && !A->jn; k++) {
         if (!(A->dst[k] = nlsr_path_join(out_dir, ft->shard_names[k]))) {
@@ -1148,6 +1192,7 @@ static int apply_write(apply_ctx *A, nlsr_report *rep, const char *out_dir)
             /* The kernel reads the shard to copy it (unless it can reflink). */
             ctx->bytes_read += ft->shards[k]->file_size;
             ctx->bytes_written += ft->shards[k]->file_size;
+            nlsr_phase_tick(ctx);
         }
     }
     for (size_t i = 0; i < pf->nmodules && rc == 0 && !A->jn; i++) {
@@ -1186,6 +1231,7 @@ static int apply_write(apply_ctx *A, nlsr_report *rep, const char *out_dir)
     /* Side files (index, config, tokenizer ...) as the policy says (src/io/sidefiles.h). */
     if (rc == 0 && !A->jn)
         rc = nlsr_sidefiles_copy(ctx, ft, out_dir, A->drop, &rep->files);
+    if (rc == 0) nlsr_phase_end(ctx);
 done:
     free(units);
     if (A->dst)

@@ -753,6 +753,7 @@ static int phase_a(runner *R, const nlsr_unit *u, nlsr_report *rep)
     while ((rc = nlsr_stream_next(R->s, &un, &data)) == 1) {
         rc = module_compute(R, &R->m[un->tag], data);
         if (rc < 0) break;
+        nlsr_phase_units(ctx, 1);
     }
     lanes_stop(R);
     nlsr_stream_close(R->s);
@@ -883,6 +884,7 @@ static int phase_b(runner *R, nlsr_report *rep, const char *out_dir)
                                  dst, e);
             ctx->bytes_read += start - cursor;
             ctx->bytes_written += start - cursor;
+            nlsr_phase_tick(ctx);
             M->vpos = 0;
             for (uint64_t first = 0; rc == 0 && first < M->n; first += OUT_UNIT) {
                 const nlsr_unit *un;
@@ -896,6 +898,7 @@ static int phase_b(runner *R, nlsr_report *rep, const char *out_dir)
                     rc = nlsr_pwrite_all(out, outbuf, cnt * M->tsz, start + first * M->tsz, dst,
                                          e);
                 ctx->bytes_written += cnt * M->tsz;
+                nlsr_phase_tick(ctx);
             }
             cursor = end;
             next++;
@@ -906,6 +909,7 @@ static int phase_b(runner *R, nlsr_report *rep, const char *out_dir)
             ctx->bytes_read += f->file_size - cursor;
             ctx->bytes_written += f->file_size - cursor;
         }
+        nlsr_phase_units(ctx, 1);
         if (rc == 0 && fsync(out) != 0)
             rc = nlsr_fail(e, -errno, "%s: fsync failed: %s", dst, strerror(errno));
         if (rc == 0) {
@@ -947,13 +951,28 @@ int nlsr_full_run(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src, in
         if (rc == 0) rc = plan_store(&R, stream_bytes, no_store);
     }
     double t0 = nlsr_now();
-    if (rc == 0) rc = phase_a(&R, u, rep);
+    if (rc == 0) {
+        /* Phase A reads every target module of the three checkpoints once. */
+        uint64_t a_bytes = 0;
+        for (size_t i = 0; i < R.nm; i++)
+            a_bytes += R.m[i].n * (R.m[i].asz + R.m[i].bsz + R.m[i].tsz);
+        nlsr_phase_begin(ctx, "similarities", NLSR_PHASE_READ, a_bytes, R.nm);
+        rc = phase_a(&R, u, rep);
+        if (rc == 0) nlsr_phase_end(ctx);
+    }
     double t1 = nlsr_now();
     free(u);
     nlsr_budget_free(&ctx->budget, R.cands, R.cand_cap * sizeof(float));
     R.cands = NULL;
     if (rc == 0) rc = nlsr_report_select(rep, ctx, &p->select);
-    if (rc == 0) rc = phase_b(&R, rep, out_dir);
+    if (rc == 0) {
+        /* Phase B writes every output shard (the side files are not counted). */
+        uint64_t b_bytes = 0;
+        for (size_t k = 0; k < ft->nshards; k++) b_bytes += ft->shards[k]->file_size;
+        nlsr_phase_begin(ctx, "output", NLSR_PHASE_WRITTEN, b_bytes, ft->nshards);
+        rc = phase_b(&R, rep, out_dir);
+        if (rc == 0) nlsr_phase_end(ctx);
+    }
     double t2 = nlsr_now();
     if (rc == 0) {
         size_t kept = 0;

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The job report: one table of per-module results that both the full-weight and the LoRA jobs
- * fill, rendered as JSON for machines and as a few lines on stderr for people. */
+ * fill, rendered as JSON for machines and as a few lines of the log (info) for people. */
 #define _GNU_SOURCE
 #include "report.h"
 
@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "../common/ctx.h"
+#include "../common/log.h"
 #include "../common/json.h"
 #include "../compute/selection.h"
 #include "../io/file.h"
@@ -452,6 +453,29 @@ void nlsr_report_print_human(const nlsr_report *r, const nlsr_realign_params *p,
             s->io_backend ? s->io_backend : "pread");
 }
 
+/* The human summary goes to the log at info level, one line per call: a program shows it
+ * the way it shows the rest of the log (README "Progress and logs"). */
+static void report_log_human(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p)
+{
+    if (!ctx->log_fn || ctx->quiet) return;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return;
+    nlsr_report_print_human(r, p, f);
+    if (fclose(f) != 0 || !buf) {
+        free(buf);
+        return;
+    }
+    for (char *line = buf, *nl; *line; line = nl + 1) {
+        nl = strchr(line, '\n');
+        if (nl) *nl = '\0';
+        nlsr_log(ctx, NLSR_LOG_INFO, "%s", line);
+        if (!nl) break;
+    }
+    free(buf);
+}
+
 int nlsr_report_emit(nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p)
 {
     if (!r->finished) nlsr_report_finish(r, ctx);
@@ -461,10 +485,11 @@ int nlsr_report_emit(nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p
         int rc = r->staged ? 0 : write_tmp(r, ctx, p, p->report_path, &r->staged);
         if (rc == 0) rc = nlsr_tmp_file_commit(&ctx->err, r->staged, p->report_path, p->force);
         if (rc < 0) {
-            fprintf(stderr, "nlsr: warning: the job finished and its output is in place, but "
-                            "the report was not written: %s%s%s\n",
-                    nlsr_ctx_error(ctx), r->staged ? "; it is in " : "",
-                    r->staged ? r->staged : "");
+            nlsr_log(ctx, NLSR_LOG_WARN,
+                     "the job finished and its output is in place, but the report was not "
+                     "written: %s%s%s",
+                     nlsr_ctx_error(ctx), r->staged ? "; it is in " : "",
+                     r->staged ? r->staged : "");
             nlsr_ctx_clear_error(ctx);
         } else {
             free(r->staged);
@@ -482,6 +507,6 @@ int nlsr_report_emit(nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p
         fflush(stdout);
         free(txt);
     }
-    if (!ctx->quiet) nlsr_report_print_human(r, p, stderr);
+    if (!ctx->no_summary) report_log_human(r, ctx, p);
     return 0;
 }

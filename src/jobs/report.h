@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The report of a realignment job (prepare, apply, run; full weights or LoRA): per-module
  * results in METHOD.md's module order, the parameters and a summary, written as JSON (--report
- * FILE, --json on stdout) and as a short human summary on stderr.
+ * FILE, --json on stdout: the product the caller asked for) and as a short human summary,
+ * which goes to the context's log at info level, one line per call.
  *
  * JSON shape (numbers as doubles; probability/draw null where the selection mode has none):
  *   {"params": {"beta","sparsity","mode","semantics","prune_rate","epsilon","tau","seed",
@@ -20,7 +21,7 @@
  *   nlsr_report_init(&r, "run", "full", params);        // starts the clock
  *   for each module in module order: nlsr_report_add(&r, ctx, name, numel, mask_count, &i);
  *   ... fill r.m[i].similarity, then nlsr_report_set_selection(&r, ctx) or set the fields ...
- *   nlsr_report_emit(&r, ctx, params);                  // summary, JSON file/stdout, stderr text
+ *   nlsr_report_emit(&r, ctx, params);                  // summary, JSON file/stdout, log lines
  *   nlsr_report_free(&r);
  */
 #ifndef NLSR_PLAN_REPORT_H
@@ -104,7 +105,7 @@ int nlsr_report_write_file(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_reali
 /* The short human summary: which layers were patched and why, totals. */
 void nlsr_report_print_human(const nlsr_report *r, const nlsr_realign_params *p, FILE *f);
 /* nlsr_report_finish, then p->report_path (if any), JSON on stdout if p->json_stdout, and the
- * human summary on stderr unless the context is quiet. */
+ * human summary to the log (NLSR_LOG_INFO) unless a job inside another (ctx->no_summary). */
 int nlsr_report_emit(nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p);
 void nlsr_report_free(nlsr_report *r);
 

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/log.h"
 #include "../common/ctx.h"
 #include "../compute/convert.h"
 #include "../io/file.h"
@@ -162,7 +163,6 @@ typedef struct synth_run {
     nlsr_sink *sink;
     float *fac;          /* factors of the current tensor: room for the largest, in the arena */
     uint64_t fac_bytes;
-    nlsr_progress pr;
 } synth_run;
 
 /* The low-rank factors of target t for this role, scaled so that w = W0 + sum_k U[i][k] V_k[j]:
@@ -280,7 +280,6 @@ static int write_tensor(synth_run *S, const stensor *t)
         store(S->p->dtype, w, o, m);
         NLSR_FORWARD(nlsr_sink_commit(S->sink, m * esz));
         at += m;
-        nlsr_progress_add(&S->pr, m * esz);
     }
     return 0;
 }
@@ -419,7 +418,7 @@ static char *index_json(const stensor *v, size_t n, char names[][64], uint64_t t
     return txt;
 }
 
-int nlsr_synth(nlsr_ctx *ctx, const nlsr_synth_params *params, const char *out_dir)
+static int synth_job(nlsr_ctx *ctx, const nlsr_synth_params *params, const char *out_dir)
 {
     nlsr_err *e = &ctx->err;
     nlsr_synth_params p = params ? *params : NLSR_SYNTH_PARAMS_DEFAULT;
@@ -442,7 +441,7 @@ int nlsr_synth(nlsr_ctx *ctx, const nlsr_synth_params *params, const char *out_d
     stensor *v = calloc(cap, sizeof *v);
     char(*names)[64] = NULL;
     char *tmp = NULL, *txt = NULL;
-    synth_run S = {ctx, &p, NULL, NULL, 0, {0}};
+    synth_run S = {ctx, &p, NULL, NULL, 0};
     nlsr_arena arena = {0};
     NLSR_FAIL_IF(!v, e, -ENOMEM, "synth: out of memory");
     size_t n = model_tensors(P, layers, esz, v);
@@ -493,9 +492,13 @@ int nlsr_synth(nlsr_ctx *ctx, const nlsr_synth_params *params, const char *out_d
     rc = nlsr_sink_create_in(ctx, ctx->io_kind, chunk, 4, wbuf, &S.sink);
     if (rc < 0) goto done;
     ctx->io_used = nlsr_sink_kind(S.sink);
-    nlsr_progress_start(&S.pr, ctx, "synth", total);
-    for (uint32_t s = 0; s < nsh && rc == 0; s++) rc = write_shard(&S, tmp, names[s], v, n, s);
-    nlsr_progress_end(&S.pr);
+    /* The tensors' bytes, counted as the writer takes them. */
+    nlsr_phase_begin(ctx, "write", NLSR_PHASE_WRITTEN, total, nsh);
+    for (uint32_t s = 0; s < nsh && rc == 0; s++) {
+        rc = write_shard(&S, tmp, names[s], v, n, s);
+        nlsr_phase_units(ctx, 1);
+    }
+    if (rc == 0) nlsr_phase_end(ctx);
     if (rc < 0) goto done;
     txt = config_json(P, layers, &p);
     rc = txt ? write_text(ctx, tmp, "config.json", txt) : nlsr_fail(e, -ENOMEM, "out of memory");
@@ -515,5 +518,13 @@ done:
     free(tmp);
     free(names);
     free(v);
+    return rc;
+}
+
+int nlsr_synth(nlsr_ctx *ctx, const nlsr_synth_params *params, const char *out_dir)
+{
+    int entered = nlsr_job_enter(ctx, "synth");
+    int rc = synth_job(ctx, params, out_dir);
+    nlsr_job_leave(ctx, entered);
     return rc;
 }

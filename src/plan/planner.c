@@ -516,7 +516,7 @@ static int probe_read(nlsr_ctx *ctx, const nlsr_ckpt *ck, double *bw)
     nlsr_io *io = NULL;
     nlsr_io_kind used;
     NLSR_FORWARD(nlsr_io_open(ctx->io_kind == NLSR_IO_MMAP ? NLSR_IO_PREAD : ctx->io_kind,
-                              PROBE_QD, "read probe", ctx->quiet, &io, &used, e));
+                              PROBE_QD, "read probe", ctx, &io, &used, e));
     if (!io) return 0;
     int rc = nlsr_budget_charge(&ctx->budget, (uint64_t)PROBE_QD * PROBE_CHUNK, "read probe", e);
     if (rc < 0) {
