@@ -14,7 +14,9 @@
 set -uo pipefail
 NLSR=$(realpath "$1")
 DATA=$(realpath "$2")
-HOOKS=${3:-OFF}
+# tests/data or its hf-tiny-llama folder; NLSR_HOOKS=ON (ctest sets it) when nlsr has test points
+[ -d "$DATA/hf-tiny-llama" ] && DATA=$DATA/hf-tiny-llama
+HOOKS=${NLSR_HOOKS:-${3:-OFF}}
 skip() { echo "SKIP: $*"; exit 77; }
 fail() { echo "FAIL: $*"; [ -n "${T:-}" ] && for f in "$T"/ctld.log "$T"/d.log; do [ -f "$f" ] && tail -n 20 "$f"; done; exit 1; }
 

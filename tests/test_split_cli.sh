@@ -6,7 +6,9 @@
 set -uo pipefail
 NLSR=$(realpath "$1")
 DATA=$(realpath "$2")
-HOOKS=${3:-OFF}
+# tests/data or its hf-tiny-llama folder; NLSR_HOOKS=ON (ctest sets it) when nlsr has test points
+[ -d "$DATA/hf-tiny-llama" ] && DATA=$DATA/hf-tiny-llama
+HOOKS=${NLSR_HOOKS:-${3:-OFF}}
 T=$(mktemp -d "${TMPDIR:-/tmp}/nlsr-split.XXXXXX")
 trap 'rm -rf "$T"' EXIT
 cd "$T"
