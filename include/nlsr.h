@@ -86,7 +86,10 @@ int nlsr_ctx_cancelled(const nlsr_ctx *ctx);
 typedef enum nlsr_io_kind { NLSR_IO_AUTO, NLSR_IO_URING, NLSR_IO_PREAD, NLSR_IO_MMAP } nlsr_io_kind;
 const char *nlsr_io_kind_name(nlsr_io_kind k);
 
-/* Memory budget in bytes for every buffer a job allocates (0 = unlimited; default 1 GiB). */
+/* The memory budget a context starts with (1 GiB), the default of --mem-budget. */
+#define NLSR_DEFAULT_MEM_BUDGET (1ull << 30)
+/* Memory budget in bytes for every buffer a job allocates (0 = unlimited; default
+ * NLSR_DEFAULT_MEM_BUDGET). */
 void nlsr_ctx_set_mem_budget(nlsr_ctx *ctx, uint64_t bytes);
 /* Highest budget use so far, in bytes. */
 uint64_t nlsr_ctx_mem_peak(const nlsr_ctx *ctx);
@@ -272,6 +275,72 @@ typedef struct nlsr_realign_params {
                            .json_stdout = 0, .mask_out_path = NULL,                               \
                            .scorer = NLSR_SCORER_PARAMS_DEFAULT, .drop_other_weights = 0})
 void nlsr_realign_params_init(nlsr_realign_params *p);
+
+/* ---- the parameters table (docs/DESIGN.md "Parameters and the command line") ------------ */
+/* Every method parameter of nlsr_realign_params (with its select and scorer parts) is declared
+ * once in a table: its name (the command line's long option without "--", the key of a config
+ * file and of the report's "params"), type, default, bounds, help and the jobs that take it.
+ * Parsing, validation, the report's JSON and the CLI's help all come from it. */
+typedef enum nlsr_param_type {
+    NLSR_PARAM_DOUBLE, NLSR_PARAM_UINT64, NLSR_PARAM_INT,
+    NLSR_PARAM_ENUM,   /* one of `values`; the field holds its index */
+    NLSR_PARAM_FLAG,   /* int 0/1: "true"/"false" ("1"/"0"); an option without a value */
+    NLSR_PARAM_PATH,   /* const char *, the caller's string */
+    NLSR_PARAM_LIST    /* comma-separated names: targets (const char *const *, size_t) */
+} nlsr_param_type;
+
+/* Jobs, as bits (nlsr_param_info.jobs). */
+#define NLSR_JOB_RUN 1u
+#define NLSR_JOB_PREPARE 2u
+#define NLSR_JOB_APPLY 4u
+#define NLSR_JOB_AMPLIFY 8u
+#define NLSR_JOB_PLAN 16u
+
+/* Bounds (nlsr_param_info.bounds): which of min, max apply; MIN_OPEN: min itself excluded. */
+#define NLSR_BOUND_MIN 1u
+#define NLSR_BOUND_MAX 2u
+#define NLSR_BOUND_MIN_OPEN 4u
+#define NLSR_BOUND_FINITE 8u
+
+typedef struct nlsr_param_info {
+    const char *name;           /* "sparsity" */
+    nlsr_param_type type;
+    const char *metavar;        /* "S" in "--sparsity S"; NULL for flags */
+    const char *const *values;  /* ENUM: the names, NULL-terminated, in the enum's order */
+    const char *def;            /* the default, as text */
+    double min, max;            /* the bounds `bounds` names */
+    unsigned bounds;
+    unsigned jobs;              /* NLSR_JOB_* bits of the jobs that use it */
+    int scorer;                 /* -1, or the nlsr_scorer_kind this option belongs to */
+    const char *help;           /* one line */
+    size_t offset;              /* of the field in nlsr_realign_params */
+} nlsr_param_info;
+
+size_t nlsr_param_count(void);
+/* Entry i (i < nlsr_param_count()), or NULL. */
+const nlsr_param_info *nlsr_param_info_at(size_t i);
+/* The entry named `name`, or NULL. */
+const nlsr_param_info *nlsr_param_find(const char *name);
+/* Parses `value` for parameter `name` into p and checks its bounds. PATH values point at
+ * `value`, which must outlive p; a LIST becomes one malloc'd block (the pointers, then the
+ * names) that p->targets points to and the caller frees with free((void *)p->targets).
+ * 0, or NLSR_E_USAGE with one line in err naming the parameter and the value ("sparsity must
+ * lie in [0, 1], got '1.5'"). */
+int nlsr_params_set(nlsr_realign_params *p, const char *name, const char *value, char *err,
+                    size_t errlen);
+/* The value of `name` in p as text that nlsr_params_set reads back (lists comma-joined).
+ * 0, or NLSR_E_USAGE (unknown name), -ENOSPC (buf too small). */
+int nlsr_params_get(const nlsr_realign_params *p, const char *name, char *buf, size_t len);
+/* Checks every bound of the table on p (the jobs call it first). 0 or NLSR_E_USAGE + err. */
+int nlsr_params_check(const nlsr_realign_params *p, char *err, size_t errlen);
+/* Reads a config file: one JSON object whose keys are long option names (without "--") and
+ * whose values are strings, numbers, booleans or arrays of strings. Calls fn once per key, in
+ * file order, with the value as command-line text (numbers exactly, arrays comma-joined,
+ * booleans "true"/"false"); a nonzero return from fn stops and is returned. The file must be a
+ * regular file (a FIFO or device is refused without blocking). NLSR_E_FORMAT naming the file
+ * when it is no such object; the message is in ctx. */
+typedef int (*nlsr_config_fn)(void *arg, const char *key, const char *value);
+int nlsr_config_read(nlsr_ctx *ctx, const char *path, nlsr_config_fn fn, void *arg);
 
 /* ---- checkpoints ------------------------------------------------------------------------ */
 

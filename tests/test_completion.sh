@@ -85,16 +85,17 @@ has "nlsr run --" --base --aligned --reference --finetuned --out --beta --in-pla
     --rank-fraction --revision --mem-budget --io --threads
 lacks "nlsr run --" --patches --discard-journal --preset
 lacks "nlsr prepare --" --drop-other-weights --in-place --patches
-expect "nlsr rewrite --" "--drop-other-weights --force"
-expect "nlsr rollback --" "--discard-journal --force --json --quiet --wait"
+expect "nlsr rewrite --" "--drop-other-weights --force --help --quiet --verbose --version"
+expect "nlsr rollback --" "--config --discard-journal --force --help --json --progress-interval --quiet --verbose --version --wait"
 has "nlsr synth --" --preset --role --layers --seed --dtype --shard-size --out --force
 has "nlsr plan --" --bandwidth --no-time --measure-read --finetuned --scorer
-expect "nlsr inspect --" "--json --revision"
+expect "nlsr inspect --" "--help --json --quiet --revision --verbose --version"
+expect "nlsr help pl" "plan"
 # Option values.
 expect "nlsr synth --preset " "llama-70b llama-8b tiny"
 expect "nlsr synth --role f" "finetuned"
 expect "nlsr run --select " "adaptive all none threshold"
-expect "nlsr apply --io " "auto io_uring mmap pread"
+expect "nlsr apply --io " "auto mmap pread uring"
 expect "nlsr prepare --scorer l" "lowrank"
 expect "nlsr run --beta " ""
 # Paths: folders for --out and rollback, checkpoints (folders and .safetensors) for inputs,

@@ -1,7 +1,7 @@
 #!/bin/sh
 # SPDX-License-Identifier: Apache-2.0
 # The program's printer (README "Progress and logs"): with stderr in a file, one plain line per
-# progress update at the interval (NLSR_PROGRESS_INTERVAL=0: every update) and a "done" line per
+# progress update at the interval (--progress-interval 0: every update) and a "done" line per
 # phase, in the phases' order; on a terminal (script(1) gives one) a bar redrawn in place; -q
 # prints neither, but warnings still. Tiny fixtures: the interval 0 makes a short job report
 # many times, deterministically.
@@ -32,7 +32,7 @@ RUN="--base $FX/sft --aligned $FX/aligned --finetuned $FX/finetuned"
 
 # stderr in a file, every update: "nlsr: run: similarities 130.50 KiB of 1.62 MiB (7%, 1 of
 # 21 units), 24.29 MiB/s, ETA 1 s", then "nlsr: run: similarities done: ...", then output.
-NLSR_PROGRESS_INTERVAL=0 "$NLSR" run $RUN --out "$T/o1" 2>"$T/e1"
+"$NLSR" run $RUN --progress-interval 0 --out "$T/o1" 2>"$T/e1"
 check run_exit test $? -eq 0
 SIZE='[0-9.]+ (B|KiB|MiB)'
 SIM="^nlsr: run: similarities $SIZE of $SIZE \\([0-9]+%, [0-9]+ of 21 units\\), $SIZE/s, ETA [0-9]+ s$"
@@ -52,7 +52,7 @@ check last_similarities_full grep -q -E "^nlsr: run: similarities ($SIZE) of \\1
 
 # The patch-file plan (a test hook): prepare, then the apply's similarities and output.
 if [ "${NLSR_HOOKS:-ON}" = ON ]; then
-    NLSR_RUN_PLAN=patch-file NLSR_PROGRESS_INTERVAL=0 "$NLSR" run $RUN --out "$T/o2" 2>"$T/e2"
+    NLSR_RUN_PLAN=patch-file "$NLSR" run $RUN --progress-interval=0 --out "$T/o2" 2>"$T/e2"
     check pf_exit test $? -eq 0
     p_done=$(line_of '^nlsr: run: prepare done' "$T/e2")
     s_first=$(line_of '^nlsr: run: similarities ' "$T/e2")
@@ -68,26 +68,26 @@ check default_no_updates test "$(count 'ETA' "$T/e3")" -eq 0
 check default_done test "$(count '^nlsr: run: (similarities|output) done: ' "$T/e3")" -eq 2
 
 # Other jobs: synth and prepare report their phases too.
-NLSR_PROGRESS_INTERVAL=0 "$NLSR" synth --preset tiny --role base --out "$T/syn" 2>"$T/e4"
+"$NLSR" synth --progress-interval 0 --preset tiny --role base --out "$T/syn" 2>"$T/e4"
 check synth_exit test $? -eq 0
 check synth_lines test "$(count "^nlsr: synth: write $SIZE of $SIZE" "$T/e4")" -ge 2
 check synth_done test "$(count '^nlsr: synth: write done: ' "$T/e4")" -eq 1
 
 # -q: neither progress nor summary.
-NLSR_PROGRESS_INTERVAL=0 "$NLSR" run $RUN --out "$T/o5" -q 2>"$T/e5"
+"$NLSR" run $RUN --progress-interval 0 --out "$T/o5" -q 2>"$T/e5"
 check quiet_exit test $? -eq 0
 check quiet_silent test ! -s "$T/e5"
 
 # A terminal: the bar, redrawn in place ("\r"), with the job, phase, bytes, rate and ETA; the
 # summary after it.
-script -qfec "NLSR_PROGRESS_INTERVAL=0 '$NLSR' run $RUN --out '$T/o6'" /dev/null >"$T/tty" 2>&1
+script -qfec "'$NLSR' run $RUN --progress-interval 0 --out '$T/o6'" /dev/null >"$T/tty" 2>&1
 check tty_exit test -d "$T/o6"
 check tty_bar grep -q -E "run similarities \\[[#.]{24}\\] $SIZE / $SIZE  $SIZE/s  ETA" "$T/tty"
 check tty_output_bar grep -q -E "run output \\[[#.]{24}\\]" "$T/tty"
 check tty_redrawn test "$(tr -cd '\r' <"$T/tty" | wc -c)" -ge 10
 check tty_no_lines test "$(count '^nlsr: run: similarities [0-9]' "$T/tty")" -eq 0
 check tty_summary grep -q 'nlsr run: patched 10 of 21 target modules' "$T/tty"
-script -qfec "NLSR_PROGRESS_INTERVAL=0 '$NLSR' run $RUN --out '$T/o7' -q" /dev/null >"$T/ttyq" 2>&1
+script -qfec "'$NLSR' run $RUN --progress-interval 0 --out '$T/o7' -q" /dev/null >"$T/ttyq" 2>&1
 check tty_quiet test "$(tr -d '\r\n' <"$T/ttyq" | wc -c)" -eq 0
 
 # Warnings print with -q: a rollback that removes a damaged state file says so.

@@ -3,6 +3,7 @@
 #ifndef NLSR_CLI_H
 #define NLSR_CLI_H
 #include "nlsr.h"
+struct cli_args; /* cli_args.h */
 /* Prints the context's error as one line and returns the exit status for rc: 128 + the signal
  * for a job a signal stopped (130 SIGINT, 143 SIGTERM, 129 SIGHUP). */
 int cli_fail(nlsr_ctx *ctx, int rc);
@@ -32,23 +33,15 @@ int cmd_apply(int argc, char **argv);
 int cmd_amplify(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
-/* Options the engine commands share: --mem-budget SIZE, --io KIND, -q/--quiet, --json. */
-typedef struct cli_common {
-    uint64_t mem;
-    int have_mem;
-    nlsr_io_kind io;
-    int quiet, json;
-} cli_common;
-/* 1 if argv[*i] is one of them (its value consumed), 0 if not, else a usage exit status. */
-int cli_common_opt(int argc, char **argv, int *i, cli_common *c);
-void cli_common_apply(const cli_common *c, nlsr_ctx *ctx);
+/* The parsed options onto a context: budget, backend, quiet, threads. */
+void cli_apply_ctx(const struct cli_args *a, nlsr_ctx *ctx);
 double cli_now(void);
 /* The process's peak resident set (VmHWM) in bytes, 0 if unknown. */
 uint64_t cli_peak_rss(void);
 /* The end-of-run summary: one JSON object on stdout with --json (bytes read and written,
  * seconds, peak RSS, budget, backend), one line on stderr unless quiet. */
 void cli_summary(const char *job, const char *out_dir, nlsr_ctx *ctx, double seconds,
-                 uint64_t budget, const cli_common *c);
+                 const struct cli_args *a);
 /* cmd_rollback.c: `nlsr rollback`, and the in-place loop of run/apply --in-place: one job per
  * checkpoint folder, one line each (stdout; stderr with --json, which prints a JSON summary on
  * stdout), exit 0 only if all succeeded (5 for a sweep of several with a failure; else the
@@ -66,7 +59,8 @@ typedef struct cli_inplace {
     uint64_t mem;
     int have_mem;
     nlsr_io_kind io;
-    int quiet, threads, json;
+    int quiet, verbose, threads, json;
+    double progress_interval;           /* the progress printer's (cli_output.h) */
 } cli_inplace;
 int cli_inplace_main(const cli_inplace *c);
 int cmd_rollback(int argc, char **argv);

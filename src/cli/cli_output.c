@@ -126,13 +126,7 @@ static void on_progress(void *user, const nlsr_progress *p)
 
 void cli_output_install(nlsr_ctx *ctx, int verbosity, double progress_interval)
 {
-    if (progress_interval < 0) {
-        progress_interval = CLI_PROGRESS_INTERVAL;
-        const char *env = getenv("NLSR_PROGRESS_INTERVAL");
-        char *end;
-        double v = env && *env ? strtod(env, &end) : -1;
-        if (env && *env && *end == '\0' && v >= 0) progress_interval = v;
-    }
+    if (progress_interval < 0) progress_interval = CLI_PROGRESS_INTERVAL;
     out.verbosity = verbosity < 0 ? -1 : verbosity > 0 ? 1 : 0;
     out.tty = isatty(STDERR_FILENO);
     out.interval = progress_interval;

@@ -5,8 +5,8 @@
 #define NLSR_CLI_OUTPUT_H
 #include "nlsr.h"
 
-/* The interval between progress lines when stderr is not a terminal, unless the command line
- * or NLSR_PROGRESS_INTERVAL (seconds, for cron jobs' environment and tests) says otherwise. */
+/* The interval between progress lines when stderr is not a terminal, unless
+ * --progress-interval SECONDS says otherwise. */
 #define CLI_PROGRESS_INTERVAL 10.0
 
 /* Installs the printer on ctx. verbosity: -1 quiet (warnings only: no progress, notices or

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_args.h"
 #include "cli_output.h"
 #include "nlsr.h"
 
@@ -127,7 +128,8 @@ static nlsr_ctx *new_ctx(const cli_inplace *c)
     if (!ctx) return NULL;
     if (c->have_mem) nlsr_ctx_set_mem_budget(ctx, c->mem);
     nlsr_ctx_set_io(ctx, c->io);
-    cli_output_install(ctx, c->quiet || c->ndirs > 1 ? -1 : 0, -1);
+    cli_output_install(ctx, c->quiet || c->ndirs > 1 ? -1 : c->verbose ? 1 : 0,
+                       c->progress_interval);
     if (c->threads) nlsr_ctx_set_threads(ctx, c->threads);
     return ctx;
 }
@@ -185,31 +187,30 @@ int cli_inplace_main(const cli_inplace *c)
 
 int cmd_rollback(int argc, char **argv)
 {
-    cli_inplace c;
-    memset(&c, 0, sizeof c);
-    c.op = CLI_INPLACE_ROLLBACK;
-    c.command = "rollback";
-    c.rp = NLSR_ROLLBACK_PARAMS_DEFAULT;
-    c.io = NLSR_IO_AUTO;
-    const char **dirs = calloc((size_t)(argc ? argc : 1), sizeof *dirs);
-    if (!dirs) return 1;
-    int rc = 0;
-    for (int i = 0; i < argc && rc == 0; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--wait") == 0) c.rp.wait = 1;
-        else if (strcmp(a, "--force") == 0) c.rp.force = 1;
-        else if (strcmp(a, "--discard-journal") == 0) c.rp.discard = 1;
-        else if (strcmp(a, "--json") == 0) c.json = 1;
-        else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) c.quiet = 1;
-        else if (a[0] == '-' && a[1]) rc = cli_usage_error("rollback: unknown option '%s'", a);
-        else dirs[c.ndirs++] = a;
-    }
-    if (rc == 0 && c.ndirs == 0) rc = cli_usage_error("rollback needs a checkpoint folder");
-    if (rc == 0 && c.rp.discard && c.rp.force)
+    cli_args a;
+    int rc = cli_parse(K_ROLLBACK, argc, argv, &a);
+    if (rc == 0 && a.npos == 0) rc = cli_usage_error("rollback needs a checkpoint folder");
+    if (rc == 0 && a.discard_journal && a.p.force)
         rc = cli_usage_error("rollback takes --force or --discard-journal, not both");
-    c.ip.wait = c.rp.wait;
-    c.dirs = dirs;
-    if (rc == 0) rc = cli_inplace_main(&c);
-    free(dirs);
-    return rc;
+    if (rc == 0) {
+        cli_inplace c;
+        memset(&c, 0, sizeof c);
+        c.op = CLI_INPLACE_ROLLBACK;
+        c.command = "rollback";
+        c.rp = NLSR_ROLLBACK_PARAMS_DEFAULT;
+        c.rp.wait = a.ip.wait;
+        c.rp.force = a.p.force;
+        c.rp.discard = a.discard_journal;
+        c.ip.wait = a.ip.wait;
+        c.io = NLSR_IO_AUTO;
+        c.json = a.p.json_stdout;
+        c.quiet = a.quiet;
+        c.verbose = a.verbose;
+        c.progress_interval = a.progress_interval;
+        c.dirs = a.pos;
+        c.ndirs = a.npos;
+        rc = cli_inplace_main(&c);
+    }
+    cli_args_free(&a);
+    return rc == CLI_DONE ? 0 : rc;
 }

@@ -17,7 +17,50 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_args.h"
+#include "cli_output.h"
 #include "nlsr.h"
+
+/* The engine options a sweep takes (the table parser's commands have theirs in cli_opts.c):
+ * --mem-budget SIZE, --io KIND, -q/--quiet, --json. */
+typedef struct sweep_common {
+    uint64_t mem;
+    int have_mem;
+    nlsr_io_kind io;
+    int quiet, json;
+} sweep_common;
+
+/* 1 if argv[*i] is one of them (its value consumed), 0 if not, else a usage exit status. */
+static int common_opt(int argc, char **argv, int *i, sweep_common *c)
+{
+    const char *o = argv[*i];
+    if (strcmp(o, "-q") == 0 || strcmp(o, "--quiet") == 0) return c->quiet = 1;
+    if (strcmp(o, "--json") == 0) return c->json = 1;
+    int mem = strcmp(o, "--mem-budget") == 0, io = strcmp(o, "--io") == 0;
+    if (!mem && !io) return 0;
+    if (*i + 1 >= argc) return cli_usage_error("%s needs a value", o);
+    const char *v = argv[++*i];
+    if (mem) {
+        if (nlsr_parse_size(v, &c->mem) != 0)
+            return cli_usage_error("--mem-budget needs a size such as 512M or 4G, not '%s'", v);
+        c->have_mem = 1;
+        return 1;
+    }
+    if (strcmp(v, "auto") == 0) c->io = NLSR_IO_AUTO;
+    else if (strcmp(v, "uring") == 0 || strcmp(v, "io_uring") == 0) c->io = NLSR_IO_URING;
+    else if (strcmp(v, "pread") == 0) c->io = NLSR_IO_PREAD;
+    else if (strcmp(v, "mmap") == 0) c->io = NLSR_IO_MMAP;
+    else return cli_usage_error("--io takes auto, uring, pread or mmap, not '%s'", v);
+    return 1;
+}
+
+static void common_apply(const sweep_common *c, nlsr_ctx *ctx)
+{
+    if (c->have_mem) nlsr_ctx_set_mem_budget(ctx, c->mem);
+    nlsr_ctx_set_io(ctx, c->io);
+    nlsr_ctx_set_quiet(ctx, c->quiet);
+    cli_output_install(ctx, c->quiet ? -1 : 0, -1);
+}
 
 int cli_parse_task(const char *opt, const char *v, unsigned *index, unsigned *count)
 {
@@ -34,10 +77,22 @@ int cli_parse_task(const char *opt, const char *v, unsigned *index, unsigned *co
     return 0;
 }
 
+/* -h/--help anywhere: the command's usage (cli_opts.c), exit 0. */
+static int wants_help(int argc, char **argv, const char *name)
+{
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            cli_help_command(name, stdout);
+            return 1;
+        }
+    return 0;
+}
+
 /* ---- nlsr reduce --------------------------------------------------------------------------- */
 
 int cmd_reduce(int argc, char **argv)
 {
+    if (wants_help(argc, argv, "reduce")) return 0;
     const char *out = NULL;
     int force = 0, quiet = 0;
     const char **parts = calloc((size_t)argc + 1, sizeof *parts);
@@ -62,6 +117,7 @@ int cmd_reduce(int argc, char **argv)
         return 1;
     }
     nlsr_ctx_set_quiet(ctx, quiet);
+    cli_output_install(ctx, quiet ? -1 : 0, -1);
     int rc = nlsr_reduce(ctx, parts, n, out, force);
     int status = rc < 0 ? cli_fail(ctx, rc) : 0;
     if (rc == 0 && !quiet) fprintf(stderr, "nlsr: reduce: %zu parts into %s\n", n, out);
@@ -79,7 +135,7 @@ typedef struct sweep_args {
     unsigned task, ntasks; /* ntasks 0: every checkpoint */
     int status_only, in_place, json;
     nlsr_realign_params p;
-    cli_common c;
+    sweep_common c;
 } sweep_args;
 
 static int parse_num(const char *o, const char *v, double *out)
@@ -132,7 +188,7 @@ static int parse_sweep(int argc, char **argv, sweep_args *a)
     if (!(a->dirs = calloc((size_t)argc + 1, sizeof *a->dirs))) return 1;
     for (int i = 0; i < argc; i++) {
         const char *o = argv[i];
-        int r = cli_common_opt(argc, argv, &i, &a->c);
+        int r = common_opt(argc, argv, &i, &a->c);
         if (r == 1) continue;
         if (r != 0) return r;
         if (o[0] != '-' || !o[1]) {
@@ -261,7 +317,7 @@ static int sweep_one(const sweep_args *a, const char *dir, ck_state *st)
 {
     nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) return -1;
-    cli_common_apply(&a->c, ctx);
+    common_apply(&a->c, ctx);
     char *name = leaf(dir);
     char *out = a->out_root && name ? join(a->out_root, name, NULL) : NULL;
     char *report = a->out_root && name ? join(a->out_root, name, ".nlsr-report.json") : NULL;
@@ -301,6 +357,7 @@ static int sweep_one(const sweep_args *a, const char *dir, ck_state *st)
 
 int cmd_sweep(int argc, char **argv)
 {
+    if (wants_help(argc, argv, "sweep")) return 0;
     sweep_args a;
     int rc = parse_sweep(argc, argv, &a);
     ck_state *st = rc ? NULL : calloc((size_t)a.ndirs, sizeof *st);
@@ -598,6 +655,7 @@ static int sbatch(const char *script, const char *dep, char *id, size_t cap)
 
 int cmd_slurm(int argc, char **argv)
 {
+    if (wants_help(argc, argv, "slurm")) return 0;
     slurm_args a;
     int rc = parse_slurm(argc, argv, &a);
     if (rc) {

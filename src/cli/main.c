@@ -11,73 +11,8 @@
 
 #include "nlsr.h"
 #include "cli.h"
+#include "cli_args.h"
 #include "cli_output.h"
-
-static void usage(FILE *f)
-{
-    fputs("usage: nlsr COMMAND [options]\n"
-          "\n"
-          "commands:\n"
-          "  inspect PATH [--json] [--revision REV]\n"
-          "                                 validate a checkpoint and list its tensors\n"
-          "  dump PATH TENSOR               print a tensor's values, one per line\n"
-          "  rewrite PATH OUT [--force] [--drop-other-weights]\n"
-          "                                 rewrite a checkpoint with nlsr's writer\n"
-          "  run --base B --aligned A|--reference R --finetuned T --out DIR [options]\n"
-          "                                 realign T: all three steps, streamed\n"
-          "  prepare --base B --aligned A|--reference R --out FILE.nlsrp [options]\n"
-          "                                 steps 1-2 once per aligned model: the patches\n"
-          "  apply --patches FILE --finetuned T --out DIR [options]\n"
-          "                                 step 3 from prepared patches\n"
-          "  run ... --finetuned DIR --in-place, apply --patches FILE --in-place DIR...\n"
-          "        [--wait] [--follow-links] [--dry-run] [--force] [--json]\n"
-          "                                 realign checkpoint folders in place, journaled\n"
-          "  rollback DIR... [--wait] [--force | --discard-journal] [--json]\n"
-          "                                 restore the originals from the undo journal\n"
-          "      options: --beta 0.9 --sparsity 0.8 --select adaptive|threshold|all|none\n"
-          "               --semantics paper|authors --prune-rate 0.5 --epsilon 0.2 --seed 42\n"
-          "               --tau 0.1 --targets LIST --report FILE --json -q --force\n"
-          "               --drop-other-weights (run, apply: leave weights nlsr does not\n"
-          "               realign out of the output; they are refused otherwise)\n"
-          "               --mem-budget SIZE --io auto|io_uring|pread|mmap --threads N\n"
-          "               --revision REV (hub cache repository folders; also amplify, plan)\n"
-          "      step 2 scorer (run, prepare; docs/LOWRANK.md): --scorer magnitude|lowrank|wanda\n"
-          "               --rank R | --rank-fraction 1 --rank-reading paper|authors|direct\n"
-          "               --power-iters 2 --oversample 10 --exact-svd --activations FILE\n"
-          "               --wanda-select row|matrix\n"
-          "  prepare ... --part I/N --out PART.nlsrp\n"
-          "                                 one part of a split prepare (modules cut in N)\n"
-          "  reduce --out FILE.nlsrp [--force] PART...\n"
-          "                                 check the parts and merge them (= one prepare)\n"
-          "  sweep --patches FILE --out-root DIR|--in-place [--task I/N] [--status]\n"
-          "        [--summary FILE] [--json] [selection options] DIR...\n"
-          "                                 apply to a store, task I of N; verified outputs\n"
-          "                                 are skipped\n"
-          "  slurm sweep|split --dir DIR [--submit] [--concurrency K] [--parts N]\n"
-          "        [--mem-budget SIZE] [--cpus C] [--time T] [--partition P] [--account A]\n"
-          "        [--prepare-opts STR] [--apply-opts STR] [--nlsr PATH] (job options)\n"
-          "                                 sbatch scripts of a sweep or a split job\n"
-          "  amplify --base B --aligned A --out DIR [--beta 0.9] [--force]\n"
-          "          [--drop-other-weights]\n"
-          "                                 step 1 alone: the safety reference checkpoint\n"
-          "  plan --base B --aligned A [--finetuned T] [--bandwidth R[,W]] [--json]\n"
-          "       [--sparsity S] [scorer options, with --finetuned] [--no-time]\n"
-          "       [--measure-read]\n"
-          "                                 print the streaming plan (units, bytes, memory, time),\n"
-          "                                 or only carry out and time its reads\n"
-          "  synth --preset tiny|llama-8b|llama-70b --role base|aligned|finetuned --out DIR\n"
-          "        [--layers N] [--seed S] [--dtype bf16|f16|f32] [--shard-size 5G]\n"
-          "                                 write a synthetic checkpoint\n"
-          "      engine options: --mem-budget SIZE (default 1G) --io auto|uring|pread|mmap\n"
-          "                      -q --json\n"
-          "  version                        print the version\n"
-          "\n"
-          "PATH is a safetensors file, a folder with model.safetensors or shards and\n"
-          "model.safetensors.index.json, a PEFT adapter folder, or a Hugging Face hub cache\n"
-          "snapshot (models--org--name/snapshots/COMMIT) or repository folder\n"
-          "(models--org--name: refs/main, or --revision REF|COMMIT).\n",
-          f);
-}
 
 /* The first of SIGINT, SIGTERM, SIGHUP to arrive; every context reads it (cancel flag). */
 static volatile sig_atomic_t stop_signal;
@@ -158,65 +93,76 @@ int cli_usage_error(const char *fmt, ...)
 
 static int cmd_inspect(int argc, char **argv)
 {
-    const char *path = NULL, *revision = NULL;
-    int json = 0;
-    for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0) json = 1;
-        else if (strcmp(argv[i], "--revision") == 0) {
-            if (i + 1 >= argc) return cli_usage_error("--revision needs a value");
-            revision = argv[++i];
-        } else if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error("unknown option '%s'", argv[i]);
-        else if (!path) path = argv[i];
-        else return cli_usage_error("unexpected argument '%s'", argv[i]);
+    cli_args a;
+    int rc = cli_parse(K_INSPECT, argc, argv, &a);
+    if (rc == 0 && a.npos < 1) rc = cli_usage_error("inspect needs a PATH");
+    if (rc != 0) {
+        cli_args_free(&a);
+        return rc == CLI_DONE ? 0 : rc;
     }
-    if (!path) return cli_usage_error("inspect needs a PATH");
     nlsr_ctx *ctx = cli_ctx_create();
-    if (!ctx) return 1;
+    if (!ctx) {
+        cli_args_free(&a);
+        return 1;
+    }
     nlsr_ckpt *ck = NULL;
-    int rc = nlsr_ctx_set_revision(ctx, revision);
-    if (rc == 0) rc = nlsr_ckpt_open(ctx, path, &ck);
-    if (rc == 0) rc = nlsr_ckpt_print_inspect(ctx, ck, json, stdout);
+    rc = nlsr_ctx_set_revision(ctx, a.revision);
+    if (rc == 0) rc = nlsr_ckpt_open(ctx, a.pos[0], &ck);
+    if (rc == 0) rc = nlsr_ckpt_print_inspect(ctx, ck, a.p.json_stdout, stdout);
     int status = rc < 0 ? cli_fail(ctx, rc) : 0;
     nlsr_ckpt_free(ck);
     nlsr_ctx_free(ctx);
+    cli_args_free(&a);
     return status;
 }
 
 static int cmd_dump(int argc, char **argv)
 {
-    if (argc != 2) return cli_usage_error("dump needs PATH and TENSOR");
+    cli_args a;
+    int rc = cli_parse(K_DUMP, argc, argv, &a);
+    if (rc == 0 && a.npos != 2) rc = cli_usage_error("dump needs PATH and TENSOR");
+    if (rc != 0) {
+        cli_args_free(&a);
+        return rc == CLI_DONE ? 0 : rc;
+    }
     nlsr_ctx *ctx = cli_ctx_create();
-    if (!ctx) return 1;
+    if (!ctx) {
+        cli_args_free(&a);
+        return 1;
+    }
     nlsr_ckpt *ck = NULL;
-    int rc = nlsr_ckpt_open(ctx, argv[0], &ck);
-    if (rc == 0) rc = nlsr_ckpt_print_dump(ctx, ck, argv[1], stdout);
+    rc = nlsr_ckpt_open(ctx, a.pos[0], &ck);
+    if (rc == 0) rc = nlsr_ckpt_print_dump(ctx, ck, a.pos[1], stdout);
     int status = rc < 0 ? cli_fail(ctx, rc) : 0;
     nlsr_ckpt_free(ck);
     nlsr_ctx_free(ctx);
+    cli_args_free(&a);
     return status;
 }
 
 static int cmd_rewrite(int argc, char **argv)
 {
-    const char *pos[2] = {0};
-    int npos = 0, flags = 0;
-    for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--force") == 0) flags |= NLSR_REWRITE_FORCE;
-        else if (strcmp(argv[i], "--drop-other-weights") == 0)
-            flags |= NLSR_REWRITE_DROP_OTHER_WEIGHTS;
-        else if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error("unknown option '%s'", argv[i]);
-        else if (npos < 2) pos[npos++] = argv[i];
-        else return cli_usage_error("unexpected argument '%s'", argv[i]);
+    cli_args a;
+    int rc = cli_parse(K_REWRITE, argc, argv, &a);
+    if (rc == 0 && a.npos != 2) rc = cli_usage_error("rewrite needs PATH and OUT");
+    if (rc != 0) {
+        cli_args_free(&a);
+        return rc == CLI_DONE ? 0 : rc;
     }
-    if (npos != 2) return cli_usage_error("rewrite needs PATH and OUT");
+    int flags = (a.p.force ? NLSR_REWRITE_FORCE : 0) |
+                (a.p.drop_other_weights ? NLSR_REWRITE_DROP_OTHER_WEIGHTS : 0);
     nlsr_ctx *ctx = cli_ctx_create();
-    if (!ctx) return 1;
+    if (!ctx) {
+        cli_args_free(&a);
+        return 1;
+    }
     nlsr_ckpt *ck = NULL;
-    int rc = nlsr_ckpt_open(ctx, pos[0], &ck);
-    if (rc == 0) rc = nlsr_ckpt_rewrite(ctx, ck, pos[1], flags);
+    rc = nlsr_ckpt_open(ctx, a.pos[0], &ck);
+    if (rc == 0) rc = nlsr_ckpt_rewrite(ctx, ck, a.pos[1], flags);
     int status = rc < 0 ? cli_fail(ctx, rc) : 0;
     nlsr_ckpt_free(ck);
     nlsr_ctx_free(ctx);
+    cli_args_free(&a);
     return status;
 }
 
@@ -243,7 +189,7 @@ static const struct {
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        usage(stderr);
+        cli_help_all(stderr);
         return 2;
     }
     g_argc = argc;
@@ -251,7 +197,13 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     install_stop_handlers();
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
-        usage(stdout);
+        if (argc == 2) {
+            cli_help_all(stdout);
+            return 0;
+        }
+        if (argc > 3) return cli_usage_error("help takes one COMMAND");
+        if (cli_help_command(argv[2], stdout) != 0)
+            return cli_usage_error("unknown command '%s'", argv[2]);
         return 0;
     }
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {

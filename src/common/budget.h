@@ -14,6 +14,17 @@ typedef struct nlsr_budget {
     uint64_t used, peak;
 } nlsr_budget;
 
+/* Bytes a budget of `limit` (0 = unlimited) has left with `used` taken: UINT64_MAX when
+ * unlimited. The one "room" rule of every cache decision. */
+static inline uint64_t nlsr_budget_room_of(uint64_t limit, uint64_t used)
+{
+    return limit == 0 ? UINT64_MAX : limit > used ? limit - used : 0;
+}
+static inline uint64_t nlsr_budget_room(const nlsr_budget *b)
+{
+    return nlsr_budget_room_of(b->limit, b->used);
+}
+
 /* Charges `bytes` for `what`; NLSR_E_BUDGET (with a message naming what and how much) if the
  * limit would be passed. */
 int nlsr_budget_charge(nlsr_budget *b, uint64_t bytes, const char *what, nlsr_err *e);

@@ -10,7 +10,7 @@ nlsr_ctx *nlsr_ctx_create(void)
 {
     nlsr_ctx *ctx = calloc(1, sizeof(nlsr_ctx));
     if (!ctx) return NULL;
-    ctx->budget.limit = 1ull << 30;
+    ctx->budget.limit = NLSR_DEFAULT_MEM_BUDGET;
     ctx->io_kind = NLSR_IO_AUTO;
     ctx->io_used = NLSR_IO_AUTO;
     ctx->threads = 1;

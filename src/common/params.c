@@ -5,6 +5,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -129,5 +130,125 @@ int nlsr_scorer_params_from_json(const cJSON *o, nlsr_scorer_params *sp, const c
         if (ok && sd) ok = nlsr_json_get_u64(sd, &sp->seed);
     }
     NLSR_FAIL_IF(!ok, e, NLSR_E_FORMAT, "%s: params.scorer in the header is malformed", file);
+    return 0;
+}
+
+/* The key and JSON value of one entry (NULL value: not in JSON, or out of memory). */
+static cJSON *param_json(const nlsr_param *pp, const nlsr_realign_params *p, const char **key)
+{
+    const nlsr_param_info *in = &pp->pub;
+    const void *f = (const char *)p + in->offset;
+    *key = pp->json;
+    if (in->offset == offsetof(nlsr_realign_params, scorer.kind)) {
+        *key = "scorer";
+        return nlsr_scorer_params_json(&p->scorer);
+    }
+    switch (in->type) {
+    case NLSR_PARAM_DOUBLE: return nlsr_json_number(*(const double *)f);
+    case NLSR_PARAM_UINT64: return nlsr_json_u64(*(const uint64_t *)f);
+    case NLSR_PARAM_ENUM: return cJSON_CreateString(in->values[*(const int *)f]);
+    case NLSR_PARAM_LIST: break;
+    default: return NULL;
+    }
+    cJSON *v = cJSON_CreateArray();
+    if (!v) return NULL;
+    if (p->targets) {
+        for (size_t k = 0; k < p->ntargets; k++)
+            cJSON_AddItemToArray(v, cJSON_CreateString(p->targets[k]));
+        return v;
+    }
+    /* The defaults, written out: the default text is the list. */
+    for (const char *s = in->def; *s;) {
+        const char *c = strchr(s, ',');
+        size_t l = c ? (size_t)(c - s) : strlen(s);
+        char name[64];
+        snprintf(name, sizeof name, "%.*s", (int)l, s);
+        cJSON_AddItemToArray(v, cJSON_CreateString(name));
+        s += l + (c != NULL);
+    }
+    return v;
+}
+
+int nlsr_params_add_json(cJSON *obj, const nlsr_realign_params *p, unsigned pj)
+{
+    for (size_t i = 0; i < nlsr_params_table_len; i++) {
+        const nlsr_param *pp = &nlsr_params_table[i];
+        if (!(pp->pj & pj)) continue;
+        const char *key;
+        cJSON *v = param_json(pp, p, &key);
+        if (!key) {
+            cJSON_Delete(v);
+            continue;
+        }
+        if (!v) return -ENOMEM;
+        cJSON_AddItemToObject(obj, key, v);
+    }
+    return 0;
+}
+
+int nlsr_params_add_json_keys(cJSON *obj, const nlsr_realign_params *p, const char *const *keys)
+{
+    for (; *keys; keys++) {
+        const nlsr_param *pp = NULL;
+        const char *key = NULL;
+        for (size_t i = 0; !pp && i < nlsr_params_table_len; i++) {
+            const char *k = nlsr_params_table[i].json;
+            if (nlsr_params_table[i].pub.offset == offsetof(nlsr_realign_params, scorer.kind))
+                k = "scorer";
+            if (k && strcmp(k, *keys) == 0) pp = &nlsr_params_table[i];
+        }
+        cJSON *v = pp ? param_json(pp, p, &key) : NULL;
+        if (!v) return -ENOMEM;
+        cJSON_AddItemToObject(obj, key, v);
+    }
+    return 0;
+}
+
+int nlsr_params_from_json(const cJSON *obj, nlsr_realign_params *p, const char *file, nlsr_err *e)
+{
+    NLSR_FAIL_IF(!cJSON_IsObject(obj), e, NLSR_E_FORMAT, "%s: params is not an object", file);
+    for (size_t i = 0; i < nlsr_params_table_len; i++) {
+        const nlsr_param *pp = &nlsr_params_table[i];
+        const nlsr_param_info *in = &pp->pub;
+        int is_scorer = in->offset == offsetof(nlsr_realign_params, scorer.kind);
+        const char *key = is_scorer ? "scorer" : in->type == NLSR_PARAM_LIST ? "targets" : pp->json;
+        const cJSON *v = key ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
+        if (!v) continue;
+        if (is_scorer) {
+            uint64_t seed = p->scorer.seed;
+            NLSR_FORWARD(nlsr_scorer_params_from_json(v, &p->scorer, file, e));
+            /* Only lowrank's object holds its seed; the others share the run's. */
+            if (!cJSON_GetObjectItemCaseSensitive(v, "seed")) p->scorer.seed = seed;
+            continue;
+        }
+        char text[4096], msg[256];
+        uint64_t u = 0;
+        int ok = 1;
+        if (in->type == NLSR_PARAM_LIST) {
+            size_t used = 0;
+            text[0] = '\0';
+            ok = cJSON_IsArray(v);
+            for (const cJSON *it = ok ? v->child : NULL; ok && it; it = it->next) {
+                ok = cJSON_IsString(it) && !strchr(it->valuestring, ',');
+                int w = ok ? snprintf(text + used, sizeof text - used, "%s%s", used ? "," : "",
+                                      it->valuestring)
+                           : 0;
+                ok = ok && w >= 0 && (size_t)w < sizeof text - used;
+                used += ok ? (size_t)w : 0;
+            }
+        } else if (in->type == NLSR_PARAM_UINT64) {
+            ok = nlsr_json_get_u64(v, &u);
+            snprintf(text, sizeof text, "%" PRIu64, u);
+        } else if (in->type == NLSR_PARAM_DOUBLE && cJSON_IsNumber(v)) {
+            snprintf(text, sizeof text, "%.17g", v->valuedouble);
+        } else if (in->type == NLSR_PARAM_ENUM && cJSON_IsString(v)) {
+            snprintf(text, sizeof text, "%s", v->valuestring);
+        } else {
+            ok = 0;
+        }
+        NLSR_FAIL_IF(!ok, e, NLSR_E_FORMAT, "%s: params.%s is malformed", file, key);
+        NLSR_FAIL_IF(nlsr_params_set(p, in->name, text, msg, sizeof msg) != 0, e, NLSR_E_FORMAT,
+                     "%s: params.%s: %s", file, key, msg);
+    }
     return 0;
 }

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+#include "../common/params.h"
 #include "lowrank.h"
 
 #include <cblas.h>
@@ -398,7 +399,7 @@ int nlsr_lowrank_begin(size_t out, size_t in, const float *G, const nlsr_lowrank
     sizes sz;
     NLSR_FORWARD(plan_sizes(out, in, G != NULL, p, &info, &sz, e));
     if (G) NLSR_FORWARD(nlsr_gram_check(G, in, e));
-    uint64_t room = b->limit == 0 ? UINT64_MAX : b->limit > b->used ? b->limit - b->used : 0;
+    uint64_t room = nlsr_budget_room(b);
     NLSR_FAIL_IF(info.peak_bytes > room, e, NLSR_E_BUDGET,
                  "memory budget of %llu bytes too small: the low-rank scorer (%s) of a %zu x %zu "
                  "delta at rank %zu needs at least %llu bytes (%llu in use)",
@@ -813,10 +814,10 @@ int nlsr_lowrank_rank(uint64_t rank, double fraction, size_t out, size_t in, dou
 {
     size_t m = out < in ? out : in;
     *r = 0;
-    NLSR_FAIL_IF(!(sparsity >= 0.0 && sparsity <= 1.0), e, NLSR_E_USAGE,
-                 "rank: sparsity %g is outside [0, 1]", sparsity);
-    NLSR_FAIL_IF(rank == 0 && !(fraction > 0.0 && fraction <= 1.0), e, NLSR_E_USAGE,
-                 "rank fraction %g is outside (0, 1]", fraction);
+    /* The bounds are the parameters table's (the jobs check them first; this guards direct
+     * callers). */
+    NLSR_FORWARD(nlsr_param_check_value("sparsity", sparsity, e));
+    if (rank == 0) NLSR_FORWARD(nlsr_param_check_value("rank-fraction", fraction, e));
     double base = rank > 0 ? (double)rank : fraction * (double)m, v = 0.0;
     switch (reading) {
     case NLSR_RANK_DIRECT: v = floor(base + 0.5); break;

@@ -309,7 +309,7 @@ int nlsr_journal_begin(nlsr_ctx *ctx, const char *dir, const nlsr_journal_opts *
     /* Record, planes and compressed record take about three records' worth of memory: keep
      * them within a sixteenth of what the budget has left each. */
     const nlsr_budget *b = &ctx->budget;
-    uint64_t room = !b->limit ? UINT64_MAX : b->limit > b->used ? b->limit - b->used : 0;
+    uint64_t room = nlsr_budget_room(b);
     if (!(o && o->record_bytes) && rec > room / 16) rec = room / 16 / 8 * 8;
     if (rec < 4096) rec = 4096;
     if (rec > NLSR_JOURNAL_MAX_RECORD) rec = NLSR_JOURNAL_MAX_RECORD;

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "../common/params.h"
 #include "../common/ctx.h"
 #include "../compute/convert.h"
 #include "../compute/reference.h"
@@ -184,7 +185,7 @@ static int amplify_full(nlsr_ctx *ctx, const nlsr_ckpt *bk, const nlsr_ckpt *ak,
                         const char *out_dir, const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
-    NLSR_FAIL_IF(!isfinite(p->beta), e, NLSR_E_USAGE, "beta must be finite (got %g)", p->beta);
+    NLSR_FORWARD(nlsr_params_validate(p, e));
     NLSR_FORWARD(nlsr_full_check_sources(ctx, bk, ak, 0, p));
     /* What the output folder will hold beside the weights (src/io/sidefiles.h). */
     nlsr_sidefiles sf;

@@ -14,6 +14,7 @@
 
 #include "../common/testhook.h"
 #include "../common/log.h"
+#include "../common/params.h"
 #include "../common/ctx.h"
 #include "../io/file.h"
 #include "../io/hub.h"
@@ -129,6 +130,7 @@ static int prepare_job(nlsr_ctx *ctx, const char *base, const char *aligned, con
                        unsigned part_count)
 {
     nlsr_err *e = &ctx->err;
+    NLSR_FORWARD(nlsr_params_validate(p, e));
     NLSR_FAIL_IF(!aligned == !reference, e, NLSR_E_USAGE,
                  "prepare needs exactly one of an aligned model and a reference");
     NLSR_FAIL_IF(!out_file, e, NLSR_E_USAGE, "prepare needs an output file");
@@ -219,6 +221,7 @@ static int apply_job(nlsr_ctx *ctx, const char *patches, const char *finetuned, 
                const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
+    NLSR_FORWARD(nlsr_params_validate(p, e));
     NLSR_FAIL_IF(!patches || !finetuned || !out_dir, e, NLSR_E_USAGE,
                  "apply needs a patch file, a fine-tuned model and an output folder");
     nlsr_pf_reader *pf = NULL;
@@ -297,6 +300,7 @@ static int run_job(nlsr_ctx *ctx, const char *base, const char *aligned, const c
              const char *finetuned, const char *out_dir, const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
+    NLSR_FORWARD(nlsr_params_validate(p, e));
     NLSR_FAIL_IF(!aligned == !reference, e, NLSR_E_USAGE,
                  "run needs exactly one of an aligned model and a reference");
     NLSR_FAIL_IF(!finetuned || !out_dir, e, NLSR_E_USAGE,

@@ -9,6 +9,7 @@
  * whole adapter are held in memory, in one block charged to the budget; tensor data is read
  * through nlsr_stream all the same. */
 #define _GNU_SOURCE
+#include "../common/params.h"
 #include "lora.h"
 
 #include <errno.h>
@@ -283,12 +284,7 @@ static void amplify_factor(const nlsr_realign_params *p, int is_b, nlsr_dtype t,
 static int check_params(nlsr_ctx *ctx, const nlsr_realign_params *p)
 {
     nlsr_err *e = &ctx->err;
-    NLSR_FAIL_IF(!isfinite(p->beta), e, NLSR_E_USAGE, "beta must be finite, got %g", p->beta);
-    NLSR_FAIL_IF(!isfinite(p->alpha), e, NLSR_E_USAGE, "alpha must be finite, got %g", p->alpha);
-    NLSR_FAIL_IF(!(p->sparsity >= 0.0 && p->sparsity <= 1.0), e, NLSR_E_USAGE,
-                 "sparsity must be in [0, 1], got %g", p->sparsity);
-    NLSR_FAIL_IF(p->amplify != NLSR_AMPLIFY_PAPER && p->amplify != NLSR_AMPLIFY_AUTHORS, e,
-                 NLSR_E_USAGE, "unknown LoRA amplification mode %d", (int)p->amplify);
+    NLSR_FORWARD(nlsr_params_validate(p, e));
     /* The low-rank and Wanda scorers act on a module's delta B A and its input activations;
      * per factor they would mean something else (B's input is A X), so adapters keep the
      * magnitude rule or take masks made elsewhere (docs/LOWRANK.md). */

@@ -4,6 +4,7 @@
  * plan of passes is in realign_full.h; the arithmetic is METHOD.md's, to the bit. */
 #define _GNU_SOURCE
 #include "../common/log.h"
+#include "../common/params.h"
 #include "realign_full.h"
 
 #include <cjson/cJSON.h>
@@ -57,14 +58,6 @@ static int same_shape(int na, const uint64_t *a, int nb, const uint64_t *b)
     for (int i = 0; i < na; i++)
         if (a[i] != b[i]) return 0;
     return 1;
-}
-
-/* Bytes the budget can still give (UINT64_MAX when unlimited). */
-static uint64_t budget_room(const nlsr_ctx *ctx)
-{
-    const nlsr_budget *b = &ctx->budget;
-    if (b->limit == 0) return UINT64_MAX;
-    return b->limit > b->used ? b->limit - b->used : 0;
 }
 
 static int is_target(const st_tensor *t, const nlsr_realign_params *p)
@@ -300,6 +293,13 @@ int nlsr_full_patch_params(nlsr_ctx *ctx, const nlsr_pf_reader *pf, nlsr_realign
     p->scorer = scorer;
     p->targets = v;
     p->ntargets = n;
+    char msg[256];
+    if (nlsr_params_check(p, msg, sizeof msg) != 0) {
+        free(v);
+        p->targets = NULL;
+        p->ntargets = 0;
+        return nlsr_fail(e, NLSR_E_FORMAT, "%s: header params: %s", pf->path, msg);
+    }
     *names = v;
     return 0;
 }
@@ -586,7 +586,7 @@ static int prep_module(prep *P, pmod *M, nlsr_report *rep)
     /* Cache the module's raw bytes when they take at most half of what the budget has left:
      * passes 2 and 3 then read nothing. */
     M->cache_bytes = M->n * (M->asz + M->bsz);
-    if (!P->tune.force_stream && M->k < M->n && M->cache_bytes <= budget_room(ctx) / 2) {
+    if (!P->tune.force_stream && M->k < M->n && M->cache_bytes <= nlsr_budget_room(&ctx->budget) / 2) {
         rc = nlsr_budget_alloc(&ctx->budget, M->n * M->asz, "module cache (source)",
                                (void **)&M->cache_a, e);
         if (rc == 0)
@@ -624,7 +624,7 @@ static int prep_module(prep *P, pmod *M, nlsr_report *rep)
     } else {
         nlsr_kth_hist_pick(P->hist, M->k, &M->bucket, &M->below);
         uint64_t nc = P->hist[M->bucket];
-        if (!P->tune.force_lowhist && nc * sizeof(float) <= budget_room(ctx) / 2) {
+        if (!P->tune.force_lowhist && nc * sizeof(float) <= nlsr_budget_room(&ctx->budget) / 2) {
             rc = nlsr_budget_alloc(&ctx->budget, (size_t)(nc ? nc : 1) * sizeof(float),
                                    "threshold candidates", (void **)&M->cands, e);
             if (rc < 0) goto done;
@@ -766,14 +766,10 @@ static cJSON *part_json(const prep *P, cJSON *x)
 static cJSON *header_extra(const prep *P, uint64_t *model_bytes)
 {
     const nlsr_realign_params *p = P->p;
-    cJSON *x = cJSON_CreateObject(), *par, *tg, *src, *model, *ts;
+    cJSON *x = cJSON_CreateObject(), *par, *src, *model, *ts;
     if (!x || !(par = cJSON_AddObjectToObject(x, "params"))) goto oom;
-    cJSON_AddItemToObject(par, "beta", nlsr_json_number(p->beta));
-    cJSON_AddItemToObject(par, "sparsity", nlsr_json_number(p->sparsity));
-    if (!(tg = cJSON_AddArrayToObject(par, "targets"))) goto oom;
-    const char *const *names = p->targets ? p->targets : nlsr_target_names;
-    size_t nn = p->targets ? p->ntargets : NLSR_NTARGET_NAMES;
-    for (size_t i = 0; i < nn; i++) cJSON_AddItemToArray(tg, cJSON_CreateString(names[i]));
+    static const char *const keys[] = {"beta", "sparsity", "targets", NULL};
+    if (nlsr_params_add_json_keys(par, p, keys) != 0) goto oom;
     cJSON_AddNumberToObject(par, "block_elems", (double)P->blk);
     cJSON *scp = nlsr_scorer_params_json(&p->scorer);
     if (!scp) goto oom;
@@ -842,8 +838,7 @@ int nlsr_full_prepare_part(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt
     P.blk = P.tune.block_elems ? P.tune.block_elems : NLSR_FULL_BLOCK_ELEMS;
     NLSR_FAIL_IF(P.blk > NLSR_PF_MAX_BLOCK_ELEMS, e, NLSR_E_USAGE, "block of %" PRIu64
                  " elements is too large", P.blk);
-    NLSR_FAIL_IF(!(p->sparsity >= 0.0 && p->sparsity <= 1.0) || !isfinite(p->beta), e,
-                 NLSR_E_USAGE, "sparsity must lie in [0, 1] and beta be finite");
+    NLSR_FORWARD(nlsr_params_validate(p, e));
     nlsr_xxh64_init(&P.fp_base, 0);
     nlsr_xxh64_init(&P.fp_src, 0);
     cJSON *extra = NULL;
@@ -1289,7 +1284,7 @@ static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
         rc = nlsr_budget_alloc(b, a[i].bytes, "apply scratch", a[i].p, e);
     /* The stream and the patch reader need a few block buffers beside the cache. */
     int may_cache = !(tune && tune->apply_no_cache);
-    if (rc == 0 && may_cache && A.cache_bytes <= budget_room(ctx) / 2)
+    if (rc == 0 && may_cache && A.cache_bytes <= nlsr_budget_room(&ctx->budget) / 2)
         rc = nlsr_budget_alloc(b, (size_t)(A.cache_bytes ? A.cache_bytes : 1),
                                "fine-tuned target cache", (void **)&A.cache, e);
     if (rc == 0) rc = apply_similarity(&A, rep);

@@ -4,6 +4,7 @@
  * output is written. The arithmetic is realign_full.c's (prepare + apply), value for value and
  * in the same order, so that both give the same bits; tests/test_realign_full.c compares them. */
 #define _GNU_SOURCE
+#include "../common/params.h"
 #include "realign_run.h"
 
 #include <errno.h>
@@ -88,13 +89,6 @@ typedef struct runner {
 static const char *shard_path(const nlsr_ckpt *ck, size_t i)
 {
     return ck->shards[ck->t[i].shard]->path;
-}
-
-static uint64_t budget_room(const nlsr_ctx *ctx)
-{
-    const nlsr_budget *b = &ctx->budget;
-    if (b->limit == 0) return UINT64_MAX;
-    return b->limit > b->used ? b->limit - b->used : 0;
 }
 
 static int nonfinite_fail(nlsr_ctx *ctx, const char *file, const char *tensor, uint64_t el,
@@ -409,7 +403,7 @@ static int pass_threshold(runner *R, rmod *M, const unsigned char *a, const unsi
                  M->ts->name, total, M->n);
     nlsr_kth_hist_pick(R->hist, M->k, &bucket, &below);
     uint64_t nc = R->hist[bucket];
-    int in_mem = nc * sizeof(float) <= budget_room(ctx) / 2;
+    int in_mem = nc * sizeof(float) <= nlsr_budget_room(&ctx->budget) / 2;
     if (in_mem && nc > R->cand_cap) {
         nlsr_budget_free(&ctx->budget, R->cands, R->cand_cap * sizeof(float));
         R->cands = NULL;
@@ -691,7 +685,7 @@ int nlsr_full_run_plan(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *sr
         out->scratch_bytes = scratch_need() + 2 * lane_mem();
         uint64_t a = out->stream_bytes + a_reserve(out->stream_bytes), b = out->phase_b_bytes;
         out->need_bytes = (a > b ? a : b) + scratch_need();
-        uint64_t room = budget_room(ctx);
+        uint64_t room = nlsr_budget_room(&ctx->budget);
         out->single = p->scorer.kind == NLSR_SCORER_MAGNITUDE && R.nm > 0 &&
                       out->need_bytes <= room;
         if (out->single) {
@@ -721,7 +715,7 @@ int nlsr_full_run_plan(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *sr
 static int plan_store(runner *R, uint64_t stream_bytes, int no_store)
 {
     nlsr_ctx *ctx = R->ctx;
-    uint64_t total = choose_kept(R, stream_bytes, budget_room(ctx), no_store);
+    uint64_t total = choose_kept(R, stream_bytes, nlsr_budget_room(&ctx->budget), no_store);
     if (total == 0) return 0;
     NLSR_FORWARD(nlsr_budget_alloc(&ctx->budget, (size_t)total, "patches kept in memory",
                                    (void **)&R->arena, &ctx->err));
@@ -940,8 +934,7 @@ int nlsr_full_run(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src, in
                   int no_store, nlsr_report *rep)
 {
     nlsr_err *e = &ctx->err;
-    NLSR_FAIL_IF(!(p->sparsity >= 0.0 && p->sparsity <= 1.0) || !isfinite(p->beta), e,
-                 NLSR_E_USAGE, "sparsity must lie in [0, 1] and beta be finite");
+    NLSR_FORWARD(nlsr_params_validate(p, e));
     runner R;
     nlsr_unit *u = NULL;
     int rc = runner_init(&R, ctx, p, base, src, is_reference, ft, &u);

@@ -174,48 +174,13 @@ int nlsr_report_json(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_par
                      char **out)
 {
     cJSON *root = cJSON_CreateObject();
-    cJSON *par = NULL, *mods = NULL, *sum = NULL, *tg = NULL;
+    cJSON *par = NULL, *mods = NULL, *sum = NULL;
     if (!root || !(par = cJSON_AddObjectToObject(root, "params"))) goto oom;
     cJSON_AddStringToObject(par, "job", r->job);
     cJSON_AddStringToObject(par, "kind", r->kind);
-    cJSON_AddItemToObject(par, "beta", nlsr_json_number(p->beta));
-    cJSON_AddItemToObject(par, "sparsity", nlsr_json_number(p->sparsity));
-    cJSON_AddStringToObject(par, "mode", mode_name(p->select.mode));
-    cJSON_AddStringToObject(par, "semantics",
-                            p->select.semantics == NLSR_SEMANTICS_PAPER ? "paper" : "authors");
-    cJSON_AddItemToObject(par, "prune_rate", nlsr_json_number(p->select.prune_rate));
-    cJSON_AddItemToObject(par, "epsilon", nlsr_json_number(p->select.epsilon));
-    cJSON_AddItemToObject(par, "tau", nlsr_json_number(p->select.tau));
-    /* Seeds above 2^53 would lose digits as a JSON number: those are written as strings. */
-    if (p->select.seed < (1ull << 53))
-        cJSON_AddNumberToObject(par, "seed", (double)p->select.seed);
-    else {
-        char sb[24];
-        snprintf(sb, sizeof sb, "%" PRIu64, p->select.seed);
-        cJSON_AddStringToObject(par, "seed", sb);
-    }
-    if (strcmp(r->kind, "lora") == 0) {
-        cJSON_AddStringToObject(par, "amplify",
-                                p->amplify == NLSR_AMPLIFY_PAPER ? "paper" : "authors");
-        cJSON_AddItemToObject(par, "alpha", nlsr_json_number(p->alpha));
-    }
-    if (strcmp(r->kind, "full") == 0) {
-        cJSON *sc = nlsr_scorer_params_json(&p->scorer);
-        if (!sc) goto oom;
-        cJSON_AddItemToObject(par, "scorer", sc);
-    }
-    if (!(tg = cJSON_AddArrayToObject(par, "targets"))) goto oom;
-    {
-        const char *const *names = p->targets;
-        size_t nn = p->ntargets;
-        static const char *const defaults[] = {"q_proj",    "k_proj",  "v_proj", "o_proj",
-                                               "gate_proj", "up_proj", "down_proj"};
-        if (!names) {
-            names = defaults;
-            nn = sizeof defaults / sizeof defaults[0];
-        }
-        for (size_t i = 0; i < nn; i++) cJSON_AddItemToArray(tg, cJSON_CreateString(names[i]));
-    }
+    /* The table's order and keys (src/common/params.h): old reports read the same. */
+    if (nlsr_params_add_json(par, p, strcmp(r->kind, "lora") == 0 ? NLSR_PJ_LORA : NLSR_PJ_FULL))
+        goto oom;
     if (!(mods = cJSON_AddArrayToObject(root, "modules"))) goto oom;
     for (size_t i = 0; i < r->n; i++) {
         const nlsr_report_module *m = &r->m[i];

@@ -2,6 +2,7 @@
 /* Step 2's low-rank and Wanda scorers in the full-weight prepare (scorer.h), the activations
  * file they read, their plan and their records. */
 #define _GNU_SOURCE
+#include "../common/params.h"
 #include "scorer.h"
 
 #include <cjson/cJSON.h>
@@ -58,17 +59,12 @@ int nlsr_scorer_check_params(nlsr_ctx *ctx, const nlsr_scorer_params *sp)
                      e, NLSR_E_USAGE, "unknown wanda selection %d", (int)sp->wanda_select);
         return 0;
     case NLSR_SCORER_LOWRANK:
-        NLSR_FAIL_IF(sp->rank == 0 && !(sp->rank_fraction > 0.0 && sp->rank_fraction <= 1.0), e,
-                     NLSR_E_USAGE, "rank fraction %g is outside (0, 1]", sp->rank_fraction);
-        NLSR_FAIL_IF(sp->rank_mode != NLSR_RANK_MODE_PAPER &&
-                         sp->rank_mode != NLSR_RANK_MODE_AUTHORS &&
-                         sp->rank_mode != NLSR_RANK_MODE_DIRECT,
-                     e, NLSR_E_USAGE, "unknown rank reading %d", (int)sp->rank_mode);
-        NLSR_FAIL_IF(sp->power_iters < 0 || sp->power_iters > NLSR_MAX_POWER_ITERS, e, NLSR_E_USAGE,
-                     "power iterations %d outside [0, %d]", sp->power_iters, NLSR_MAX_POWER_ITERS);
-        NLSR_FAIL_IF(sp->oversample > ((uint64_t)1 << 20), e, NLSR_E_USAGE,
-                     "oversampling %" PRIu64 " is too large", sp->oversample);
-        return 0;
+    {
+        /* The bounds of rank, rank_fraction, power_iters and oversample: the table's. */
+        nlsr_realign_params tmp = NLSR_REALIGN_PARAMS_DEFAULT;
+        tmp.scorer = *sp;
+        return nlsr_params_validate(&tmp, e);
+    }
     }
     return nlsr_fail(e, NLSR_E_USAGE, "unknown scorer %d", (int)sp->kind);
 }
@@ -432,9 +428,7 @@ int nlsr_scorer_begin(nlsr_ctx *ctx, const nlsr_realign_params *p, const nlsr_ac
         /* Keep W for the SVD passes after the first when it takes at most half of what the
          * budget has left (the rule of the prepare's module cache, which comes after). */
         if (rc == 0 && nlsr_lowrank_passes_left(sc->lr) > 1) {
-            const nlsr_budget *b = &ctx->budget;
-            uint64_t room = b->limit == 0 ? UINT64_MAX
-                            : b->limit > b->used ? b->limit - b->used : 0;
+            uint64_t room = nlsr_budget_room(&ctx->budget);
             uint64_t bytes = (uint64_t)out * in * sizeof(float);
             nlsr_err ignored = {0, ""}; /* without it the passes read the checkpoints again */
             if (bytes <= room / 2 && bytes <= SIZE_MAX / 2 &&
@@ -524,8 +518,7 @@ int nlsr_scorer_pass_end(nlsr_scorer *sc)
     /* The histogram, candidate and mask passes each need every score: keep them when they
      * take at most half of what the budget has left (as the prepare's module cache), so the
      * projection is computed once. */
-    const nlsr_budget *b = &sc->ctx->budget;
-    uint64_t room = b->limit == 0 ? UINT64_MAX : b->limit > b->used ? b->limit - b->used : 0;
+    uint64_t room = nlsr_budget_room(&sc->ctx->budget);
     uint64_t bytes = (uint64_t)sc->out * sc->in * sizeof(float);
     nlsr_err ignored = {0, ""}; /* without the buffer the scores are recomputed per pass */
     if (!sc->identity && bytes <= room / 2 && bytes <= SIZE_MAX / 2 &&
@@ -729,8 +722,7 @@ int nlsr_scorer_check_modules(nlsr_ctx *ctx, const nlsr_ckpt *src, const nlsr_re
                               const nlsr_acts *acts, uint64_t reserve)
 {
     nlsr_err *e = &ctx->err;
-    const nlsr_budget *b = &ctx->budget;
-    uint64_t room = b->limit == 0 ? UINT64_MAX : b->limit > b->used ? b->limit - b->used : 0;
+    uint64_t room = nlsr_budget_room(&ctx->budget);
     for (size_t i = 0; i < src->n; i++) {
         const st_tensor *t = src->t[i].t;
         if (!nlsr_is_target(t, p->targets, p->ntargets)) continue;
@@ -746,8 +738,8 @@ int nlsr_scorer_check_modules(nlsr_ctx *ctx, const nlsr_ckpt *src, const nlsr_re
                      "memory budget of %" PRIu64 " bytes too small: the %s scorer of '%.200s' "
                      "(%zu x %zu%s) needs %" PRIu64 " bytes, and the prepare's stream %" PRIu64
                      " more, with %" PRIu64 " in use",
-                     b->limit, nlsr_scorer_kind_name(p->scorer.kind), t->name, out, in, rk,
-                     need.peak_bytes, reserve, b->used);
+                     ctx->budget.limit, nlsr_scorer_kind_name(p->scorer.kind), t->name, out, in, rk,
+                     need.peak_bytes, reserve, ctx->budget.used);
     }
     return 0;
 }
@@ -769,7 +761,7 @@ static int expected_passes(const nlsr_scorer_need *n, uint64_t budget)
 {
     if (!n->w_bytes) return n->data_passes;
     uint64_t used = PREP_FIXED_BYTES + n->peak_bytes;
-    uint64_t room = budget == 0 ? UINT64_MAX : budget > used ? budget - used : 0;
+    uint64_t room = nlsr_budget_room_of(budget, used);
     return n->w_bytes <= room / 2 ? n->data_passes_w : n->data_passes;
 }
 
@@ -780,7 +772,8 @@ static cJSON *plan_json(const nlsr_realign_params *p, const shape_row *g, size_t
     cJSON *o = cJSON_CreateObject(), *mods;
     if (!o) return NULL;
     cJSON_AddItemToObject(o, "params", nlsr_scorer_params_json(&p->scorer));
-    cJSON_AddItemToObject(o, "sparsity", nlsr_json_number(p->sparsity));
+    static const char *const keys[] = {"sparsity", NULL};
+    if (nlsr_params_add_json_keys(o, p, keys) != 0) goto oom;
     if (!(mods = cJSON_AddArrayToObject(o, "modules"))) goto oom;
     for (size_t i = 0; i < ng; i++) {
         cJSON *m = cJSON_CreateObject(), *sh = cJSON_CreateArray();
@@ -893,7 +886,8 @@ int nlsr_scorer_plan_print(nlsr_ctx *ctx, const nlsr_plan *plan, const nlsr_ckpt
     char *buf = NULL;
     size_t blen = 0;
     cJSON *root = NULL;
-    int rc = nlsr_scorer_check_params(ctx, &p->scorer);
+    int rc = nlsr_params_validate(p, e);
+    if (rc == 0) rc = nlsr_scorer_check_params(ctx, &p->scorer);
     if (rc == 0 && p->scorer.activations)
         rc = nlsr_acts_open(ctx, p->scorer.activations, src, p, &acts);
     if (rc == 0 && !(g = calloc(src->n ? src->n : 1, sizeof *g)))

@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The commands and the CLI's own options, declared once (cli_args.h); the method parameters
+ * are the library's table (nlsr_param_info_at). The parser and the help read these. */
+#include <stddef.h>
+#include <string.h>
+
+#include "cli_args.h"
+
+#define JOBS (K_RUN | K_PREPARE | K_APPLY | K_AMPLIFY | K_PLAN)
+#define ENGINE (K_RUN | K_PREPARE | K_APPLY | K_AMPLIFY | K_PLAN | K_SYNTH)
+#define ALL (ENGINE | K_INSPECT | K_DUMP | K_REWRITE | K_ROLLBACK)
+
+const cli_command cli_commands[] = {
+    {"inspect", K_INSPECT, 0, 1, 1, "PATH [options]", "validate a checkpoint and list its tensors"},
+    {"dump", K_DUMP, 0, 2, 2, "PATH TENSOR", "print a tensor's values, one per line"},
+    {"rewrite", K_REWRITE, 0, 2, 2, "PATH OUT [options]", "rewrite a checkpoint with nlsr's writer"},
+    {"run", K_RUN, NLSR_JOB_RUN, 0, 0,
+     "--base B --aligned A|--reference R --finetuned T --out DIR|--in-place [options]",
+     "realign T: all three steps, streamed (--in-place: into T itself, journaled)"},
+    {"prepare", K_PREPARE, NLSR_JOB_PREPARE, 0, 0,
+     "--base B --aligned A|--reference R --out FILE.nlsrp [options]",
+     "steps 1-2 once per aligned model: the patches"},
+    {"apply", K_APPLY, NLSR_JOB_APPLY, 0, -1,
+     "--patches FILE --finetuned T --out DIR [options], or --patches FILE --in-place DIR...",
+     "step 3 from prepared patches (--in-place: into each folder, journaled)"},
+    {"rollback", K_ROLLBACK, 0, 1, -1, "DIR... [options]",
+     "restore the originals from the undo journal"},
+    {"amplify", K_AMPLIFY, NLSR_JOB_AMPLIFY, 0, 0, "--base B --aligned A --out DIR [options]",
+     "step 1 alone: the safety reference checkpoint"},
+    {"plan", K_PLAN, NLSR_JOB_RUN | NLSR_JOB_PREPARE | NLSR_JOB_APPLY | NLSR_JOB_AMPLIFY |
+                         NLSR_JOB_PLAN,
+     0, 0, "--base B --aligned A [--finetuned T] [any job's options]",
+     "print a job's streaming plan (units, bytes, memory, time), or time its reads alone"},
+    {"synth", K_SYNTH, 0, 0, 0, "--role base|aligned|finetuned --out DIR [options]",
+     "write a synthetic checkpoint"},
+    {"reduce", K_REDUCE, 0, 1, -1, "--out FILE.nlsrp [--force] [-q] PART...",
+     "check the parts of a split prepare (prepare --part I/N) and merge them: one prepare's bytes"},
+    {"sweep", K_SWEEP, 0, 1, -1,
+     "--patches FILE --out-root DIR|--in-place [--task I/N] [--status] [--summary FILE] [--json]"
+     " [--select ... --seed ...] [--mem-budget SIZE] [--io KIND] [-q] DIR...",
+     "apply to a store, task I of N; verified outputs are skipped (docs/SCALE.md)"},
+    {"slurm", K_SLURM, 0, 1, -1,
+     "sweep|split --dir DIR [--submit] [--concurrency K] [--parts N] [--mem-budget SIZE]"
+     " [--cpus C] [--time T] [--partition P] [--account A] [--prepare-opts STR]"
+     " [--apply-opts STR] [--nlsr PATH] (sweep: --patches --out-root|--in-place DIR...;"
+     " split: --base --aligned|--reference --finetuned --out)",
+     "write (and --submit) the sbatch scripts of a sweep or a split job"},
+};
+const size_t cli_ncommands = sizeof cli_commands / sizeof cli_commands[0];
+
+/* plan takes every job's options, so that a job's command line with "plan" for its command
+ * prints that job's plan; those that do not change the plan are accepted and ignored. */
+const cli_opt cli_opts[] = {
+    {"base", 0, "PATH", K_RUN | K_PREPARE | K_AMPLIFY | K_PLAN, O_BASE, "the base model"},
+    {"aligned", 0, "PATH", K_RUN | K_PREPARE | K_AMPLIFY | K_PLAN, O_ALIGNED,
+     "the aligned model"},
+    {"reference", 0, "PATH", K_RUN | K_PREPARE | K_PLAN, O_REFERENCE,
+     "a safety reference (from amplify) instead of --aligned"},
+    {"finetuned", 0, "PATH", K_RUN | K_APPLY | K_PLAN, O_FINETUNED, "the fine-tuned model"},
+    {"patches", 0, "FILE", K_APPLY | K_PLAN, O_PATCHES, "the prepared patches (prepare --out)"},
+    {"out", 0, "PATH", ENGINE, O_OUT, "the output (folder, or prepare's patches file)"},
+    {"report", 0, "FILE", K_RUN | K_PREPARE | K_APPLY | K_PLAN, O_REPORT,
+     "write the JSON report there"},
+    {"json", 0, NULL, ENGINE | K_INSPECT | K_ROLLBACK, O_JSON, "JSON on stdout"},
+    {"quiet", 'q', NULL, ALL, O_QUIET, "no progress or summary on stderr"},
+    {"verbose", 'v', NULL, ALL, O_VERBOSE, "also print the effective parameters on stderr"},
+    {"force", 0, NULL, ENGINE | K_REWRITE | K_ROLLBACK, O_FORCE,
+     "replace an existing output (rollback: restore bytes changed since)"},
+    {"mem-budget", 0, "SIZE", ENGINE, O_MEM, "memory budget, e.g. 512M, 4G; 0 = unlimited (1G)"},
+    {"io", 0, "auto|uring|pread|mmap", ENGINE, O_IO, "the I/O backend (auto)"},
+    {"threads", 0, "N", JOBS, O_THREADS, "compute threads (1)"},
+    {"in-place", 0, NULL, K_RUN | K_APPLY | K_PLAN, O_IN_PLACE,
+     "realign the checkpoint folders themselves, journaled"},
+    {"wait", 0, NULL, K_RUN | K_APPLY | K_ROLLBACK | K_PLAN, O_WAIT,
+     "in place: wait for another run's lock"},
+    {"dry-run", 0, NULL, K_RUN | K_APPLY | K_PLAN, O_DRY_RUN, "in place: check, write nothing"},
+    {"follow-links", 0, NULL, K_RUN | K_APPLY | K_PLAN, O_FOLLOW,
+     "in place: patch files reached through links"},
+    {"drop-other-weights", 0, NULL, K_RUN | K_APPLY | K_AMPLIFY | K_REWRITE | K_PLAN, O_DROP_OTHER,
+     "leave weights nlsr does not realign out of the output (refused otherwise)"},
+    {"revision", 0, "REV", JOBS | K_INSPECT, O_REVISION,
+     "hub cache repository folders: a ref or commit (refs/main)"},
+    {"config", 0, "FILE", ENGINE | K_ROLLBACK, O_CONFIG,
+     "options from a JSON object (keys: long option names); the command line overrides"},
+    {"progress-interval", 0, "SECONDS", ENGINE | K_ROLLBACK, O_PROGRESS,
+     "seconds between progress lines (10)"},
+    {"discard-journal", 0, NULL, K_ROLLBACK, O_DISCARD,
+     "keep the realignment, delete its journal (no undo after that)"},
+    {"bandwidth", 0, "R[,W]", K_PLAN, O_BANDWIDTH,
+     "read and write speeds for the time estimate, e.g. 1.5G,800M (measured if absent)"},
+    {"no-time", 0, NULL, K_PLAN, O_NO_TIME, "no time estimate"},
+    {"measure-read", 0, NULL, K_PLAN, O_MEASURE, "carry out and time the plan's reads alone"},
+    {"preset", 0, "tiny|llama-8b|llama-70b", K_SYNTH, O_PRESET, "tensor names and shapes (tiny)"},
+    {"layers", 0, "N", K_SYNTH, O_LAYERS, "layers, 1 to 1000 (the preset's)"},
+    {"role", 0, "base|aligned|finetuned", K_SYNTH, O_ROLE, "which of the three checkpoints"},
+    {"seed", 0, "N", K_SYNTH, O_SYNTH_SEED, "the three roles of one seed belong together (1)"},
+    {"dtype", 0, "bf16|f16|f32", K_SYNTH, O_DTYPE, "element type (bf16)"},
+    {"shard-size", 0, "SIZE", K_SYNTH, O_SHARD, "bytes per shard at most (5G)"},
+    {"part", 0, "I/N", K_PREPARE, O_PART,
+     "prepare part I of N (from 0) of a split job: its share of the modules (docs/SCALE.md)"},
+    {"task", 0, "I/N", K_PREPARE, O_PART, "the same as --part"},
+    {"help", 'h', NULL, ALL, O_HELP, "this help"},
+    {"version", 0, NULL, ALL, O_VERSION, "print the version"},
+};
+const size_t cli_nopts = sizeof cli_opts / sizeof cli_opts[0];
+
+const cli_command *cli_command_of(unsigned bit)
+{
+    for (size_t i = 0; i < cli_ncommands; i++)
+        if (cli_commands[i].bit == bit) return &cli_commands[i];
+    return NULL;
+}
+
+unsigned cli_command_bit(const char *name)
+{
+    for (size_t i = 0; name && i < cli_ncommands; i++)
+        if (strcmp(cli_commands[i].name, name) == 0) return cli_commands[i].bit;
+    return 0;
+}
