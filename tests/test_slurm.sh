@@ -18,7 +18,16 @@ DATA=$(realpath "$2")
 [ -d "$DATA/hf-tiny-llama" ] && DATA=$DATA/hf-tiny-llama
 HOOKS=${NLSR_HOOKS:-${3:-OFF}}
 skip() { echo "SKIP: $*"; exit 77; }
-fail() { echo "FAIL: $*"; [ -n "${T:-}" ] && for f in "$T"/ctld.log "$T"/d.log; do [ -f "$f" ] && tail -n 20 "$f"; done; exit 1; }
+# On failure: the daemons' and the jobs' last log lines.
+fail() {
+    echo "FAIL: $*"
+    if [ -n "${T:-}" ]; then
+        for f in "$T"/ctld.log "$T"/d.log "$T"/jobs/*/logs/*.out; do
+            [ -f "$f" ] && { echo "== $f"; tail -n 12 "$f"; }
+        done
+    fi
+    exit 1
+}
 
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
