@@ -5,9 +5,11 @@
 # (GNU time's %O: the kernel's per-task write accounting, in 512-byte units), for
 #   apply --out      (copy every shard, rewrite the patched tensors in the copies)
 #   apply --in-place (journal the patched tensors' bytes, then overwrite them)
-#   run --out / run --in-place (the same after preparing the patches, which run writes too)
 #   rollback         (undo the in-place apply from its journal)
-# and checks that in place and --out give the same bytes. Writes bench/results/inplace.md.
+# which `nlsr bench` cannot measure (apply --in-place, rollback, the process's storage writes),
+# and times run --out against run --in-place with `nlsr bench --jobs run,run-in-place`
+# (results/inplace-bench.csv); checks that in place and --out give the same bytes. Writes
+# bench/results/inplace.md.
 #
 #   bench/inplace.sh [--nlsr PATH] [--data DIR] [--preset llama-8b] [--layers 2] [--reps 2]
 #                    [--keep]
@@ -102,12 +104,16 @@ timed "rollback (undo the apply)" rollback \
     '"$NLSR" apply --patches "$DATA/p.nlsrp" --in-place "$DATA/ip" -q >/dev/null 2>&1' \
     "$NLSR" rollback "$DATA/ip" -q --json
 same "$DATA/ip" "$FT"
-timed "run --out" out 'rm -rf "$DATA/out"' \
-    "$NLSR" run --base "$DATA/base" --aligned "$DATA/aligned" --finetuned "$FT" \
-    --out "$DATA/out" -q --json
-timed "run --in-place" inplace 'rm -rf "$DATA/ip"; cp -r "$FT" "$DATA/ip"' \
-    "$NLSR" run --base "$DATA/base" --aligned "$DATA/aligned" --finetuned "$DATA/ip" \
-    --in-place -q --json
+# run --out against run --in-place: timed by `nlsr bench` (cold, a fresh copy of the fine-tune
+# per in-place run, the copy not timed), rows in results/inplace-bench.csv; then once more,
+# untimed, to check that both give the same bytes.
+"$NLSR" bench --base "$DATA/base" --aligned "$DATA/aligned" --finetuned "$FT" \
+    --jobs run,run-in-place --budgets 1G --io uring --reps "$REPS" --drop-caches --scratch "$DATA" \
+    --csv "$here/results/inplace-bench.csv" --json "$here/results/inplace-bench.json" -q >&2
+rm -rf "$DATA/out" "$DATA/ip"
+"$NLSR" run --base "$DATA/base" --aligned "$DATA/aligned" --finetuned "$FT" --out "$DATA/out" -q
+cp -r "$FT" "$DATA/ip"
+"$NLSR" run --base "$DATA/base" --aligned "$DATA/aligned" --finetuned "$DATA/ip" --in-place -q >/dev/null
 same "$DATA/ip" "$DATA/out"
 
 {
@@ -125,7 +131,8 @@ same "$DATA/ip" "$DATA/out"
     echo
     echo "nlsr's figure counts what the job wrote (--out: the shard copies, side files and"
     echo "rewritten tensors; in place: the patched tensors' bytes plus the journal; run --in-place"
-    echo "also writes its temporary patch file, which the process column shows). The process"
+    echo "also writes its temporary patch file). run --out and run --in-place are timed by"
+    echo "\`nlsr bench\` (results/inplace-bench.csv, .json; the in-place copy is not timed). The process"
     echo "column is GNU time's %O (the kernel's per-task storage write accounting) x 512. In place"
     echo "and --out gave identical files (cmp), and the rollback gave the fine-tune back. On a"
     echo "shared machine the spread between runs comes mostly from other jobs' I/O (and their cache"

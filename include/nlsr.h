@@ -573,6 +573,40 @@ void nlsr_synth_params_init(nlsr_synth_params *p);
  * context's memory budget. */
 int nlsr_synth(nlsr_ctx *ctx, const nlsr_synth_params *p, const char *out_dir);
 
+/* ---- bench (README "Benchmark your machine") ------------------------------------------- */
+
+/* `nlsr bench`: times jobs on the caller's own machine and models, sweeping memory budgets,
+ * I/O backends and jobs, each run in a child process (its own peak RSS and CPU time, from
+ * wait4), cold by default (posix_fadvise DONTNEED on every input and output file before each
+ * run; drop_caches when root and asked), beside the physical reference of the same session
+ * (O_DIRECT and buffered sequential read rates of each input's file system, the write rate
+ * with fsync of the scratch folder's) and each job's minimal I/O time from its plan. Lists are
+ * comma-separated strings; NULL takes the default given. */
+typedef struct nlsr_bench_params {
+    const char *base, *aligned, *finetuned; /* the job's own inputs, or NULL with synth */
+    const char *synth;       /* "tiny", "llama-8b", "llama-70b": a synthetic triple made in
+                                the scratch folder (NULL: use base/aligned/finetuned) */
+    int synth_layers;        /* 0: the preset's own count */
+    const char *scratch;     /* folder for outputs (and the synthetic triple): made, and
+                                removed at the end; NULL: a temporary folder beside the first
+                                of csv/json/plot, else in the current folder */
+    const char *budgets;     /* "1G" (sizes as nlsr_parse_size; "auto" where it parses) */
+    const char *ios;         /* "uring,pread" (uring|io_uring, pread, mmap) */
+    const char *jobs;        /* "run" (run, run-in-place, prepare, apply, amplify) */
+    int reps;                /* runs per combination, 0 = 1 */
+    int warm;                /* no cache dropping: warm runs */
+    int drop_caches;         /* write 3 to /proc/sys/vm/drop_caches (root) instead of fadvise */
+    const char *csv, *json, *plot; /* output files (NULL: none): rows, rows + machine, SVG */
+} nlsr_bench_params;
+
+#define NLSR_BENCH_PARAMS_DEFAULT                                                                 \
+    ((nlsr_bench_params){NULL, NULL, NULL, NULL, 0, NULL, NULL, NULL, NULL, 1, 0, 0, NULL,       \
+                         NULL, NULL})
+
+/* Runs the sweep and prints the table on `out` (one INFO line per run to the log callback). A failed run is a row with its status and message, not a failure of the bench;
+ * invalid parameters are NLSR_E_USAGE. */
+int nlsr_bench(nlsr_ctx *ctx, const nlsr_bench_params *bp, FILE *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -74,8 +74,8 @@ lacks() { # LINE WORD...: no WORD is among the candidates
 
 expect "nlsr r" "reduce rewrite rollback run"
 expect "nlsr pl" "plan"
-has "nlsr " inspect dump rewrite run prepare apply rollback amplify plan synth reduce sweep slurm \
-    help version
+has "nlsr " inspect dump rewrite run prepare apply rollback amplify plan synth bench reduce \
+    sweep slurm help version
 # Each command's options, and not another's (apply's patch file fixes --beta).
 expect "nlsr apply --pa" "--patches"
 lacks "nlsr apply --" --beta --sparsity --targets --base --scorer
@@ -90,6 +90,13 @@ expect "nlsr rollback --" "--config --discard-journal --force --help --json --pr
 has "nlsr synth --" --preset --role --layers --seed --dtype --shard-size --out --force
 has "nlsr plan --" --bandwidth --no-time --measure-read --finetuned --scorer
 expect "nlsr inspect --" "--help --json --quiet --revision --verbose --version"
+has "nlsr bench --" --synth --layers --budgets --io --jobs --reps --warm --drop-caches --csv \
+    --json --plot --scratch --base --aligned --finetuned
+lacks "nlsr bench --" --out --beta --mem-budget --in-place
+expect "nlsr bench --synth l" "llama-70b llama-8b"
+expect "nlsr bench --jobs run" "run run-in-place"
+expect "nlsr bench --budgets " ""
+expect "nlsr bench --scratch s" "sft store sub"
 expect "nlsr help pl" "plan"
 # Option values.
 expect "nlsr synth --preset " "llama-70b llama-8b tiny"

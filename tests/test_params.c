@@ -146,20 +146,20 @@ static void test_check(void)
     ASSERT_CONTAINS(err, "sparsity");
     ASSERT_CONTAINS(err, "1.5");
     ASSERT_TRUE(one_line(err));
-    p = (nlsr_realign_params)NLSR_REALIGN_PARAMS_DEFAULT;
+    p = NLSR_REALIGN_PARAMS_DEFAULT;
     p.beta = NAN;
     ASSERT_EQ_I(nlsr_params_check(&p, err, sizeof err), NLSR_E_USAGE);
     ASSERT_CONTAINS(err, "beta");
-    p = (nlsr_realign_params)NLSR_REALIGN_PARAMS_DEFAULT;
+    p = NLSR_REALIGN_PARAMS_DEFAULT;
     p.scorer.power_iters = 65;
     ASSERT_EQ_I(nlsr_params_check(&p, err, sizeof err), NLSR_E_USAGE);
     ASSERT_CONTAINS(err, "power-iters");
-    p = (nlsr_realign_params)NLSR_REALIGN_PARAMS_DEFAULT;
+    p = NLSR_REALIGN_PARAMS_DEFAULT;
     p.select.mode = (nlsr_select_mode)9;
     ASSERT_EQ_I(nlsr_params_check(&p, err, sizeof err), NLSR_E_USAGE);
     ASSERT_CONTAINS(err, "select");
     /* rank 0 means "use the fraction": not out of bounds; then the fraction is checked. */
-    p = (nlsr_realign_params)NLSR_REALIGN_PARAMS_DEFAULT;
+    p = NLSR_REALIGN_PARAMS_DEFAULT;
     p.scorer.rank_fraction = 0;
     ASSERT_EQ_I(nlsr_params_check(&p, err, sizeof err), NLSR_E_USAGE);
     ASSERT_CONTAINS(err, "rank-fraction");
@@ -167,7 +167,7 @@ static void test_check(void)
     ASSERT_EQ_I(nlsr_params_check(&p, err, sizeof err), 0);
     /* A job refuses them the same way, before touching any file. */
     nlsr_ctx *ctx = nlsr_ctx_create();
-    p = (nlsr_realign_params)NLSR_REALIGN_PARAMS_DEFAULT;
+    p = NLSR_REALIGN_PARAMS_DEFAULT;
     p.sparsity = -0.25;
     ASSERT_EQ_I(nlsr_run(ctx, "/nonexistent/b", "/nonexistent/a", NULL, "/nonexistent/t",
                          "/nonexistent/o", &p),
@@ -194,7 +194,7 @@ static const char *const names[] = {"q_proj", "k_proj", "v_proj", "o_proj", "up_
 /* Random in-bound values for every parameter the report's JSON holds. */
 static void random_params(nlsr_realign_params *p, const char **tg)
 {
-    *p = (nlsr_realign_params)NLSR_REALIGN_PARAMS_DEFAULT;
+    *p = NLSR_REALIGN_PARAMS_DEFAULT;
     p->beta = uni(-5, 5);
     p->sparsity = next() % 4 ? uni(0, 1) : (double)(next() % 2);
     p->select.mode = (nlsr_select_mode)(next() % 4);

@@ -33,6 +33,8 @@ int cmd_apply(int argc, char **argv);
 int cmd_amplify(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
+/* cmd_bench.c: the sweep of jobs, budgets and backends (nlsr_bench). */
+int cmd_bench(int argc, char **argv);
 /* The parsed options onto a context: budget, backend, quiet, threads. */
 void cli_apply_ctx(const struct cli_args *a, nlsr_ctx *ctx);
 double cli_now(void);
@@ -60,7 +62,7 @@ typedef struct cli_inplace {
     int have_mem;
     nlsr_io_kind io;
     int quiet, verbose, threads, json;
-    double progress_interval;           /* the progress printer's (cli_output.h) */
+    double progress_interval; /* negative: the printer's default */
 } cli_inplace;
 int cli_inplace_main(const cli_inplace *c);
 int cmd_rollback(int argc, char **argv);

@@ -327,7 +327,7 @@ int cli_parse(unsigned cmd, int argc, char **argv, cli_args *a)
     a->io = NLSR_IO_AUTO;
     a->ip = NLSR_INPLACE_PARAMS_DEFAULT;
     a->synth = NLSR_SYNTH_PARAMS_DEFAULT;
-    a->progress_interval = 10.0;
+    a->progress_interval = -1; /* the printer's default (10 s) */
     if (!(a->pos = calloc((size_t)argc + 2, sizeof *a->pos))) return cli_usage_error("out of memory");
     source s = {a, NULL};
     /* The command line overrides the config file: the file is read first. --help wins over

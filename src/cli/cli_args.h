@@ -69,7 +69,9 @@ typedef struct cli_args {
     nlsr_io_kind io;
     int quiet, verbose, threads, in_place, discard_journal;
     nlsr_inplace_params ip;
-    double progress_interval; /* seconds between progress lines (the progress printer's) */
+    double progress_interval; /* --progress-interval: seconds between progress lines when
+                                 stderr is no terminal; negative (not given): the printer's
+                                 default, CLI_PROGRESS_INTERVAL (10) */
     /* plan */
     double read_bw, write_bw;
     int measure_read;

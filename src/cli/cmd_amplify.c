@@ -18,6 +18,7 @@ void cli_apply_ctx(const cli_args *a, nlsr_ctx *ctx)
 {
     if (a->have_mem) nlsr_ctx_set_mem_budget(ctx, a->mem);
     nlsr_ctx_set_io(ctx, a->io);
+    /* What the library says goes through the printer (cli_output.c). */
     cli_output_install(ctx, a->quiet ? -1 : a->verbose ? 1 : 0, a->progress_interval);
     if (a->threads) nlsr_ctx_set_threads(ctx, a->threads);
 }

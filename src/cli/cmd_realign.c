@@ -19,10 +19,7 @@ static int run_job(unsigned cmd, cli_args *a)
         fprintf(stderr, "nlsr: error: out of memory\n");
         return 1;
     }
-    if (a->have_mem) nlsr_ctx_set_mem_budget(ctx, a->mem);
-    nlsr_ctx_set_io(ctx, a->io);
-    cli_output_install(ctx, a->quiet ? -1 : a->verbose ? 1 : 0, a->progress_interval);
-    if (a->threads) nlsr_ctx_set_threads(ctx, a->threads);
+    cli_apply_ctx(a, ctx);
     if (a->verbose) cli_print_params(a);
     int rc = nlsr_ctx_set_revision(ctx, a->revision);
     if (rc < 0) {

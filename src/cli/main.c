@@ -184,6 +184,7 @@ static const struct {
     {"reduce", cmd_reduce},
     {"sweep", cmd_sweep},
     {"slurm", cmd_slurm},
+    {"bench", cmd_bench},
 };
 
 int main(int argc, char **argv)

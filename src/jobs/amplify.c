@@ -17,8 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/log.h"
 #include "../common/params.h"
+#include "../common/log.h"
 #include "../common/ctx.h"
 #include "../compute/convert.h"
 #include "../compute/reference.h"

@@ -12,9 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/params.h"
 #include "../common/testhook.h"
 #include "../common/log.h"
-#include "../common/params.h"
 #include "../common/ctx.h"
 #include "../io/file.h"
 #include "../io/hub.h"

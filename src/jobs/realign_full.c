@@ -3,8 +3,8 @@
  * output checkpoint), both streamed through nlsr_stream with every buffer on the budget. The
  * plan of passes is in realign_full.h; the arithmetic is METHOD.md's, to the bit. */
 #define _GNU_SOURCE
-#include "../common/log.h"
 #include "../common/params.h"
+#include "../common/log.h"
 #include "realign_full.h"
 
 #include <cjson/cJSON.h>

@@ -1,0 +1,110 @@
+#!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
+# `nlsr bench` on the tiny fixtures (sft = base, aligned, finetuned): two budgets, two backends,
+# two jobs. The CSV and JSON rows follow the schema, their bytes are the jobs' own (each run
+# again alone with --report / --json), the SVG is XML with one series per job and backend, the
+# cold path is posix_fadvise as a non-root user (setpriv to nobody when run as root), and the
+# scratch folder is gone afterwards. Usage: test_bench_cli.sh NLSR TEST_DATA
+set -eu
+NLSR=$1
+DATA=$2/hf-tiny-llama
+command -v python3 >/dev/null 2>&1 || { echo "SKIP: no python3"; exit 77; }
+T=$(mktemp -d /tmp/nlsr-bench-cli.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# A world-readable copy of the inputs and the program, an output folder the bench user owns.
+mkdir -p "$T/in" "$T/res"
+for m in sft aligned finetuned; do cp -r "$DATA/$m" "$T/in/$m"; done
+cp "$NLSR" "$T/nlsr"
+chmod -R a+rX "$T"
+AS=""
+if [ "$(id -u)" = 0 ]; then
+    command -v setpriv >/dev/null 2>&1 || { echo "SKIP: root without setpriv"; exit 77; }
+    chown 65534:65534 "$T/res"
+    AS="setpriv --reuid=65534 --regid=65534 --clear-groups"
+fi
+B="--base $T/in/sft --aligned $T/in/aligned --finetuned $T/in/finetuned"
+# shellcheck disable=SC2086
+$AS "$T/nlsr" bench $B --budgets 4M,1G --io uring,pread --jobs run,amplify -q \
+    --csv "$T/res/b.csv" --json "$T/res/b.json" --plot "$T/res/b.svg" > "$T/table.txt" ||
+    fail "bench failed"
+ls "$T/res" | grep -q nlsr-bench && fail "the scratch folder was left behind: $(ls "$T/res")"
+grep -q "^run  *1G  *uring" "$T/table.txt" || fail "no table on stdout: $(cat "$T/table.txt")"
+
+# Each (job, budget, backend) alone, as a user would run it, for its own byte counts.
+for bud in 4M 1G; do
+    for io in uring pread; do
+        "$T/nlsr" run $B --out "$T/o-$bud-$io" --mem-budget $bud --io $io -q \
+            --report "$T/r-run-$bud-$io.json"
+        "$T/nlsr" amplify --base "$T/in/sft" --aligned "$T/in/aligned" --out "$T/a-$bud-$io" \
+            --mem-budget $bud --io $io -q --json > "$T/r-amplify-$bud-$io.json"
+    done
+done
+
+python3 - "$T" "$(id -u)" <<'PY' || fail "see above"
+import csv, json, sys, xml.etree.ElementTree as ET
+T, uid = sys.argv[1], int(sys.argv[2])
+bad = []
+def check(c, msg):
+    if not c: bad.append(msg)
+HEAD = ("job,budget,budget_bytes,io,backend,rep,cache,status,wall_s,user_s,sys_s,cpu_s,"
+        "peak_rss_bytes,plan,phase_similarities_s,phase_output_s,planned_bytes_read,"
+        "planned_bytes_read_max,planned_bytes_written,bytes_read,bytes_written,min_io_s,ratio,error").split(",")
+rows = list(csv.DictReader(open(f"{T}/res/b.csv")))
+check(list(rows[0].keys()) == HEAD if rows else False, "CSV header")
+want = {(j, b, i) for j in ("run", "amplify") for b in ("4M", "1G") for i in ("uring", "pread")}
+check({(r["job"], r["budget"], r["io"]) for r in rows} == want and len(rows) == 8,
+      f"CSV rows: {[(r['job'], r['budget'], r['io']) for r in rows]}")
+doc = json.load(open(f"{T}/res/b.json"))
+for k in ("cpu", "cpus", "memory_bytes", "kernel", "io_uring", "euid"):
+    check(k in doc["machine"], f"machine.{k} missing")
+# The bench ran as nobody when the test is root: fadvise, not drop_caches, and said so.
+check(doc["machine"]["euid"] == (65534 if uid == 0 else uid), f"euid {doc['machine']['euid']}")
+roles = "+".join(f["role"] for f in doc["filesystems"])
+for r in ("base", "aligned", "finetuned", "scratch"):
+    check(r in roles, f"no file system for {r}: {roles}")
+for f in doc["filesystems"]:
+    check(f["fstype"] not in ("", "?") and f["mount"].startswith("/"), f"file system {f}")
+check(len(doc["runs"]) == 8, "JSON runs")
+for r, j in zip(rows, doc["runs"]):
+    key = (r["job"], r["budget"], r["io"])
+    check(r["status"] == "0" and j["status"] == 0, f"{key} failed: {r['error']}")
+    check(r["cache"] == "fadvise" and j["cache"] == "fadvise", f"{key} cache {r['cache']}")
+    check(r["backend"] == r["io"], f"{key} used {r['backend']}")
+    check(float(r["wall_s"]) > 0 and int(r["peak_rss_bytes"]) > 1 << 20, f"{key} time/RSS")
+    check(r["budget_bytes"] == str({"4M": 4 << 20, "1G": 1 << 30}[r["budget"]]), f"{key} budget")
+    for k in ("bytes_read", "bytes_written", "peak_rss_bytes"):
+        check(int(r[k]) == j[k], f"{key} {k}: CSV {r[k]}, JSON {j[k]}")
+    alone = json.load(open(f"{T}/r-{r['job']}-{r['budget']}-{r['io']}.json"))
+    s = alone.get("summary", alone)
+    for k in ("bytes_read", "bytes_written"):
+        check(int(r[k]) == s[k], f"{key} {k}: bench {r[k]}, the job alone {s[k]}")
+    if r["job"] == "run":
+        check(r["plan"] == s["plan"], f"{key} plan {r['plan']} vs {s['plan']}")
+        # The plan's bytes are what the job read and wrote.
+        check(int(r["planned_bytes_read"]) == s["bytes_read"], f"{key} planned read {r['planned_bytes_read']}")
+        check(int(r["planned_bytes_written"]) == s["bytes_written"], f"{key} planned written")
+        check(int(r["planned_bytes_read"]) <= int(r["planned_bytes_read_max"]), f"{key} read max")
+svg = ET.parse(f"{T}/res/b.svg").getroot()
+ns = "{http://www.w3.org/2000/svg}"
+check(svg.tag == ns + "svg", f"root {svg.tag}")
+series = [(g.get("data-job"), g.get("data-io")) for g in svg.iter(ns + "g")
+          if g.get("class") == "series" and g.get("data-value") == "wall_s"]
+check(sorted(series) == sorted({(j, i) for j, _, i in want}), f"SVG series {series}")
+check(len([g for g in svg.iter(ns + "g") if g.get("class") == "min-io"]) == 2, "SVG min-io lines")
+for line in bad: print("FAIL:", line, file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+
+# Usage errors: one line, exit 2, nothing made.
+st=0; "$T/nlsr" bench --synth tiny --base "$T/in/sft" -q 2>"$T/err" || st=$?
+[ "$st" = 2 ] || fail "--synth with --base: exit $st"
+st=0; "$T/nlsr" bench $B --jobs run,bogus -q --scratch "$T/res" 2>"$T/err" || st=$?
+[ "$st" = 2 ] && grep -q "bogus" "$T/err" || fail "--jobs bogus: exit $st $(cat "$T/err")"
+st=0; "$T/nlsr" bench $B --io mmap,floppy -q --scratch "$T/res" 2>"$T/err" || st=$?
+[ "$st" = 2 ] && grep -q "floppy" "$T/err" || fail "--io floppy: exit $st"
+st=0; "$T/nlsr" bench $B -q --scratch "$T/res" --csv "$T/nowhere/b.csv" 2>"$T/err" || st=$?
+[ "$st" = 2 ] && grep -q "nowhere/b.csv" "$T/err" || fail "--csv into a missing folder: exit $st"
+ls "$T/res" | grep -q nlsr-bench && fail "a refused bench made a scratch folder"
+echo "1 passed, 0 failed"
