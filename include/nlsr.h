@@ -86,11 +86,20 @@ int nlsr_ctx_cancelled(const nlsr_ctx *ctx);
 typedef enum nlsr_io_kind { NLSR_IO_AUTO, NLSR_IO_URING, NLSR_IO_PREAD, NLSR_IO_MMAP } nlsr_io_kind;
 const char *nlsr_io_kind_name(nlsr_io_kind k);
 
-/* The memory budget a context starts with (1 GiB), the default of --mem-budget. */
+/* The memory budget a context starts with (1 GiB); the nlsr program's default is auto. */
 #define NLSR_DEFAULT_MEM_BUDGET (1ull << 30)
-/* Memory budget in bytes for every buffer a job allocates (0 = unlimited; default
- * NLSR_DEFAULT_MEM_BUDGET). */
+/* Given to nlsr_ctx_set_mem_budget: derive the budget from what the machine can give now
+ * (half of MemAvailable or of the cgroup's room, whichever is smaller, between 256 MiB and
+ * 64 GiB; README "Memory budget"). */
+#define NLSR_MEM_BUDGET_AUTO UINT64_MAX
+/* Memory budget in bytes for every buffer a job allocates (0 = unlimited, NLSR_MEM_BUDGET_AUTO,
+ * default NLSR_DEFAULT_MEM_BUDGET). A number is a hard limit. */
 void nlsr_ctx_set_mem_budget(nlsr_ctx *ctx, uint64_t bytes);
+/* The budget in force (auto resolved to bytes). */
+uint64_t nlsr_ctx_mem_budget(const nlsr_ctx *ctx);
+/* How an auto budget was derived ("half of MemAvailable 12.4 GiB, below the cgroup limit
+ * 20.0 GiB"); "" for a budget given in bytes. */
+const char *nlsr_ctx_mem_budget_reason(const nlsr_ctx *ctx);
 /* Highest budget use so far, in bytes. */
 uint64_t nlsr_ctx_mem_peak(const nlsr_ctx *ctx);
 void nlsr_ctx_set_io(nlsr_ctx *ctx, nlsr_io_kind kind);
@@ -158,6 +167,8 @@ void nlsr_ctx_counters(const nlsr_ctx *ctx, uint64_t *bytes_read, uint64_t *byte
 int nlsr_ctx_set_revision(nlsr_ctx *ctx, const char *revision);
 /* Parses "512M", "1.5G", "4G", "1048576" (binary units) into bytes; NLSR_E_USAGE if invalid. */
 int nlsr_parse_size(const char *s, uint64_t *out);
+/* --mem-budget's value: "auto" (NLSR_MEM_BUDGET_AUTO) or a size as nlsr_parse_size reads it. */
+int nlsr_parse_mem_budget(const char *s, uint64_t *out);
 
 /* ---- realignment parameters (METHOD.md) -------------------------------------------------- */
 
@@ -498,14 +509,19 @@ typedef struct nlsr_inplace_result {
     int stacked;              /* force without a journal: applied on top of the previous one */
     char key[32];             /* "xxh64:" + 16 hex digits: patches + selection parameters */
     char result[32];          /* "xxh64:" + 16 hex digits: the bytes written (docs/JOURNAL.md) */
+    uint64_t patched_bytes;   /* the patched tensors' bytes: bytes_written is at most this (only
+                                 the 4 KiB grains that change are written) */
 } nlsr_inplace_result;
 
 /* nlsr_apply into the checkpoint folder `dir` itself. res may be NULL. */
 int nlsr_apply_inplace(nlsr_ctx *ctx, const char *patches, const char *dir,
                        const nlsr_realign_params *p, const nlsr_inplace_params *ip,
                        nlsr_inplace_result *res);
-/* nlsr_run into `dir` itself: prepares the patches into a temporary file in dir (so the folder
- * needs room for it and the journal), then applies them in place. */
+/* nlsr_run into `dir` itself. On full weights with the magnitude rule and a budget that holds
+ * the single pass (nlsr_plan says so), one streamed pass: every target module of the three
+ * checkpoints read once, then only the changed bytes of the patched tensors written behind the
+ * journal; no patch file. Otherwise the patches are prepared into a temporary file in dir (so
+ * the folder needs room for it and the journal), then applied in place. */
 int nlsr_run_inplace(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
                      const char *dir, const nlsr_realign_params *p,
                      const nlsr_inplace_params *ip, nlsr_inplace_result *res);

@@ -34,8 +34,9 @@ opts_rollback="$COMMON --json --force --wait --discard-journal --config --progre
 opts_amplify="$COMMON $JOBIO --base --aligned --threads --revision --drop-other-weights --beta --amplify --alpha"
 opts_plan="$opts_run --patches --bandwidth --no-time --measure-read"
 opts_synth="$COMMON $JOBIO --preset --layers --role --seed --dtype --shard-size"
+opts_bench="$COMMON --base --aligned --finetuned --synth --layers --scratch --budgets --io --jobs --reps --warm --drop-caches --csv --json --plot --progress-interval"
 
-for c in inspect dump rewrite run prepare apply rollback amplify plan synth; do
+for c in inspect dump rewrite run prepare apply rollback amplify plan synth bench; do
     "$NLSR" "$c" --help > "$T/h1" 2> "$T/e1"; s=$?
     [ $s = 0 ] || fail "$c --help: exit $s"
     [ ! -s "$T/e1" ] || fail "$c --help wrote on stderr: $(cat "$T/e1")"
@@ -65,7 +66,7 @@ for c in inspect dump rewrite run prepare apply rollback amplify plan synth; do
 done
 # The bash completion offers exactly the options the help lists.
 if [ -n "$COMPLETION" ] && command -v bash > /dev/null; then
-    for c in inspect dump rewrite run prepare apply rollback amplify plan synth; do
+    for c in inspect dump rewrite run prepare apply rollback amplify plan synth bench; do
         "$NLSR" help "$c" | sed -n '/^options:/,$p' | grep -o -- '^ *\(-[a-z], \)\{0,1\}--[a-z][a-z-]*' |
             sed 's/^ *//; s/, /\n/' | sort -u > "$T/want"
         bash --norc --noprofile -c 'source "$1"; COMP_WORDS=(nlsr "$2" -); COMP_CWORD=2
@@ -79,7 +80,7 @@ fi
 # README "Commands" lists each command's options and the parameters table as the help does.
 README=$2/../../README.md
 if [ -f "$README" ]; then
-    for c in inspect dump rewrite run prepare apply rollback amplify plan synth; do
+    for c in inspect dump rewrite run prepare apply rollback amplify plan synth bench; do
         "$NLSR" help "$c" | grep -o -- '^ *\(-[a-z], \)\{0,1\}--[a-z][a-z-]*' | sed 's/^ *//; s/^-[a-z], //' |
             grep -v -- '^--help$\|^--version$\|^--quiet$\|^--verbose$' | sort > "$T/want"
         grep "^- \`$c\`:" "$README" | grep -o -- '--[a-z][a-z-]*' | sort > "$T/got"
@@ -93,10 +94,24 @@ if [ -f "$README" ]; then
 fi
 
 "$NLSR" help > "$T/h" || fail "help: exit $?"
-for c in inspect dump rewrite run prepare apply rollback amplify plan synth; do
+for c in inspect dump rewrite run prepare apply rollback amplify plan synth bench; do
     grep -q "^  $c " "$T/h" || fail "nlsr help does not list $c"
 done
 "$NLSR" help no-such-command > /dev/null 2>&1; [ $? = 2 ] || fail "help of an unknown command is not exit 2"
+
+# bench's --io is a list and its --json a file; the other commands' stay one backend and a flag.
+"$NLSR" help bench | grep -q -- "--json FILE" || fail "bench --help: no --json FILE"
+"$NLSR" help run | grep -q -- "--json  " || fail "run --help: --json is no flag"
+"$NLSR" bench --io uring,pread --json "$T/b.json" --help > /dev/null || fail "bench --io LIST --json FILE refused"
+"$NLSR" bench --json > /dev/null 2> "$T/e"; [ $? = 2 ] || fail "bench --json without a file accepted"
+grep -q -- "--json needs a value" "$T/e" || fail "bench --json: $(cat "$T/e")"
+"$NLSR" run --io uring,pread > /dev/null 2>&1; [ $? = 2 ] || fail "run took --io uring,pread"
+"$NLSR" run --reps 2 > /dev/null 2> "$T/e"; [ $? = 2 ] || fail "run took bench's --reps"
+grep -q "run does not take --reps" "$T/e" || fail "run --reps: $(cat "$T/e")"
+"$NLSR" bench --synth tiny --reps 0 > /dev/null 2>&1; [ $? = 2 ] || fail "bench --reps 0 accepted"
+"$NLSR" bench --base "$DATA/sft" --layers 2 > /dev/null 2> "$T/e"; [ $? = 2 ] || fail "bench --layers without --synth"
+grep -q -- "--layers goes with --synth" "$T/e" || fail "bench --layers: $(cat "$T/e")"
+[ ! -e "$T/b.json" ] || fail "bench --help wrote its --json file"
 
 # One spelling per value; io_uring stays an alias.
 "$NLSR" run --io io_uring --help > /dev/null || fail "--io io_uring refused"
@@ -109,12 +124,13 @@ grep -q "sparsity must lie in \[0, 1\], got '1.5'" "$T/e" || fail "--sparsity=1.
 "$NLSR" run --force=yes > /dev/null 2>&1; [ $? = 2 ] || fail "--force=yes accepted"
 "$NLSR" run --sparsity > /dev/null 2>&1; [ $? = 2 ] || fail "--sparsity without a value accepted"
 
-# --opt=value means --opt value: the same plan.
+# --opt=value means --opt value: the same plan (at a given budget: the default, auto, follows
+# MemAvailable, which moves between the two runs).
 B=$DATA/sft; A=$DATA/aligned; F=$DATA/finetuned
 "$NLSR" plan --base "$B" --aligned "$A" --finetuned "$F" --no-time --json --targets q_proj \
-    > "$T/p1" || fail "plan: exit $?"
+    --mem-budget 1G > "$T/p1" || fail "plan: exit $?"
 "$NLSR" plan --base="$B" --aligned="$A" --finetuned="$F" --no-time --json --targets=q_proj \
-    > "$T/p2" || fail "plan with =: exit $?"
+    --mem-budget=1G > "$T/p2" || fail "plan with =: exit $?"
 cmp -s "$T/p1" "$T/p2" || fail "--opt=value and --opt value give different plans"
 "$NLSR" plan --base "$B" --aligned "$A" --finetuned "$F" --no-time --json > "$T/p3"
 [ "$(val bytes_read "$T/p1")" -lt "$(val bytes_read "$T/p3")" ] ||

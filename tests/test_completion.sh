@@ -93,6 +93,12 @@ expect "nlsr inspect --" "--help --json --quiet --revision --verbose --version"
 has "nlsr bench --" --synth --layers --budgets --io --jobs --reps --warm --drop-caches --csv \
     --json --plot --scratch --base --aligned --finetuned
 lacks "nlsr bench --" --out --beta --mem-budget --in-place
+has "nlsr bench --" --progress-interval --verbose --version
+# bench's --io is a list of backends (no auto); run's is one backend.
+lacks "nlsr bench --io " auto
+has "nlsr bench --io " uring,pread
+has "nlsr run --io " auto
+lacks "nlsr run --io " uring,pread
 expect "nlsr bench --synth l" "llama-70b llama-8b"
 expect "nlsr bench --jobs run" "run run-in-place"
 expect "nlsr bench --budgets " ""

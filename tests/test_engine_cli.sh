@@ -88,4 +88,22 @@ set +e
 grep -q 'at least' "$T/err" || fail "budget refusal does not name the minimum: $(cat "$T/err")"
 [ ! -e "$T/x" ] || fail "a refused run left an output"
 set -e
+
+# The default budget is auto: derived from the machine, said in the run's report with the plan
+# it allowed; an explicit budget is kept as given, a hard limit.
+"$NLSR" run --base "$DATA/sft" --aligned "$DATA/aligned" --finetuned "$DATA/finetuned" \
+    --out "$T/ra" --json -q > "$T/ra.json"
+[ "$(str mem_budget "$T/ra.json")" = auto ] || fail "default budget is not auto: $(cat "$T/ra.json")"
+str mem_budget_reason "$T/ra.json" | grep -q 'MemAvailable\|cgroup\|default' ||
+    fail "auto budget without a reason"
+[ "$(num mem_budget_bytes "$T/ra.json")" -ge 268435456 ] || fail "auto budget below the floor"
+[ "$(str plan "$T/ra.json")" = "single pass" ] || fail "auto budget did not take the single pass"
+"$NLSR" run --base "$DATA/sft" --aligned "$DATA/aligned" --finetuned "$DATA/finetuned" \
+    --out "$T/rg" --mem-budget 6M --json -q > "$T/rg.json"
+[ "$(str mem_budget "$T/rg.json")" = given ] || fail "an explicit budget is reported as $(str mem_budget "$T/rg.json")"
+[ "$(num mem_budget_bytes "$T/rg.json")" = 6291456 ] || fail "explicit budget not kept"
+[ "$(num budget_peak_bytes "$T/rg.json")" -le 6291456 ] || fail "explicit budget passed"
+"$NLSR" run --base "$DATA/sft" --aligned "$DATA/aligned" --finetuned "$DATA/finetuned" \
+    --out "$T/rb" --mem-budget auto 2> "$T/rb.err"
+grep -q '^  budget auto: .*; plan: single pass' "$T/rb.err" || fail "summary: $(cat "$T/rb.err")"
 echo "test_engine_cli: ok"

@@ -41,6 +41,7 @@
 #include "../src/io/outpath.h"
 #include "../src/io/journal.h"
 #include "../src/jobs/inplace.h"
+#include "../src/jobs/realign_full.h"
 #include "nlsr.h"
 #include "test.h"
 #include "test_files.h"
@@ -165,6 +166,27 @@ static int rollback(const char *dir, int force, int discard, nlsr_inplace_result
     if (msg) snprintf(msg, cap, "%s", nlsr_ctx_error(ctx));
     if (rc < 0 && !msg) fprintf(stderr, "  rollback %s: %s\n", dir, nlsr_ctx_error(ctx));
     end_ctx(ctx);
+    return rc;
+}
+
+/* run --in-place on the fixture; plan: NLSR_RUN_PLAN ("single", "recompute", "patch-file") or
+ * NULL for the job's own choice; budget 0: none. */
+static int run_ip(const char *dir, const char *plan, nlsr_select_mode mode, int force,
+                  uint64_t budget, nlsr_inplace_result *res, char *msg, size_t cap)
+{
+    if (plan) setenv("NLSR_RUN_PLAN", plan, 1);
+    else unsetenv("NLSR_RUN_PLAN");
+    nlsr_ctx *ctx = new_ctx();
+    if (budget) nlsr_ctx_set_mem_budget(ctx, budget);
+    nlsr_realign_params p = params(mode, force);
+    nlsr_inplace_result local;
+    int rc = nlsr_run_inplace(ctx, FX "/sft", FX "/aligned", NULL, dir, &p, NULL,
+                              res ? res : &local);
+    if (msg) snprintf(msg, cap, "%s", nlsr_ctx_error(ctx));
+    if (rc < 0 && !msg) fprintf(stderr, "  run in place %s: %s\n", dir, nlsr_ctx_error(ctx));
+    if (budget) ASSERT_TRUE(nlsr_ctx_mem_peak(ctx) <= budget);
+    end_ctx(ctx);
+    unsetenv("NLSR_RUN_PLAN");
     return rc;
 }
 
@@ -489,24 +511,242 @@ static void test_dry_run(void)
     free(d);
 }
 
+/* ---- run --in-place in one pass ------------------------------------------------------------ */
+
+/* The state file's string field k, or "" (a copy in buf). */
+static const char *state_str(const char *dir, const char *k, char *buf, size_t cap)
+{
+    char *sp = join(dir, NLSR_STATE_NAME);
+    cJSON *st = load_json(sp);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(st, k);
+    snprintf(buf, cap, "%s", cJSON_IsString(v) ? v->valuestring : cJSON_IsNull(v) ? "null" : "");
+    cJSON_Delete(st);
+    free(sp);
+    return buf;
+}
+
+/* Every plan of run in place (single pass with patches kept, single pass recomputing them,
+ * prepare + apply, the job's own choice with no budget and with a tight one, within which it
+ * stays) gives --out's bytes and one key, which apply --in-place with patches of any block size
+ * shares. (On this fixture the single pass fits wherever prepare + apply does: the histograms
+ * dominate both.) */
+static void test_run_plans(void)
+{
+    static const struct {
+        const char *plan;
+        uint64_t budget;
+        int patch_file;
+    } plans[] = {{"single", 0, 0}, {"recompute", 0, 0}, {"patch-file", 0, 1}, {NULL, 0, 0},
+                 {NULL, 4608u << 10, 0}};
+    char *d = wpath("plans");
+    char key[32] = "", buf[64];
+    for (size_t i = 0; i < sizeof plans / sizeof plans[0]; i++) {
+        nlsr_inplace_result r;
+        copy_dir(FT, d);
+        ASSERT_EQ_I(run_ip(d, plans[i].plan, NLSR_SELECT_ADAPTIVE, 0, plans[i].budget, &r, NULL,
+                           0),
+                    0);
+        ASSERT_EQ_I(r.outcome, NLSR_INPLACE_REALIGNED);
+        ASSERT_TRUE(folders_equal(d, ref_default));
+        check_expected(d, FX "/expected/full_bf16_adaptive_paper_seed42.json");
+        ASSERT_TRUE(r.patched > 0 && r.patched_bytes > 0 && r.bytes_written > 0);
+        ASSERT_TRUE(r.bytes_written <= r.patched_bytes);
+        /* Which path ran: only prepare + apply records a patch file. */
+        ASSERT_EQ_I(strcmp(state_str(d, "patch_fingerprint", buf, sizeof buf), "null") != 0,
+                    plans[i].patch_file);
+        if (!key[0]) snprintf(key, sizeof key, "%s", r.key);
+        ASSERT_STR_EQ(r.key, key);
+        ASSERT_STR_EQ(state_str(d, "key", buf, sizeof buf), key);
+        /* The same realignment again, by run or by apply: nothing to do. */
+        ASSERT_EQ_I(run_ip(d, plans[i].plan, NLSR_SELECT_ADAPTIVE, 0, plans[i].budget, &r, NULL,
+                           0),
+                    0);
+        ASSERT_EQ_I(r.outcome, NLSR_INPLACE_ALREADY);
+        ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, NULL, 0), 0);
+        ASSERT_EQ_I(r.outcome, NLSR_INPLACE_ALREADY);
+        ASSERT_TRUE(folders_equal(d, ref_default));
+    }
+    /* --select all in one pass. */
+    nlsr_inplace_result r;
+    copy_dir(FT, d);
+    ASSERT_EQ_I(run_ip(d, "single", NLSR_SELECT_ALL, 0, 0, &r, NULL, 0), 0);
+    ASSERT_TRUE(folders_equal(d, ref_all));
+    ASSERT_TRUE(strcmp(r.key, key) != 0);
+    /* Patches prepared with another block size: the same key, so run after apply is a no-op. */
+    char *pf4 = wpath("blocks4096.nlsrp");
+    nlsr_ctx *ctx = new_ctx();
+    nlsr_ckpt *B = open_ck(FX "/sft"), *S = open_ck(FX "/aligned");
+    nlsr_realign_params p = params(NLSR_SELECT_ADAPTIVE, 0);
+    nlsr_full_tuning tune = {0, 0, 4096, 0};
+    ASSERT_EQ_I(nlsr_full_prepare(ctx, B, S, 0, pf4, &p, &tune, NULL), 0);
+    nlsr_ckpt_free(B);
+    nlsr_ckpt_free(S);
+    end_ctx(ctx);
+    copy_dir(FT, d);
+    ASSERT_EQ_I(apply_ip(pf4, d, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, NULL, 0), 0);
+    ASSERT_EQ_I(r.outcome, NLSR_INPLACE_REALIGNED);
+    ASSERT_STR_EQ(r.key, key);
+    ASSERT_EQ_I(run_ip(d, "single", NLSR_SELECT_ADAPTIVE, 0, 0, &r, NULL, 0), 0);
+    ASSERT_EQ_I(r.outcome, NLSR_INPLACE_ALREADY);
+    /* A changed file is noticed as before. */
+    char *f = join(d, "model-00001-of-00003.safetensors");
+    struct timespec ts[2] = {{0, UTIME_OMIT}, {12345, 0}};
+    ASSERT_EQ_I(utimensat(AT_FDCWD, f, ts, 0), 0);
+    char msg[1024];
+    ASSERT_EQ_I(run_ip(d, "single", NLSR_SELECT_ADAPTIVE, 0, 0, &r, msg, sizeof msg),
+                NLSR_E_MISMATCH);
+    ASSERT_CONTAINS(msg, "was modified");
+    free(f);
+    free(pf4);
+    free(d);
+}
+
+/* A state written by the old key scheme (the patch file's fingerprint): run's single pass
+ * cannot compare it and says what to do; apply with the patches recognises it and moves the
+ * record to the new key; --force realigns anyway. */
+static void test_old_key_state(void)
+{
+    char *d = wpath("oldkey"), *sp = join(d, NLSR_STATE_NAME);
+    nlsr_inplace_result r;
+    char msg[1024];
+    nlsr_realign_params p = params(NLSR_SELECT_ADAPTIVE, 0);
+    nlsr_ctx *ctx = new_ctx();
+    nlsr_pf_reader *pf = NULL;
+    ASSERT_EQ_I(nlsr_pf_open(ctx, patches, &pf), 0);
+    char v1[32];
+    snprintf(v1, sizeof v1, "xxh64:%016llx",
+             (unsigned long long)nlsr_inplace_key(nlsr_patch_fingerprint(pf), &p.select));
+    nlsr_pf_close(pf);
+    end_ctx(ctx);
+    for (int force = 0; force < 2; force++) {
+        copy_dir(FT, d);
+        ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, NULL, 0), 0);
+        char newkey[32];
+        snprintf(newkey, sizeof newkey, "%s", r.key);
+        /* What nlsr before key scheme 2 wrote: the patch key, no key_scheme, no sources. */
+        cJSON *st = load_json(sp);
+        cJSON_ReplaceItemInObjectCaseSensitive(st, "key", cJSON_CreateString(v1));
+        cJSON_DeleteItemFromObjectCaseSensitive(st, "key_scheme");
+        cJSON_DeleteItemFromObjectCaseSensitive(st, "sources");
+        char *txt = cJSON_Print(st);
+        write_all(sp, txt, strlen(txt));
+        cJSON_free(txt);
+        cJSON_Delete(st);
+        if (force) {
+            ASSERT_EQ_I(run_ip(d, "single", NLSR_SELECT_ADAPTIVE, 1, 0, &r, NULL, 0), 0);
+            ASSERT_EQ_I(r.outcome, NLSR_INPLACE_REALIGNED);
+            ASSERT_TRUE(r.rolled_back_first);
+            ASSERT_TRUE(folders_equal(d, ref_default));
+            ASSERT_STR_EQ(r.key, newkey);
+            continue;
+        }
+        ASSERT_EQ_I(run_ip(d, "single", NLSR_SELECT_ADAPTIVE, 0, 0, &r, msg, sizeof msg),
+                    NLSR_E_EXISTS);
+        ASSERT_CONTAINS(msg, "older nlsr");
+        ASSERT_CONTAINS(msg, "nlsr apply --in-place");
+        ASSERT_CONTAINS(msg, "nlsr rollback");
+        ASSERT_TRUE(folders_equal(d, ref_default));
+        ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ADAPTIVE, 0, NULL, &r, NULL, 0), 0);
+        ASSERT_EQ_I(r.outcome, NLSR_INPLACE_ALREADY);
+        char buf[64];
+        ASSERT_STR_EQ(state_str(d, "key", buf, sizeof buf), newkey);
+        ASSERT_EQ_I(run_ip(d, "single", NLSR_SELECT_ADAPTIVE, 0, 0, &r, NULL, 0), 0);
+        ASSERT_EQ_I(r.outcome, NLSR_INPLACE_ALREADY);
+        /* The migrated record still undoes the realignment. */
+        ASSERT_EQ_I(rollback(d, 0, 0, &r, NULL, 0), 0);
+        ASSERT_TRUE(folders_equal(d, FT));
+    }
+    free(sp);
+    free(d);
+}
+
+/* Only what changes is written: a fine-tune whose first half of one patched tensor already
+ * holds the realigned bytes gets those grains neither journaled nor rewritten, by apply and
+ * by the single pass, and still ends up as --out's result. */
+static void test_changed_grains(void)
+{
+    char *d = wpath("grains");
+    nlsr_inplace_result full, r;
+    copy_dir(FT, d);
+    ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ALL, 0, NULL, &full, NULL, 0), 0);
+    ASSERT_TRUE(folders_equal(d, ref_all));
+    ASSERT_TRUE(full.bytes_written <= full.patched_bytes);
+    /* The largest target tensor, and its first half's whole grains. */
+    nlsr_ckpt *ck = open_ck(FT), *rk = open_ck(ref_all);
+    size_t best = 0;
+    uint64_t bn = 0;
+    for (size_t i = 0; i < ck->n; i++) {
+        uint64_t n = ck->t[i].t->end - ck->t[i].t->begin;
+        if (strstr(ck->t[i].t->name, "proj") && n > bn) {
+            bn = n;
+            best = i;
+        }
+    }
+    const st_file *f = ck->shards[ck->t[best].shard];
+    uint64_t b0 = f->data_start + ck->t[best].t->begin, b1 = b0 + bn / 2;
+    uint64_t g0 = (b0 + NLSR_JOURNAL_GRAIN - 1) / NLSR_JOURNAL_GRAIN * NLSR_JOURNAL_GRAIN;
+    uint64_t g1 = b1 / NLSR_JOURNAL_GRAIN * NLSR_JOURNAL_GRAIN;
+    ASSERT_TRUE(g1 > g0);
+    size_t ri;
+    ASSERT_EQ_I(nlsr_ckpt_find(rk, ck->t[best].t->name, &ri), 0);
+    unsigned char *half = malloc((size_t)(b1 - b0));
+    nlsr_err e = {0};
+    const st_file *rf = rk->shards[rk->t[ri].shard];
+    ASSERT_EQ_I(nlsr_pread_all(rf->fd, half, (size_t)(b1 - b0), rf->data_start + rk->t[ri].t->begin,
+                               rf->path, &e),
+                0);
+    char *name = strrchr(f->path, '/') + 1;
+    for (int run = 0; run < 2; run++) {
+        copy_dir(FT, d);
+        char *target = join(d, name);
+        int fd = open(target, O_WRONLY);
+        ASSERT_TRUE(fd >= 0 && pwrite(fd, half, (size_t)(b1 - b0), (off_t)b0) == (ssize_t)(b1 - b0));
+        close(fd);
+        free(target);
+        if (run) ASSERT_EQ_I(run_ip(d, "single", NLSR_SELECT_ALL, 0, 0, &r, NULL, 0), 0);
+        else ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ALL, 0, NULL, &r, NULL, 0), 0);
+        ASSERT_TRUE(folders_equal(d, ref_all));
+        ASSERT_EQ_U(r.patched_bytes, full.patched_bytes);
+        if (r.bytes_written > full.bytes_written - (g1 - g0))
+            FAILF("%s wrote %llu bytes; at most %llu expected (%llu unchanged)",
+                  run ? "run" : "apply", (unsigned long long)r.bytes_written,
+                  (unsigned long long)(full.bytes_written - (g1 - g0)),
+                  (unsigned long long)(g1 - g0));
+        ASSERT_TRUE(r.journal_bytes < full.journal_bytes);
+        /* The journal restores the pre-realignment bytes, the planted half included. */
+        ASSERT_EQ_I(rollback(d, 0, 0, &r, NULL, 0), 0);
+    }
+    free(half);
+    nlsr_ckpt_free(ck);
+    nlsr_ckpt_free(rk);
+    free(d);
+}
+
 /* ---- SIGKILL at fault points ------------------------------------------------------------ */
 
 /* K_FORCE: apply (adaptive) --force over a folder realigned with --select all, so the kill also
  * lands in the rollback of the previous realignment that --force does first. */
-typedef enum { K_APPLY, K_LORA, K_RUN, K_ROLLBACK, K_FORCE } kjob;
+typedef enum {
+    K_APPLY, K_LORA, K_RUN, K_ROLLBACK, K_FORCE, K_RUN_RECOMPUTE, K_RUN_PF, K_RUN_FORCE
+} kjob;
 
 static int do_job(kjob k, const char *dir)
 {
     nlsr_ctx *ctx = new_ctx();
     nlsr_inplace_result r;
     nlsr_realign_params p = params(k == K_LORA ? NLSR_SELECT_ALL : NLSR_SELECT_ADAPTIVE,
-                                   k == K_FORCE);
+                                   k == K_FORCE || k == K_RUN_FORCE);
     p.amplify = NLSR_AMPLIFY_AUTHORS;
     int rc;
     if (k == K_APPLY || k == K_FORCE) rc = nlsr_apply_inplace(ctx, patches, dir, &p, NULL, &r);
     else if (k == K_LORA) rc = nlsr_apply_inplace(ctx, lora_patches, dir, &p, NULL, &r);
-    else if (k == K_RUN) rc = nlsr_run_inplace(ctx, FX "/sft", FX "/aligned", NULL, dir, &p, NULL, &r);
-    else rc = nlsr_rollback(ctx, dir, NULL, &r);
+    else if (k == K_RUN || k == K_RUN_RECOMPUTE || k == K_RUN_PF || k == K_RUN_FORCE) {
+        /* the single pass, with patches kept or recomputed, and prepare + apply */
+        setenv("NLSR_RUN_PLAN",
+               k == K_RUN_PF ? "patch-file" : k == K_RUN_RECOMPUTE ? "recompute" : "single", 1);
+        rc = nlsr_run_inplace(ctx, FX "/sft", FX "/aligned", NULL, dir, &p, NULL, &r);
+        unsetenv("NLSR_RUN_PLAN");
+    } else rc = nlsr_rollback(ctx, dir, NULL, &r);
     if (rc < 0) fprintf(stderr, "  job %d on %s: %s\n", (int)k, dir, nlsr_ctx_error(ctx));
     nlsr_ctx_free(ctx);
     return rc;
@@ -563,7 +803,8 @@ static int tried_points = 0;
 static void start(kjob k, const char *src, const char *d)
 {
     copy_dir(src, d);
-    if (k == K_FORCE) ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ALL, 0, NULL, NULL, NULL, 0), 0);
+    if (k == K_FORCE || k == K_RUN_FORCE)
+        ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ALL, 0, NULL, NULL, NULL, 0), 0);
 }
 
 /* Kills job k at every `step`-th point; after each, the interrupted folder refuses run/apply,
@@ -590,7 +831,8 @@ static void kill_loop(kjob k, const char *src, const char *ref, const char *name
         if (js == NLSR_JOURNAL_COMPLETE) {
             /* killed after the end: realigned and recorded (K_FORCE: maybe still the
              * previous realignment, before its rollback began) */
-            ASSERT_TRUE(folders_equal(d, ref) || (k == K_FORCE && folders_equal(d, ref_all)));
+            ASSERT_TRUE(folders_equal(d, ref) ||
+                        ((k == K_FORCE || k == K_RUN_FORCE) && folders_equal(d, ref_all)));
         } else if (js != NLSR_JOURNAL_NONE) {
             const char *pp = k == K_LORA ? lora_patches : patches;
             int rc = apply_ip(pp, d, k == K_LORA ? NLSR_SELECT_ALL : NLSR_SELECT_ADAPTIVE, 0,
@@ -626,8 +868,11 @@ static void test_kill_apply(void)
 static void test_kill_lora_and_run(void)
 {
     kill_loop(K_LORA, LORA_FT, ref_lora, "kill_lora", 3);
-    kill_loop(K_RUN, FT, ref_default, "kill_run", 7);
+    kill_loop(K_RUN, FT, ref_default, "kill_run_single", 1);
+    kill_loop(K_RUN_RECOMPUTE, FT, ref_default, "kill_run_recompute", 3);
+    kill_loop(K_RUN_PF, FT, ref_default, "kill_run_patch_file", 7);
     kill_loop(K_FORCE, FT, ref_default, "kill_force", 2);
+    kill_loop(K_RUN_FORCE, FT, ref_default, "kill_run_force", 3);
 }
 
 /* A rollback killed at each of its own points, then run again. */
@@ -1039,6 +1284,9 @@ int main(int argc, char **argv)
     RUN_TEST(test_state_and_force);
     RUN_TEST(test_rollback_discard_stack);
     RUN_TEST(test_dry_run);
+    RUN_TEST(test_run_plans);
+    RUN_TEST(test_old_key_state);
+    RUN_TEST(test_changed_grains);
     RUN_HOOK_TEST(test_kill_apply);
     RUN_HOOK_TEST(test_kill_lora_and_run);
     RUN_HOOK_TEST(test_kill_rollback);

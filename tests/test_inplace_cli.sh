@@ -1,8 +1,9 @@
 #!/bin/sh
 # SPDX-License-Identifier: Apache-2.0
-# In place through the nlsr program: a store sweep (one line per checkpoint, the JSON
-# summary, exit 5 when one failed, skips on a second pass), --dry-run, the exit statuses of a
-# held lock (3) and of an interrupted journal (4), rollback, usage errors.
+# In place through the nlsr program: a store sweep (one line per checkpoint, the JSON summary,
+# exit 5 when one failed, skips on a second pass), --dry-run, the exit statuses of a held lock
+# (3) and of an interrupted journal (4), rollback, run's single pass (its key shared with apply,
+# a kill at every write point), usage errors.
 # usage: test_inplace_cli.sh NLSR_PROGRAM TESTS_DATA_DIR. Exit 0 pass, 1 fail.
 set -u
 NLSR=$1
@@ -114,6 +115,51 @@ check run_exit test $? -eq 0
 check run_bytes same_ckpt "$T/f" "$T/ref"
 "$NLSR" rollback "$T/f" -q >/dev/null
 check run_undo same_ckpt "$T/f" "$FX/finetuned"
+
+# run in place is one pass (no patch file) and shares its key with apply: apply after run, and
+# run after apply, do nothing. The summary compares the bytes written with the patched tensors.
+fresh "$T/g"
+"$NLSR" run --base "$FX/sft" --aligned "$FX/aligned" --finetuned "$T/g" --in-place \
+    >"$T/g.out" 2>&1
+check single_line grep -q "bytes written in place (of [0-9]* in the patched tensors)" "$T/g.out"
+check single_no_patch_file grep -Eq '"patch_fingerprint":[[:space:]]*null' "$T/g/.nlsr-state.json"
+"$NLSR" apply --patches "$T/p.nlsrp" --in-place "$T/g" >"$T/g2.out" 2>&1
+check apply_after_run grep -q "already realigned" "$T/g2.out"
+fresh "$T/g"
+"$NLSR" apply --patches "$T/p.nlsrp" --in-place "$T/g" -q >/dev/null 2>&1
+"$NLSR" run --base "$FX/sft" --aligned "$FX/aligned" --finetuned "$T/g" --in-place \
+    >"$T/g3.out" 2>&1
+check run_after_apply grep -q "already realigned" "$T/g3.out"
+
+# run in place killed at every write point (the test switch): exit 4 until rolled back, the
+# rollback gives the fine-tune back, and a fresh run then --out's bytes.
+fresh "$T/k"
+n=$(NLSR_TEST_KILL_AFTER_WRITES=1000000 "$NLSR" run --base "$FX/sft" --aligned "$FX/aligned" \
+    --finetuned "$T/k" --in-place -v 2>&1 >/dev/null | sed -n 's/^nlsr: test: \([0-9]*\) write points$/\1/p')
+check kill_points test "${n:-0}" -gt 10
+i=1
+kfail=0
+while [ "$i" -le "${n:-0}" ]; do
+    fresh "$T/k"
+    NLSR_TEST_KILL_AFTER_WRITES=$i "$NLSR" run --base "$FX/sft" --aligned "$FX/aligned" \
+        --finetuned "$T/k" --in-place -q >/dev/null 2>&1
+    st=$?
+    if [ "$st" -ne 137 ]; then echo "point $i: exit $st, not killed" >&2; kfail=1; fi
+    if [ -e "$T/k/.nlsr-journal" ]; then
+        "$NLSR" run --base "$FX/sft" --aligned "$FX/aligned" --finetuned "$T/k" --in-place -q \
+            >/dev/null 2>&1
+        st=$?
+        # a complete journal (killed after the end) is a finished realignment: exit 0
+        if [ "$st" -ne 4 ] && [ "$st" -ne 0 ]; then echo "point $i: rerun exit $st" >&2; kfail=1; fi
+    fi
+    "$NLSR" rollback "$T/k" -q >/dev/null 2>&1 || { echo "point $i: rollback failed" >&2; kfail=1; }
+    same_ckpt "$T/k" "$FX/finetuned" || { echo "point $i: not restored" >&2; kfail=1; }
+    "$NLSR" run --base "$FX/sft" --aligned "$FX/aligned" --finetuned "$T/k" --in-place -q \
+        >/dev/null 2>&1
+    same_ckpt "$T/k" "$T/ref" || { echo "point $i: rerun differs" >&2; kfail=1; }
+    i=$((i + 1))
+done
+check kill_every_point test "$kfail" -eq 0
 
 # Usage errors: exit 2.
 "$NLSR" apply --in-place "$T/f" 2>/dev/null

@@ -278,14 +278,21 @@ static cJSON *load_json(const char *path)
     return j;
 }
 
-/* What differs between two runs of one job whatever the parameters: times, peak memory, and
- * the audit's command line (the library's caller has none). */
+/* What differs between two runs of one job whatever the parameters: times, peak memory, an
+ * auto budget's bytes, and the audit's command line (the library's caller has none). */
 static void strip_times(cJSON *j)
 {
     cJSON *sum = cJSON_GetObjectItemCaseSensitive(j, "summary");
     cJSON_DeleteItemFromObjectCaseSensitive(sum, "seconds");
     cJSON_DeleteItemFromObjectCaseSensitive(sum, "peak_rss_bytes");
     cJSON_DeleteItemFromObjectCaseSensitive(sum, "phase_seconds");
+    /* An auto budget is half of MemAvailable at the moment it is set: the bytes and the
+     * reason's figures move between two runs ("auto" or "given" stays). */
+    cJSON *mb = cJSON_GetObjectItemCaseSensitive(sum, "mem_budget");
+    if (cJSON_IsString(mb) && strcmp(mb->valuestring, "auto") == 0) {
+        cJSON_DeleteItemFromObjectCaseSensitive(sum, "mem_budget_bytes");
+        cJSON_DeleteItemFromObjectCaseSensitive(sum, "mem_budget_reason");
+    }
     cJSON *audit = cJSON_GetObjectItemCaseSensitive(j, "audit");
     cJSON_DeleteItemFromObjectCaseSensitive(audit, "command_line");
     cJSON_DeleteItemFromObjectCaseSensitive(audit, "started_utc");
@@ -318,7 +325,8 @@ static nlsr_ctx *ctx_for(const env *e)
 {
     nlsr_ctx *ctx = nlsr_ctx_create();
     nlsr_ctx_set_quiet(ctx, 1);
-    if (e->mem) nlsr_ctx_set_mem_budget(ctx, e->mem);
+    /* The program's default budget is auto; the library's counterpart asks for it. */
+    nlsr_ctx_set_mem_budget(ctx, e->mem ? e->mem : NLSR_MEM_BUDGET_AUTO);
     nlsr_ctx_set_io(ctx, e->io);
     if (e->threads) nlsr_ctx_set_threads(ctx, e->threads);
     return ctx;

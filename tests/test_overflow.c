@@ -324,8 +324,10 @@ static uint64_t poison_patch(const char *src, const char *dst, const char *tenso
                     }
                     el = v.idx[k];
                 }
-                if (nlsr_pf_writer_block(w, t->blocks[b].first, t->blocks[b].count, v.idx, v.m,
-                                         ref, v.base ? base : NULL) < 0)
+                nlsr_pf_block blk;
+                if (nlsr_pf_block_get(r, t, b, &blk) < 0) abort();
+                if (nlsr_pf_writer_block(w, blk.first, blk.count, v.idx, v.m, ref,
+                                         v.base ? base : NULL) < 0)
                     abort();
                 free(ref);
                 free(base);

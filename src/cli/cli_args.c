@@ -36,14 +36,19 @@ static int bad(const source *s, const char *fmt, ...)
     return cli_usage_error("%s", msg);
 }
 
-static const cli_opt *find_opt(const char *name, size_t len, char shrt)
+/* The entry named so for command `cmd`; else any entry of that name (the caller says the
+ * command does not take it); else NULL. */
+static const cli_opt *find_opt(const char *name, size_t len, char shrt, unsigned cmd)
 {
+    const cli_opt *other = NULL;
     for (size_t i = 0; i < cli_nopts; i++) {
         const cli_opt *o = &cli_opts[i];
-        if (shrt ? o->shrt == shrt : strlen(o->name) == len && strncmp(o->name, name, len) == 0)
-            return o;
+        if (shrt ? o->shrt == shrt : strlen(o->name) == len && strncmp(o->name, name, len) == 0) {
+            if (o->cmds & cmd) return o;
+            if (!other) other = o;
+        }
     }
-    return NULL;
+    return other;
 }
 
 static int find_param(const char *name, size_t len)
@@ -132,8 +137,8 @@ static int set_opt(const source *s, const cli_opt *o, const char *v)
         if (k) a->read_bw = a->write_bw = -1;
         break;
     case O_MEM:
-        if (nlsr_parse_size(v, &a->mem) != 0)
-            return bad(s, "--%s needs a size such as 512M, 1.5G or 4G, not '%s'", n, v);
+        if (nlsr_parse_mem_budget(v, &a->mem) != 0)
+            return bad(s, "--%s needs auto or a size such as 512M, 1.5G or 4G, not '%s'", n, v);
         a->have_mem = 1;
         break;
     case O_IO: {
@@ -210,6 +215,22 @@ static int set_opt(const source *s, const cli_opt *o, const char *v)
         if (cli_parse_task(opt, v, &a->part_index, &a->part_count)) return 2;
         break;
     }
+    /* bench: the lists and the preset are checked by nlsr_bench, with its own messages. */
+    case O_BENCH_SYNTH: a->bench.synth = v; break;
+    case O_SCRATCH: a->bench.scratch = v; break;
+    case O_BUDGETS: a->bench.budgets = v; break;
+    case O_BENCH_IO: a->bench.ios = v; break;
+    case O_JOBS: a->bench.jobs = v; break;
+    case O_CSV: a->bench.csv = v; break;
+    case O_BENCH_JSON: a->bench.json = v; break;
+    case O_PLOT: a->bench.plot = v; break;
+    case O_WARM: return flag_value(s, n, v, &a->bench.warm);
+    case O_DROP_CACHES: return flag_value(s, n, v, &a->bench.drop_caches);
+    case O_REPS:
+        if (parse_count(v, 1, 1000, &l) != 0)
+            return bad(s, "--%s needs a count from 1 to 1000, not '%s'", n, v);
+        a->bench.reps = (int)l;
+        break;
     case O_CONFIG: /* read before the command line (cli_parse) */
     case O_HELP:
     case O_VERSION: break;
@@ -244,7 +265,7 @@ static int lookup(const source *s, const char *name, size_t len, char shrt, cons
 {
     const cli_args *a = s->a;
     const cli_command *cmd = cli_command_of(a->cmd);
-    *co = find_opt(name, len, shrt);
+    *co = find_opt(name, len, shrt, a->cmd);
     *pi = -1;
     if (*co && ((*co)->cmds & a->cmd)) return 0;
     int i = shrt ? -1 : find_param(name, len);
@@ -327,6 +348,7 @@ int cli_parse(unsigned cmd, int argc, char **argv, cli_args *a)
     a->io = NLSR_IO_AUTO;
     a->ip = NLSR_INPLACE_PARAMS_DEFAULT;
     a->synth = NLSR_SYNTH_PARAMS_DEFAULT;
+    a->bench = NLSR_BENCH_PARAMS_DEFAULT;
     a->progress_interval = -1; /* the printer's default (10 s) */
     if (!(a->pos = calloc((size_t)argc + 2, sizeof *a->pos))) return cli_usage_error("out of memory");
     source s = {a, NULL};
@@ -336,7 +358,7 @@ int cli_parse(unsigned cmd, int argc, char **argv, cli_args *a)
     for (int i = 0; i < argc && strcmp(argv[i], "--"); i++)
         help |= strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0;
     const char *cfg = help ? NULL : config_path(argc, argv);
-    if (cfg && find_opt("config", 6, 0)->cmds & cmd) {
+    if (cfg && find_opt("config", 6, 0, cmd)->cmds & cmd) {
         int rc = read_config(a, cfg);
         if (rc) return rc;
     }

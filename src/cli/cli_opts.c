@@ -8,7 +8,7 @@
 
 #define JOBS (K_RUN | K_PREPARE | K_APPLY | K_AMPLIFY | K_PLAN)
 #define ENGINE (K_RUN | K_PREPARE | K_APPLY | K_AMPLIFY | K_PLAN | K_SYNTH)
-#define ALL (ENGINE | K_INSPECT | K_DUMP | K_REWRITE | K_ROLLBACK)
+#define ALL (ENGINE | K_INSPECT | K_DUMP | K_REWRITE | K_ROLLBACK | K_BENCH)
 
 const cli_command cli_commands[] = {
     {"inspect", K_INSPECT, 0, 1, 1, "PATH [options]", "validate a checkpoint and list its tensors"},
@@ -45,30 +45,35 @@ const cli_command cli_commands[] = {
      " [--apply-opts STR] [--nlsr PATH] (sweep: --patches --out-root|--in-place DIR...;"
      " split: --base --aligned|--reference --finetuned --out)",
      "write (and --submit) the sbatch scripts of a sweep or a split job"},
+    {"bench", K_BENCH, 0, 0, 0,
+     "--synth PRESET [--layers N] | --base B --aligned A --finetuned T [options]",
+     "time jobs across memory budgets and I/O backends, cold, against the disks' own rates"},
 };
 const size_t cli_ncommands = sizeof cli_commands / sizeof cli_commands[0];
 
 /* plan takes every job's options, so that a job's command line with "plan" for its command
  * prints that job's plan; those that do not change the plan are accepted and ignored. */
 const cli_opt cli_opts[] = {
-    {"base", 0, "PATH", K_RUN | K_PREPARE | K_AMPLIFY | K_PLAN, O_BASE, "the base model"},
-    {"aligned", 0, "PATH", K_RUN | K_PREPARE | K_AMPLIFY | K_PLAN, O_ALIGNED,
+    {"base", 0, "PATH", K_RUN | K_PREPARE | K_AMPLIFY | K_PLAN | K_BENCH, O_BASE, "the base model"},
+    {"aligned", 0, "PATH", K_RUN | K_PREPARE | K_AMPLIFY | K_PLAN | K_BENCH, O_ALIGNED,
      "the aligned model"},
     {"reference", 0, "PATH", K_RUN | K_PREPARE | K_PLAN, O_REFERENCE,
      "a safety reference (from amplify) instead of --aligned"},
-    {"finetuned", 0, "PATH", K_RUN | K_APPLY | K_PLAN, O_FINETUNED, "the fine-tuned model"},
+    {"finetuned", 0, "PATH", K_RUN | K_APPLY | K_PLAN | K_BENCH, O_FINETUNED, "the fine-tuned model"},
     {"patches", 0, "FILE", K_APPLY | K_PLAN, O_PATCHES, "the prepared patches (prepare --out)"},
     {"out", 0, "PATH", ENGINE, O_OUT, "the output (folder, or prepare's patches file)"},
     {"report", 0, "FILE", K_RUN | K_PREPARE | K_APPLY | K_PLAN, O_REPORT,
      "write the JSON report there"},
     {"json", 0, NULL, ENGINE | K_INSPECT | K_ROLLBACK, O_JSON, "JSON on stdout"},
+    {"json", 0, "FILE", K_BENCH, O_BENCH_JSON, "write the runs and the machine as JSON there"},
     {"quiet", 'q', NULL, ALL, O_QUIET, "no progress or summary on stderr"},
     {"verbose", 'v', NULL, ALL, O_VERBOSE,
      "more on stderr: the effective method parameters, debug lines"},
     {"force", 0, NULL, ENGINE | K_REWRITE | K_ROLLBACK, O_FORCE,
      "replace an existing output (rollback: restore bytes changed since)"},
-    {"mem-budget", 0, "SIZE", ENGINE, O_MEM, "memory budget, e.g. 512M, 4G; 0 = unlimited (1G)"},
+    {"mem-budget", 0, "SIZE", ENGINE, O_MEM, "memory budget: auto (half of what the machine can give) or a size, e.g. 512M, 4G; 0 = unlimited (auto)"},
     {"io", 0, "auto|uring|pread|mmap", ENGINE, O_IO, "the I/O backend (auto)"},
+    {"io", 0, "LIST", K_BENCH, O_BENCH_IO, "I/O backends to time: uring,pread,mmap (uring,pread)"},
     {"threads", 0, "N", JOBS, O_THREADS, "compute threads (1)"},
     {"in-place", 0, NULL, K_RUN | K_APPLY | K_PLAN, O_IN_PLACE,
      "realign the checkpoint folders themselves, journaled"},
@@ -83,7 +88,7 @@ const cli_opt cli_opts[] = {
      "hub cache repository folders: a ref or commit (refs/main)"},
     {"config", 0, "FILE", ENGINE | K_ROLLBACK, O_CONFIG,
      "options from a JSON object (keys: long option names); the command line overrides"},
-    {"progress-interval", 0, "SECONDS", ENGINE | K_ROLLBACK, O_PROGRESS,
+    {"progress-interval", 0, "SECONDS", ENGINE | K_ROLLBACK | K_BENCH, O_PROGRESS,
      "seconds between progress lines when stderr is no terminal (10)"},
     {"discard-journal", 0, NULL, K_ROLLBACK, O_DISCARD,
      "keep the realignment, delete its journal (no undo after that)"},
@@ -92,7 +97,7 @@ const cli_opt cli_opts[] = {
     {"no-time", 0, NULL, K_PLAN, O_NO_TIME, "no time estimate"},
     {"measure-read", 0, NULL, K_PLAN, O_MEASURE, "carry out and time the plan's reads alone"},
     {"preset", 0, "tiny|llama-8b|llama-70b", K_SYNTH, O_PRESET, "tensor names and shapes (tiny)"},
-    {"layers", 0, "N", K_SYNTH, O_LAYERS, "layers, 1 to 1000 (the preset's)"},
+    {"layers", 0, "N", K_SYNTH | K_BENCH, O_LAYERS, "layers, 1 to 1000 (the preset's)"},
     {"role", 0, "base|aligned|finetuned", K_SYNTH, O_ROLE, "which of the three checkpoints"},
     {"seed", 0, "N", K_SYNTH, O_SYNTH_SEED, "the three roles of one seed belong together (1)"},
     {"dtype", 0, "bf16|f16|f32", K_SYNTH, O_DTYPE, "element type (bf16)"},
@@ -100,6 +105,19 @@ const cli_opt cli_opts[] = {
     {"part", 0, "I/N", K_PREPARE, O_PART,
      "prepare part I of N (from 0) of a split job: its share of the modules (docs/SCALE.md)"},
     {"task", 0, "I/N", K_PREPARE, O_PART, "the same as --part"},
+    {"synth", 0, "tiny|llama-8b|llama-70b", K_BENCH, O_BENCH_SYNTH,
+     "time a synthetic triple of this preset (made in --scratch)"},
+    {"scratch", 0, "DIR", K_BENCH, O_SCRATCH,
+     "outputs and the synthetic triple, removed at the end (beside --csv/--json/--plot)"},
+    {"budgets", 0, "LIST", K_BENCH, O_BUDGETS, "memory budgets to time, e.g. 256M,1G,4G (1G)"},
+    {"jobs", 0, "LIST", K_BENCH, O_JOBS,
+     "jobs to time: run,run-in-place,prepare,apply,amplify (run)"},
+    {"reps", 0, "N", K_BENCH, O_REPS, "runs per combination, 1 to 1000 (1)"},
+    {"warm", 0, NULL, K_BENCH, O_WARM, "drop no caches: warm runs"},
+    {"drop-caches", 0, NULL, K_BENCH, O_DROP_CACHES,
+     "cold through /proc/sys/vm/drop_caches (root), not posix_fadvise"},
+    {"csv", 0, "FILE", K_BENCH, O_CSV, "write the runs as CSV there"},
+    {"plot", 0, "FILE.svg", K_BENCH, O_PLOT, "plot time and peak RSS against the budget there"},
     {"help", 'h', NULL, ALL, O_HELP, "this help"},
     {"version", 0, NULL, ALL, O_VERSION, "print the version"},
 };

@@ -45,7 +45,7 @@ uint64_t cli_peak_rss(void)
 void cli_summary(const char *job, const char *out_dir, nlsr_ctx *ctx, double seconds,
                  const cli_args *a)
 {
-    uint64_t budget = cli_budget(a);
+    uint64_t budget = nlsr_ctx_mem_budget(ctx); /* auto resolved */
     uint64_t rd = 0, wr = 0;
     nlsr_ctx_counters(ctx, &rd, &wr);
     uint64_t rss = cli_peak_rss();

@@ -54,10 +54,11 @@ static void print_line(FILE *f, const item *it)
     switch (r->outcome) {
     case NLSR_INPLACE_REALIGNED:
         fprintf(f,
-                "%s: realigned%s: %zu of %zu modules patched, %llu bytes written in place, "
-                "journal %llu bytes (%.2f s)\n",
+                "%s: realigned%s: %zu of %zu modules patched, %llu bytes written in place "
+                "(of %llu in the patched tensors), journal %llu bytes (%.2f s)\n",
                 it->path, pre, r->patched, r->modules, (unsigned long long)r->bytes_written,
-                (unsigned long long)r->journal_bytes, it->seconds);
+                (unsigned long long)r->patched_bytes, (unsigned long long)r->journal_bytes,
+                it->seconds);
         break;
     case NLSR_INPLACE_ALREADY:
         fprintf(f, "%s: already realigned (%s): nothing to do\n", it->path, r->key);
@@ -65,7 +66,7 @@ static void print_line(FILE *f, const item *it)
     case NLSR_INPLACE_WOULD_REALIGN:
         fprintf(f, "%s: would realign%s: up to %llu bytes in %zu target tensors%s\n", it->path,
                 pre, (unsigned long long)r->bytes_written, r->modules,
-                r->key[0] ? "" : " (run prepares first, then skips if already realigned)");
+                r->key[0] ? "" : " (run reads base and aligned first, then skips if already realigned)");
         break;
     case NLSR_INPLACE_WOULD_SKIP:
         fprintf(f, "%s: would skip: already realigned (%s)\n", it->path, r->key);
@@ -100,10 +101,11 @@ static void print_json(const char *command, int dry, const item *v, int n, int s
         printf(", \"status\": ");
         json_str(stdout, it->error ? "failed" : nlsr_inplace_outcome_name(r->outcome));
         printf(", \"exit\": %d, \"modules\": %zu, \"patched\": %zu, \"bytes_written\": %llu, "
-               "\"journal_bytes\": %llu, \"ranges\": %llu, \"rolled_back_first\": %s, "
-               "\"stacked\": %s, \"key\": ",
+               "\"patched_bytes\": %llu, \"journal_bytes\": %llu, \"ranges\": %llu, "
+               "\"rolled_back_first\": %s, \"stacked\": %s, \"key\": ",
                it->status, r->modules, r->patched, (unsigned long long)r->bytes_written,
-               (unsigned long long)r->journal_bytes, (unsigned long long)r->ranges,
+               (unsigned long long)r->patched_bytes, (unsigned long long)r->journal_bytes,
+               (unsigned long long)r->ranges,
                r->rolled_back_first ? "true" : "false", r->stacked ? "true" : "false");
         json_str(stdout, r->key[0] ? r->key : NULL);
         printf(", \"result\": ");

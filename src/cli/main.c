@@ -50,6 +50,8 @@ nlsr_ctx *cli_ctx_create(void)
     /* What the library says goes to stderr (README "Progress and logs"); commands install
      * the printer again once -q is parsed. */
     if (ctx) cli_output_install(ctx, 0, -1);
+    /* The program's default budget is what the machine can give; --mem-budget replaces it. */
+    if (ctx) nlsr_ctx_set_mem_budget(ctx, NLSR_MEM_BUDGET_AUTO);
     return ctx;
 }
 

@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "ctx.h"
 
+#include "sysmem.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,7 +88,32 @@ int nlsr_ctx_check_cancel(nlsr_ctx *ctx)
 
 void nlsr_ctx_set_mem_budget(nlsr_ctx *ctx, uint64_t bytes)
 {
+    ctx->budget_why[0] = '\0';
+    if (bytes == NLSR_MEM_BUDGET_AUTO) {
+        nlsr_sysmem m;
+        nlsr_sysmem_read("", &m);
+        bytes = nlsr_budget_auto(&m, ctx->budget_why, sizeof ctx->budget_why);
+    }
     ctx->budget.limit = bytes;
+}
+
+uint64_t nlsr_ctx_mem_budget(const nlsr_ctx *ctx)
+{
+    return ctx->budget.limit;
+}
+
+const char *nlsr_ctx_mem_budget_reason(const nlsr_ctx *ctx)
+{
+    return ctx->budget_why;
+}
+
+int nlsr_parse_mem_budget(const char *s, uint64_t *out)
+{
+    if (strcmp(s, "auto") == 0) {
+        *out = NLSR_MEM_BUDGET_AUTO;
+        return 0;
+    }
+    return nlsr_parse_size(s, out);
 }
 
 uint64_t nlsr_ctx_mem_peak(const nlsr_ctx *ctx)

@@ -26,7 +26,8 @@ struct nlsr_phase {
 
 struct nlsr_ctx {
     nlsr_err err;
-    nlsr_budget budget;     /* limit from nlsr_ctx_set_mem_budget; default 1 GiB */
+    nlsr_budget budget;     /* limit from nlsr_ctx_set_mem_budget; NLSR_DEFAULT_MEM_BUDGET */
+    char budget_why[224];   /* how an auto budget was derived; "" for an explicit one */
     nlsr_io_kind io_kind;   /* requested backend */
     nlsr_io_kind io_used;   /* backend actually used by the last stream */
     int quiet;              /* warnings only, no progress (nlsr_ctx_set_quiet) */

@@ -8,12 +8,27 @@
 #ifndef NLSR_COMMON_TESTHOOK_H
 #define NLSR_COMMON_TESTHOOK_H
 
+/* The write trace: with NLSR_TEST_IO_TRACE=<file>, every write-class step of the in-place path
+ * (src/io/journal.c: creates, pwrites, fsyncs of files and folders, renames, unlinks) appends
+ * one line "<op> <path> <offset> <length>" to that file, in the order the steps are made, so
+ * that a test can assert the order of writes and flushes per file (tests/test_durability.c):
+ * the kill tests keep the page cache and cannot see a missing fsync. */
+#include <stdint.h>
+
 #ifdef NLSR_TEST_HOOKS
 void nlsr_test_point(const char *name);
+void nlsr_test_trace(const char *op, const char *path, uint64_t off, uint64_t len);
 #else
 static inline void nlsr_test_point(const char *name)
 {
     (void)name;
+}
+static inline void nlsr_test_trace(const char *op, const char *path, uint64_t off, uint64_t len)
+{
+    (void)op;
+    (void)path;
+    (void)off;
+    (void)len;
 }
 #endif
 

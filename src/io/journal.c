@@ -141,6 +141,7 @@ static size_t fault_len(size_t len)
 static int d_pwrite(nlsr_err *e, int fd, const void *buf, size_t len, uint64_t off,
                     const char *path)
 {
+    nlsr_test_trace("pwrite", path, off, len);
     int rc = nlsr_pwrite_all(fd, buf, fault_len(len), off, path, e);
     fault_after();
     return rc;
@@ -149,6 +150,7 @@ static int d_pwrite(nlsr_err *e, int fd, const void *buf, size_t len, uint64_t o
 static int d_fsync(nlsr_err *e, int fd, const char *path)
 {
     int rc = 0;
+    nlsr_test_trace("fsync", path, 0, 0);
     if (fsync(fd) != 0) {
         rc = -errno;
         nlsr_fail(e, rc, "%s: fsync failed: %s", path, strerror(-rc));
@@ -159,6 +161,7 @@ static int d_fsync(nlsr_err *e, int fd, const char *path)
 
 static int d_fsync_dir(nlsr_err *e, const char *dir)
 {
+    nlsr_test_trace("fsyncdir", dir, 0, 0);
     int rc = nlsr_fsync_dir(dir, e);
     fault_after();
     return rc;
@@ -179,11 +182,13 @@ int nlsr_durable_write_file(nlsr_ctx *ctx, const char *dir, const char *name, co
         free(path);
         return rc;
     }
+    nlsr_test_trace("create", tmp, 0, 0);
     fault_after();
     if (rc == 0) rc = d_pwrite(e, fd, data, len, 0, tmp);
     if (rc == 0) rc = d_fsync(e, fd, tmp);
     if (fd >= 0) close(fd);
     if (rc == 0) {
+        nlsr_test_trace("rename", path, 0, 0);
         if (rename(tmp, path) != 0) {
             rc = -errno;
             nlsr_fail(e, rc, "%s: rename to %s failed: %s", tmp, path, strerror(-rc));
@@ -206,6 +211,7 @@ int nlsr_durable_unlink(nlsr_ctx *ctx, const char *dir, const char *name)
     char *path = nlsr_path_join(dir, name);
     NLSR_FAIL_IF(!path, e, -ENOMEM, "out of memory");
     int rc = 0;
+    nlsr_test_trace("unlink", path, 0, 0);
     if (unlink(path) != 0 && errno != ENOENT) {
         rc = -errno;
         nlsr_fail(e, rc, "%s: cannot remove: %s", path, strerror(-rc));
@@ -221,8 +227,27 @@ int nlsr_durable_unlink(nlsr_ctx *ctx, const char *dir, const char *name)
  * noise; kept apart, zstd compresses the former well (as in the patch file). */
 static void to_planes(const unsigned char *src, unsigned char *dst, size_t len, size_t w)
 {
-    size_t m = len / w;
-    for (size_t i = 0; i < m; i++)
+    size_t m = len / w, i = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (w == 2) {
+        /* BF16/F16, most of what is journaled: four elements per 64-bit word, the low and the
+         * high bytes gathered with masks and shifts (the byte loop below is several times
+         * slower, and the journal has to keep up with the disk). */
+        unsigned char *lo = dst, *hi = dst + m;
+        const uint64_t k8 = 0x00FF00FF00FF00FFull, k16 = 0x0000FFFF0000FFFFull;
+        for (; i + 4 <= m; i += 4) {
+            uint64_t x;
+            memcpy(&x, src + 2 * i, 8);
+            uint64_t a = x & k8, b = (x >> 8) & k8;
+            a = (a | a >> 8) & k16;
+            b = (b | b >> 8) & k16;
+            uint32_t la = (uint32_t)(a | a >> 16), lb = (uint32_t)(b | b >> 16);
+            memcpy(lo + i, &la, 4);
+            memcpy(hi + i, &lb, 4);
+        }
+    }
+#endif
+    for (; i < m; i++)
         for (size_t b = 0; b < w; b++) dst[b * m + i] = src[i * w + b];
 }
 
@@ -334,6 +359,11 @@ int nlsr_journal_begin(nlsr_ctx *ctx, const char *dir, const nlsr_journal_opts *
     if (rc == 0) {
         ZSTD_CCtx_setParameter(j->cctx, ZSTD_c_compressionLevel, ZLEVEL);
         ZSTD_CCtx_setParameter(j->cctx, ZSTD_c_checksumFlag, 1);
+        /* Compression is most of the journal's CPU: with a second core, zstd splits each
+         * record in two jobs (one frame all the same). A libzstd without threads refuses the
+         * parameter, and one thread does it all. */
+        if (sysconf(_SC_NPROCESSORS_ONLN) >= 2)
+            (void)ZSTD_CCtx_setParameter(j->cctx, ZSTD_c_nbWorkers, 2);
     }
     if (rc < 0) {
         nlsr_journal_close(j);
@@ -451,12 +481,21 @@ static int write_slot(nlsr_journal *j, uint32_t state)
     return d_pwrite(&j->ctx->err, j->fd, s, SLOT_SIZE, slot_offset(j->seq), j->path);
 }
 
+/* Starts writing [off, off + len) back to the disk without waiting (sync_file_range): the
+ * fsync that the write order needs later then finds most of it on disk already, so the disk
+ * writes while the job computes. Durability still comes from that fsync alone. */
+static void start_writeback(int fd, uint64_t off, uint64_t len)
+{
+    (void)sync_file_range(fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
+}
+
 /* Creates the journal file: the header block (preamble, slot A: writing, no records) made
  * durable, and the folder entry too, before any record exists. */
 static int create(nlsr_journal *j)
 {
     nlsr_err *e = &j->ctx->err;
     int flags = O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW;
+    nlsr_test_trace("create", j->path, 0, 0);
     j->fd = open(j->path, flags, 0644);
     int rc = j->fd < 0 ? -errno : 0;
     fault_after();
@@ -520,6 +559,7 @@ static int append(nlsr_journal *j, unsigned char *buf, size_t cap, uint32_t type
     put64(h + 88, nlsr_xxh64_digest(&hs));
     size_t total = REC_HDR + nlen + cs;
     NLSR_FORWARD(d_pwrite(e, j->fd, buf, total, j->end, j->path));
+    start_writeback(j->fd, j->end, total);
     j->last = j->end;
     j->end += total;
     j->nrec++;
@@ -577,6 +617,33 @@ int nlsr_journal_stage(nlsr_journal *j, uint32_t id, uint64_t off, const void *o
     return 0;
 }
 
+int nlsr_journal_stage_changed(nlsr_journal *j, uint32_t id, uint64_t off, const void *orig,
+                               const void *neu, size_t len, size_t width)
+{
+    const unsigned char *o = orig, *n = neu;
+    /* Grain edges at file offsets that are multiples of the grain, when that keeps every
+     * edge on an element (the range starts on one); relative to the range otherwise. */
+    uint64_t base = off % width == 0 ? 0 : off % NLSR_JOURNAL_GRAIN;
+    size_t pos = 0, run = SIZE_MAX;
+    while (pos < len) {
+        uint64_t at = off + pos;
+        size_t step = (size_t)(NLSR_JOURNAL_GRAIN - (at - base) % NLSR_JOURNAL_GRAIN);
+        if (step > len - pos) step = len - pos;
+        int changed = memcmp(o + pos, n + pos, step) != 0;
+        if (changed && run == SIZE_MAX) run = pos;
+        if (!changed && run != SIZE_MAX) {
+            NLSR_FORWARD(nlsr_journal_stage(j, id, off + run, o + run, n + run, pos - run, width));
+            run = SIZE_MAX;
+        }
+        pos += step;
+    }
+    if (run != SIZE_MAX)
+        NLSR_FORWARD(nlsr_journal_stage(j, id, off + run, o + run, n + run, len - run, width));
+    /* A range with nothing to change still passes a safe point. */
+    if (j->failed) return j->failed;
+    return jfail(j, nlsr_ctx_check_cancel(j->ctx));
+}
+
 int nlsr_journal_flush(nlsr_journal *j)
 {
     nlsr_err *e = &j->ctx->err;
@@ -591,6 +658,7 @@ int nlsr_journal_flush(nlsr_journal *j)
         const staged *s = &j->st[i];
         jfile *f = &j->files[s->file];
         NLSR_FORWARD(jfail(j, d_pwrite(e, f->fd, j->batch + s->pos, s->len, s->off, f->path)));
+        start_writeback(f->fd, s->off, s->len);
         f->dirty = 1;
         j->data_bytes += s->len;
         j->ctx->bytes_written += s->len;

@@ -106,6 +106,14 @@ int nlsr_journal_add_file(nlsr_journal *j, const char *name, uint32_t *id);
  * bytes are kept and written when the batch is armed. Ranges must not overlap. */
 int nlsr_journal_stage(nlsr_journal *j, uint32_t id, uint64_t off, const void *orig,
                        const void *neu, size_t len, size_t width);
+/* nlsr_journal_stage for only the bytes that change: [off, off + len) is cut into grains of
+ * NLSR_JOURNAL_GRAIN bytes at file offsets that are multiples of it (relative to off when off
+ * is not a multiple of width), and the grains whose new bytes differ from the original ones
+ * are staged, adjacent ones as one range. Runs of unchanged bytes are neither journaled nor
+ * written. Checks for cancellation even when nothing changes. */
+#define NLSR_JOURNAL_GRAIN 4096u
+int nlsr_journal_stage_changed(nlsr_journal *j, uint32_t id, uint64_t off, const void *orig,
+                               const void *neu, size_t len, size_t width);
 /* Arms the staged records (fsync, slot, fsync) and writes their new bytes. A no-op when
  * nothing is staged. Callers flush at tensor boundaries. */
 int nlsr_journal_flush(nlsr_journal *j);

@@ -21,7 +21,10 @@
 #define PF_MAGIC "NLSRPTCH"
 #define PF_END_MAGIC "NLSRPEND"
 #define PF_PREAMBLE 16u
-#define PF_TRAILER 32u
+#define PF_TRAILER 56u                /* u64 T, N, table XXH64, H, L, header XXH64, magic */
+#define PF_REC 56u                    /* a block-table record: 7 x u64 */
+#define PF_TCHUNK 512u                /* records per table read/write: 28 KiB, whatever the
+                                       * model (a 405B patch has about 6.1 million blocks) */
 #define PF_BLOCK_HEAD 24u              /* encoding byte, 7 zero bytes, u64 m, u64 mask bytes */
 #define PF_MAX_HEADER 100000000ull     /* as for safetensors headers */
 #define PF_ZSTD_LEVEL 3                /* the patch is written once per aligned model; level 3
@@ -192,7 +195,19 @@ static void free_tensor(nlsr_pf_tensor *t)
 {
     free(t->name);
     free(t->role);
-    free(t->blocks);
+}
+
+static void rec_put(unsigned char *p, const nlsr_pf_block *b)
+{
+    const uint64_t v[7] = {b->first, b->count, b->mask_count, b->offset, b->csize, b->usize,
+                           b->xxh};
+    for (int i = 0; i < 7; i++) wr64(p + 8 * i, v[i]);
+}
+
+static void rec_get(const unsigned char *p, nlsr_pf_block *b)
+{
+    *b = (nlsr_pf_block){rd64(p), rd64(p + 8), rd64(p + 16), rd64(p + 24), rd64(p + 32),
+                         rd64(p + 40), rd64(p + 48)};
 }
 
 static void free_modules(nlsr_pf_module *m, size_t n)
@@ -241,11 +256,48 @@ struct nlsr_pf_writer {
     nlsr_pf_module *mods;
     int in_module, in_tensor;
     uint64_t next_first;
-    size_t capblk; /* capacity of the current tensor's block array */
+    /* The block table is built in a nameless file beside the output (O_TMPFILE, or a temporary
+     * name unlinked at once) through one chunk of records, and copied after the blocks on
+     * commit: the writer's memory does not grow with the block count. */
+    int tfd;
+    unsigned char *rbuf;       /* PF_TCHUNK records, charged to the budget */
+    size_t rn;                 /* records in rbuf */
+    uint64_t nrec;             /* records written (flushed or in rbuf) */
     ZSTD_CCtx *cctx;
     unsigned char *ubuf, *cbuf;
     size_t ubuf_cap, cbuf_cap;
 };
+
+/* The writer's block-table file: nameless where the file system can (O_TMPFILE), else a
+ * temporary name beside the output unlinked at once, so nothing is ever left behind. */
+static int table_file(nlsr_err *e, const char *tmp, int *fd)
+{
+    char *dir = strdup(tmp), *slash = dir ? strrchr(dir, '/') : NULL;
+    NLSR_FAIL_IF(!dir, e, -ENOMEM, "%s: out of memory", tmp);
+    if (slash == dir) slash[1] = '\0';
+    else if (slash) *slash = '\0';
+    *fd = open(slash ? dir : ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    free(dir);
+    if (*fd >= 0) return 0;
+    size_t n = strlen(tmp) + 8;
+    char *name = malloc(n), *t2 = NULL;
+    NLSR_FAIL_IF(!name, e, -ENOMEM, "%s: out of memory", tmp);
+    snprintf(name, n, "%s.table", tmp);
+    int rc = nlsr_tmp_file(e, name, &t2, fd);
+    if (rc == 0) unlink(t2);
+    free(t2);
+    free(name);
+    return rc;
+}
+
+static int flush_table(nlsr_pf_writer *w)
+{
+    if (!w->rn) return 0;
+    uint64_t at = (w->nrec - w->rn) * PF_REC;
+    NLSR_FORWARD(nlsr_pwrite_all(w->tfd, w->rbuf, w->rn * PF_REC, at, w->tmp, &w->ctx->err));
+    w->rn = 0;
+    return 0;
+}
 
 int nlsr_pf_writer_open(nlsr_ctx *ctx, const char *path, const char *kind, nlsr_pf_writer **out)
 {
@@ -255,6 +307,7 @@ int nlsr_pf_writer_open(nlsr_ctx *ctx, const char *path, const char *kind, nlsr_
     NLSR_FAIL_IF(!w, e, -ENOMEM, "%s: out of memory", path);
     w->ctx = ctx;
     w->fd = -1;
+    w->tfd = -1;
     w->kind = strcmp(kind, "lora") == 0 ? "lora" : "full";
     w->path = strdup(path);
     w->cctx = ZSTD_createCCtx();
@@ -266,6 +319,10 @@ int nlsr_pf_writer_open(nlsr_ctx *ctx, const char *path, const char *kind, nlsr_
     ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_checksumFlag, 1);
     ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_contentSizeFlag, 1);
     rc = nlsr_tmp_file(e, path, &w->tmp, &w->fd);
+    if (rc == 0) rc = table_file(e, w->tmp, &w->tfd);
+    if (rc == 0)
+        rc = nlsr_budget_alloc(&ctx->budget, PF_TCHUNK * PF_REC, "patch block table chunk",
+                               (void **)&w->rbuf, e);
     if (rc < 0) goto fail;
     unsigned char pre[PF_PREAMBLE];
     memcpy(pre, PF_MAGIC, 8);
@@ -287,6 +344,8 @@ void nlsr_pf_writer_abort(nlsr_pf_writer *w)
     if (!w) return;
     if (w->fd >= 0) close(w->fd);
     if (w->tmp && w->fd >= 0) unlink(w->tmp);
+    if (w->tfd >= 0) close(w->tfd);
+    nlsr_budget_free(&w->ctx->budget, w->rbuf, PF_TCHUNK * PF_REC);
     nlsr_budget_free(&w->ctx->budget, w->ubuf, w->ubuf_cap);
     nlsr_budget_free(&w->ctx->budget, w->cbuf, w->cbuf_cap);
     ZSTD_freeCCtx(w->cctx);
@@ -355,7 +414,6 @@ int nlsr_pf_writer_begin_tensor(nlsr_pf_writer *w, const nlsr_pf_tensor_desc *d)
     m->ntensors++;
     w->in_tensor = 1;
     w->next_first = 0;
-    w->capblk = 0;
     return 0;
 }
 
@@ -434,15 +492,15 @@ int nlsr_pf_writer_block(nlsr_pf_writer *w, uint64_t first, uint64_t count, cons
     NLSR_FAIL_IF(ZSTD_isError(cs), e, NLSR_E_FORMAT, "%s: tensor '%s': zstd: %s", w->path,
                  t->name, ZSTD_getErrorName(cs));
     NLSR_FORWARD(nlsr_pwrite_all(w->fd, w->cbuf, cs, w->pos, w->tmp, e));
-    if (t->nblocks == w->capblk) {
-        size_t cap = w->capblk ? 2 * w->capblk : 8;
-        nlsr_pf_block *b = realloc(t->blocks, cap * sizeof *b);
-        NLSR_FAIL_IF(!b, e, -ENOMEM, "%s: out of memory", w->path);
-        t->blocks = b;
-        w->capblk = cap;
-    }
-    t->blocks[t->nblocks++] =
-        (nlsr_pf_block){first, count, m, w->pos, cs, usize, nlsr_xxh64(w->cbuf, cs, 0)};
+    if (t->nblocks == 0) t->blk0 = w->nrec;
+    const nlsr_pf_block rec = {first, count, m, w->pos, cs, usize, nlsr_xxh64(w->cbuf, cs, 0)};
+    rec_put(w->rbuf + w->rn * PF_REC, &rec);
+    w->rn++;
+    w->nrec++;
+    if (w->rn == PF_TCHUNK) NLSR_FORWARD(flush_table(w));
+    t->nblocks++;
+    if (count > t->max_count) t->max_count = count;
+    t->csize_total += cs;
     t->mask_count += m;
     w->pos += cs;
     ctx->bytes_written += cs;
@@ -474,7 +532,7 @@ int nlsr_pf_writer_end_module(nlsr_pf_writer *w)
 
 static cJSON *tensor_json(const nlsr_pf_tensor *t)
 {
-    cJSON *o = cJSON_CreateObject(), *shape, *blocks;
+    cJSON *o = cJSON_CreateObject(), *shape;
     if (!o) return NULL;
     cJSON_AddStringToObject(o, "name", t->name);
     cJSON_AddStringToObject(o, "role", t->role);
@@ -486,18 +544,7 @@ static cJSON *tensor_json(const nlsr_pf_tensor *t)
         cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[i]));
     cJSON_AddNumberToObject(o, "numel", (double)t->numel);
     cJSON_AddNumberToObject(o, "mask_count", (double)t->mask_count);
-    if (!(blocks = cJSON_AddArrayToObject(o, "blocks"))) goto oom;
-    for (size_t b = 0; b < t->nblocks; b++) {
-        const nlsr_pf_block *k = &t->blocks[b];
-        char hex[17];
-        snprintf(hex, sizeof hex, "%016" PRIx64, k->xxh);
-        cJSON *a = cJSON_CreateArray();
-        if (!a) goto oom;
-        cJSON_AddItemToArray(blocks, a);
-        const uint64_t v[6] = {k->first, k->count, k->mask_count, k->offset, k->csize, k->usize};
-        for (int i = 0; i < 6; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber((double)v[i]));
-        cJSON_AddItemToArray(a, cJSON_CreateString(hex));
-    }
+    cJSON_AddNumberToObject(o, "nblocks", (double)t->nblocks);
     return o;
 oom:
     cJSON_Delete(o);
@@ -540,11 +587,29 @@ int nlsr_pf_writer_commit(nlsr_pf_writer *w, const cJSON *extra, uint64_t *file_
     }
     if (!(txt = cJSON_PrintUnformatted(root))) goto oom;
     size_t hlen = strlen(txt);
+    /* The block table, copied from its side file chunk by chunk, hashed on the way. */
+    rc = flush_table(w);
+    if (rc < 0) goto done;
+    nlsr_xxh64_state th;
+    nlsr_xxh64_init(&th, 0);
+    uint64_t toff = w->pos;
+    for (uint64_t i = 0; i < w->nrec && rc == 0; i += PF_TCHUNK) {
+        size_t k = (size_t)(w->nrec - i < PF_TCHUNK ? w->nrec - i : PF_TCHUNK);
+        rc = nlsr_pread_all(w->tfd, w->rbuf, k * PF_REC, i * PF_REC, w->tmp, e);
+        if (rc == 0) rc = nlsr_pwrite_all(w->fd, w->rbuf, k * PF_REC, w->pos, w->tmp, e);
+        nlsr_xxh64_update(&th, w->rbuf, k * PF_REC);
+        w->pos += k * PF_REC;
+    }
+    if (rc < 0) goto done;
+    ctx->bytes_written += w->nrec * PF_REC;
     unsigned char tr[PF_TRAILER];
-    wr64(tr, w->pos);
-    wr64(tr + 8, hlen);
-    wr64(tr + 16, nlsr_xxh64(txt, hlen, 0));
-    memcpy(tr + 24, PF_END_MAGIC, 8);
+    wr64(tr, toff);
+    wr64(tr + 8, w->nrec);
+    wr64(tr + 16, nlsr_xxh64_digest(&th));
+    wr64(tr + 24, w->pos);
+    wr64(tr + 32, hlen);
+    wr64(tr + 40, nlsr_xxh64(txt, hlen, 0));
+    memcpy(tr + 48, PF_END_MAGIC, 8);
     rc = nlsr_pwrite_all(w->fd, txt, hlen, w->pos, w->tmp, e);
     if (rc == 0) rc = nlsr_pwrite_all(w->fd, tr, sizeof tr, w->pos + hlen, w->tmp, e);
     if (rc < 0) goto done;
@@ -597,17 +662,17 @@ static int get_u64(const cJSON *v, uint64_t *out)
     return 1;
 }
 
-static int parse_tensor(const cJSON *o, int is_lora, size_t k, nlsr_pf_tensor *t, uint64_t *pos,
-                        uint64_t hdr_off, const char *path, nlsr_err *e)
+static int parse_tensor(const cJSON *o, int is_lora, size_t k, nlsr_pf_tensor *t,
+                        const char *path, nlsr_err *e)
 {
     int dup = 0;
     const cJSON *name = get1(o, "name", &dup), *role = get1(o, "role", &dup),
                 *dt = get1(o, "dtype", &dup), *bdt = get1(o, "base_dtype", &dup),
                 *shape = get1(o, "shape", &dup), *numel = get1(o, "numel", &dup),
-                *mc = get1(o, "mask_count", &dup), *blocks = get1(o, "blocks", &dup);
+                *mc = get1(o, "mask_count", &dup), *nblocks = get1(o, "nblocks", &dup);
     NLSR_FAIL_IF(dup || !cJSON_IsObject(o) || !cJSON_IsString(name) || !cJSON_IsString(role) ||
                      !cJSON_IsString(dt) || !(cJSON_IsString(bdt) || cJSON_IsNull(bdt)) ||
-                     !cJSON_IsArray(shape) || !cJSON_IsArray(blocks),
+                     !cJSON_IsArray(shape) || !cJSON_IsNumber(nblocks),
                  e, NLSR_E_FORMAT, "%s: malformed tensor record in the header", path);
     const char *want = !is_lora ? "weight" : k == 0 ? "lora_A" : "lora_B";
     NLSR_FAIL_IF(strcmp(role->valuestring, want) != 0, e, NLSR_E_FORMAT,
@@ -646,47 +711,122 @@ static int parse_tensor(const cJSON *o, int is_lora, size_t k, nlsr_pf_tensor *t
                      t->mask_count > t->numel,
                  e, NLSR_E_FORMAT, "%s: tensor '%.200s': numel or mask_count inconsistent", path,
                  t->name);
-    size_t nb = (size_t)cJSON_GetArraySize(blocks);
-    t->blocks = calloc(nb ? nb : 1, sizeof *t->blocks);
-    NLSR_FAIL_IF(!t->blocks, e, -ENOMEM, "%s: out of memory", path);
-    size_t rs = nlsr_dtype_size(t->ref_dtype), bs = t->has_base ? nlsr_dtype_size(t->base_dtype) : 0;
-    uint64_t first = 0, masked = 0;
-    for (const cJSON *it = blocks->child; it; it = it->next) {
-        nlsr_pf_block *b = &t->blocks[t->nblocks];
-        uint64_t v[6];
-        const cJSON *x = it->child;
-        int ok = cJSON_IsArray(it) && cJSON_GetArraySize(it) == 7;
-        for (int j = 0; ok && j < 6; j++, x = x->next) ok = get_u64(x, &v[j]);
-        ok = ok && cJSON_IsString(x) && strlen(x->valuestring) == 16 &&
-             strspn(x->valuestring, "0123456789abcdef") == 16;
-        NLSR_FAIL_IF(!ok, e, NLSR_E_FORMAT, "%s: tensor '%.200s': malformed block %zu", path,
-                     t->name, t->nblocks);
-        *b = (nlsr_pf_block){v[0], v[1], v[2], v[3], v[4], v[5],
-                             (uint64_t)strtoull(x->valuestring, NULL, 16)};
-        uint64_t maxmask = (b->count + 7) / 8 > 10 * b->mask_count ? (b->count + 7) / 8
-                                                                   : 10 * b->mask_count;
-        NLSR_FAIL_IF(b->first != first || b->count == 0 || b->count > NLSR_PF_MAX_BLOCK_ELEMS ||
-                         b->count > t->numel - first || b->mask_count > b->count ||
-                         b->usize < PF_BLOCK_HEAD + b->mask_count * (rs + bs) ||
-                         b->usize > PF_BLOCK_HEAD + maxmask + b->mask_count * (rs + bs) ||
-                         b->csize == 0 || b->csize > ZSTD_compressBound((size_t)b->usize) ||
-                         b->offset != *pos || b->csize > hdr_off - *pos,
-                     e, NLSR_E_FORMAT,
-                     "%s: tensor '%.200s': block %zu is inconsistent with the file layout", path,
-                     t->name, t->nblocks);
-        *pos += b->csize;
-        first += b->count;
-        masked += b->mask_count;
-        t->nblocks++;
-    }
-    NLSR_FAIL_IF(first != t->numel || masked != t->mask_count, e, NLSR_E_FORMAT,
-                 "%s: tensor '%.200s': blocks cover %" PRIu64 " of %" PRIu64
-                 " elements with %" PRIu64 " of %" PRIu64 " masked",
-                 path, t->name, first, t->numel, masked, t->mask_count);
+    uint64_t nb = 0;
+    NLSR_FAIL_IF(!get_u64(nblocks, &nb) || (t->numel && nb == 0) || nb > t->numel ||
+                     nb > (uint64_t)SIZE_MAX,
+                 e, NLSR_E_FORMAT, "%s: tensor '%.200s': bad nblocks", path, t->name);
+    t->nblocks = (size_t)nb;
     return 0;
 }
 
-static int parse_header(nlsr_pf_reader *r, uint64_t hdr_off, nlsr_err *e)
+/* Block b of tensor t against the rules that need no neighbour: its range inside the tensor,
+ * its sizes, its frame inside the blocks' region [16, T). */
+static int check_rec(const char *path, const nlsr_pf_tensor *t, size_t bi, const nlsr_pf_block *b,
+                     uint64_t table_off, nlsr_err *e)
+{
+    size_t rs = nlsr_dtype_size(t->ref_dtype), bs = t->has_base ? nlsr_dtype_size(t->base_dtype) : 0;
+    uint64_t maxmask = (b->count + 7) / 8 > 10 * b->mask_count ? (b->count + 7) / 8
+                                                               : 10 * b->mask_count;
+    NLSR_FAIL_IF(b->count == 0 || b->count > NLSR_PF_MAX_BLOCK_ELEMS || b->first > t->numel ||
+                     b->count > t->numel - b->first || b->mask_count > b->count ||
+                     b->usize < PF_BLOCK_HEAD + b->mask_count * (rs + bs) ||
+                     b->usize > PF_BLOCK_HEAD + maxmask + b->mask_count * (rs + bs) ||
+                     b->csize == 0 || b->csize > ZSTD_compressBound((size_t)b->usize) ||
+                     b->offset < PF_PREAMBLE || b->offset > table_off ||
+                     b->csize > table_off - b->offset,
+                 e, NLSR_E_FORMAT,
+                 "%s: tensor '%.200s': block %zu is inconsistent with the file layout", path,
+                 t->name, bi);
+    return 0;
+}
+
+/* The block table's chunk cache, behind a pointer so that lookups through a const reader
+ * (the fingerprint, the jobs' const views) can refill it. */
+struct nlsr_pf_tcache {
+    unsigned char *buf;        /* PF_TCHUNK records, charged to the budget */
+    uint64_t lo, n;            /* records [lo, lo + n) are in buf */
+};
+
+static int table_load(const nlsr_pf_reader *r, uint64_t rec)
+{
+    struct nlsr_pf_tcache *c = r->tc;
+    if (rec >= c->lo && rec < c->lo + c->n) return 0;
+    uint64_t k = r->nrecords - rec < PF_TCHUNK ? r->nrecords - rec : PF_TCHUNK;
+    c->n = 0;
+    NLSR_FORWARD(nlsr_pread_all(r->fd, c->buf, (size_t)(k * PF_REC), r->table_off + rec * PF_REC,
+                                r->path, &r->ctx->err));
+    r->ctx->bytes_read += k * PF_REC;
+    c->lo = rec;
+    c->n = k;
+    return 0;
+}
+
+int nlsr_pf_block_get(const nlsr_pf_reader *r, const nlsr_pf_tensor *t, size_t b,
+                      nlsr_pf_block *out)
+{
+    nlsr_err *e = &r->ctx->err;
+    NLSR_FAIL_IF(b >= t->nblocks || t->blk0 + b >= r->nrecords, e, NLSR_E_USAGE,
+                 "%s: tensor '%.200s' has no block %zu", r->path, t->name, b);
+    uint64_t rec = t->blk0 + b;
+    NLSR_FORWARD(table_load(r, rec));
+    rec_get(r->tc->buf + (rec - r->tc->lo) * PF_REC, out);
+    int rc = check_rec(r->path, t, b, out, r->table_off, e);
+    /* Checked whole on open: a record that breaks a rule now was changed since. */
+    if (rc < 0)
+        return nlsr_fail(e, NLSR_E_CHECKSUM, "%s: block table changed since it was opened (tensor '%.200s' block %zu)",
+                         r->path, t->name, b);
+    return 0;
+}
+
+/* The whole table, streamed through the chunk twice: its checksum first (so that damage is
+ * reported as damage), then every rule, tensor by tensor: the blocks of each tensor partition
+ * it in order and the frames tile [16, T) in table order. */
+static int check_table(nlsr_pf_reader *r, uint64_t want_xxh)
+{
+    nlsr_err *e = &r->ctx->err;
+    nlsr_xxh64_state h;
+    nlsr_xxh64_init(&h, 0);
+    for (uint64_t i = 0; i < r->nrecords; i += PF_TCHUNK) {
+        NLSR_FORWARD(table_load(r, i));
+        nlsr_xxh64_update(&h, r->tc->buf, (size_t)(r->tc->n * PF_REC));
+    }
+    NLSR_FAIL_IF(nlsr_xxh64_digest(&h) != want_xxh, e, NLSR_E_CHECKSUM,
+                 "%s: block table checksum mismatch (damaged file)", r->path);
+    uint64_t pos = PF_PREAMBLE;
+    for (size_t i = 0; i < r->nmodules; i++)
+        for (size_t k = 0; k < r->modules[i].ntensors; k++) {
+            const nlsr_pf_tensor *t = &r->modules[i].t[k];
+            uint64_t first = 0, masked = 0, maxc = 0, csum = 0;
+            for (size_t b = 0; b < t->nblocks; b++) {
+                nlsr_pf_block blk;
+                uint64_t rec = t->blk0 + b;
+                NLSR_FORWARD(table_load(r, rec));
+                rec_get(r->tc->buf + (rec - r->tc->lo) * PF_REC, &blk);
+                NLSR_FORWARD(check_rec(r->path, t, b, &blk, r->table_off, e));
+                NLSR_FAIL_IF(blk.first != first || blk.offset != pos, e, NLSR_E_FORMAT,
+                             "%s: tensor '%.200s': block %zu is inconsistent with the file "
+                             "layout",
+                             r->path, t->name, b);
+                pos += blk.csize;
+                first += blk.count;
+                masked += blk.mask_count;
+                if (blk.count > maxc) maxc = blk.count;
+                csum += blk.csize;
+            }
+            NLSR_FAIL_IF(first != t->numel || masked != t->mask_count, e, NLSR_E_FORMAT,
+                         "%s: tensor '%.200s': blocks cover %" PRIu64 " of %" PRIu64
+                         " elements with %" PRIu64 " of %" PRIu64 " masked",
+                         r->path, t->name, first, t->numel, masked, t->mask_count);
+            r->modules[i].t[k].max_count = maxc;
+            r->modules[i].t[k].csize_total = csum;
+        }
+    NLSR_FAIL_IF(pos != r->table_off, e, NLSR_E_FORMAT,
+                 "%s: blocks end at %" PRIu64 " but the block table starts at %" PRIu64, r->path,
+                 pos, r->table_off);
+    return 0;
+}
+
+static int parse_header(nlsr_pf_reader *r, nlsr_err *e)
 {
     const char *path = r->path;
     int dup = 0;
@@ -703,9 +843,14 @@ static int parse_header(nlsr_pf_reader *r, uint64_t hdr_off, nlsr_err *e)
     r->kind = kind->valuestring;
     int is_lora = strcmp(r->kind, "lora") == 0;
     size_t n = (size_t)cJSON_GetArraySize(mods);
+    /* The module records (a few hundred bytes each, for the module count: 560 at 70B, none
+     * per block) are charged with the header, which stays parsed for the jobs' own fields. */
+    uint64_t need = n * (sizeof *r->modules + 2 * sizeof(nlsr_pf_tensor) + 256);
+    NLSR_FORWARD(nlsr_budget_charge(&r->ctx->budget, need, "patch module records", e));
+    r->dir_charged += need;
     r->modules = calloc(n ? n : 1, sizeof *r->modules);
     NLSR_FAIL_IF(!r->modules, e, -ENOMEM, "%s: out of memory", path);
-    uint64_t pos = PF_PREAMBLE;
+    uint64_t blk = 0;
     for (const cJSON *it = mods->child; it; it = it->next) {
         nlsr_pf_module *m = &r->modules[r->nmodules];
         const cJSON *name = get1(it, "name", &dup), *ts = get1(it, "tensors", &dup);
@@ -725,12 +870,17 @@ static int parse_header(nlsr_pf_reader *r, uint64_t hdr_off, nlsr_err *e)
         size_t k = 0;
         for (const cJSON *t = ts->child; t; t = t->next, k++) {
             m->ntensors++;
-            NLSR_FORWARD(parse_tensor(t, is_lora, k, &m->t[k], &pos, hdr_off, path, e));
+            NLSR_FORWARD(parse_tensor(t, is_lora, k, &m->t[k], path, e));
+            m->t[k].blk0 = blk;
+            NLSR_FAIL_IF(m->t[k].nblocks > r->nrecords - blk, e, NLSR_E_FORMAT,
+                         "%s: tensor '%.200s': more blocks than the block table holds", path,
+                         m->t[k].name);
+            blk += m->t[k].nblocks;
         }
     }
-    NLSR_FAIL_IF(pos != hdr_off, e, NLSR_E_FORMAT,
-                 "%s: blocks end at %" PRIu64 " but the header starts at %" PRIu64, path, pos,
-                 hdr_off);
+    NLSR_FAIL_IF(blk != r->nrecords, e, NLSR_E_FORMAT,
+                 "%s: the header lists %" PRIu64 " blocks but the block table holds %" PRIu64,
+                 path, blk, r->nrecords);
     return 0;
 }
 
@@ -739,6 +889,7 @@ int nlsr_pf_open(nlsr_ctx *ctx, const char *path, nlsr_pf_reader **out)
     nlsr_err *e = &ctx->err;
     int rc = 0;
     char *txt = NULL;
+    uint64_t txt_charged = 0;
     nlsr_pf_reader *r = calloc(1, sizeof *r);
     NLSR_FAIL_IF(!r, e, -ENOMEM, "%s: out of memory", path);
     r->ctx = ctx;
@@ -775,17 +926,38 @@ int nlsr_pf_open(nlsr_ctx *ctx, const char *path, nlsr_pf_reader **out)
         goto fail;
     }
     if (rd32(pre + 8) != NLSR_PF_VERSION || rd32(pre + 12) != 0) {
-        rc = nlsr_fail(e, NLSR_E_FORMAT, "%s: patch format version %u not supported (want %u)",
-                       path, rd32(pre + 8), NLSR_PF_VERSION);
+        uint32_t v = rd32(pre + 8);
+        if (v < NLSR_PF_VERSION && rd32(pre + 12) == 0)
+            rc = nlsr_fail(e, NLSR_E_FORMAT,
+                           "%s: patch file format version %u is from an older nlsr: prepare it "
+                           "again (this nlsr reads version %u)",
+                           path, v, NLSR_PF_VERSION);
+        else
+            rc = nlsr_fail(e, NLSR_E_FORMAT,
+                           "%s: patch file format version %u not supported (this nlsr reads "
+                           "version %u)",
+                           path, v, NLSR_PF_VERSION);
         goto fail;
     }
-    uint64_t hoff = rd64(tr), hlen = rd64(tr + 8), hxxh = rd64(tr + 16);
-    if (memcmp(tr + 24, PF_END_MAGIC, 8) != 0 || hlen > PF_MAX_HEADER || hoff < PF_PREAMBLE ||
-        hoff > r->file_size || hlen != r->file_size - PF_TRAILER - hoff) {
+    uint64_t toff = rd64(tr), nrec = rd64(tr + 8), txxh = rd64(tr + 16), hoff = rd64(tr + 24),
+             hlen = rd64(tr + 32), hxxh = rd64(tr + 40);
+    if (memcmp(tr + 48, PF_END_MAGIC, 8) != 0 || hlen > PF_MAX_HEADER || toff < PF_PREAMBLE ||
+        hoff > r->file_size || hlen != r->file_size - PF_TRAILER - hoff || toff > hoff ||
+        nrec != (hoff - toff) / PF_REC || (hoff - toff) % PF_REC != 0) {
         rc = nlsr_fail(e, NLSR_E_CHECKSUM,
                        "%s: damaged or truncated patch file (trailer inconsistent)", path);
         goto fail;
     }
+    r->table_off = toff;
+    r->nrecords = nrec;
+    /* The header text while it is parsed, and its parsed tree (cJSON takes up to 8 bytes of
+     * tree per byte of compact JSON) for as long as the file is open. */
+    rc = nlsr_budget_charge(&ctx->budget, hlen + 1, "patch header text", e);
+    if (rc < 0) goto fail;
+    txt_charged = hlen + 1;
+    rc = nlsr_budget_charge(&ctx->budget, 8 * hlen, "patch header", e);
+    if (rc < 0) goto fail;
+    r->dir_charged += 8 * hlen;
     if (!(txt = malloc(hlen + 1))) {
         rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", path);
         goto fail;
@@ -799,21 +971,33 @@ int nlsr_pf_open(nlsr_ctx *ctx, const char *path, nlsr_pf_reader **out)
     }
     txt[hlen] = '\0';
     r->header = cJSON_ParseWithLengthOpts(txt, (size_t)hlen, NULL, 0);
+    free(txt);
+    txt = NULL;
+    nlsr_budget_release(&ctx->budget, txt_charged);
+    txt_charged = 0;
     if (!r->header || !cJSON_IsObject(r->header)) {
         rc = nlsr_fail(e, NLSR_E_FORMAT, "%s: header is not a JSON object", path);
         goto fail;
     }
-    rc = parse_header(r, hoff, e);
+    rc = parse_header(r, e);
+    if (rc < 0) goto fail;
+    if (!(r->tc = calloc(1, sizeof *r->tc))) {
+        rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", path);
+        goto fail;
+    }
+    rc = nlsr_budget_alloc(&ctx->budget, PF_TCHUNK * PF_REC, "patch block table chunk",
+                           (void **)&r->tc->buf, e);
+    if (rc == 0) rc = check_table(r, txxh);
     if (rc < 0) goto fail;
     if (!(r->dctx = ZSTD_createDCtx())) {
         rc = nlsr_fail(e, -ENOMEM, "%s: out of memory", path);
         goto fail;
     }
-    free(txt);
     *out = r;
     return 0;
 fail:
     free(txt);
+    nlsr_budget_release(&ctx->budget, txt_charged);
     nlsr_pf_close(r);
     return rc;
 }
@@ -829,6 +1013,9 @@ void nlsr_pf_close(nlsr_pf_reader *r)
     nlsr_budget_free(b, r->ref, r->val_cap * 8);
     nlsr_budget_free(b, r->base, r->val_cap * 8);
     ZSTD_freeDCtx(r->dctx);
+    if (r->tc) nlsr_budget_free(b, r->tc->buf, PF_TCHUNK * PF_REC);
+    free(r->tc);
+    nlsr_budget_release(b, r->dir_charged);
     free_modules(r->modules, r->nmodules);
     cJSON_Delete(r->header);
     free(r->path);
@@ -881,7 +1068,9 @@ int nlsr_pf_read_block(nlsr_pf_reader *r, const nlsr_pf_tensor *t, size_t bi, nl
 {
     nlsr_ctx *ctx = r->ctx;
     nlsr_err *e = &ctx->err;
-    const nlsr_pf_block *b = &t->blocks[bi];
+    nlsr_pf_block blk;
+    NLSR_FORWARD(nlsr_pf_block_get(r, t, bi, &blk));
+    const nlsr_pf_block *b = &blk;
     NLSR_FORWARD(grow(ctx, &r->cbuf, &r->cbuf_cap, (size_t)b->csize, "patch read buffer"));
     NLSR_FORWARD(grow(ctx, &r->ubuf, &r->ubuf_cap, (size_t)b->usize, "patch block buffer"));
     NLSR_FORWARD(grow_vals(r, (size_t)b->mask_count));

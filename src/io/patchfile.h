@@ -4,16 +4,21 @@
  * docs/FORMAT.md; in short:
  *
  *   0       8   magic "NLSRPTCH"
- *   8       4   u32 LE format version (1)
+ *   8       4   u32 LE format version (2)
  *   12      4   u32 LE reserved, 0
  *   16      ..  blocks: zstd frames back to back, in directory order
- *   H       L   header: UTF-8 JSON (kind, sources, parameters, modules -> tensors -> blocks)
- *   H+L     32  trailer: u64 H, u64 L, u64 XXH64(header bytes, seed 0), magic "NLSRPEND"
+ *   T       56N block table: one fixed 56-byte record per block, in directory order
+ *   H       L   header: UTF-8 JSON (kind, sources, parameters, modules -> tensors, no blocks)
+ *   H+L     56  trailer: u64 T, u64 N, u64 XXH64(table), u64 H, u64 L, u64 XXH64(header),
+ *               magic "NLSRPEND"
  *
- * The header sits after the blocks so that the file is written in one streaming pass; it is
- * found from the fixed-size trailer. Every byte of the file is covered by a check: preamble and
- * trailer by value, the header and each block by XXH64 (blocks also carry zstd's own content
- * checksum), and the blocks must tile [16, H) exactly.
+ * Table and header sit after the blocks so that the file is written in one streaming pass;
+ * they are found from the fixed-size trailer. The per-block directory is a binary table read
+ * in fixed-size chunks, never held whole: the reader's memory depends on the module count, not
+ * on the block count (version 1 held a JSON entry per block, 8 million JSON nodes at 70B).
+ * Every byte of the file is covered by a check: preamble and trailer by value, the table, the
+ * header and each block by XXH64 (blocks also carry zstd's own content checksum), and the
+ * blocks must tile [16, T) exactly.
  *
  * A module is one tensor for full weights ("weight") or two for LoRA ("lora_A", "lora_B"). Each
  * tensor record holds its name, shape, the dtype of the reference values stored, optionally
@@ -22,8 +27,9 @@
  * elements in that range and, for each, the reference value (and base value).
  *
  * The writer builds the file under a temporary name and renames it into place on commit; the
- * reader validates the whole directory on open and each block when it is read. Buffers are
- * charged to the context's memory budget. */
+ * reader validates the whole directory on open (streaming the table through one chunk) and
+ * each block when it is read. Buffers, the table chunk and the parsed header are charged to
+ * the context's memory budget. */
 #ifndef NLSR_IO_PATCHFILE_H
 #define NLSR_IO_PATCHFILE_H
 
@@ -33,7 +39,7 @@
 
 #include "../common/ctx.h"
 
-#define NLSR_PF_VERSION 1u
+#define NLSR_PF_VERSION 2u
 #define NLSR_PF_MAX_NDIM 8
 /* Upper bound on the element count of one block; the writer's callers use at most this. */
 #define NLSR_PF_MAX_BLOCK_ELEMS (1u << 24)
@@ -70,8 +76,10 @@ typedef struct nlsr_pf_tensor {
     int ndim;
     uint64_t shape[NLSR_PF_MAX_NDIM];
     uint64_t numel, mask_count;
-    size_t nblocks;
-    nlsr_pf_block *blocks;   /* ordered by first; they partition [0, numel) */
+    size_t nblocks;          /* ordered by first; they partition [0, numel) */
+    uint64_t blk0;           /* the record of block 0 in the file's block table */
+    uint64_t max_count;      /* the largest block's element count */
+    uint64_t csize_total;    /* its blocks' compressed bytes (progress figures) */
 } nlsr_pf_tensor;
 
 typedef struct nlsr_pf_module {
@@ -125,6 +133,9 @@ typedef struct nlsr_pf_reader {
     const char *kind;        /* "full" or "lora" (points into header) */
     size_t nmodules;
     nlsr_pf_module *modules; /* module order */
+    uint64_t table_off, nrecords;
+    struct nlsr_pf_tcache *tc; /* the block-table chunk last read (nlsr_pf_block_get) */
+    uint64_t dir_charged;    /* budget charged for the header and the module records */
     /* scratch for nlsr_pf_read_block, charged to the budget */
     nlsr_ctx *ctx;
     unsigned char *cbuf, *ubuf;
@@ -149,6 +160,11 @@ typedef struct nlsr_pf_view {
  * NLSR_E_CHECKSUM with a message naming the file and what is wrong. */
 int nlsr_pf_open(nlsr_ctx *ctx, const char *path, nlsr_pf_reader **out);
 void nlsr_pf_close(nlsr_pf_reader *r);
+/* The directory entry of block b of tensor t, from the block table (read in chunks, so
+ * sequential calls cost one pread per chunk). Each entry was checked on open; it is checked
+ * again against the tensor and the file layout here, so a file changed since is an error. */
+int nlsr_pf_block_get(const nlsr_pf_reader *r, const nlsr_pf_tensor *t, size_t b,
+                      nlsr_pf_block *out);
 /* Reads, checks (XXH64, zstd checksum) and decodes block b of tensor t. */
 int nlsr_pf_read_block(nlsr_pf_reader *r, const nlsr_pf_tensor *t, size_t b, nlsr_pf_view *v);
 /* Index of the module named `name`, or -1 (binary search). */

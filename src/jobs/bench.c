@@ -459,7 +459,7 @@ static int validate(sweep *s, list *jobs, list *budgets, list *ios)
     for (int b = 0; b < budgets->n; b++) {
         /* "auto" is whatever the library's size parser makes of it: a library without an
          * automatic budget refuses it here, before anything runs. */
-        NLSR_FAIL_IF(nlsr_parse_size(budgets->item[b], &bb[b]) != 0, &ctx->err, NLSR_E_USAGE,
+        NLSR_FAIL_IF(nlsr_parse_mem_budget(budgets->item[b], &bb[b]) != 0, &ctx->err, NLSR_E_USAGE,
                      "bench: --budgets: '%s' is not a size%s", budgets->item[b],
                      strcmp(budgets->item[b], "auto") ? "" : " this library knows (no automatic budget in this version)");
     }
@@ -493,8 +493,9 @@ static int run_sweep(sweep *s, list *jobs, list *budgets, list *ios, int reps)
         if (job == J_INPLACE) s->r->in_place_copy_excluded = 1;
         for (int b = 0; b < budgets->n; b++) {
             uint64_t bytes = 0;
-            nlsr_parse_size(budgets->item[b], &bytes);
-            int have = strcmp(budgets->item[b], "auto") != 0;
+            /* "auto" is NLSR_MEM_BUDGET_AUTO: the child resolves it as the program would. */
+            nlsr_parse_mem_budget(budgets->item[b], &bytes);
+            int have = 1;
             for (int i = 0; i < ios->n; i++) {
                 nlsr_io_kind io = NLSR_IO_URING;
                 parse_io(ios->item[i], &io);

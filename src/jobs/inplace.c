@@ -20,7 +20,9 @@
 #include <unistd.h>
 
 #include "../common/ctx.h"
+#include "../common/testhook.h"
 #include "../common/json.h"
+#include "../common/params.h"
 #include "../io/checkpoint.h"
 #include "../io/file.h"
 #include "../io/hub.h"
@@ -30,10 +32,18 @@
 #include "audit.h"
 #include "lora.h"
 #include "realign_full.h"
+#include "realign_run.h"
 #include "report.h"
 #include "../plan/targets.h"
 
 #define STATE_MAX (16u << 20)
+/* The single pass in place keeps this much of the budget aside for the journal's buffers (its
+ * batch of new bytes, a record and its compressed form) or a --force rollback's: an eighth of
+ * the budget, between 256 KiB and 320 MiB. Half of it is the batch: each batch costs two
+ * fsyncs of the journal, whose latency on a busy disk (an ext4 commit) dominated phase B with
+ * 24 MiB batches. */
+#define SINGLE_RESERVE_MIN (256u << 10)
+#define SINGLE_RESERVE_MAX (320u << 20)
 /* LoRA: bytes compared (and staged) at a time between the adapter and its realigned copy. */
 #define LORA_CHUNK (4u << 20)
 
@@ -49,6 +59,12 @@ const char *nlsr_inplace_outcome_name(nlsr_inplace_outcome o)
     case NLSR_INPLACE_DISCARDED: return "discarded";
     }
     return "?";
+}
+
+static const char *jstr(const cJSON *o, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
 static void put64le(unsigned char *p, uint64_t v)
@@ -76,8 +92,14 @@ uint64_t nlsr_patch_fingerprint(const nlsr_pf_reader *pf)
             const nlsr_pf_tensor *t = &m->t[k];
             nlsr_xxh64_update(&s, t->name, strlen(t->name) + 1);
             nlsr_xxh64_update(&s, t->role, strlen(t->role) + 1);
+            /* The directory is read in chunks from the file's block table; a read that fails
+             * (the file changed since it was opened) makes a fingerprint no state matches. */
             for (size_t b = 0; b < t->nblocks; b++) {
-                const nlsr_pf_block *bl = &t->blocks[b];
+                nlsr_pf_block blk, *bl = &blk;
+                if (nlsr_pf_block_get(pf, t, b, &blk) < 0) {
+                    nlsr_xxh64_update(&s, "unreadable", 11);
+                    break;
+                }
                 unsigned char le[40];
                 put64le(le, bl->first);
                 put64le(le + 8, bl->count);
@@ -98,6 +120,84 @@ uint64_t nlsr_inplace_key(uint64_t patch_fp, const nlsr_select_params *sp)
                      patch_fp, (int)sp->mode, (int)sp->semantics, sp->prune_rate, sp->epsilon,
                      sp->tau, sp->seed);
     return nlsr_xxh64(buf, (size_t)n, 0);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+uint64_t nlsr_inplace_key_full(const nlsr_inplace_ident *id, const nlsr_select_params *sp)
+{
+    nlsr_xxh64_state s;
+    nlsr_xxh64_init(&s, 0);
+    char buf[512];
+    int n = snprintf(buf, sizeof buf,
+                     "nlsr-inplace-v2\nfull\nbase %016" PRIx64 "\n%s %016" PRIx64
+                     "\nbeta %.17g\nsparsity %.17g\ntargets",
+                     id->base_fp, id->is_ref ? "reference" : "aligned", id->src_fp, id->beta,
+                     id->sparsity);
+    nlsr_xxh64_update(&s, buf, (size_t)n);
+    /* Targets as a set: their order on the command line changes nothing. */
+    const char *const *names = id->targets ? id->targets : nlsr_target_names;
+    size_t nn = id->targets ? id->ntargets : NLSR_NTARGET_NAMES;
+    const char **sorted = malloc((nn ? nn : 1) * sizeof *sorted);
+    for (size_t i = 0; sorted && i < nn; i++) sorted[i] = names[i];
+    if (sorted) qsort(sorted, nn, sizeof *sorted, cmp_str);
+    for (size_t i = 0; i < nn; i++) {
+        const char *t = sorted ? sorted[i] : names[i];
+        nlsr_xxh64_update(&s, " ", 1);
+        nlsr_xxh64_update(&s, t, strlen(t));
+    }
+    free(sorted);
+    /* Other scorers depend on more than base and aligned (an activations file): their patches'
+     * content is part of the identity. */
+    if (id->scorer_magnitude)
+        n = snprintf(buf, sizeof buf, "\nscorer magnitude\n");
+    else
+        n = snprintf(buf, sizeof buf, "\nscorer other, patches %016" PRIx64 "\n", id->patch_fp);
+    nlsr_xxh64_update(&s, buf, (size_t)n);
+    n = snprintf(buf, sizeof buf, "select %d %d %.17g %.17g %.17g %" PRIu64, (int)sp->mode,
+                 (int)sp->semantics, sp->prune_rate, sp->epsilon, sp->tau, sp->seed);
+    nlsr_xxh64_update(&s, buf, (size_t)n);
+    return nlsr_xxh64_digest(&s);
+}
+
+static int parse_fp(const cJSON *src, uint64_t *out)
+{
+    const char *f = cJSON_IsObject(src) ? jstr(src, "fingerprint") : NULL;
+    if (!f || strncmp(f, "xxh64:", 6) != 0 || strlen(f) != 22) return -1;
+    char *end;
+    unsigned long long v = strtoull(f + 6, &end, 16);
+    if (*end) return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* The identity of a full patch file's realignment from its header: the content fingerprints
+ * of the base and source target bytes prepare wrote, and the parameters (`used`: beta,
+ * sparsity, targets from the header). -1 when the header lacks a fingerprint. */
+static int ident_from_header(const nlsr_pf_reader *pf, const nlsr_realign_params *used,
+                             uint64_t patch_fp, nlsr_inplace_ident *id)
+{
+    const cJSON *src = cJSON_GetObjectItemCaseSensitive(pf->header, "sources");
+    const cJSON *al = cJSON_GetObjectItemCaseSensitive(src, "aligned");
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(src, "reference");
+    memset(id, 0, sizeof *id);
+    id->is_ref = !al && rf;
+    if (parse_fp(cJSON_GetObjectItemCaseSensitive(src, "base"), &id->base_fp) < 0 ||
+        parse_fp(al ? al : rf, &id->src_fp) < 0)
+        return -1;
+    const cJSON *par = cJSON_GetObjectItemCaseSensitive(pf->header, "params");
+    const cJSON *sc = cJSON_GetObjectItemCaseSensitive(par, "scorer");
+    const cJSON *nm = cJSON_GetObjectItemCaseSensitive(sc, "name");
+    id->scorer_magnitude = !sc || (cJSON_IsString(nm) && strcmp(nm->valuestring, "magnitude") == 0);
+    id->beta = used->beta;
+    id->sparsity = used->sparsity;
+    id->targets = used->targets;
+    id->ntargets = used->ntargets;
+    id->patch_fp = patch_fp;
+    return 0;
 }
 
 /* Adds to the first error's message: what happened to the checkpoint after it. */
@@ -142,12 +242,6 @@ static int inplace_tmp_dir(nlsr_ctx *ctx, const char *dir, char **tdir)
 }
 
 /* ---- the state file --------------------------------------------------------------------- */
-
-static const char *jstr(const cJSON *o, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
 
 static int state_load(nlsr_ctx *ctx, const char *dir, cJSON **out)
 {
@@ -298,7 +392,12 @@ typedef struct ip_job {
     cJSON *state;           /* the state file as found (or repaired), NULL if none */
     nlsr_journal_info ji;   /* the journal as found */
     uint64_t patch_fp;
-    cJSON *patch_params;    /* copy of the patch header's params */
+    int has_patch;          /* patch_fp is known (apply, and run through a patch file) */
+    char key_v1[32];        /* with a patch: the key the old scheme gave (migration) */
+    cJSON *patch_params;    /* copy of the patch header's params (single pass: the same
+                               fields, from the parameters) */
+    int has_sources;
+    nlsr_inplace_ident ident;
 } ip_job;
 
 static void job_init(ip_job *J, nlsr_ctx *ctx, const char *dir, const char *job,
@@ -420,10 +519,31 @@ static int decide(ip_job *J)
     int force = J->p->force, dry = J->ip->dry_run;
     if (!J->state) return 0;
     const char *rec = jstr(J->state, "key");
-    if (strcmp(rec, J->res->key) == 0) {
+    /* A full-weight state of key scheme 1 (nlsr before the single pass in place) names its
+     * patch file's fingerprint. With a patch file that key can be computed again: the same
+     * realignment is recognised and its record moves to scheme 2. Without one (run's single
+     * pass) it cannot be compared: refused unless --force, saying how to proceed. */
+    const cJSON *ks = cJSON_GetObjectItemCaseSensitive(J->state, "key_scheme");
+    const char *kind = jstr(J->state, "kind");
+    int old = !cJSON_IsNumber(ks) && kind && strcmp(kind, "full") == 0;
+    int migrate = old && J->has_patch && strcmp(rec, J->key_v1) == 0;
+    NLSR_FAIL_IF(old && !J->has_patch && !force, e, NLSR_E_EXISTS,
+                 "%s: was realigned in place by an older nlsr, whose record (%s, key %s) names "
+                 "a patch file; run --in-place makes none now and cannot tell whether it is this "
+                 "realignment: apply the patches it came from with 'nlsr apply --in-place' "
+                 "(which recognises it and updates the record), or run 'nlsr rollback %s' and "
+                 "then this again, or pass --force to roll it back (or stack on it) and realign",
+                 J->dir, NLSR_STATE_NAME, rec, J->dir);
+    if (migrate || strcmp(rec, J->res->key) == 0) {
         char why[512];
         if (files_match(J->dir, J->state, why, sizeof why)) {
             result_from_state(J, J->state);
+            if (migrate && !dry) {
+                cJSON_ReplaceItemInObjectCaseSensitive(J->state, "key",
+                                                       cJSON_CreateString(J->res->key));
+                cJSON_AddNumberToObject(J->state, "key_scheme", 2);
+                NLSR_FORWARD(state_write(ctx, J->dir, J->state));
+            }
             return 1;
         }
         NLSR_FAIL_IF(!force, e, NLSR_E_MISMATCH,
@@ -497,8 +617,17 @@ static cJSON *state_json(ip_job *J, const nlsr_ckpt *T, const char *kind, nlsr_j
     cJSON_AddStringToObject(st, "job", J->job);
     cJSON_AddStringToObject(st, "kind", kind);
     cJSON_AddStringToObject(st, "key", J->res->key);
+    cJSON_AddNumberToObject(st, "key_scheme", 2);
+    if (J->has_sources) {
+        cJSON *so = cJSON_AddObjectToObject(st, "sources");
+        fp_str(buf, sizeof buf, J->ident.base_fp);
+        cJSON_AddStringToObject(so, "base", buf);
+        fp_str(buf, sizeof buf, J->ident.src_fp);
+        cJSON_AddStringToObject(so, J->ident.is_ref ? "reference" : "aligned", buf);
+    }
     fp_str(buf, sizeof buf, J->patch_fp);
-    cJSON_AddStringToObject(st, "patch_fingerprint", buf);
+    if (J->has_patch) cJSON_AddStringToObject(st, "patch_fingerprint", buf);
+    else cJSON_AddNullToObject(st, "patch_fingerprint");
     cJSON_AddItemToObject(st, "patch_params",
                           J->patch_params ? cJSON_Duplicate(J->patch_params, 1) : cJSON_CreateNull());
     cJSON_AddItemToObject(st, "select", select_json(&J->p->select));
@@ -508,6 +637,7 @@ static cJSON *state_json(ip_job *J, const nlsr_ckpt *T, const char *kind, nlsr_j
     cJSON_AddNumberToObject(st, "modules", (double)J->res->modules);
     cJSON_AddNumberToObject(st, "patched", (double)J->res->patched);
     cJSON_AddNumberToObject(st, "bytes_written", (double)J->res->bytes_written);
+    cJSON_AddNumberToObject(st, "patched_bytes", (double)J->res->patched_bytes);
     cJSON_AddNumberToObject(st, "ranges", (double)J->res->ranges);
     cJSON *files = cJSON_AddArrayToObject(st, "files");
     for (size_t k = 0; files && k < T->nshards; k++) {
@@ -652,32 +782,61 @@ static void undo_after_failure(ip_job *J)
         append_msg(ctx, "; rolling back failed too (%.300s): run 'nlsr rollback %s'", why, J->dir);
 }
 
+/* The patched modules' tensor bytes in T: what the summary compares the bytes written with. */
+static uint64_t patched_tensor_bytes(const nlsr_report *rep, const nlsr_ckpt *T)
+{
+    uint64_t b = 0;
+    for (size_t i = 0; i < rep->n; i++) {
+        size_t ti;
+        if (rep->m[i].patched && nlsr_ckpt_find(T, rep->m[i].name, &ti) == 0)
+            b += T->t[ti].t->end - T->t[ti].t->begin;
+    }
+    return b;
+}
+
+static int finish_journal(ip_job *J, const nlsr_ckpt *T, const char *kind, nlsr_journal *jn,
+                          nlsr_report *rep, const nlsr_realign_params *used, int rc);
+
 /* The locked part of apply: the journal, the transplant, the state, completion. */
 static int realign_locked(ip_job *J, nlsr_pf_reader *pf, const char *patches,
                           const nlsr_ckpt *T, const nlsr_realign_params *used, nlsr_report *rep)
 {
     nlsr_ctx *ctx = J->ctx;
     nlsr_journal *jn = NULL;
-    cJSON *st = NULL;
     int lora = nlsr_ckpt_get_kind(T) == NLSR_CKPT_PEFT;
     int rc = open_journal_files(J, T, &jn);
     if (rc == 0 && !lora) {
         rc = nlsr_full_apply_journal(ctx, pf, T, jn, used, NULL, rep);
         J->res->modules = rep->n;
         for (size_t i = 0; i < rep->n; i++) J->res->patched += rep->m[i].patched != 0;
+        J->res->patched_bytes = patched_tensor_bytes(rep, T);
     }
     if (rc == 0 && lora) rc = lora_inplace(J, patches, T, jn);
+    return finish_journal(J, T, lora ? "lora" : "full", jn, lora ? NULL : rep, used, rc);
+}
+
+/* After the transplant (rc its result): data synced, the report staged (rep NULL: none), the
+ * state written, the journal marked complete; or, after a failure once the journal exists, the
+ * rollback. Closes jn. */
+static int finish_journal(ip_job *J, const nlsr_ckpt *T, const char *kind, nlsr_journal *jn,
+                          nlsr_report *rep, const nlsr_realign_params *used, int rc)
+{
+    nlsr_ctx *ctx = J->ctx;
+    cJSON *st = NULL;
     /* A run that patches nothing still records itself; its journal then holds only the end. */
     if (rc == 0) rc = nlsr_journal_sync(jn);
+    /* A safe point before the realignment is recorded: a signal during the last batch (the
+     * single pass may have only one) still rolls the job back. */
+    if (rc == 0) rc = nlsr_ctx_check_cancel(ctx);
     if (rc == 0) {
         nlsr_journal_counts(jn, &J->res->bytes_written, NULL, &J->res->ranges);
         fp_str(J->res->result, sizeof J->res->result, nlsr_journal_result(jn));
-        if (!(st = state_json(J, T, lora ? "lora" : "full", jn)))
+        if (!(st = state_json(J, T, kind, jn)))
             rc = nlsr_fail(&ctx->err, -ENOMEM, "%s: cannot build the state record", J->dir);
     }
     /* The report is written before the realignment is recorded as done: one that cannot be
      * written fails the job, which is then rolled back (README "Output safety"). */
-    if (rc == 0 && !lora) rc = nlsr_report_stage(rep, ctx, used);
+    if (rc == 0 && rep) rc = nlsr_report_stage(rep, ctx, used);
     char *txt = NULL;
     if (rc == 0 && !(txt = cJSON_Print(st))) rc = nlsr_fail(&ctx->err, -ENOMEM, "out of memory");
     if (rc == 0) rc = nlsr_durable_write_file(ctx, J->dir, NLSR_STATE_NAME, txt, strlen(txt));
@@ -818,7 +977,10 @@ static int apply_job(ip_job *J, const char *patches)
         goto done;
     }
     J->patch_fp = nlsr_patch_fingerprint(pf);
-    fp_str(J->res->key, sizeof J->res->key, nlsr_inplace_key(J->patch_fp, &J->p->select));
+    J->has_patch = 1;
+    fp_str(J->key_v1, sizeof J->key_v1, nlsr_inplace_key(J->patch_fp, &J->p->select));
+    /* LoRA, and full patch files without content fingerprints: the patch file's key. */
+    snprintf(J->res->key, sizeof J->res->key, "%s", J->key_v1);
     J->patch_params = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(pf->header, "params"), 1);
     if (lora) {
         /* The adapter job reads the patch file itself; its scratch is on the budget. */
@@ -828,6 +990,10 @@ static int apply_job(ip_job *J, const char *patches)
         rc = nlsr_full_patch_params(ctx, pf, &used, &names);
         if (rc == 0) rc = nlsr_full_check_patch(ctx, pf, T, &used);
         if (rc < 0) goto done;
+        if (ident_from_header(pf, &used, J->patch_fp, &J->ident) == 0) {
+            J->has_sources = 1;
+            fp_str(J->res->key, sizeof J->res->key, nlsr_inplace_key_full(&J->ident, &J->p->select));
+        }
     }
     rc = locked_job(J, pf, patches, T, &used, &rep);
     if (rc == 0 && !lora && J->res->outcome == NLSR_INPLACE_REALIGNED)
@@ -867,6 +1033,112 @@ int nlsr_apply_inplace(nlsr_ctx *ctx, const char *patches, const char *dir,
     return rc;
 }
 
+/* The params object a patch header would hold (without its block size), for the state of a
+ * run that wrote no patch file. */
+static cJSON *params_json(const nlsr_realign_params *p)
+{
+    cJSON *o = cJSON_CreateObject(), *tg;
+    if (!o) return NULL;
+    cJSON_AddItemToObject(o, "beta", nlsr_json_number(p->beta));
+    cJSON_AddItemToObject(o, "sparsity", nlsr_json_number(p->sparsity));
+    if ((tg = cJSON_AddArrayToObject(o, "targets"))) {
+        const char *const *names = p->targets ? p->targets : nlsr_target_names;
+        size_t nn = p->targets ? p->ntargets : NLSR_NTARGET_NAMES;
+        for (size_t i = 0; i < nn; i++) cJSON_AddItemToArray(tg, cJSON_CreateString(names[i]));
+    }
+    cJSON_AddItemToObject(o, "scorer", nlsr_scorer_params_json(&p->scorer));
+    return o;
+}
+
+/* run --in-place in one streamed pass (realign_run.h): phase A reads each target module of the
+ * three checkpoints once and hashes base and source, which gives the key; then, unless the
+ * state records this realignment, phase B overwrites the changed grains of the patched
+ * tensors through the journal. Called with the lock held and the journal gated. */
+static uint64_t single_reserve(const nlsr_ctx *ctx)
+{
+    uint64_t lim = ctx->budget.limit;
+    uint64_t r = lim ? lim / 8 : SINGLE_RESERVE_MAX;
+    return r < SINGLE_RESERVE_MIN ? SINGLE_RESERVE_MIN : r > SINGLE_RESERVE_MAX ? SINGLE_RESERVE_MAX : r;
+}
+
+static int run_single(ip_job *J, const nlsr_ckpt *B, const nlsr_ckpt *S, int is_ref,
+                      const nlsr_ckpt *T, int no_store)
+{
+    nlsr_ctx *ctx = J->ctx;
+    nlsr_report rep;
+    nlsr_report_init(&rep, ctx, J->job, "full");
+    nlsr_audit_output(ctx, "out", J->dir, 1);
+    nlsr_full_pass *P = NULL;
+    nlsr_journal *jn = NULL;
+    /* Links, read-only files and the like are refused before the long read. */
+    int rc = open_journal_files(J, T, &jn);
+    nlsr_journal_close(jn);
+    jn = NULL;
+    uint64_t reserve = single_reserve(ctx);
+    if (rc == 0)
+        rc = nlsr_full_pass_begin(ctx, B, S, is_ref, T, J->p, no_store, reserve, &rep, &P);
+    if (rc < 0) goto done;
+    nlsr_inplace_ident *id = &J->ident;
+    nlsr_full_pass_fingerprints(P, &id->base_fp, &id->src_fp);
+    id->is_ref = is_ref;
+    id->beta = J->p->beta;
+    id->sparsity = J->p->sparsity;
+    id->targets = J->p->targets;
+    id->ntargets = J->p->ntargets;
+    id->scorer_magnitude = 1;
+    J->has_sources = 1;
+    fp_str(J->res->key, sizeof J->res->key, nlsr_inplace_key_full(id, &J->p->select));
+    J->patch_params = params_json(J->p);
+    int same = decide(J);
+    if (same < 0) {
+        rc = same;
+        goto done;
+    }
+    if (same) {
+        J->res->outcome = NLSR_INPLACE_ALREADY;
+        goto done;
+    }
+    if (J->res->rolled_back_first) {
+        /* --force put the fine-tune's bytes back from the previous realignment's journal:
+         * phase A read the realigned ones, so its similarities and kept patches are redone
+         * (base and aligned, hence the key, are the same). */
+        nlsr_full_pass_end(P);
+        P = NULL;
+        double t0 = rep.t_start;
+        uint64_t r0 = rep.read0, w0 = rep.written0;
+        nlsr_report_free(&rep);
+        nlsr_report_init(&rep, ctx, J->job, "full");
+        rep.t_start = t0; /* the summary counts the whole job */
+        rep.read0 = r0;
+        rep.written0 = w0;
+        rc = nlsr_full_pass_begin(ctx, B, S, is_ref, T, J->p, no_store, reserve, &rep, &P);
+        if (rc < 0) goto done;
+    }
+    /* Journal buffers within the reserve: the batch half of it, a record an eighth (the kill
+     * tests' smaller records win). */
+    uint64_t rec = nlsr_fault_record_bytes(), batch = reserve / 2;
+    if (!rec) rec = reserve / 8 < (4u << 20) ? reserve / 8 : (4u << 20);
+    /* The kill tests' small records come with small batches: many armings to kill between. */
+    else batch = 4 * rec;
+    nlsr_journal_opts o = {rec, batch, J->ip->follow_links};
+    rc = nlsr_journal_begin(ctx, J->dir, &o, &jn);
+    for (size_t k = 0; k < T->nshards && rc == 0; k++) {
+        uint32_t fid;
+        rc = nlsr_journal_add_file(jn, T->shard_names[k], &fid);
+    }
+    if (rc == 0) rc = nlsr_full_pass_inplace(P, jn, &rep, &J->res->patched_bytes);
+    J->res->modules = rep.n;
+    for (size_t i = 0; i < rep.n; i++) J->res->patched += rep.m[i].patched != 0;
+    rc = finish_journal(J, T, "full", jn, &rep, J->p, rc);
+    jn = NULL;
+    if (rc == 0) rc = nlsr_report_emit(&rep, ctx, J->p);
+done:
+    nlsr_journal_close(jn);
+    nlsr_full_pass_end(P);
+    nlsr_report_free(&rep);
+    return rc;
+}
+
 static int run_inplace_job(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
                      const char *dir, const nlsr_realign_params *p,
                      const nlsr_inplace_params *ip, nlsr_inplace_result *res)
@@ -882,7 +1154,8 @@ static int run_inplace_job(nlsr_ctx *ctx, const char *base, const char *aligned,
     const char *srcp = aligned ? aligned : reference;
     nlsr_ckpt *T = NULL, *S = NULL, *B = NULL;
     char *patch = NULL, *tdir = NULL;
-    /* Everything a header can tell is checked before the lock and the (long) prepare. */
+    int single = 0, no_store = 0;
+    /* Everything a header can tell is checked before the lock and the (long) read. */
     int audit = nlsr_audit_begin(ctx, p);
     int rc = check_dir(ctx, dir);
     if (rc == 0) {
@@ -913,20 +1186,37 @@ static int run_inplace_job(nlsr_ctx *ctx, const char *base, const char *aligned,
         if (rc == 0) rc = nlsr_full_check_sources(ctx, B, S, aligned == NULL, p);
         if (rc == 0) rc = nlsr_full_check_finetuned(ctx, S, T, p);
         if (rc < 0) goto done;
+        /* The single pass when the budget holds it with the journal's buffers (as run --out
+         * decides, realign_run.h); prepare + apply through a temporary patch file otherwise,
+         * and for other scorers. NLSR_RUN_PLAN forces one (tests, measurements). */
+        const char *force = nlsr_test_env("NLSR_RUN_PLAN");
+        nlsr_run_plan rp;
+        rc = nlsr_full_run_plan_inplace(ctx, B, S, T, p, single_reserve(ctx), &rp);
+        if (rc < 0) goto done;
+        single = force && strcmp(force, "patch-file") == 0 ? 0
+                 : force && (strcmp(force, "single") == 0 || strcmp(force, "recompute") == 0)
+                     ? 1
+                     : rp.single;
+        single = single && p->scorer.kind == NLSR_SCORER_MAGNITUDE;
+        no_store = force && strcmp(force, "recompute") == 0;
     }
-    nlsr_ckpt_free(B);
-    nlsr_ckpt_free(S);
-    B = S = NULL;
-    /* The lock and the journal are checked before the prepare, which takes long. */
+    /* The lock and the journal are checked before the long read. */
     rc = take_lock(&J);
     if (rc == 0) rc = gate(&J);
     if (rc < 0) goto done;
     if (J.ip->dry_run) {
-        /* The key needs the patches: a dry run of run says what it may overwrite. */
+        /* The key needs base and aligned read: a dry run of run says what it may overwrite. */
         J.res->outcome = NLSR_INPLACE_WOULD_REALIGN;
         J.res->bytes_written = target_bytes(T, p, &J.res->modules);
         goto done;
     }
+    if (single) {
+        rc = run_single(&J, B, S, aligned == NULL, T, no_store);
+        goto done;
+    }
+    nlsr_ckpt_free(B);
+    nlsr_ckpt_free(S);
+    B = S = NULL;
     /* The lock stays held through the prepare (whose temporary file lives in dir) and the
      * apply, which checks the journal and the state again. */
     nlsr_journal_info_free(&J.ji);

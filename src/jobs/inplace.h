@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "../io/patchfile.h"
+#include "../common/ctx.h"
 
 #define NLSR_STATE_NAME ".nlsr-state.json"
 #define NLSR_STATE_VERSION 1
@@ -37,5 +38,23 @@ uint64_t nlsr_patch_fingerprint(const nlsr_pf_reader *pf);
 /* The identity of a realignment: XXH64 over "nlsr-inplace-v1", the patch fingerprint and the
  * selection parameters (mode, semantics, prune_rate, epsilon, tau, seed). */
 uint64_t nlsr_inplace_key(uint64_t patch_fp, const nlsr_select_params *sp);
+/* Key scheme 2 (states record "key_scheme": 2), for full weights: XXH64 over the text
+ * "nlsr-inplace-v2", "full", the base's and source's content fingerprints (XXH64 of their
+ * target tensors' bytes in module order: what prepare writes into the patch header and what
+ * the single pass hashes while it reads), the source's role, beta and sparsity (%.17g), the
+ * target names sorted, the scorer ("magnitude"; another scorer adds the patch fingerprint,
+ * since its scores depend on more than base and aligned) and the selection parameters. No
+ * patch file is needed, and patches prepared with any block size give the same key. LoRA keeps
+ * nlsr_inplace_key (its patch file is small and always written). docs/JOURNAL.md. */
+typedef struct nlsr_inplace_ident {
+    uint64_t base_fp, src_fp;
+    int is_ref;
+    double beta, sparsity;
+    const char *const *targets; /* NULL: the default names */
+    size_t ntargets;
+    int scorer_magnitude;
+    uint64_t patch_fp;          /* other scorers only */
+} nlsr_inplace_ident;
+uint64_t nlsr_inplace_key_full(const nlsr_inplace_ident *id, const nlsr_select_params *sp);
 
 #endif

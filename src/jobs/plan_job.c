@@ -116,6 +116,9 @@ int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const 
     else
         rc = nlsr_plan_print_to(&plan, read_bw, write_bw, src, json, out);
     if (rc < 0) nlsr_fail(e, rc, "plan: cannot print: %s", strerror(-rc));
+    /* --mem-budget auto (the program's default): where the budget above came from. */
+    else if (!json && ctx->budget_why[0])
+        fprintf(out, "budget auto: %s\n", ctx->budget_why);
 
 done:
     free(pdir);

@@ -37,6 +37,11 @@
 #include "../plan/targets.h"
 
 #define STREAM_DEPTH 2u
+/* Blocks per apply stream batch: a 32nd of the budget's room in units of 160 bytes (the unit
+ * and its bookkeeping), between 64 and 4096, so a constant whatever the model (4096: 655 KB,
+ * and a 70B model's million blocks restart the read-ahead about 250 times). */
+#define APPLY_BATCH_MIN 64u
+#define APPLY_BATCH_MAX 4096u
 #define NHIST NLSR_KTH_BUCKETS
 
 static const char *shard_path(const nlsr_ckpt *ck, size_t i)
@@ -432,7 +437,7 @@ static int compute_block(prep *P, pmod *M, uint64_t first, size_t cnt, const uns
     return nlsr_full_step1(P->ctx, &m, first, cnt, araw, braw, validate, &b);
 }
 
-static void fp_tensor_head(nlsr_xxh64_state *h, const st_tensor *t)
+void nlsr_full_fp_tensor_head(nlsr_xxh64_state *h, const st_tensor *t)
 {
     unsigned char b[8];
     nlsr_xxh64_update(h, t->name, strlen(t->name) + 1);
@@ -596,8 +601,8 @@ static int prep_module(prep *P, pmod *M, nlsr_report *rep)
     }
     nlsr_xxh64_init(&P->fpm_src, 0);
     nlsr_xxh64_init(&P->fpm_base, 0);
-    fp_tensor_head(&P->fpm_src, M->ts);
-    fp_tensor_head(&P->fpm_base, M->tb);
+    nlsr_full_fp_tensor_head(&P->fpm_src, M->ts);
+    nlsr_full_fp_tensor_head(&P->fpm_base, M->tb);
     memset(P->hist, 0, NHIST * sizeof *P->hist);
     if (M->sc && nlsr_scorer_passes_left(M->sc) > 0) {
         /* The SVD's passes over W (the first one validates, hashes and caches), then the
@@ -949,7 +954,12 @@ typedef struct apply_ctx {
     uint64_t blk;         /* largest block */
     float *tf, *tm, *em, *bm;
     unsigned char *outraw, *conv;
-    size_t *umod, *ublk;  /* per stream unit: module and block */
+    /* One batch of stream units (A->batch blocks) and each unit's module and block: the
+     * job streams the patch's blocks batch by batch, so its memory does not grow with the
+     * block count (a unit per block of a 70B model was 300 MB). */
+    nlsr_unit *units;
+    size_t *umod, *ublk;
+    size_t batch;
     /* The fine-tuned target tensors as read in pass 1, when they fit half the budget left:
      * pass 2 then reads nothing. Otherwise pass 2 streams the patched tensors again. */
     unsigned char *cache;
@@ -965,36 +975,56 @@ typedef struct apply_ctx {
     int drop; /* p->drop_other_weights */
 } apply_ctx;
 
-static int apply_units(apply_ctx *A, const int *only, nlsr_unit **units, size_t *nunits)
+/* Fills A->units with the next blocks, at most A->batch, of the modules `only` selects
+ * (all when NULL), from module *mi block *bi on; *n is 0 after the last. */
+static int apply_batch(apply_ctx *A, const int *only, size_t *mi, size_t *bi, size_t *n)
 {
     nlsr_pf_reader *pf = A->pf;
-    size_t n = 0;
-    for (size_t i = 0; i < pf->nmodules; i++)
-        if (!only || only[i]) n += pf->modules[i].t[0].nblocks;
-    nlsr_unit *u = calloc(n ? n : 1, sizeof *u);
-    free(A->umod);
-    free(A->ublk);
-    A->umod = malloc((n ? n : 1) * sizeof *A->umod);
-    A->ublk = malloc((n ? n : 1) * sizeof *A->ublk);
-    if (!u || !A->umod || !A->ublk) {
-        free(u);
-        return nlsr_fail(&A->ctx->err, -ENOMEM, "out of memory");
-    }
     size_t k = 0;
-    for (size_t i = 0; i < pf->nmodules; i++) {
-        if (only && !only[i]) continue;
-        const nlsr_pf_tensor *t = &pf->modules[i].t[0];
-        for (size_t b = 0; b < t->nblocks; b++, k++) {
-            u[k].nspans = 1;
-            u[k].span[0] = (nlsr_span){A->ft, A->ti[i], t->blocks[b].first, t->blocks[b].count};
-            u[k].tag = k;
-            A->umod[k] = i;
-            A->ublk[k] = b;
+    while (*mi < pf->nmodules && k < A->batch) {
+        const nlsr_pf_tensor *t = &pf->modules[*mi].t[0];
+        if ((only && !only[*mi]) || *bi >= t->nblocks) {
+            (*mi)++;
+            *bi = 0;
+            continue;
         }
+        nlsr_pf_block blk;
+        NLSR_FORWARD(nlsr_pf_block_get(pf, t, *bi, &blk));
+        memset(&A->units[k], 0, sizeof A->units[k]);
+        A->units[k].nspans = 1;
+        A->units[k].span[0] = (nlsr_span){A->ft, A->ti[*mi], blk.first, blk.count};
+        A->units[k].tag = k;
+        A->umod[k] = *mi;
+        A->ublk[k] = *bi;
+        k++;
+        (*bi)++;
     }
-    *units = u;
-    *nunits = n;
+    *n = k;
     return 0;
+}
+
+typedef int (*apply_fn)(apply_ctx *A, size_t mi, size_t bi, const unsigned char *raw, void *arg);
+
+/* Streams the fine-tuned blocks of the selected modules to fn, in module and block order, one
+ * batch of units at a time (a stream per batch: the read-ahead restarts every A->batch
+ * blocks). */
+static int apply_stream(apply_ctx *A, const int *only, apply_fn fn, void *arg)
+{
+    size_t mi = 0, bi = 0, n = 0;
+    int rc = 0;
+    for (;;) {
+        rc = apply_batch(A, only, &mi, &bi, &n);
+        if (rc < 0 || n == 0) break;
+        nlsr_stream *s = NULL;
+        rc = nlsr_stream_open(A->ctx, A->units, n, STREAM_DEPTH, &s);
+        const nlsr_unit *u;
+        const unsigned char *const *data;
+        while (rc == 0 && (rc = nlsr_stream_next(s, &u, &data)) == 1)
+            rc = fn(A, A->umod[u->tag], A->ublk[u->tag], data[0], arg);
+        nlsr_stream_close(s);
+        if (rc < 0) break;
+    }
+    return rc;
 }
 
 /* The patch file's values (checksums prove they are what prepare wrote, not that they are
@@ -1044,8 +1074,10 @@ static int similarity_block(apply_ctx *A, size_t mi, size_t bi, const unsigned c
     nlsr_pf_reader *pf = A->pf;
     const nlsr_pf_tensor *pt = &pf->modules[mi].t[0];
     const st_tensor *t = A->ft->t[A->ti[mi]].t;
-    uint64_t first = pt->blocks[bi].first;
-    size_t cnt = (size_t)pt->blocks[bi].count;
+    nlsr_pf_block blk;
+    NLSR_FORWARD(nlsr_pf_block_get(pf, pt, bi, &blk));
+    uint64_t first = blk.first;
+    size_t cnt = (size_t)blk.count;
     nlsr_to_f32(t->dtype, raw, A->tf, cnt);
     size_t bad = nlsr_first_nonfinite_f32(A->tf, cnt);
     if (bad < cnt)
@@ -1065,36 +1097,29 @@ static int similarity_block(apply_ctx *A, size_t mi, size_t bi, const unsigned c
     return 0;
 }
 
+static int similarity_fn(apply_ctx *A, size_t mi, size_t bi, const unsigned char *raw, void *arg)
+{
+    nlsr_cos_sums *sums = arg;
+    NLSR_FORWARD(similarity_block(A, mi, bi, raw, &sums[mi]));
+    if (bi + 1 == A->pf->modules[mi].t[0].nblocks) nlsr_phase_units(A->ctx, 1);
+    return 0;
+}
+
 static int apply_similarity(apply_ctx *A, nlsr_report *rep)
 {
     nlsr_ctx *ctx = A->ctx;
     nlsr_pf_reader *pf = A->pf;
-    nlsr_unit *units = NULL;
-    size_t nunits = 0;
     nlsr_cos_sums *sums = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *sums);
     NLSR_FAIL_IF(!sums, &ctx->err, -ENOMEM, "out of memory");
-    int rc = apply_units(A, NULL, &units, &nunits);
     /* Progress: the fine-tune's target modules and the patch file's blocks, each read once. */
     uint64_t sim_bytes = 0;
     for (size_t i = 0; i < pf->nmodules; i++) {
         const nlsr_pf_tensor *pt = &pf->modules[i].t[0];
-        sim_bytes += A->ft->t[A->ti[i]].t->end - A->ft->t[A->ti[i]].t->begin;
-        for (size_t b = 0; b < pt->nblocks; b++) sim_bytes += pt->blocks[b].csize;
+        sim_bytes += A->ft->t[A->ti[i]].t->end - A->ft->t[A->ti[i]].t->begin + pt->csize_total;
     }
-    if (rc == 0) nlsr_phase_begin(ctx, "similarities", NLSR_PHASE_READ, sim_bytes, pf->nmodules);
-    nlsr_stream *s = NULL;
-    if (rc == 0 && nunits) rc = nlsr_stream_open(ctx, units, nunits, STREAM_DEPTH, &s);
-    const nlsr_unit *u;
-    const unsigned char *const *data;
-    while (rc == 0 && s && (rc = nlsr_stream_next(s, &u, &data)) == 1) {
-        size_t mi = A->umod[u->tag];
-        rc = similarity_block(A, mi, A->ublk[u->tag], data[0], &sums[mi]);
-        if (rc == 0 && A->ublk[u->tag] + 1 == pf->modules[mi].t[0].nblocks)
-            nlsr_phase_units(ctx, 1);
-    }
-    nlsr_stream_close(s);
+    nlsr_phase_begin(ctx, "similarities", NLSR_PHASE_READ, sim_bytes, pf->nmodules);
+    int rc = apply_stream(A, NULL, similarity_fn, sums);
     if (rc == 0) nlsr_phase_end(ctx);
-    free(units);
     for (size_t i = 0; i < pf->nmodules && rc == 0; i++) {
         const nlsr_pf_tensor *pt = &pf->modules[i].t[0];
         size_t idx;
@@ -1107,8 +1132,9 @@ static int apply_similarity(apply_ctx *A, nlsr_report *rep)
 
 /* Pass 2 for one block of a patched module: t' = M ? e_s : t, with e_s converted to the
  * fine-tuned tensor's dtype, written over the block's bytes in the shard's copy. */
-static int write_block(apply_ctx *A, size_t mi, size_t bi, const unsigned char *raw)
+static int write_block(apply_ctx *A, size_t mi, size_t bi, const unsigned char *raw, void *arg)
 {
+    (void)arg;
     nlsr_ctx *ctx = A->ctx;
     nlsr_pf_reader *pf = A->pf;
     const nlsr_ckpt *ft = A->ft;
@@ -1116,8 +1142,10 @@ static int write_block(apply_ctx *A, size_t mi, size_t bi, const unsigned char *
     size_t ti = A->ti[mi];
     const st_tensor *t = ft->t[ti].t;
     uint32_t sh = ft->t[ti].shard;
-    uint64_t first = pt->blocks[bi].first;
-    size_t cnt = (size_t)pt->blocks[bi].count, tsz = nlsr_dtype_size(t->dtype);
+    nlsr_pf_block blk;
+    NLSR_FORWARD(nlsr_pf_block_get(pf, pt, bi, &blk));
+    uint64_t first = blk.first;
+    size_t cnt = (size_t)blk.count, tsz = nlsr_dtype_size(t->dtype);
     nlsr_pf_view v;
     NLSR_FORWARD(nlsr_pf_read_block(pf, pt, bi, &v));
     memcpy(A->outraw, raw, cnt * tsz);
@@ -1127,13 +1155,14 @@ static int write_block(apply_ctx *A, size_t mi, size_t bi, const unsigned char *
         memcpy(A->outraw + (v.idx[j] - first) * tsz, A->conv + j * tsz, tsz);
     uint64_t off = ft->shards[sh]->data_start + t->begin + first * tsz;
     if (A->jn) {
-        /* In place: raw is the range's current content, journaled before it is overwritten;
-         * one batch (one fsync pair) per tensor. The journal counts the bytes. */
+        /* In place: raw is the range's current content; the grains that change are journaled
+         * before they are overwritten, the others left alone; one batch (one fsync pair) per
+         * tensor. The journal counts the bytes. */
         if (A->jn_mod != mi) {
             NLSR_FORWARD(nlsr_journal_flush(A->jn));
             A->jn_mod = mi;
         }
-        NLSR_FORWARD(nlsr_journal_stage(A->jn, sh, off, raw, A->outraw, cnt * tsz, tsz));
+        NLSR_FORWARD(nlsr_journal_stage_changed(A->jn, sh, off, raw, A->outraw, cnt * tsz, tsz));
     } else {
         NLSR_FORWARD(nlsr_pwrite_all(A->fds[sh], A->outraw, cnt * tsz, off, A->dst[sh],
                                      &ctx->err));
@@ -1157,9 +1186,6 @@ static int apply_write(apply_ctx *A, nlsr_report *rep, const char *out_dir)
     int *only = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *only);
     A->fds = malloc((ft->nshards ? ft->nshards : 1) * sizeof *A->fds);
     A->dst = calloc(ft->nshards ? ft->nshards : 1, sizeof *A->dst);
-    nlsr_unit *units = NULL;
-    size_t nunits = 0;
-    nlsr_stream *s = NULL;
     if (!only || !A->fds || !A->dst) {
         rc = nlsr_fail(e, -ENOMEM, "out of memory");
         goto done;
@@ -1203,18 +1229,15 @@ static int apply_write(apply_ctx *A, nlsr_report *rep, const char *out_dir)
             if (!only[i]) continue;
             const nlsr_pf_tensor *pt = &pf->modules[i].t[0];
             size_t tsz = nlsr_dtype_size(ft->t[A->ti[i]].t->dtype);
-            for (size_t b = 0; b < pt->nblocks && rc == 0; b++)
-                rc = write_block(A, i, b,
-                                 A->cache + A->cache_off[i] + pt->blocks[b].first * tsz);
+            for (size_t b = 0; b < pt->nblocks && rc == 0; b++) {
+                nlsr_pf_block blk;
+                rc = nlsr_pf_block_get(pf, pt, b, &blk);
+                if (rc == 0)
+                    rc = write_block(A, i, b, A->cache + A->cache_off[i] + blk.first * tsz, NULL);
+            }
         }
-    } else {
-        if (rc == 0) rc = apply_units(A, only, &units, &nunits);
-        if (rc == 0 && nunits) rc = nlsr_stream_open(ctx, units, nunits, STREAM_DEPTH, &s);
-        const nlsr_unit *u;
-        const unsigned char *const *data;
-        while (rc == 0 && s && (rc = nlsr_stream_next(s, &u, &data)) == 1)
-            rc = write_block(A, A->umod[u->tag], A->ublk[u->tag], data[0]);
-        nlsr_stream_close(s);
+    } else if (rc == 0) {
+        rc = apply_stream(A, only, write_block, NULL);
     }
     if (rc == 0 && A->jn) rc = nlsr_journal_flush(A->jn);
     for (size_t k = 0; k < ft->nshards; k++) {
@@ -1228,7 +1251,6 @@ static int apply_write(apply_ctx *A, nlsr_report *rep, const char *out_dir)
         rc = nlsr_sidefiles_copy(ctx, ft, out_dir, A->drop, &rep->files);
     if (rc == 0) nlsr_phase_end(ctx);
 done:
-    free(units);
     if (A->dst)
         for (size_t k = 0; k < ft->nshards; k++) free(A->dst[k]);
     free(A->dst);
@@ -1269,17 +1291,27 @@ static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
             break;
         }
         const nlsr_pf_tensor *t = &pf->modules[i].t[0];
-        for (size_t k = 0; k < t->nblocks; k++)
-            if (t->blocks[k].count > A.blk) A.blk = t->blocks[k].count;
+        if (t->max_count > A.blk) A.blk = t->max_count;
         A.cache_off[i] = A.cache_bytes;
         A.cache_bytes += ft->t[A.ti[i]].t->end - ft->t[A.ti[i]].t->begin;
     }
     size_t n = (size_t)(A.blk ? A.blk : 1);
+    uint64_t per_unit = sizeof(nlsr_unit) + 2 * sizeof(size_t), room = nlsr_budget_room(&ctx->budget) / 32;
+    A.batch = room / per_unit > APPLY_BATCH_MAX   ? APPLY_BATCH_MAX
+              : room / per_unit < APPLY_BATCH_MIN ? APPLY_BATCH_MIN
+                                                  : (size_t)(room / per_unit);
     struct {
         void **p;
         size_t bytes;
-    } a[] = {{(void **)&A.tf, n * 4}, {(void **)&A.tm, n * 4},     {(void **)&A.em, n * 4},
-             {(void **)&A.bm, n * 4}, {(void **)&A.outraw, n * 8}, {(void **)&A.conv, n * 8}};
+    } a[] = {{(void **)&A.tf, n * 4},
+             {(void **)&A.tm, n * 4},
+             {(void **)&A.em, n * 4},
+             {(void **)&A.bm, n * 4},
+             {(void **)&A.outraw, n * 8},
+             {(void **)&A.conv, n * 8},
+             {(void **)&A.units, A.batch * sizeof(nlsr_unit)},
+             {(void **)&A.umod, A.batch * sizeof(size_t)},
+             {(void **)&A.ublk, A.batch * sizeof(size_t)}};
     for (size_t i = 0; i < sizeof a / sizeof a[0] && rc == 0; i++)
         rc = nlsr_budget_alloc(b, a[i].bytes, "apply scratch", a[i].p, e);
     /* The stream and the patch reader need a few block buffers beside the cache. */
@@ -1293,8 +1325,6 @@ static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
     if (A.cache) nlsr_budget_free(b, A.cache, (size_t)(A.cache_bytes ? A.cache_bytes : 1));
     for (size_t i = 0; i < sizeof a / sizeof a[0]; i++)
         nlsr_budget_free(b, *a[i].p, a[i].bytes);
-    free(A.umod);
-    free(A.ublk);
     free(A.ti);
     free(A.cache_off);
     return rc;

@@ -71,6 +71,13 @@ int nlsr_full_step1(nlsr_ctx *ctx, const nlsr_step1_mod *m, uint64_t first, size
 int nlsr_full_dest_overflow(nlsr_ctx *ctx, const char *ft_file, const char *tensor, uint64_t el,
                             float v, nlsr_dtype dt, const char *source);
 
+/* The content fingerprints of the patch header's sources (sources.*.fingerprint): one XXH64
+ * per checkpoint over, per target module in module order, the u64 LE of the module's own XXH64
+ * of this head (name, dtype name, each dimension as u64 LE) and then the tensor's raw bytes
+ * (nlsr_full_fp_add_module), so that split parts combine. The in-place single pass computes
+ * the same while it reads (realign_run.h), which is how its key agrees with apply's. */
+void nlsr_full_fp_tensor_head(nlsr_xxh64_state *h, const st_tensor *t);
+
 /* Header-only checks before anything is read or written: base and source (aligned or
  * reference) have the same target tensors (per p->targets) with the same shapes, float dtypes
  * (the aligned one writable as F32/F16/BF16/F64). Messages name both checkpoints and the tensor. */

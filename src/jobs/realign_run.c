@@ -28,6 +28,7 @@
 #include "../compute/similarity.h"
 #include "../io/file.h"
 #include "../io/io.h"
+#include "../io/journal.h"
 #include "../io/sidefiles.h"
 #include "../plan/progress.h"
 #include "../io/stream.h"
@@ -84,6 +85,12 @@ typedef struct runner {
     struct lanes *lanes;         /* the second compute thread, NULL if none */
     unsigned char *arena;        /* stored masks and values */
     uint64_t arena_bytes;
+    /* In place: the content fingerprints of base and source (XXH64 of their target tensors'
+     * bytes in module order, as prepare computes them for the patch header), and the memory
+     * left aside for the journal. */
+    int hash;
+    nlsr_xxh64_state fp_base, fp_src;
+    uint64_t reserve;
 } runner;
 
 static const char *shard_path(const nlsr_ckpt *ck, size_t i)
@@ -168,7 +175,7 @@ typedef struct lane {
     float *fs;                   /* CH scores */
     uint64_t *hist, *hist2;
     /* the job */
-    int pass;                    /* 1: histogram, 2: candidates */
+    int pass;                    /* 1: histogram, 2: candidates, 3: the fingerprints */
     const rmod *M;
     const unsigned char *a, *b, *t;
     uint64_t lo, hi;
@@ -196,12 +203,31 @@ static size_t lane_mem(void)
     return (size_t)CH * 4 + 2 * NLSR_KTH_BUCKETS * 8;
 }
 
+/* The fingerprints take each module's own hash of its source and base bytes, in module order
+ * (docs/FORMAT.md "sources"), as prepare's patch header does. */
+static void hash_module(runner *R, const rmod *M, const unsigned char *a, const unsigned char *b)
+{
+    nlsr_xxh64_state h;
+    nlsr_xxh64_init(&h, 0);
+    nlsr_full_fp_tensor_head(&h, M->ts);
+    if (M->n) nlsr_xxh64_update(&h, a, M->n * M->asz);
+    nlsr_full_fp_add_module(&R->fp_src, nlsr_xxh64_digest(&h));
+    nlsr_xxh64_init(&h, 0);
+    nlsr_full_fp_tensor_head(&h, M->tb);
+    if (M->n) nlsr_xxh64_update(&h, b, M->n * M->bsz);
+    nlsr_full_fp_add_module(&R->fp_base, nlsr_xxh64_digest(&h));
+}
+
 static void lane_run(runner *R, lane *L, int main_thread)
 {
     const rmod *M = L->M;
     float beta = (float)R->p->beta;
     L->bad = 0;
     L->got = 0;
+    if (L->pass == 3) {
+        hash_module(R, M, L->a, L->b);
+        return;
+    }
     if (L->pass == 1) memset(L->hist, 0, NLSR_KTH_BUCKETS * sizeof *L->hist);
     for (uint64_t at = L->lo; at < L->hi; at += CH) {
         size_t cnt = (size_t)(L->hi - at < CH ? L->hi - at : CH);
@@ -307,8 +333,8 @@ static void lanes_stop(runner *R)
     R->lanes = NULL;
 }
 
-/* Runs L[0] here and L[1] on the worker, and waits for both. */
-static void lanes_run(runner *R)
+/* Starts L[1] on the worker. */
+static void lanes_post(runner *R)
 {
     struct lanes *W = R->lanes;
     pthread_mutex_lock(&W->mu);
@@ -316,10 +342,22 @@ static void lanes_run(runner *R)
     W->job = 1;
     pthread_cond_broadcast(&W->cv);
     pthread_mutex_unlock(&W->mu);
-    lane_run(R, &W->L[0], 1);
+}
+
+static void lanes_wait(runner *R)
+{
+    struct lanes *W = R->lanes;
     pthread_mutex_lock(&W->mu);
     while (!W->done) pthread_cond_wait(&W->cv, &W->mu);
     pthread_mutex_unlock(&W->mu);
+}
+
+/* Runs L[0] here and L[1] on the worker, and waits for both. */
+static void lanes_run(runner *R)
+{
+    lanes_post(R);
+    lane_run(R, &R->lanes->L[0], 1);
+    lanes_wait(R);
 }
 
 /* The halves: the first ends on a chunk boundary. */
@@ -516,11 +554,27 @@ static int pass_mask(runner *R, rmod *M, const unsigned char *a, const unsigned 
 static int module_compute(runner *R, rmod *M, const unsigned char *const *data)
 {
     const unsigned char *a = data[0], *b = data[1], *t = data[2];
-    if (M->n == 0) return 0;
+    if (M->n == 0) {
+        if (R->hash) hash_module(R, M, a, b);
+        return 0;
+    }
     NLSR_FORWARD(pass_hist(R, M, a, b, t));
-    if (M->k >= M->n) return 0; /* the empty mask: similarity 0, nothing to transplant */
-    NLSR_FORWARD(pass_threshold(R, M, a, b));
-    return pass_mask(R, M, a, b, t);
+    if (M->k < M->n) NLSR_FORWARD(pass_threshold(R, M, a, b));
+    if (!R->hash || !R->lanes) {
+        if (R->hash) hash_module(R, M, a, b);
+        /* k >= n: the empty mask, similarity 0, nothing to transplant */
+        return M->k < M->n ? pass_mask(R, M, a, b, t) : 0;
+    }
+    /* Pass 3 runs on one thread: the second lane hashes the module meanwhile. */
+    lane *L = &R->lanes->L[1];
+    L->pass = 3;
+    L->M = M;
+    L->a = a;
+    L->b = b;
+    lanes_post(R);
+    int rc = M->k < M->n ? pass_mask(R, M, a, b, t) : 0;
+    lanes_wait(R);
+    return rc;
 }
 
 /* ---- plan -------------------------------------------------------------------------------- */
@@ -657,7 +711,7 @@ static uint64_t a_reserve(uint64_t stream_bytes)
 static uint64_t choose_kept(runner *R, uint64_t stream_bytes, uint64_t room, int no_store)
 {
     uint64_t pb = phase_b_need(R), pa = stream_bytes + a_reserve(stream_bytes);
-    uint64_t reserve = pa > pb ? pa : pb;
+    uint64_t reserve = (pa > pb ? pa : pb) + R->reserve;
     uint64_t avail = room > reserve ? room - reserve : 0;
     uint64_t total = 0;
     for (size_t i = 0; i < R->nm && !no_store; i++) {
@@ -674,17 +728,26 @@ static uint64_t choose_kept(runner *R, uint64_t stream_bytes, uint64_t room, int
 int nlsr_full_run_plan(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
                        const nlsr_ckpt *ft, const nlsr_realign_params *p, nlsr_run_plan *out)
 {
+    return nlsr_full_run_plan_inplace(ctx, base, src, ft, p, 0, out);
+}
+
+int nlsr_full_run_plan_inplace(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
+                               const nlsr_ckpt *ft, const nlsr_realign_params *p,
+                               uint64_t journal_bytes, nlsr_run_plan *out)
+{
     memset(out, 0, sizeof *out);
     runner R;
     nlsr_unit *u = NULL;
     int rc = runner_init(&R, ctx, p, base, src, 0, ft, &u);
+    int inplace = journal_bytes != 0;
+    R.reserve = journal_bytes;
     if (rc == 0) {
         out->modules = R.nm;
         out->stream_bytes = nlsr_stream_mem(u, R.nm, 2);
         out->phase_b_bytes = phase_b_need(&R);
         out->scratch_bytes = scratch_need() + 2 * lane_mem();
         uint64_t a = out->stream_bytes + a_reserve(out->stream_bytes), b = out->phase_b_bytes;
-        out->need_bytes = (a > b ? a : b) + scratch_need();
+        out->need_bytes = (a > b ? a : b) + scratch_need() + journal_bytes;
         uint64_t room = nlsr_budget_room(&ctx->budget);
         out->single = p->scorer.kind == NLSR_SCORER_MAGNITUDE && R.nm > 0 &&
                       out->need_bytes <= room;
@@ -698,8 +761,10 @@ int nlsr_full_run_plan(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *sr
                 /* A patched module whose patch is not kept is read again from base and
                  * aligned. */
                 if (!M->store && M->k < M->n) out->reread_max += ab;
+                /* In place: the patched tensors are read again and written, at most all. */
+                if (inplace) out->written += M->n * M->tsz;
             }
-            for (size_t k = 0; k < ft->nshards; k++) {
+            for (size_t k = 0; k < ft->nshards && !inplace; k++) {
                 out->read_min += ft->shards[k]->file_size;
                 out->written += ft->shards[k]->file_size;
             }
@@ -806,14 +871,16 @@ static int cmp_begin(const void *x, const void *y, const void *ctx)
     return a->tt->begin < b->tt->begin ? -1 : a->tt->begin > b->tt->begin;
 }
 
-static int phase_b(runner *R, nlsr_report *rep, const char *out_dir)
+/* The patched modules (by shard, then by position in the shard: *order, *np of them) and
+ * phase B's stream units over them (*u, *nu): a kept patch needs the fine-tune's bytes, a
+ * recomputed one base and aligned too. *maxel: the largest unit's bytes in ft's dtype. */
+static int out_plan(runner *R, const nlsr_report *rep, size_t **order_out, size_t *np_out,
+                    nlsr_unit **u_out, size_t *nu_out, uint64_t *maxel)
 {
-    nlsr_ctx *ctx = R->ctx;
-    nlsr_err *e = &ctx->err;
-    const nlsr_ckpt *ft = R->ft;
-    int rc = 0;
-    /* Patched modules by shard, then by position in the shard. */
+    nlsr_err *e = &R->ctx->err;
     size_t np = 0;
+    *u_out = NULL;
+    *maxel = 1;
     size_t *order = malloc((R->nm ? R->nm : 1) * sizeof *order);
     NLSR_FAIL_IF(!order, e, -ENOMEM, "out of memory");
     for (size_t i = 0; i < R->nm; i++)
@@ -828,33 +895,50 @@ static int phase_b(runner *R, nlsr_report *rep, const char *out_dir)
     size_t nu = 0;
     for (size_t i = 0; i < np; i++) nu += (size_t)((R->m[order[i]].n + OUT_UNIT - 1) / OUT_UNIT);
     nlsr_unit *u = calloc(nu ? nu : 1, sizeof *u);
-    unsigned char *outbuf = NULL, *copybuf = NULL;
-    char *dst = NULL;
-    int out = -1;
-    nlsr_stream *s = NULL;
-    uint64_t maxel = 1;
     if (!u) {
-        rc = nlsr_fail(e, -ENOMEM, "out of memory");
-        goto done;
+        free(order);
+        return nlsr_fail(e, -ENOMEM, "out of memory");
     }
     size_t k = 0;
     for (size_t i = 0; i < np; i++) {
         const rmod *M = &R->m[order[i]];
         for (uint64_t first = 0; first < M->n; first += OUT_UNIT, k++) {
             uint64_t cnt = M->n - first < OUT_UNIT ? M->n - first : OUT_UNIT;
-            if (cnt * M->tsz > maxel) maxel = cnt * M->tsz;
+            if (cnt * M->tsz > *maxel) *maxel = cnt * M->tsz;
             if (M->store) {
                 u[k].nspans = 1;
-                u[k].span[0] = (nlsr_span){ft, M->it, first, cnt};
+                u[k].span[0] = (nlsr_span){R->ft, M->it, first, cnt};
             } else {
                 u[k].nspans = 3;
                 u[k].span[0] = (nlsr_span){R->src, M->is, first, cnt};
                 u[k].span[1] = (nlsr_span){R->base, M->ib, first, cnt};
-                u[k].span[2] = (nlsr_span){ft, M->it, first, cnt};
+                u[k].span[2] = (nlsr_span){R->ft, M->it, first, cnt};
             }
             u[k].tag = order[i];
         }
     }
+    *order_out = order;
+    *np_out = np;
+    *u_out = u;
+    *nu_out = nu;
+    return 0;
+}
+
+static int phase_b(runner *R, nlsr_report *rep, const char *out_dir)
+{
+    nlsr_ctx *ctx = R->ctx;
+    nlsr_err *e = &ctx->err;
+    const nlsr_ckpt *ft = R->ft;
+    size_t np = 0, nu = 0;
+    size_t *order = NULL;
+    nlsr_unit *u = NULL;
+    unsigned char *outbuf = NULL, *copybuf = NULL;
+    char *dst = NULL;
+    int out = -1;
+    nlsr_stream *s = NULL;
+    uint64_t maxel = 1;
+    int rc = out_plan(R, rep, &order, &np, &u, &nu, &maxel);
+    if (rc < 0) return rc;
     rc = nlsr_budget_alloc(&ctx->budget, (size_t)maxel, "output buffer", (void **)&outbuf, e);
     if (rc == 0) rc = nlsr_budget_alloc(&ctx->budget, COPY_BUF, "copy buffer", (void **)&copybuf, e);
     if (rc == 0 && nu) rc = nlsr_stream_open(ctx, u, nu, OUT_DEPTH, &s);
@@ -918,7 +1002,6 @@ static int phase_b(runner *R, nlsr_report *rep, const char *out_dir)
     /* Side files (index, config, tokenizer ...) as the policy says (src/io/sidefiles.h). */
     if (rc == 0)
         rc = nlsr_sidefiles_copy(ctx, ft, out_dir, R->p->drop_other_weights, &rep->files);
-done:
     if (out >= 0) close(out);
     free(dst);
     nlsr_stream_close(s);
@@ -926,6 +1009,132 @@ done:
     nlsr_budget_free(&ctx->budget, copybuf, COPY_BUF);
     free(u);
     free(order);
+    return rc;
+}
+
+/* ---- phase B in place: only the patched elements, through the journal ------------------ */
+
+/* Each patched tensor's units are merged as for the output, compared with the bytes they
+ * replace, and the grains that change are journaled and written (nlsr_journal_stage_changed).
+ * Batches fill across tensors (the journal arms one when its buffer is full; the caller's sync
+ * arms the last): fewer fsyncs than one batch per tensor. The journal's file ids are ft's
+ * shard indexes. */
+static int phase_b_inplace(runner *R, nlsr_report *rep, nlsr_journal *jn, uint64_t *patched)
+{
+    nlsr_ctx *ctx = R->ctx;
+    const nlsr_ckpt *ft = R->ft;
+    size_t np = 0, nu = 0;
+    size_t *order = NULL;
+    nlsr_unit *u = NULL;
+    unsigned char *outbuf = NULL;
+    nlsr_stream *s = NULL;
+    uint64_t maxel = 1;
+    *patched = 0;
+    int rc = out_plan(R, rep, &order, &np, &u, &nu, &maxel);
+    if (rc < 0) return rc;
+    rc = nlsr_budget_alloc(&ctx->budget, (size_t)maxel, "output buffer", (void **)&outbuf,
+                           &ctx->err);
+    if (rc == 0 && nu) rc = nlsr_stream_open(ctx, u, nu, OUT_DEPTH, &s);
+    for (size_t i = 0; i < np && rc == 0; i++) {
+        rmod *M = &R->m[order[i]];
+        uint32_t sh = ft->t[M->it].shard;
+        uint64_t start = ft->shards[sh]->data_start + M->tt->begin;
+        M->vpos = 0;
+        for (uint64_t first = 0; rc == 0 && first < M->n; first += OUT_UNIT) {
+            const nlsr_unit *un;
+            const unsigned char *const *data;
+            rc = nlsr_stream_next(s, &un, &data);
+            if (rc == 0) rc = nlsr_fail(&ctx->err, NLSR_E_FORMAT, "output stream ended early");
+            if (rc < 0) break;
+            size_t cnt = (size_t)un->span[0].count;
+            rc = merge_unit(R, M, first, cnt, data, outbuf);
+            const unsigned char *orig = M->store ? data[0] : data[2];
+            if (rc == 0)
+                rc = nlsr_journal_stage_changed(jn, sh, start + first * M->tsz, orig, outbuf,
+                                                cnt * M->tsz, M->tsz);
+        }
+        *patched += M->tt->end - M->tt->begin;
+    }
+    nlsr_stream_close(s);
+    nlsr_budget_free(&ctx->budget, outbuf, (size_t)maxel);
+    free(u);
+    free(order);
+    return rc;
+}
+
+struct nlsr_full_pass {
+    runner R;
+    double seconds_a;
+};
+
+void nlsr_full_pass_end(nlsr_full_pass *P)
+{
+    if (!P) return;
+    nlsr_ctx *ctx = P->R.ctx;
+    nlsr_budget_free(&ctx->budget, P->R.cands, P->R.cand_cap * sizeof(float));
+    nlsr_budget_free(&ctx->budget, P->R.arena, (size_t)P->R.arena_bytes);
+    nlsr_budget_free(&ctx->budget, P->R.scratch, P->R.scratch_bytes);
+    free(P->R.m);
+    free(P);
+}
+
+int nlsr_full_pass_begin(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
+                         int is_reference, const nlsr_ckpt *ft, const nlsr_realign_params *p,
+                         int no_store, uint64_t reserve, nlsr_report *rep, nlsr_full_pass **out)
+{
+    nlsr_err *e = &ctx->err;
+    *out = NULL;
+    NLSR_FAIL_IF(!(p->sparsity >= 0.0 && p->sparsity <= 1.0) || !isfinite(p->beta), e,
+                 NLSR_E_USAGE, "sparsity must lie in [0, 1] and beta be finite");
+    nlsr_full_pass *P = calloc(1, sizeof *P);
+    NLSR_FAIL_IF(!P, e, -ENOMEM, "out of memory");
+    runner *R = &P->R;
+    nlsr_unit *u = NULL;
+    int rc = runner_init(R, ctx, p, base, src, is_reference, ft, &u);
+    R->hash = 1;
+    R->reserve = reserve;
+    nlsr_xxh64_init(&R->fp_base, 0);
+    nlsr_xxh64_init(&R->fp_src, 0);
+    if (rc == 0) {
+        uint64_t stream_bytes = nlsr_stream_mem(u, R->nm, 2);
+        rc = alloc_scratch(R);
+        if (rc == 0) rc = plan_store(R, stream_bytes, no_store);
+    }
+    double t0 = nlsr_now();
+    if (rc == 0) rc = phase_a(R, u, rep);
+    P->seconds_a = nlsr_now() - t0;
+    free(u);
+    nlsr_budget_free(&ctx->budget, R->cands, R->cand_cap * sizeof(float));
+    R->cands = NULL;
+    R->cand_cap = 0;
+    if (rc == 0) rc = nlsr_report_select(rep, ctx, &p->select);
+    if (rc < 0) {
+        nlsr_full_pass_end(P);
+        return rc;
+    }
+    *out = P;
+    return 0;
+}
+
+void nlsr_full_pass_fingerprints(const nlsr_full_pass *P, uint64_t *base_fp, uint64_t *src_fp)
+{
+    *base_fp = nlsr_xxh64_digest(&P->R.fp_base);
+    *src_fp = nlsr_xxh64_digest(&P->R.fp_src);
+}
+
+int nlsr_full_pass_inplace(nlsr_full_pass *P, struct nlsr_journal *jn, nlsr_report *rep,
+                           uint64_t *patched_bytes)
+{
+    double t1 = nlsr_now();
+    int rc = phase_b_inplace(&P->R, rep, jn, patched_bytes);
+    if (rc == 0) {
+        size_t kept = 0;
+        for (size_t i = 0; i < P->R.nm; i++) kept += (size_t)P->R.m[i].store;
+        rep->summary.plan = "single pass";
+        rep->summary.patches_in_memory = kept;
+        rep->summary.phase_seconds[0] = P->seconds_a;
+        rep->summary.phase_seconds[1] = nlsr_now() - t1;
+    }
     return rc;
 }
 

@@ -30,11 +30,42 @@
 int nlsr_full_run_plan(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
                        const nlsr_ckpt *ft, const nlsr_realign_params *p, nlsr_run_plan *out);
 
+/* The same for an in-place run: journal_bytes of the budget stay for the journal (its batch and
+ * record buffers), and `written` is the fine-tune's target tensors' bytes (what the patched
+ * tensors could be at most). */
+int nlsr_full_run_plan_inplace(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
+                               const nlsr_ckpt *ft, const nlsr_realign_params *p,
+                               uint64_t journal_bytes, nlsr_run_plan *out);
+
 /* Steps 1-3 into out_dir (an existing empty folder, the job's temporary output). Assumes the
  * header checks (nlsr_full_check_sources, nlsr_full_check_finetuned) passed. no_store: keep
  * no patches in memory (tests; phase B then recomputes every patched module). */
 int nlsr_full_run(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src, int is_reference,
                   const nlsr_ckpt *ft, const char *out_dir, const nlsr_realign_params *p,
                   int no_store, nlsr_report *rep);
+
+/* In place (src/jobs/inplace.c), in two steps so that the job can decide between them whether
+ * this realignment is the one already recorded:
+ *
+ *   begin         phase A and the selection, as nlsr_full_run; `reserve` bytes of the budget
+ *                 stay free (the journal's, and a --force rollback's). Hashes the source and
+ *                 base target bytes in module order while it reads them: the fingerprints
+ *                 prepare writes into the patch header (sources.*.fingerprint).
+ *   fingerprints  those two XXH64s.
+ *   inplace       phase B into the fine-tune's own shards through the journal `jn` (file id =
+ *                 shard index): per patched tensor, the merged units compared with the bytes
+ *                 they replace and only the grains that change journaled and written
+ *                 (nlsr_journal_stage_changed); batches fill across tensors. The journal is
+ *                 neither flushed nor synced nor completed (nlsr_journal_sync arms the last). *patched_bytes: the patched tensors' size.
+ *   end           frees (NULL is a no-op). */
+typedef struct nlsr_full_pass nlsr_full_pass;
+struct nlsr_journal;
+int nlsr_full_pass_begin(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
+                         int is_reference, const nlsr_ckpt *ft, const nlsr_realign_params *p,
+                         int no_store, uint64_t reserve, nlsr_report *rep, nlsr_full_pass **out);
+void nlsr_full_pass_fingerprints(const nlsr_full_pass *P, uint64_t *base_fp, uint64_t *src_fp);
+int nlsr_full_pass_inplace(nlsr_full_pass *P, struct nlsr_journal *jn, nlsr_report *rep,
+                           uint64_t *patched_bytes);
+void nlsr_full_pass_end(nlsr_full_pass *P);
 
 #endif

@@ -150,6 +150,8 @@ void nlsr_report_finish(nlsr_report *r, nlsr_ctx *ctx)
     /* ru_maxrss is in kilobytes on Linux. */
     s->peak_rss_bytes = getrusage(RUSAGE_SELF, &ru) == 0 ? (uint64_t)ru.ru_maxrss * 1024u : 0;
     s->budget_peak_bytes = ctx->budget.peak;
+    s->budget_bytes = ctx->budget.limit;
+    snprintf(s->budget_why, sizeof s->budget_why, "%s", ctx->budget_why);
     nlsr_io_kind used = ctx->io_used == NLSR_IO_AUTO ? NLSR_IO_PREAD : ctx->io_used;
     s->io_backend = nlsr_io_kind_name(used);
 }
@@ -205,6 +207,9 @@ int nlsr_report_json(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_par
     cJSON_AddItemToObject(sum, "seconds", nlsr_json_number(s->seconds));
     cJSON_AddNumberToObject(sum, "peak_rss_bytes", (double)s->peak_rss_bytes);
     cJSON_AddNumberToObject(sum, "budget_peak_bytes", (double)s->budget_peak_bytes);
+    cJSON_AddNumberToObject(sum, "mem_budget_bytes", (double)s->budget_bytes);
+    cJSON_AddStringToObject(sum, "mem_budget", s->budget_why[0] ? "auto" : "given");
+    if (s->budget_why[0]) cJSON_AddStringToObject(sum, "mem_budget_reason", s->budget_why);
     cJSON_AddStringToObject(sum, "io_backend", s->io_backend ? s->io_backend : "pread");
     if (s->module_passes) {
         cJSON_AddNumberToObject(sum, "module_passes", (double)s->module_passes);
@@ -303,6 +308,22 @@ static long layer_of(const char *name, const char **rest)
     return v;
 }
 
+static void human_size(uint64_t b, char *buf, size_t cap);
+
+/* "  budget auto: 11.0 GiB (half of MemAvailable ...)" or "  budget 512 MiB (given)", no
+ * newline: the plan follows on the same line. */
+static void print_budget(const nlsr_report_summary *s, FILE *f)
+{
+    char bb[32];
+    if (!s->budget_bytes) {
+        fprintf(f, "  budget: none");
+        return;
+    }
+    human_size(s->budget_bytes, bb, sizeof bb);
+    if (s->budget_why[0]) fprintf(f, "  budget auto: %s (%s)", bb, s->budget_why);
+    else fprintf(f, "  budget %s (given)", bb);
+}
+
 static void human_size(uint64_t b, char *buf, size_t cap)
 {
     const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -359,6 +380,8 @@ void nlsr_report_print_human(const nlsr_report *r, const nlsr_realign_params *p,
                                    : 0.0,
                     s->model_bytes);
         }
+        print_budget(s, f);
+        fputc('\n', f);
         fprintf(f, "  read %s, wrote %s in %.2f s, peak RSS %s, io %s\n", rb, wb, s->seconds, mb,
                 s->io_backend ? s->io_backend : "pread");
         return;
@@ -403,16 +426,20 @@ void nlsr_report_print_human(const nlsr_report *r, const nlsr_realign_params *p,
         }
         fputc('\n', f);
     }
+    print_budget(s, f);
     if (s->plan && strcmp(s->plan, "single pass") == 0)
-        fprintf(f, "  plan: single pass, %zu of %zu modules' patches kept in memory\n",
+        fprintf(f, "; plan: single pass (the budget holds two whole modules), %zu of %zu "
+                   "modules' patches kept in memory\n",
                 s->patches_in_memory, s->modules);
     else if (s->plan && s->single_pass_need) {
         char nb[32];
         human_size(s->single_pass_need, nb, sizeof nb);
-        fprintf(f, "  plan: prepare + apply through a temporary patch file; a single pass (faster) "
+        fprintf(f, "; plan: prepare + apply through a temporary patch file; a single pass (faster) "
                    "needs --mem-budget %s or more\n", nb);
     } else if (s->plan) {
-        fprintf(f, "  plan: prepare + apply through a temporary patch file\n");
+        fprintf(f, "; plan: prepare + apply through a temporary patch file\n");
+    } else {
+        fputc('\n', f);
     }
     fprintf(f, "  read %s, wrote %s in %.2f s, peak RSS %s, io %s\n", rb, wb, s->seconds, mb,
             s->io_backend ? s->io_backend : "pread");

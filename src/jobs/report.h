@@ -51,6 +51,8 @@ typedef struct nlsr_report_summary {
     double seconds;
     uint64_t peak_rss_bytes;        /* getrusage(RUSAGE_SELF) maximum resident set */
     uint64_t budget_peak_bytes;     /* highest memory-budget use (nlsr_ctx_mem_peak) */
+    uint64_t budget_bytes;          /* the budget in force (nlsr_ctx_mem_budget), 0 = none */
+    char budget_why[224];           /* how --mem-budget auto derived it; "" if given */
     const char *io_backend;         /* nlsr_io_kind_name of the backend used */
     uint64_t patch_bytes;           /* size of the patch file, 0 if none (not printed) */
     uint64_t model_bytes;           /* bytes of the model the patch file describes */

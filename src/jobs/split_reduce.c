@@ -169,9 +169,11 @@ static int copy_module(nlsr_pf_writer *w, nlsr_pf_reader *r, const nlsr_pf_modul
         NLSR_FORWARD(nlsr_pf_writer_begin_tensor(w, &d));
         for (size_t b = 0; b < pt->nblocks; b++) {
             nlsr_pf_view v;
+            nlsr_pf_block blk;
+            NLSR_FORWARD(nlsr_pf_block_get(r, pt, b, &blk));
             NLSR_FORWARD(nlsr_pf_read_block(r, pt, b, &v));
-            NLSR_FORWARD(nlsr_pf_writer_block(w, pt->blocks[b].first, pt->blocks[b].count, v.idx,
-                                              v.m, v.ref, v.base));
+            NLSR_FORWARD(nlsr_pf_writer_block(w, blk.first, blk.count, v.idx, v.m, v.ref,
+                                              v.base));
         }
         NLSR_FORWARD(nlsr_pf_writer_end_tensor(w));
     }
