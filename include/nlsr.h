@@ -433,6 +433,26 @@ int nlsr_amplify(nlsr_ctx *ctx, const char *base, const char *aligned, const cha
 int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
                  const char *out_file, const nlsr_realign_params *p);
 
+/* ---- split jobs (docs/SCALE.md): one model cut into parts, a store cut into tasks ----------- */
+/* One part of nlsr_prepare: the modules [M*index/count, M*(index+1)/count) of the M target
+ * modules in module order, with what nlsr_reduce needs to put the parts together. */
+int nlsr_prepare_part(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+                      const char *out_file, const nlsr_realign_params *p, unsigned index,
+                      unsigned count);
+/* Checks that the part files cover every module exactly once, with one set of parameters and
+ * the same inputs, and merges them into out_file: the bytes nlsr_prepare writes. force: an
+ * existing regular file at out_file is replaced. */
+int nlsr_reduce(nlsr_ctx *ctx, const char *const *parts, size_t nparts, const char *out_file,
+                int force);
+/* 1 if `path` is a complete patch file whose every block verifies (and, with part_index >= 0,
+ * the part part_index of part_count), 0 if not: nothing there, or damaged or another job's, which
+ * the caller then redoes. Negative only for errors other than the file's own. */
+int nlsr_patches_verify(nlsr_ctx *ctx, const char *path, int part_index, unsigned part_count);
+/* 1 if out_dir is a committed nlsr output folder whose weight files read back to the XXH64
+ * fingerprints `report` (the job's --report) recorded for them, and holds no other weight
+ * file; 0 if not (the task is redone). */
+int nlsr_output_verify(nlsr_ctx *ctx, const char *out_dir, const char *report);
+
 /* Step 3 from a prepared patches file: similarity, selection, transplant into out_dir. */
 int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const char *out_dir,
                const nlsr_realign_params *p);

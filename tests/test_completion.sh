@@ -72,9 +72,10 @@ lacks() { # LINE WORD...: no WORD is among the candidates
     done
 }
 
-expect "nlsr r" "rewrite rollback run"
+expect "nlsr r" "reduce rewrite rollback run"
 expect "nlsr pl" "plan"
-has "nlsr " inspect dump rewrite run prepare apply rollback amplify plan synth bench help version
+has "nlsr " inspect dump rewrite run prepare apply rollback amplify plan synth bench reduce \
+    sweep slurm help version
 # Each command's options, and not another's (apply's patch file fixes --beta).
 expect "nlsr apply --pa" "--patches"
 lacks "nlsr apply --" --beta --sparsity --targets --base --scorer
@@ -119,6 +120,17 @@ lacks "nlsr run --base " notes.txt
 has "nlsr apply --patches " p.nlsrp
 lacks "nlsr apply --patches " notes.txt model.safetensors
 expect "nlsr inspect m" "model.safetensors"
+# Split jobs (docs/SCALE.md).
+has "nlsr prepare --" --part --task
+expect "nlsr reduce --" "--force --out --quiet"
+has "nlsr reduce " p.nlsrp
+has "nlsr sweep --" --patches --out-root --task --status --summary --in-place --seed
+expect "nlsr sweep --out-root s" "sft store sub"
+expect "nlsr slurm " "split sweep"
+has "nlsr slurm split --" --parts --base --finetuned --dir --submit --concurrency --apply-opts
+has "nlsr slurm sweep --" --patches --out-root --concurrency --submit
+expect "nlsr slurm sweep --parts" ""
+expect "nlsr prepare --part " ""
 
 echo "$MODE: $passes passed, $fails failed"
 [[ $fails -eq 0 ]]

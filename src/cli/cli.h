@@ -18,6 +18,13 @@ int cli_usage_error(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)))
 #endif
     ;
+/* cmd_slurm.c: split jobs (docs/SCALE.md): `nlsr reduce`, `nlsr sweep`, `nlsr slurm`. */
+int cmd_reduce(int argc, char **argv);
+int cmd_sweep(int argc, char **argv);
+int cmd_slurm(int argc, char **argv);
+/* Parses a task "I/N" (0 <= I < N), or "slurm" (SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT),
+ * or "k8s" (JOB_COMPLETION_INDEX of the N after the slash: "k8s/N"). Usage error: returns 2. */
+int cli_parse_task(const char *opt, const char *v, unsigned *index, unsigned *count);
 /* cmd_realign.c: run, prepare, apply (full weights and PEFT adapters). */
 int cmd_run(int argc, char **argv);
 int cmd_prepare(int argc, char **argv);

@@ -209,6 +209,12 @@ static int set_opt(const source *s, const cli_opt *o, const char *v)
         if (nlsr_parse_size(v, &a->synth.shard_size) != 0 || a->synth.shard_size == 0)
             return bad(s, "--%s needs a size such as 5G, not '%s'", n, v);
         break;
+    case O_PART: {
+        char opt[64];
+        snprintf(opt, sizeof opt, "--%s", o->name);
+        if (cli_parse_task(opt, v, &a->part_index, &a->part_count)) return 2;
+        break;
+    }
     /* bench: the lists and the preset are checked by nlsr_bench, with its own messages. */
     case O_BENCH_SYNTH: a->bench.synth = v; break;
     case O_SCRATCH: a->bench.scratch = v; break;

@@ -12,7 +12,9 @@
 enum {
     K_INSPECT = 1 << 0, K_DUMP = 1 << 1, K_REWRITE = 1 << 2, K_RUN = 1 << 3,
     K_PREPARE = 1 << 4, K_APPLY = 1 << 5, K_ROLLBACK = 1 << 6, K_AMPLIFY = 1 << 7,
-    K_PLAN = 1 << 8, K_SYNTH = 1 << 9, K_BENCH = 1 << 10
+    K_PLAN = 1 << 8, K_SYNTH = 1 << 9, K_BENCH = 1 << 10,
+    /* Split jobs (cmd_slurm.c parses their options itself; listed for help). */
+    K_REDUCE = 1 << 11, K_SWEEP = 1 << 12, K_SLURM = 1 << 13
 };
 
 /* The CLI's own options (cli_opts.c): ids. */
@@ -21,6 +23,7 @@ enum cli_opt_id {
     O_VERBOSE, O_FORCE, O_MEM, O_IO, O_THREADS, O_IN_PLACE, O_WAIT, O_DRY_RUN, O_FOLLOW,
     O_DROP_OTHER, O_REVISION, O_CONFIG, O_PROGRESS, O_DISCARD, O_BANDWIDTH, O_NO_TIME,
     O_MEASURE, O_PRESET, O_LAYERS, O_ROLE, O_SYNTH_SEED, O_DTYPE, O_SHARD, O_HELP, O_VERSION,
+    O_PART,
     /* bench */
     O_BENCH_SYNTH, O_SCRATCH, O_BUDGETS, O_BENCH_IO, O_JOBS, O_REPS, O_WARM, O_DROP_CACHES,
     O_CSV, O_BENCH_JSON, O_PLOT
@@ -81,6 +84,8 @@ typedef struct cli_args {
     /* synth */
     nlsr_synth_params synth;
     int have_role;
+    /* prepare --part I/N (docs/SCALE.md); part_count 0: the whole */
+    unsigned part_index, part_count;
     /* bench: its lists and output files as given (nlsr_bench checks them); inputs, --layers,
        -q/-v and --progress-interval are the fields above */
     nlsr_bench_params bench;

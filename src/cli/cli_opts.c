@@ -33,6 +33,18 @@ const cli_command cli_commands[] = {
      "print a job's streaming plan (units, bytes, memory, time), or time its reads alone"},
     {"synth", K_SYNTH, 0, 0, 0, "--role base|aligned|finetuned --out DIR [options]",
      "write a synthetic checkpoint"},
+    {"reduce", K_REDUCE, 0, 1, -1, "--out FILE.nlsrp [--force] [-q] PART...",
+     "check the parts of a split prepare (prepare --part I/N) and merge them: one prepare's bytes"},
+    {"sweep", K_SWEEP, 0, 1, -1,
+     "--patches FILE --out-root DIR|--in-place [--task I/N] [--status] [--summary FILE] [--json]"
+     " [--select ... --seed ...] [--mem-budget SIZE] [--io KIND] [-q] DIR...",
+     "apply to a store, task I of N; verified outputs are skipped (docs/SCALE.md)"},
+    {"slurm", K_SLURM, 0, 1, -1,
+     "sweep|split --dir DIR [--submit] [--concurrency K] [--parts N] [--mem-budget SIZE]"
+     " [--cpus C] [--time T] [--partition P] [--account A] [--prepare-opts STR]"
+     " [--apply-opts STR] [--nlsr PATH] (sweep: --patches --out-root|--in-place DIR...;"
+     " split: --base --aligned|--reference --finetuned --out)",
+     "write (and --submit) the sbatch scripts of a sweep or a split job"},
     {"bench", K_BENCH, 0, 0, 0,
      "--synth PRESET [--layers N] | --base B --aligned A --finetuned T [options]",
      "time jobs across memory budgets and I/O backends, cold, against the disks' own rates"},
@@ -90,6 +102,9 @@ const cli_opt cli_opts[] = {
     {"seed", 0, "N", K_SYNTH, O_SYNTH_SEED, "the three roles of one seed belong together (1)"},
     {"dtype", 0, "bf16|f16|f32", K_SYNTH, O_DTYPE, "element type (bf16)"},
     {"shard-size", 0, "SIZE", K_SYNTH, O_SHARD, "bytes per shard at most (5G)"},
+    {"part", 0, "I/N", K_PREPARE, O_PART,
+     "prepare part I of N (from 0) of a split job: its share of the modules (docs/SCALE.md)"},
+    {"task", 0, "I/N", K_PREPARE, O_PART, "the same as --part"},
     {"synth", 0, "tiny|llama-8b|llama-70b", K_BENCH, O_BENCH_SYNTH,
      "time a synthetic triple of this preset (made in --scratch)"},
     {"scratch", 0, "DIR", K_BENCH, O_SCRATCH,

@@ -183,6 +183,9 @@ static const struct {
     {"amplify", cmd_amplify},
     {"synth", cmd_synth},
     {"plan", cmd_plan},
+    {"reduce", cmd_reduce},
+    {"sweep", cmd_sweep},
+    {"slurm", cmd_slurm},
     {"bench", cmd_bench},
 };
 

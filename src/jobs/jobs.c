@@ -124,8 +124,10 @@ static int open_pair(nlsr_ctx *ctx, const char *base, const char *src, nlsr_ckpt
     return 0;
 }
 
+/* part_count 0: the whole; else part part_index of part_count (docs/SCALE.md). */
 static int prepare_job(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
-                 const char *out_file, const nlsr_realign_params *p)
+                       const char *out_file, const nlsr_realign_params *p, unsigned part_index,
+                       unsigned part_count)
 {
     nlsr_err *e = &ctx->err;
     NLSR_FORWARD(nlsr_params_validate(p, e));
@@ -150,6 +152,9 @@ static int prepare_job(nlsr_ctx *ctx, const char *base, const char *aligned, con
     if (nlsr_ckpt_get_kind(S) == NLSR_CKPT_PEFT) {
         /* LoRA: the base is the zero adapter; a given base is not needed. */
         rc = check_out_file(ctx, out_file, p, base, srcp, NULL);
+        if (rc == 0 && part_count)
+            rc = nlsr_fail(e, NLSR_E_USAGE, "%s is a PEFT adapter: adapters are prepared whole "
+                           "(--part is for full checkpoints)", srcp);
 #ifdef NLSR_HAVE_LORA
         if (rc == 0) rc = nlsr_lora_prepare(ctx, S, is_ref, out_file, p);
 #else
@@ -168,7 +173,8 @@ static int prepare_job(nlsr_ctx *ctx, const char *base, const char *aligned, con
     }
     rc = nlsr_full_check_sources(ctx, B, S, is_ref, p);
     if (rc == 0) rc = check_out_file(ctx, out_file, p, base, srcp, NULL);
-    if (rc == 0) rc = nlsr_full_prepare(ctx, B, S, is_ref, out_file, p, NULL, &rep);
+    if (rc == 0) rc = nlsr_full_prepare_part(ctx, B, S, is_ref, out_file, p, NULL, part_index,
+                                             part_count, &rep);
     if (rc == 0) rc = nlsr_report_emit(&rep, ctx, p);
 done:
     unlock_inputs(locks, 2);
@@ -183,7 +189,19 @@ int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const cha
                  const char *out_file, const nlsr_realign_params *p)
 {
     int entered = nlsr_job_enter(ctx, "prepare");
-    int rc = prepare_job(ctx, base, aligned, reference, out_file, p);
+    int rc = prepare_job(ctx, base, aligned, reference, out_file, p, 0, 0);
+    nlsr_job_leave(ctx, entered);
+    return rc;
+}
+
+int nlsr_prepare_part(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+                      const char *out_file, const nlsr_realign_params *p, unsigned index,
+                      unsigned count)
+{
+    NLSR_FAIL_IF(count == 0 || index >= count, &ctx->err, NLSR_E_USAGE,
+                 "part %u of %u does not exist (parts count from 0)", index, count);
+    int entered = nlsr_job_enter(ctx, "prepare");
+    int rc = prepare_job(ctx, base, aligned, reference, out_file, p, index, count);
     nlsr_job_leave(ctx, entered);
     return rc;
 }

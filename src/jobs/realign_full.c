@@ -23,6 +23,7 @@
 #include "../common/ctx.h"
 #include "../common/json.h"
 #include "../common/dtype_table.h"
+#include "../common/testhook.h"
 #include "../compute/convert.h"
 #include "../compute/kth.h"
 #include "../compute/reference.h"
@@ -323,10 +324,17 @@ typedef struct prep {
     uint64_t *idx;
     uint64_t *hist, *hist2;
     size_t scratch_bytes;
-    nlsr_xxh64_state fp_base, fp_src;
+    /* Content fingerprints (docs/FORMAT.md "sources"): XXH64 over each module's own XXH64, so
+     * that the parts of a split prepare (split_reduce.c) can be combined into the single
+     * prepare's value. fpm_* hash the module being read; hm_* keep the module hashes of a part. */
+    nlsr_xxh64_state fp_base, fp_src, fpm_base, fpm_src;
+    uint64_t *hm_base, *hm_src;
+    size_t nhm;
     nlsr_pf_writer *w;
     nlsr_acts *acts;           /* --activations, for the lowrank and wanda scorers */
     uint64_t passes, disk_passes; /* module passes reading base + aligned; of them from disk */
+    unsigned part_index, part_count;       /* a part of a split prepare; count 0: whole */
+    uint64_t part_total, part_lo, part_hi; /* all modules, and the part's range [lo, hi) */
 } prep;
 
 typedef struct pmod {
@@ -441,13 +449,21 @@ void nlsr_full_fp_tensor_head(nlsr_xxh64_state *h, const st_tensor *t)
     }
 }
 
+/* A module's own hash enters the checkpoint's fingerprint as a u64 LE. */
+void nlsr_full_fp_add_module(nlsr_xxh64_state *h, uint64_t hm)
+{
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(hm >> (8 * i));
+    nlsr_xxh64_update(h, b, 8);
+}
+
 /* araw / braw are NULL in the passes that read nothing (the scorer's scores need no input). */
 static int block_pass(prep *P, pmod *M, uint64_t first, size_t cnt, const unsigned char *araw,
                       const unsigned char *braw)
 {
     if (M->pass == PASS_FIRST) {
-        nlsr_xxh64_update(&P->fp_src, araw, cnt * M->asz);
-        nlsr_xxh64_update(&P->fp_base, braw, cnt * M->bsz);
+        nlsr_xxh64_update(&P->fpm_src, araw, cnt * M->asz);
+        nlsr_xxh64_update(&P->fpm_base, braw, cnt * M->bsz);
         if (M->cache_a) {
             memcpy(M->cache_a + first * M->asz, araw, cnt * M->asz);
             memcpy(M->cache_b + first * M->bsz, braw, cnt * M->bsz);
@@ -583,8 +599,10 @@ static int prep_module(prep *P, pmod *M, nlsr_report *rep)
                                    (void **)&M->cache_b, e);
         if (rc < 0) goto done;
     }
-    nlsr_full_fp_tensor_head(&P->fp_src, M->ts);
-    nlsr_full_fp_tensor_head(&P->fp_base, M->tb);
+    nlsr_xxh64_init(&P->fpm_src, 0);
+    nlsr_xxh64_init(&P->fpm_base, 0);
+    nlsr_full_fp_tensor_head(&P->fpm_src, M->ts);
+    nlsr_full_fp_tensor_head(&P->fpm_base, M->tb);
     memset(P->hist, 0, NHIST * sizeof *P->hist);
     if (M->sc && nlsr_scorer_passes_left(M->sc) > 0) {
         /* The SVD's passes over W (the first one validates, hashes and caches), then the
@@ -651,6 +669,15 @@ static int prep_module(prep *P, pmod *M, nlsr_report *rep)
     }
     if (rc == 0) rc = nlsr_pf_writer_end_tensor(P->w);
     if (rc == 0) rc = nlsr_pf_writer_end_module(P->w);
+    if (rc == 0) {
+        uint64_t hs = nlsr_xxh64_digest(&P->fpm_src), hb = nlsr_xxh64_digest(&P->fpm_base);
+        nlsr_full_fp_add_module(&P->fp_src, hs);
+        nlsr_full_fp_add_module(&P->fp_base, hb);
+        if (P->hm_src) {
+            P->hm_src[P->nhm] = hs;
+            P->hm_base[P->nhm++] = hb;
+        }
+    }
     if (rc == 0 && rep) rc = nlsr_report_add(rep, ctx, M->ts->name, M->n, M->mask_count, NULL);
 done:
     pmod_release(P, M);
@@ -718,6 +745,29 @@ static cJSON *source_json(const nlsr_ckpt *ck, const nlsr_xxh64_state *fp)
     return o;
 }
 
+/* A part of a split prepare (docs/SCALE.md) says which it is, how many modules the whole model
+ * has, where its own begin, and each of its modules' content hashes, for nlsr_reduce. */
+static cJSON *part_json(const prep *P, cJSON *x)
+{
+    cJSON *pt = cJSON_AddObjectToObject(x, "part"), *fps, *hb, *hs;
+    if (!pt) return NULL;
+    cJSON_AddNumberToObject(pt, "index", (double)P->part_index);
+    cJSON_AddNumberToObject(pt, "count", (double)P->part_count);
+    cJSON_AddNumberToObject(pt, "modules_total", (double)P->part_total);
+    cJSON_AddNumberToObject(pt, "first", (double)P->part_lo);
+    if (!(fps = cJSON_AddObjectToObject(pt, "module_fingerprints"))) return NULL;
+    if (!(hb = cJSON_AddArrayToObject(fps, "base"))) return NULL;
+    if (!(hs = cJSON_AddArrayToObject(fps, P->is_ref ? "reference" : "aligned"))) return NULL;
+    for (size_t i = 0; i < P->nhm; i++) {
+        char buf[24];
+        snprintf(buf, sizeof buf, "%016" PRIx64, P->hm_base[i]);
+        cJSON_AddItemToArray(hb, cJSON_CreateString(buf));
+        snprintf(buf, sizeof buf, "%016" PRIx64, P->hm_src[i]);
+        cJSON_AddItemToArray(hs, cJSON_CreateString(buf));
+    }
+    return pt;
+}
+
 static cJSON *header_extra(const prep *P, uint64_t *model_bytes)
 {
     const nlsr_realign_params *p = P->p;
@@ -759,6 +809,7 @@ static cJSON *header_extra(const prep *P, uint64_t *model_bytes)
             cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t->shape[d]));
         cJSON_AddItemToArray(a, sh);
     }
+    if (P->part_count && !part_json(P, x)) goto oom;
     return x;
 oom:
     cJSON_Delete(x);
@@ -768,6 +819,14 @@ oom:
 int nlsr_full_prepare(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
                       int is_reference, const char *out_file, const nlsr_realign_params *p,
                       const nlsr_full_tuning *tune, nlsr_report *rep)
+{
+    return nlsr_full_prepare_part(ctx, base, src, is_reference, out_file, p, tune, 0, 0, rep);
+}
+
+int nlsr_full_prepare_part(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
+                           int is_reference, const char *out_file, const nlsr_realign_params *p,
+                           const nlsr_full_tuning *tune, unsigned part_index,
+                           unsigned part_count, nlsr_report *rep)
 {
     nlsr_err *e = &ctx->err;
     int rc = 0;
@@ -779,6 +838,8 @@ int nlsr_full_prepare(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src
     P.base = base;
     P.src = src;
     P.is_ref = is_reference;
+    P.part_index = part_index;
+    P.part_count = part_count;
     P.blk = P.tune.block_elems ? P.tune.block_elems : NLSR_FULL_BLOCK_ELEMS;
     NLSR_FAIL_IF(P.blk > NLSR_PF_MAX_BLOCK_ELEMS, e, NLSR_E_USAGE, "block of %" PRIu64
                  " elements is too large", P.blk);
@@ -797,13 +858,38 @@ int nlsr_full_prepare(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src
             rc = nlsr_scorer_check_modules(ctx, src, p, P.acts,
                                            STREAM_DEPTH * (P.blk * 16 + 4 * 4096));
     }
+    /* A part (part_count > 0) prepares the modules [lo, hi) of the module order, cut
+     * evenly by count: the same cut for every part of a job, whatever machine runs it. */
+    for (size_t j = 0; j < src->n; j++) P.part_total += is_target(src->t[j].t, p) != 0;
+    P.part_hi = P.part_total;
+    if (rc == 0 && P.part_count) {
+        /* Not NLSR_FAIL_IF: the scratch is allocated and freed below. */
+        if (P.part_index >= P.part_count)
+            rc = nlsr_fail(e, NLSR_E_USAGE, "part %u of %u does not exist (parts count from 0)",
+                           P.part_index, P.part_count);
+        else if (P.part_count > P.part_total)
+            rc = nlsr_fail(e, NLSR_E_USAGE,
+                           "%u parts for %" PRIu64 " modules: at most one part per module",
+                           P.part_count, P.part_total);
+    }
+    if (rc == 0 && P.part_count) {
+        P.part_lo = P.part_total * P.part_index / P.part_count;
+        P.part_hi = P.part_total * (P.part_index + 1) / P.part_count;
+        size_t nh = (size_t)(P.part_hi - P.part_lo);
+        P.hm_base = calloc(nh ? nh : 1, sizeof *P.hm_base);
+        P.hm_src = calloc(nh ? nh : 1, sizeof *P.hm_src);
+        if (!P.hm_base || !P.hm_src) rc = nlsr_fail(e, -ENOMEM, "out of memory");
+    }
     if (rc == 0) rc = nlsr_pf_writer_open(ctx, out_file, "full", &P.w);
     /* Progress: each module of base and source once (the scorer's further passes and the
      * re-reads of modules too large to cache are not counted twice). */
-    uint64_t prep_bytes = 0, prep_units = 0;
+    uint64_t prep_bytes = 0, prep_units = 0, pm = 0;
     for (size_t j = 0; j < src->n; j++) {
         size_t ib;
-        if (!is_target(src->t[j].t, p) || nlsr_ckpt_find(base, src->t[j].t->name, &ib) != 0)
+        if (!is_target(src->t[j].t, p)) continue;
+        pm++; /* a part counts its own modules only */
+        if (pm - 1 < P.part_lo || pm - 1 >= P.part_hi ||
+            nlsr_ckpt_find(base, src->t[j].t->name, &ib) != 0)
             continue;
         prep_bytes += (src->t[j].t->end - src->t[j].t->begin) +
                       (base->t[ib].t->end - base->t[ib].t->begin);
@@ -811,8 +897,14 @@ int nlsr_full_prepare(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src
     }
     if (rc == 0) nlsr_phase_begin(ctx, "prepare", NLSR_PHASE_OWN, prep_bytes, prep_units);
     /* Module order: the source's target names, sorted; check_sources made sure base has each. */
+    uint64_t mi = 0;
     for (size_t j = 0; j < src->n && rc == 0; j++) {
         if (!is_target(src->t[j].t, p)) continue;
+        if (mi < P.part_lo || mi >= P.part_hi) {
+            mi++;
+            continue;
+        }
+        mi++;
         pmod M;
         memset(&M, 0, sizeof M);
         M.is = j;
@@ -826,6 +918,8 @@ int nlsr_full_prepare(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src
         rc = prep_module(&P, &M, rep);
         nlsr_phase_add(ctx, (M.ts->end - M.ts->begin) + (M.tb->end - M.tb->begin));
         nlsr_phase_units(ctx, 1);
+        /* A stop point between modules (tests/test_slurm.sh signals a split task there). */
+        if (rc == 0) nlsr_test_point("module");
     }
     uint64_t model_bytes = 0, file_bytes = 0;
     if (rc == 0 && !(extra = header_extra(&P, &model_bytes)))
@@ -845,6 +939,8 @@ int nlsr_full_prepare(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src
     nlsr_pf_writer_abort(P.w);
     nlsr_acts_free(P.acts);
     prep_free_scratch(&P);
+    free(P.hm_base);
+    free(P.hm_src);
     return rc;
 }
 

@@ -44,6 +44,9 @@ typedef struct nlsr_full_tuning {
     int apply_no_cache;   /* apply: stream the patched tensors again in pass 2 */
 } nlsr_full_tuning;
 
+/* Adds a module's content hash to a checkpoint's fingerprint (docs/FORMAT.md "sources"). */
+void nlsr_full_fp_add_module(nlsr_xxh64_state *h, uint64_t hm);
+
 /* Step 1 and the score for `cnt` elements starting at element `first` of a module (prepare's
  * arithmetic, which run repeats): fb = base as f32, es = e_s in the source dtype, fe = e_s as
  * f32, fs = |e_s - b| (fa is scratch). With validate, every input and e_s must be finite: the
@@ -69,9 +72,10 @@ int nlsr_full_dest_overflow(nlsr_ctx *ctx, const char *ft_file, const char *tens
                             float v, nlsr_dtype dt, const char *source);
 
 /* The content fingerprints of the patch header's sources (sources.*.fingerprint): one XXH64
- * per checkpoint over, per target module in module order, this head (name, dtype name, each
- * dimension as u64 LE) and then the tensor's raw bytes. The in-place single pass computes the
- * same while it reads (realign_run.h), which is how its key agrees with apply's. */
+ * per checkpoint over, per target module in module order, the u64 LE of the module's own XXH64
+ * of this head (name, dtype name, each dimension as u64 LE) and then the tensor's raw bytes
+ * (nlsr_full_fp_add_module), so that split parts combine. The in-place single pass computes
+ * the same while it reads (realign_run.h), which is how its key agrees with apply's. */
 void nlsr_full_fp_tensor_head(nlsr_xxh64_state *h, const st_tensor *t);
 
 /* Header-only checks before anything is read or written: base and source (aligned or
@@ -93,6 +97,12 @@ int nlsr_full_check_patch(nlsr_ctx *ctx, const nlsr_pf_reader *pf, const nlsr_ck
 int nlsr_full_prepare(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
                       int is_reference, const char *out_file, const nlsr_realign_params *p,
                       const nlsr_full_tuning *tune, nlsr_report *rep);
+/* Part part_index of part_count of that (docs/SCALE.md): the modules [M i/N, M (i+1)/N) of the
+ * M target modules, and a "part" record in the header for nlsr_reduce. part_count 0: whole. */
+int nlsr_full_prepare_part(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
+                           int is_reference, const char *out_file, const nlsr_realign_params *p,
+                           const nlsr_full_tuning *tune, unsigned part_index,
+                           unsigned part_count, nlsr_report *rep);
 
 /* The parameters a full patch file was prepared with (beta, sparsity, targets) copied over *p;
  * the target strings point into pf's header. *names must be freed (free()). */

@@ -203,13 +203,19 @@ static size_t lane_mem(void)
     return (size_t)CH * 4 + 2 * NLSR_KTH_BUCKETS * 8;
 }
 
-/* The fingerprints take a module's source and base bytes, in module order. */
+/* The fingerprints take each module's own hash of its source and base bytes, in module order
+ * (docs/FORMAT.md "sources"), as prepare's patch header does. */
 static void hash_module(runner *R, const rmod *M, const unsigned char *a, const unsigned char *b)
 {
-    nlsr_full_fp_tensor_head(&R->fp_src, M->ts);
-    if (M->n) nlsr_xxh64_update(&R->fp_src, a, M->n * M->asz);
-    nlsr_full_fp_tensor_head(&R->fp_base, M->tb);
-    if (M->n) nlsr_xxh64_update(&R->fp_base, b, M->n * M->bsz);
+    nlsr_xxh64_state h;
+    nlsr_xxh64_init(&h, 0);
+    nlsr_full_fp_tensor_head(&h, M->ts);
+    if (M->n) nlsr_xxh64_update(&h, a, M->n * M->asz);
+    nlsr_full_fp_add_module(&R->fp_src, nlsr_xxh64_digest(&h));
+    nlsr_xxh64_init(&h, 0);
+    nlsr_full_fp_tensor_head(&h, M->tb);
+    if (M->n) nlsr_xxh64_update(&h, b, M->n * M->bsz);
+    nlsr_full_fp_add_module(&R->fp_base, nlsr_xxh64_digest(&h));
 }
 
 static void lane_run(runner *R, lane *L, int main_thread)

@@ -1,0 +1,855 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Split jobs (docs/SCALE.md): `nlsr reduce` (the parts of a split prepare into one patch file),
+ * `nlsr sweep` (a store of fine-tunes cut into tasks, each idempotent: a finished checkpoint
+ * that verifies is skipped), and `nlsr slurm` (the sbatch scripts of either as job arrays, and
+ * their submission). The tasks take --task I/N, so any driver that hands out indexes (Slurm
+ * arrays, GNU parallel, Kubernetes Indexed Jobs) runs them; nlsr has no scheduler of its own. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "cli_args.h"
+#include "cli_output.h"
+#include "nlsr.h"
+
+/* The engine options a sweep takes (the table parser's commands have theirs in cli_opts.c):
+ * --mem-budget SIZE, --io KIND, -q/--quiet, --json. */
+typedef struct sweep_common {
+    uint64_t mem;
+    int have_mem;
+    nlsr_io_kind io;
+    int quiet, json;
+} sweep_common;
+
+/* 1 if argv[*i] is one of them (its value consumed), 0 if not, else a usage exit status. */
+static int common_opt(int argc, char **argv, int *i, sweep_common *c)
+{
+    const char *o = argv[*i];
+    if (strcmp(o, "-q") == 0 || strcmp(o, "--quiet") == 0) return c->quiet = 1;
+    if (strcmp(o, "--json") == 0) return c->json = 1;
+    int mem = strcmp(o, "--mem-budget") == 0, io = strcmp(o, "--io") == 0;
+    if (!mem && !io) return 0;
+    if (*i + 1 >= argc) return cli_usage_error("%s needs a value", o);
+    const char *v = argv[++*i];
+    if (mem) {
+        if (nlsr_parse_size(v, &c->mem) != 0)
+            return cli_usage_error("--mem-budget needs a size such as 512M or 4G, not '%s'", v);
+        c->have_mem = 1;
+        return 1;
+    }
+    if (strcmp(v, "auto") == 0) c->io = NLSR_IO_AUTO;
+    else if (strcmp(v, "uring") == 0 || strcmp(v, "io_uring") == 0) c->io = NLSR_IO_URING;
+    else if (strcmp(v, "pread") == 0) c->io = NLSR_IO_PREAD;
+    else if (strcmp(v, "mmap") == 0) c->io = NLSR_IO_MMAP;
+    else return cli_usage_error("--io takes auto, uring, pread or mmap, not '%s'", v);
+    return 1;
+}
+
+static void common_apply(const sweep_common *c, nlsr_ctx *ctx)
+{
+    if (c->have_mem) nlsr_ctx_set_mem_budget(ctx, c->mem);
+    nlsr_ctx_set_io(ctx, c->io);
+    nlsr_ctx_set_quiet(ctx, c->quiet);
+    cli_output_install(ctx, c->quiet ? -1 : 0, -1);
+}
+
+int cli_parse_task(const char *opt, const char *v, unsigned *index, unsigned *count)
+{
+    char *end, *end2;
+    errno = 0;
+    unsigned long i = strtoul(v, &end, 10);
+    unsigned long n = *end == '/' ? strtoul(end + 1, &end2, 10) : 0;
+    if (v[0] < '0' || v[0] > '9' || *end != '/' || end[1] < '0' || end[1] > '9' || *end2 ||
+        errno || n == 0 || n > 1000000 || i >= n)
+        return cli_usage_error("%s takes I/N with 0 <= I < N (task I of N, counted from 0), "
+                               "not '%s'", opt, v);
+    *index = (unsigned)i;
+    *count = (unsigned)n;
+    return 0;
+}
+
+/* -h/--help anywhere: the command's usage (cli_opts.c), exit 0. */
+static int wants_help(int argc, char **argv, const char *name)
+{
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            cli_help_command(name, stdout);
+            return 1;
+        }
+    return 0;
+}
+
+/* ---- nlsr reduce --------------------------------------------------------------------------- */
+
+int cmd_reduce(int argc, char **argv)
+{
+    if (wants_help(argc, argv, "reduce")) return 0;
+    const char *out = NULL;
+    int force = 0, quiet = 0;
+    const char **parts = calloc((size_t)argc + 1, sizeof *parts);
+    size_t n = 0;
+    if (!parts) return 1;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) out = argv[++i];
+        else if (strcmp(argv[i], "--force") == 0) force = 1;
+        else if (strcmp(argv[i], "-q") == 0 || strcmp(argv[i], "--quiet") == 0) quiet = 1;
+        else if (argv[i][0] == '-' && argv[i][1]) {
+            free(parts);
+            return cli_usage_error("reduce: unknown option or argument '%s'", argv[i]);
+        } else parts[n++] = argv[i];
+    }
+    if (!out || n == 0) {
+        free(parts);
+        return cli_usage_error("reduce needs --out FILE.nlsrp and the part files");
+    }
+    nlsr_ctx *ctx = cli_ctx_create();
+    if (!ctx) {
+        free(parts);
+        return 1;
+    }
+    nlsr_ctx_set_quiet(ctx, quiet);
+    cli_output_install(ctx, quiet ? -1 : 0, -1);
+    int rc = nlsr_reduce(ctx, parts, n, out, force);
+    int status = rc < 0 ? cli_fail(ctx, rc) : 0;
+    if (rc == 0 && !quiet) fprintf(stderr, "nlsr: reduce: %zu parts into %s\n", n, out);
+    nlsr_ctx_free(ctx);
+    free(parts);
+    return status;
+}
+
+/* ---- nlsr sweep ---------------------------------------------------------------------------- */
+
+typedef struct sweep_args {
+    const char *patches, *out_root, *summary;
+    const char **dirs;
+    int ndirs;
+    unsigned task, ntasks; /* ntasks 0: every checkpoint */
+    int status_only, in_place, json;
+    nlsr_realign_params p;
+    sweep_common c;
+} sweep_args;
+
+static int parse_num(const char *o, const char *v, double *out)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (end == v || *end || errno || !isfinite(d)) return cli_usage_error("%s needs a number, not '%s'", o, v);
+    *out = d;
+    return 0;
+}
+
+/* The selection options of apply (the patch file fixes the rest). */
+static int sweep_select_opt(sweep_args *a, const char *o, const char *v)
+{
+    nlsr_select_params *s = &a->p.select;
+    if (strcmp(o, "--select") == 0) {
+        if (strcmp(v, "adaptive") == 0) s->mode = NLSR_SELECT_ADAPTIVE;
+        else if (strcmp(v, "threshold") == 0) s->mode = NLSR_SELECT_THRESHOLD;
+        else if (strcmp(v, "all") == 0) s->mode = NLSR_SELECT_ALL;
+        else if (strcmp(v, "none") == 0) s->mode = NLSR_SELECT_NONE;
+        else return cli_usage_error("--select takes adaptive, threshold, all or none, not '%s'", v);
+        return 0;
+    }
+    if (strcmp(o, "--semantics") == 0) {
+        if (strcmp(v, "paper") == 0) s->semantics = NLSR_SEMANTICS_PAPER;
+        else if (strcmp(v, "authors") == 0) s->semantics = NLSR_SEMANTICS_AUTHORS;
+        else return cli_usage_error("--semantics takes paper or authors, not '%s'", v);
+        return 0;
+    }
+    if (strcmp(o, "--seed") == 0) {
+        char *end;
+        errno = 0;
+        unsigned long long x = strtoull(v, &end, 0);
+        if (end == v || *end || errno || v[0] == '-')
+            return cli_usage_error("--seed needs a non-negative integer, got '%s'", v);
+        s->seed = x;
+        return 0;
+    }
+    if (strcmp(o, "--prune-rate") == 0) return parse_num(o, v, &s->prune_rate);
+    if (strcmp(o, "--epsilon") == 0) return parse_num(o, v, &s->epsilon);
+    if (strcmp(o, "--tau") == 0) return parse_num(o, v, &s->tau);
+    return -1;
+}
+
+static int parse_sweep(int argc, char **argv, sweep_args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->p = NLSR_REALIGN_PARAMS_DEFAULT;
+    if (!(a->dirs = calloc((size_t)argc + 1, sizeof *a->dirs))) return 1;
+    for (int i = 0; i < argc; i++) {
+        const char *o = argv[i];
+        int r = common_opt(argc, argv, &i, &a->c);
+        if (r == 1) continue;
+        if (r != 0) return r;
+        if (o[0] != '-' || !o[1]) {
+            a->dirs[a->ndirs++] = o;
+            continue;
+        }
+        if (strcmp(o, "--status") == 0) {
+            a->status_only = 1;
+            continue;
+        }
+        if (strcmp(o, "--in-place") == 0) {
+            a->in_place = 1;
+            continue;
+        }
+        if (i + 1 >= argc) return cli_usage_error("sweep: unknown option '%s', or it needs a value", o);
+        const char *v = argv[i + 1];
+        if (strcmp(o, "--patches") == 0) a->patches = v;
+        else if (strcmp(o, "--out-root") == 0) a->out_root = v;
+        else if (strcmp(o, "--summary") == 0) a->summary = v;
+        else if (strcmp(o, "--task") == 0) {
+            if (cli_parse_task(o, v, &a->task, &a->ntasks)) return 2;
+        } else {
+            r = sweep_select_opt(a, o, v);
+            if (r < 0) return cli_usage_error("sweep: unknown option or argument '%s'", o);
+            if (r) return r;
+        }
+        i++;
+    }
+    a->json = a->c.json;
+    if (!a->patches) return cli_usage_error("sweep needs --patches FILE");
+    if (!a->out_root == !a->in_place)
+        return cli_usage_error("sweep needs exactly one of --out-root DIR (each checkpoint into "
+                               "DIR/NAME) and --in-place");
+    if (a->ndirs == 0) return cli_usage_error("sweep needs the fine-tuned checkpoint folders");
+    return 0;
+}
+
+/* A checkpoint's output name: its folder's last component. */
+static char *leaf(const char *dir)
+{
+    char *d = strdup(dir);
+    if (!d) return NULL;
+    size_t L = strlen(d);
+    while (L > 1 && d[L - 1] == '/') d[--L] = '\0';
+    const char *s = strrchr(d, '/');
+    char *r = strdup(s ? s + 1 : d);
+    free(d);
+    return r;
+}
+
+static char *join(const char *a, const char *b, const char *suffix)
+{
+    char *r = NULL;
+    if (asprintf(&r, "%s/%s%s", a, b, suffix ? suffix : "") < 0) return NULL;
+    return r;
+}
+
+/* 1 if a temporary output of `name` (a run that did not finish) lies in `root`. */
+static int has_tmp(const char *root, const char *name)
+{
+    DIR *d = opendir(root);
+    if (!d) return 0;
+    size_t L = strlen(name);
+    int found = 0;
+    for (struct dirent *de; !found && (de = readdir(d));)
+        found = strncmp(de->d_name, name, L) == 0 && strncmp(de->d_name + L, ".nlsr-tmp-", 10) == 0;
+    closedir(d);
+    return found;
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+typedef struct ck_state {
+    const char *state; /* done, verified, failed, partial, missing, pending, realigned, already */
+    char *error;
+} ck_state;
+
+static int write_summary(const sweep_args *a, const ck_state *st, FILE *f)
+{
+    fprintf(f, "{\"patches\": ");
+    json_str(f, a->patches);
+    fprintf(f, ", \"out_root\": ");
+    if (a->out_root) json_str(f, a->out_root);
+    else fputs("null", f);
+    if (a->ntasks) fprintf(f, ", \"task\": [%u, %u]", a->task, a->ntasks);
+    else fputs(", \"task\": null", f);
+    int bad = 0;
+    fputs(", \"checkpoints\": [", f);
+    for (int i = 0; i < a->ndirs; i++) {
+        fprintf(f, "%s\n  {\"finetuned\": ", i ? "," : "");
+        json_str(f, a->dirs[i]);
+        char *name = leaf(a->dirs[i]);
+        char *out = a->out_root && name ? join(a->out_root, name, NULL) : NULL;
+        fputs(", \"out\": ", f);
+        if (out) json_str(f, out);
+        else json_str(f, a->dirs[i]);
+        fputs(", \"state\": ", f);
+        json_str(f, st[i].state);
+        if (st[i].error) {
+            fputs(", \"error\": ", f);
+            json_str(f, st[i].error);
+        }
+        fputc('}', f);
+        bad += strcmp(st[i].state, "failed") == 0 || strcmp(st[i].state, "partial") == 0 ||
+               strcmp(st[i].state, "missing") == 0;
+        free(name);
+        free(out);
+    }
+    fputs("]}\n", f);
+    return bad;
+}
+
+/* One checkpoint of the task: skipped when its output verifies, else applied (replacing only
+ * what nlsr wrote: --force's policy, README "Output safety"). */
+static int sweep_one(const sweep_args *a, const char *dir, ck_state *st)
+{
+    nlsr_ctx *ctx = cli_ctx_create();
+    if (!ctx) return -1;
+    common_apply(&a->c, ctx);
+    char *name = leaf(dir);
+    char *out = a->out_root && name ? join(a->out_root, name, NULL) : NULL;
+    char *report = a->out_root && name ? join(a->out_root, name, ".nlsr-report.json") : NULL;
+    int rc = 0;
+    if (a->in_place) {
+        nlsr_inplace_params ip = NLSR_INPLACE_PARAMS_DEFAULT;
+        nlsr_inplace_result res;
+        memset(&res, 0, sizeof res);
+        rc = nlsr_apply_inplace(ctx, a->patches, dir, &a->p, &ip, &res);
+        if (rc == 0) st->state = res.outcome == NLSR_INPLACE_ALREADY ? "already" : "realigned";
+    } else if (!out || !report) {
+        rc = -ENOMEM;
+    } else if (nlsr_output_verify(ctx, out, report) == 1) {
+        st->state = "verified";
+    } else {
+        nlsr_realign_params p = a->p;
+        p.report_path = report;
+        p.force = 1;
+        rc = nlsr_apply(ctx, a->patches, dir, out, &p);
+        if (rc == 0) st->state = "done";
+    }
+    int status = 0;
+    if (rc < 0) {
+        const char *msg = nlsr_ctx_error(ctx);
+        st->state = "failed";
+        st->error = strdup(msg && *msg ? msg : nlsr_strerror(rc));
+        status = cli_fail(ctx, rc);
+    } else if (!a->c.quiet) {
+        fprintf(stderr, "nlsr: sweep: %s: %s\n", dir, st->state);
+    }
+    free(name);
+    free(out);
+    free(report);
+    nlsr_ctx_free(ctx);
+    return status;
+}
+
+int cmd_sweep(int argc, char **argv)
+{
+    if (wants_help(argc, argv, "sweep")) return 0;
+    sweep_args a;
+    int rc = parse_sweep(argc, argv, &a);
+    ck_state *st = rc ? NULL : calloc((size_t)a.ndirs, sizeof *st);
+    if (rc || !st) {
+        free(a.dirs);
+        return rc ? rc : 1;
+    }
+    /* Outputs are named after the folders: two of one name would overwrite each other. */
+    for (int i = 0; i < a.ndirs && a.out_root && rc == 0; i++)
+        for (int j = 0; j < i && rc == 0; j++) {
+            char *x = leaf(a.dirs[i]), *y = leaf(a.dirs[j]);
+            if (x && y && strcmp(x, y) == 0)
+                rc = cli_usage_error("sweep: %s and %s would both be written to %s/%s", a.dirs[j],
+                                     a.dirs[i], a.out_root, x);
+            free(x);
+            free(y);
+        }
+    /* Task I of N takes the checkpoints [n I/N, n (I+1)/N): one each when N = n. */
+    size_t n = (size_t)a.ndirs;
+    size_t lo = a.ntasks ? n * a.task / a.ntasks : 0, hi = a.ntasks ? n * (a.task + 1) / a.ntasks : n;
+    int failed = 0, status = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        st[i].state = "pending";
+        if (a.status_only) {
+            char *name = leaf(a.dirs[i]);
+            char *out = a.out_root && name ? join(a.out_root, name, NULL) : NULL;
+            char *rep = a.out_root && name ? join(a.out_root, name, ".nlsr-report.json") : NULL;
+            nlsr_ctx *ctx = cli_ctx_create();
+            if (a.in_place) st[i].state = "unknown"; /* the folder's state file says */
+            else if (ctx && out && rep && nlsr_output_verify(ctx, out, rep) == 1) st[i].state = "done";
+            else if (out && (access(out, F_OK) == 0 || has_tmp(a.out_root, name)))
+                st[i].state = "partial";
+            else st[i].state = "missing";
+            nlsr_ctx_free(ctx);
+            free(name);
+            free(out);
+            free(rep);
+            continue;
+        }
+        if (i < lo || i >= hi) continue;
+        int s = sweep_one(&a, a.dirs[i], &st[i]);
+        if (s) failed++, status = s;
+        if (cli_stop_signal()) break; /* the job stopped at its safe point; so does the sweep */
+    }
+    int bad = 0;
+    if (rc == 0 && (a.summary || a.json)) {
+        FILE *f = stdout;
+        char *tmp = NULL;
+        if (a.summary && asprintf(&tmp, "%s.nlsr-tmp-%ld", a.summary, (long)getpid()) > 0)
+            f = fopen(tmp, "we");
+        if (!f) {
+            fprintf(stderr, "nlsr: error: %s: %s\n", tmp, strerror(errno));
+            status = 1;
+        } else {
+            bad = write_summary(&a, st, f);
+            if (f != stdout) {
+                int bad_close = fclose(f) != 0;
+                if (bad_close || rename(tmp, a.summary) != 0) {
+                    fprintf(stderr, "nlsr: error: %s: %s\n", a.summary, strerror(errno));
+                    unlink(tmp);
+                    status = 1;
+                }
+            }
+        }
+        free(tmp);
+    }
+    for (int i = 0; i < a.ndirs; i++) free(st[i].error);
+    free(st);
+    free(a.dirs);
+    if (rc) return rc;
+    if (cli_stop_signal()) return 128 + cli_stop_signal();
+    if (a.status_only) return bad ? 5 : status;
+    /* As the in-place sweep: several checkpoints with a failure exit 5, one its own status. */
+    return failed == 0 ? status : (hi - lo > 1 ? 5 : status);
+}
+
+/* ---- nlsr slurm ---------------------------------------------------------------------------- */
+
+typedef struct slurm_args {
+    const char *mode; /* "sweep" or "split" */
+    const char *dir, *nlsr, *partition, *account, *time_limit, *prepare_opts, *apply_opts;
+    const char *base, *aligned, *reference, *finetuned, *out, *patches, *out_root;
+    const char **dirs;
+    int ndirs, in_place, submit;
+    unsigned parts, concurrency, cpus;
+    uint64_t mem_budget;
+} slurm_args;
+
+/* Single-quoted for sh: every byte kept, ' as '\''. */
+static void shq(FILE *f, const char *s)
+{
+    fputc('\'', f);
+    for (; *s; s++)
+        if (*s == '\'') fputs("'\\''", f);
+        else fputc(*s, f);
+    fputc('\'', f);
+}
+
+/* Paths in scripts are absolute: the tasks may start in another folder. */
+static char *absolute(const char *p)
+{
+    if (p[0] == '/') return strdup(p);
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd)) return NULL;
+    return join(cwd, p, NULL);
+}
+
+/* mkdir -p: the scripts' folder and its missing parents. */
+static int mkdirs(const char *path)
+{
+    char *p = strdup(path);
+    if (!p) return -1;
+    for (char *c = p + 1; *c; c++)
+        if (*c == '/') {
+            *c = '\0';
+            if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+                free(p);
+                return -1;
+            }
+            *c = '/';
+        }
+    int rc = mkdir(p, 0755) != 0 && errno != EEXIST ? -1 : 0;
+    free(p);
+    return rc;
+}
+
+static int parse_unsigned(const char *o, const char *v, unsigned *out, unsigned lo)
+{
+    char *end;
+    errno = 0;
+    unsigned long x = strtoul(v, &end, 10);
+    if (v[0] < '0' || v[0] > '9' || *end || errno || x < lo || x > 1000000)
+        return cli_usage_error("%s needs a whole number of at least %u, not '%s'", o, lo, v);
+    *out = (unsigned)x;
+    return 0;
+}
+
+static int parse_slurm(int argc, char **argv, slurm_args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->concurrency = 0;
+    a->cpus = 2;
+    a->mem_budget = 1ull << 30;
+    if (argc < 1 || (strcmp(argv[0], "sweep") && strcmp(argv[0], "split")))
+        return cli_usage_error("slurm needs a job kind: 'slurm sweep' or 'slurm split'");
+    a->mode = argv[0];
+    if (!(a->dirs = calloc((size_t)argc + 1, sizeof *a->dirs))) return 1;
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i];
+        if (o[0] != '-' || !o[1]) {
+            a->dirs[a->ndirs++] = o;
+            continue;
+        }
+        if (strcmp(o, "--submit") == 0) {
+            a->submit = 1;
+            continue;
+        }
+        if (strcmp(o, "--in-place") == 0) {
+            a->in_place = 1;
+            continue;
+        }
+        if (i + 1 >= argc) return cli_usage_error("slurm: unknown option '%s', or it needs a value", o);
+        const char *v = argv[++i];
+        if (strcmp(o, "--dir") == 0) a->dir = v;
+        else if (strcmp(o, "--nlsr") == 0) a->nlsr = v;
+        else if (strcmp(o, "--partition") == 0) a->partition = v;
+        else if (strcmp(o, "--account") == 0) a->account = v;
+        else if (strcmp(o, "--time") == 0) a->time_limit = v;
+        else if (strcmp(o, "--prepare-opts") == 0) a->prepare_opts = v;
+        else if (strcmp(o, "--apply-opts") == 0) a->apply_opts = v;
+        else if (strcmp(o, "--base") == 0) a->base = v;
+        else if (strcmp(o, "--aligned") == 0) a->aligned = v;
+        else if (strcmp(o, "--reference") == 0) a->reference = v;
+        else if (strcmp(o, "--finetuned") == 0) a->finetuned = v;
+        else if (strcmp(o, "--out") == 0) a->out = v;
+        else if (strcmp(o, "--patches") == 0) a->patches = v;
+        else if (strcmp(o, "--out-root") == 0) a->out_root = v;
+        else if (strcmp(o, "--parts") == 0) {
+            if (parse_unsigned(o, v, &a->parts, 1)) return 2;
+        } else if (strcmp(o, "--concurrency") == 0) {
+            if (parse_unsigned(o, v, &a->concurrency, 1)) return 2;
+        } else if (strcmp(o, "--cpus") == 0) {
+            if (parse_unsigned(o, v, &a->cpus, 1)) return 2;
+        } else if (strcmp(o, "--mem-budget") == 0) {
+            if (nlsr_parse_size(v, &a->mem_budget) != 0)
+                return cli_usage_error("--mem-budget needs a size such as 512M or 4G, not '%s'", v);
+        } else return cli_usage_error("slurm: unknown option '%s'", o);
+    }
+    if (!a->dir) return cli_usage_error("slurm needs --dir DIR (where the scripts go)");
+    if (strcmp(a->mode, "sweep") == 0) {
+        if (!a->patches || a->ndirs == 0 || !a->out_root == !a->in_place)
+            return cli_usage_error("slurm sweep needs --patches FILE, --out-root DIR or --in-place, "
+                                   "and the fine-tuned folders");
+    } else {
+        if (!a->base || !a->aligned == !a->reference || !a->finetuned || !a->out || !a->parts)
+            return cli_usage_error("slurm split needs --base, --aligned or --reference, "
+                                   "--finetuned, --out and --parts N");
+        if (a->ndirs) return cli_usage_error("slurm split: unexpected argument '%s'", a->dirs[0]);
+    }
+    return 0;
+}
+
+/* The #SBATCH lines every script shares. Memory per task: the budget every job holds to
+ * (nlsr's buffers never pass it: docs/DESIGN.md "Memory"), plus the program, libraries and the
+ * writer's queue outside it. */
+static void sbatch_head(FILE *f, const slurm_args *a, const char *name, const char *logs,
+                        int array)
+{
+    uint64_t mem_mib = (a->mem_budget >> 20) + 512;
+    fprintf(f, "#!/bin/bash\n");
+    fprintf(f, "#SBATCH --job-name=nlsr-%s\n", name);
+    fprintf(f, "#SBATCH --output=%s/%s-%s.out\n", logs, name, array ? "%A_%a" : "%j");
+    fprintf(f, "#SBATCH --ntasks=1\n#SBATCH --cpus-per-task=%u\n", a->cpus);
+    fprintf(f, "#SBATCH --mem=%lluM\n", (unsigned long long)mem_mib);
+    /* A preempted or failed node requeues the task; the task finds what it finished. */
+    fprintf(f, "#SBATCH --requeue\n#SBATCH --open-mode=append\n");
+    if (a->time_limit) fprintf(f, "#SBATCH --time=%s\n", a->time_limit);
+    if (a->partition) fprintf(f, "#SBATCH --partition=%s\n", a->partition);
+    if (a->account) fprintf(f, "#SBATCH --account=%s\n", a->account);
+}
+
+static void array_line(FILE *f, const slurm_args *a, unsigned n)
+{
+    fprintf(f, "#SBATCH --array=0-%u", n - 1);
+    if (a->concurrency) fprintf(f, "%%%u", a->concurrency);
+    fputc('\n', f);
+}
+
+static FILE *open_script(const char *dir, const char *name, char **path)
+{
+    *path = join(dir, name, NULL);
+    if (!*path) return NULL;
+    FILE *f = fopen(*path, "we");
+    if (!f) fprintf(stderr, "nlsr: error: %s: %s\n", *path, strerror(errno));
+    return f;
+}
+
+static int close_script(FILE *f, const char *path)
+{
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        fprintf(stderr, "nlsr: error: %s: write failed\n", path);
+        return 1;
+    }
+    chmod(path, 0755);
+    return 0;
+}
+
+static void mem_opt(FILE *f, const slurm_args *a)
+{
+    fprintf(f, " --mem-budget %lluM", (unsigned long long)(a->mem_budget >> 20));
+}
+
+/* Runs sbatch --parsable [--dependency=...] script; the job id in id. */
+static int sbatch(const char *script, const char *dep, char *id, size_t cap)
+{
+    int pfd[2];
+    if (pipe(pfd) != 0) return -1;
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        dup2(pfd[1], 1);
+        close(pfd[0]);
+        close(pfd[1]);
+        char depopt[256];
+        if (dep) {
+            snprintf(depopt, sizeof depopt, "--dependency=%s", dep);
+            execlp("sbatch", "sbatch", "--parsable", depopt, script, (char *)NULL);
+        } else {
+            execlp("sbatch", "sbatch", "--parsable", script, (char *)NULL);
+        }
+        fprintf(stderr, "nlsr: error: cannot run sbatch: %s\n", strerror(errno));
+        _exit(127);
+    }
+    close(pfd[1]);
+    size_t n = 0;
+    for (ssize_t r; n + 1 < cap && (r = read(pfd[0], id + n, cap - 1 - n)) != 0;) {
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        n += (size_t)r;
+    }
+    id[n] = '\0';
+    close(pfd[0]);
+    int ws;
+    while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {}
+    id[strcspn(id, ";\n")] = '\0'; /* "id;cluster" on multi-cluster setups */
+    if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0 || !id[0]) {
+        fprintf(stderr, "nlsr: error: sbatch %s failed\n", script);
+        return -1;
+    }
+    return 0;
+}
+
+int cmd_slurm(int argc, char **argv)
+{
+    if (wants_help(argc, argv, "slurm")) return 0;
+    slurm_args a;
+    int rc = parse_slurm(argc, argv, &a);
+    if (rc) {
+        free(a.dirs);
+        return rc;
+    }
+    char exe[PATH_MAX];
+    ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (el > 0) exe[el] = '\0';
+    else snprintf(exe, sizeof exe, "nlsr");
+    char *nlsr = absolute(a.nlsr ? a.nlsr : exe);
+    char *dir = absolute(a.dir);
+    char *logs = dir ? join(dir, "logs", NULL) : NULL;
+    int status = 0;
+    if (!nlsr || !dir || !logs) {
+        status = 1;
+        goto done;
+    }
+    if (mkdirs(dir) != 0 || (mkdir(logs, 0755) != 0 && errno != EEXIST)) {
+        fprintf(stderr, "nlsr: error: %s: %s\n", dir, strerror(errno));
+        status = 1;
+        goto done;
+    }
+    /* Scripts in order; each after the previous one succeeded (afterok), or, for a sweep's
+     * summary, after it ended whatever the outcome (afterany). */
+    const char *scripts[3] = {0};
+    const char *deps[3] = {0};
+    int nscripts = 0;
+    char *path = NULL;
+    FILE *f;
+    if (strcmp(a.mode, "sweep") == 0) {
+        char **abs = calloc((size_t)a.ndirs, sizeof *abs);
+        char *patches = absolute(a.patches), *root = a.out_root ? absolute(a.out_root) : NULL;
+        for (int i = 0; abs && i < a.ndirs; i++) abs[i] = absolute(a.dirs[i]);
+        const char *kinds[2] = {"sweep.sbatch", "summary.sbatch"};
+        for (int k = 0; k < 2 && status == 0; k++) {
+            if (!(f = open_script(dir, kinds[k], &path))) {
+                status = 1;
+                break;
+            }
+            sbatch_head(f, &a, k ? "sweep-summary" : "sweep", logs, k == 0);
+            if (k == 0) array_line(f, &a, (unsigned)a.ndirs);
+            fprintf(f, "set -u\n");
+            fprintf(f, "exec ");
+            shq(f, nlsr);
+            fprintf(f, " sweep --patches ");
+            shq(f, patches);
+            if (root) {
+                fprintf(f, " --out-root ");
+                shq(f, root);
+            } else {
+                fprintf(f, " --in-place");
+            }
+            if (k == 0) {
+                mem_opt(f, &a);
+                fprintf(f, " --task \"$SLURM_ARRAY_TASK_ID/%d\"", a.ndirs);
+            } else {
+                fprintf(f, " --status --summary ");
+                char *sum = join(root ? root : dir, "sweep-summary.json", NULL);
+                shq(f, sum ? sum : "sweep-summary.json");
+                free(sum);
+            }
+            if (a.apply_opts) fprintf(f, " %s", a.apply_opts);
+            for (int i = 0; i < a.ndirs; i++) {
+                fprintf(f, " \\\n    ");
+                shq(f, abs && abs[i] ? abs[i] : a.dirs[i]);
+            }
+            fputc('\n', f);
+            status = close_script(f, path);
+            free(path);
+        }
+        for (int i = 0; abs && i < a.ndirs; i++) free(abs[i]);
+        free(abs);
+        free(patches);
+        free(root);
+        scripts[0] = "sweep.sbatch";
+        scripts[1] = "summary.sbatch";
+        deps[1] = "afterany";
+        nscripts = 2;
+    } else {
+        char *base = absolute(a.base), *src = absolute(a.aligned ? a.aligned : a.reference);
+        char *ft = absolute(a.finetuned), *out = absolute(a.out);
+        char *parts = join(dir, "parts", NULL), *patches = join(dir, "patches.nlsrp", NULL);
+        const char *srcopt = a.aligned ? "--aligned" : "--reference";
+        if (!base || !src || !ft || !out || !parts || !patches) status = 1;
+        /* Map: one part of the prepare per task. */
+        if (status == 0 && (f = open_script(dir, "prepare.sbatch", &path))) {
+            sbatch_head(f, &a, "prepare", logs, 1);
+            array_line(f, &a, a.parts);
+            fprintf(f, "set -u\nexec ");
+            shq(f, nlsr);
+            fprintf(f, " prepare --base ");
+            shq(f, base);
+            fprintf(f, " %s ", srcopt);
+            shq(f, src);
+            mem_opt(f, &a);
+            fprintf(f, " --part \"$SLURM_ARRAY_TASK_ID/%u\" --out ", a.parts);
+            shq(f, parts);
+            fprintf(f, "/part-\"$SLURM_ARRAY_TASK_ID\".nlsrp");
+            if (a.prepare_opts) fprintf(f, " %s", a.prepare_opts);
+            fputc('\n', f);
+            status = close_script(f, path);
+            free(path);
+        } else status = 1;
+        /* Reduce: every part checked and merged into the one patch file. */
+        if (status == 0 && (f = open_script(dir, "reduce.sbatch", &path))) {
+            sbatch_head(f, &a, "reduce", logs, 0);
+            /* A requeued attempt replaces what an earlier one committed (the same bytes); a
+             * first one never replaces a file that was there before the job. */
+            fprintf(f, "set -u\nexec ");
+            shq(f, nlsr);
+            fprintf(f, " reduce ${SLURM_RESTART_COUNT:+--force} --out ");
+            shq(f, patches);
+            for (unsigned i = 0; i < a.parts; i++) {
+                fprintf(f, " \\\n    ");
+                shq(f, parts);
+                fprintf(f, "/part-%u.nlsrp", i);
+            }
+            fputc('\n', f);
+            status = close_script(f, path);
+            free(path);
+        } else if (status == 0) status = 1;
+        /* Apply: step 3 once the selection has every module's similarity. */
+        if (status == 0 && (f = open_script(dir, "apply.sbatch", &path))) {
+            sbatch_head(f, &a, "apply", logs, 0);
+            fprintf(f, "set -u\nexec ");
+            shq(f, nlsr);
+            fprintf(f, " apply ${SLURM_RESTART_COUNT:+--force} --patches ");
+            shq(f, patches);
+            fprintf(f, " --finetuned ");
+            shq(f, ft);
+            mem_opt(f, &a);
+            fprintf(f, " --out ");
+            shq(f, out);
+            if (a.apply_opts) fprintf(f, " %s", a.apply_opts);
+            fputc('\n', f);
+            status = close_script(f, path);
+            free(path);
+        } else if (status == 0) status = 1;
+        if (status == 0 && mkdir(parts, 0755) != 0 && errno != EEXIST) {
+            fprintf(stderr, "nlsr: error: %s: %s\n", parts, strerror(errno));
+            status = 1;
+        }
+        free(base);
+        free(src);
+        free(ft);
+        free(out);
+        free(parts);
+        free(patches);
+        scripts[0] = "prepare.sbatch";
+        scripts[1] = "reduce.sbatch";
+        scripts[2] = "apply.sbatch";
+        deps[1] = deps[2] = "afterok";
+        nscripts = 3;
+    }
+    if (status) goto done;
+    /* submit.sh: the same chain by hand (sbatch --parsable, each after the previous). */
+    if (!(f = open_script(dir, "submit.sh", &path))) {
+        status = 1;
+        goto done;
+    }
+    fprintf(f, "#!/bin/sh\n# Submits the job's scripts in order; prints the job ids.\nset -eu\n"
+               "cd \"$(dirname \"$0\")\"\n");
+    for (int i = 0; i < nscripts; i++) {
+        if (deps[i]) fprintf(f, "j%d=$(sbatch --parsable --dependency=%s:\"${j%d%%%%;*}\" %s)\n",
+                             i, deps[i], i - 1, scripts[i]);
+        else fprintf(f, "j%d=$(sbatch --parsable %s)\n", i, scripts[i]);
+        fprintf(f, "echo \"%s ${j%d%%%%;*}\"\n", scripts[i], i);
+    }
+    status = close_script(f, path);
+    free(path);
+    if (status) goto done;
+    if (!a.submit) {
+        printf("%s/submit.sh\n", dir);
+        goto done;
+    }
+    char prev[128] = "";
+    for (int i = 0; i < nscripts; i++) {
+        char *s = join(dir, scripts[i], NULL), dep[192], id[128];
+        if (deps[i]) snprintf(dep, sizeof dep, "%s:%s", deps[i], prev);
+        if (!s || sbatch(s, deps[i] ? dep : NULL, id, sizeof id) != 0) {
+            free(s);
+            status = 1;
+            break;
+        }
+        printf("%s %s\n", scripts[i], id);
+        fflush(stdout);
+        snprintf(prev, sizeof prev, "%s", id);
+        free(s);
+    }
+done:
+    free(nlsr);
+    free(dir);
+    free(logs);
+    free(a.dirs);
+    return status;
+}
