@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "../common/ctx.h"
+#include "../common/shape.h"
 #include "../compute/convert.h"
 #include "../io/checkpoint.h"
 #include "../io/file.h"
@@ -88,15 +89,6 @@ int nlsr_ckpt_print_dump(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *tensor,
     return rc;
 }
 
-static void shape_str(const st_tensor *t, char *buf, size_t cap)
-{
-    size_t k = 0;
-    k += (size_t)snprintf(buf + k, cap - k, "[");
-    for (int d = 0; d < t->ndim && k < cap; d++)
-        k += (size_t)snprintf(buf + k, cap - k, d ? ", %" PRIu64 : "%" PRIu64, t->shape[d]);
-    if (k < cap) snprintf(buf + k, cap - k, "]");
-}
-
 int nlsr_ckpt_print_inspect(nlsr_ctx *ctx, const nlsr_ckpt *ck, int json, FILE *out)
 {
     nlsr_err *e = &ctx->err;
@@ -112,7 +104,7 @@ int nlsr_ckpt_print_inspect(nlsr_ctx *ctx, const nlsr_ckpt *ck, int json, FILE *
         for (size_t i = 0; i < ck->n; i++) {
             const st_tensor *t = ck->t[i].t;
             char shp[256];
-            shape_str(t, shp, sizeof shp);
+            nlsr_shape_str(t->ndim, t->shape, ", ", shp, sizeof shp);
             fprintf(out, "%-60s %-8s %-20s %s @%" PRIu64 " %" PRIu64 " bytes\n", t->name,
                     nlsr_dtype_name(t->dtype), shp, ck->shard_names[ck->t[i].shard],
                     ck_tensor_offset(ck, i), t->end - t->begin);

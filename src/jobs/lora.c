@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "../common/ctx.h"
+#include "../common/shape.h"
 #include "../compute/convert.h"
 #include "../compute/kth.h"
 #include "../compute/lora_gram.h"
@@ -67,14 +68,6 @@ static char *concat(const char *a, const char *b)
     memcpy(s, a, la);
     memcpy(s + la, b, lb + 1);
     return s;
-}
-
-static void shape_str(int ndim, const uint64_t *shape, char *buf, size_t cap)
-{
-    size_t k = (size_t)snprintf(buf, cap, "[");
-    for (int d = 0; d < ndim && k < cap; d++)
-        k += (size_t)snprintf(buf + k, cap - k, d ? ",%" PRIu64 : "%" PRIu64, shape[d]);
-    if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
 /* ---- modules ----------------------------------------------------------------------------- */
@@ -134,7 +127,7 @@ int lora_list_modules(nlsr_ctx *ctx, const nlsr_ckpt *ck, const nlsr_realign_par
         if (!is_a && !is_b) continue;
         if (t->ndim != 2) {
             char s[128];
-            shape_str(t->ndim, t->shape, s, sizeof s);
+            nlsr_shape_str(t->ndim, t->shape, ",", s, sizeof s);
             return nlsr_fail(e, NLSR_E_FORMAT, "%s: LoRA factor '%s' has shape %s, not 2-D",
                              file_of(ck, i), t->name, s);
         }
@@ -384,7 +377,7 @@ static int find_mask(nlsr_ctx *ctx, const nlsr_ckpt *mk, const lora_mod *m, cons
         const st_tensor *t = tensor_of(mk, *idx);
         if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols) {
             char s[128];
-            shape_str(t->ndim, t->shape, s, sizeof s);
+            nlsr_shape_str(t->ndim, t->shape, ",", s, sizeof s);
             rc = nlsr_fail(e, NLSR_E_MISMATCH,
                            "%s: mask '%s' has shape %s but the factor is [%" PRIu64 ",%" PRIu64
                            "]",

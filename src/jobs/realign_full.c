@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "../common/ctx.h"
+#include "../common/shape.h"
 #include "../common/json.h"
 #include "../common/dtype_table.h"
 #include "../common/testhook.h"
@@ -47,14 +48,6 @@
 static const char *shard_path(const nlsr_ckpt *ck, size_t i)
 {
     return ck->shards[ck->t[i].shard]->path;
-}
-
-static void shape_str(int ndim, const uint64_t *shape, char *buf, size_t cap)
-{
-    size_t k = (size_t)snprintf(buf, cap, "[");
-    for (int d = 0; d < ndim && k < cap; d++)
-        k += (size_t)snprintf(buf + k, cap - k, d ? ", %" PRIu64 : "%" PRIu64, shape[d]);
-    if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
 static int same_shape(int na, const uint64_t *a, int nb, const uint64_t *b)
@@ -98,8 +91,8 @@ int nlsr_full_check_sources(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckp
         }
         if (is_target(tb, p) || is_target(ts, p)) {
             char sa[128], sb[128];
-            shape_str(tb->ndim, tb->shape, sa, sizeof sa);
-            shape_str(ts->ndim, ts->shape, sb, sizeof sb);
+            nlsr_shape_str(tb->ndim, tb->shape, ", ", sa, sizeof sa);
+            nlsr_shape_str(ts->ndim, ts->shape, ", ", sb, sizeof sb);
             NLSR_FAIL_IF(!same_shape(tb->ndim, tb->shape, ts->ndim, ts->shape), e,
                          NLSR_E_MISMATCH, "tensor '%.200s': shape %s in base %s but %s in %s %s",
                          tb->name, sa, base->path, sb, sn, src->path);
@@ -143,8 +136,8 @@ static int check_against_model(nlsr_ctx *ctx, const model_tensor *m, size_t n, c
         NLSR_FAIL_IF(c > 0, e, NLSR_E_MISMATCH, "finetuned %s has tensor '%.200s', which %s lacks",
                      ft->path, t->name, what);
         char sa[128], sb[128];
-        shape_str(m[i].ndim, m[i].shape, sa, sizeof sa);
-        shape_str(t->ndim, t->shape, sb, sizeof sb);
+        nlsr_shape_str(m[i].ndim, m[i].shape, ", ", sa, sizeof sa);
+        nlsr_shape_str(t->ndim, t->shape, ", ", sb, sizeof sb);
         NLSR_FAIL_IF(!same_shape(m[i].ndim, m[i].shape, t->ndim, t->shape), e, NLSR_E_MISMATCH,
                      "tensor '%.200s': shape %s in %s but %s in finetuned %s", t->name, sa, what,
                      sb, ft->path);

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "../common/ctx.h"
+#include "../common/shape.h"
 #include "../common/json.h"
 #include "../compute/convert.h"
 #include "../compute/kth.h"
@@ -69,14 +70,6 @@ int nlsr_scorer_check_params(nlsr_ctx *ctx, const nlsr_scorer_params *sp)
     return nlsr_fail(e, NLSR_E_USAGE, "unknown scorer %d", (int)sp->kind);
 }
 
-static void shape_str(int ndim, const uint64_t *shape, char *buf, size_t cap)
-{
-    size_t k = (size_t)snprintf(buf, cap, "[");
-    for (int d = 0; d < ndim && k < cap; d++)
-        k += (size_t)snprintf(buf + k, cap - k, d ? ", %" PRIu64 : "%" PRIu64, shape[d]);
-    if (k < cap) snprintf(buf + k, cap - k, "]");
-}
-
 /* ---- the activations file ------------------------------------------------------------------ */
 
 struct nlsr_acts {
@@ -113,7 +106,7 @@ static int acts_check_entry(nlsr_ctx *ctx, const nlsr_acts *a, const st_tensor *
     nlsr_err *e = &ctx->err;
     uint64_t out = tm->shape[0], in = tm->shape[1];
     char sh[160];
-    shape_str(ta->ndim, ta->shape, sh, sizeof sh);
+    nlsr_shape_str(ta->ndim, ta->shape, ", ", sh, sizeof sh);
     if (a->gram) {
         NLSR_FAIL_IF(ta->ndim != 2 || ta->shape[0] != in || ta->shape[1] != in, e,
                      NLSR_E_MISMATCH,
