@@ -27,6 +27,7 @@
 #include "../src/io/outpath.h"
 #include "nlsr.h"
 #include "test.h"
+#include "test_files.h"
 
 #ifndef NLSR_TEST_DATA
 #error "NLSR_TEST_DATA must name tests/data"
@@ -41,23 +42,6 @@ static char *join(const char *a, const char *b)
     char *p = NULL;
     if (asprintf(&p, "%s/%s", a, b) < 0) abort();
     return p;
-}
-
-static void copy_dir(const char *src, const char *dst)
-{
-    (void)nlsr_tree_remove(dst);
-    if (mkdir(dst, 0755) != 0) abort();
-    DIR *d = opendir(src);
-    struct dirent *de;
-    while (d && (de = readdir(d))) {
-        if (de->d_name[0] == '.') continue;
-        char *s = join(src, de->d_name), *t = join(dst, de->d_name);
-        nlsr_err e = {0};
-        if (nlsr_copy_file(s, t, &e) < 0) abort();
-        free(s);
-        free(t);
-    }
-    if (d) closedir(d);
 }
 
 /* ---- the trace and its rules ------------------------------------------------------------- */

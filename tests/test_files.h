@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* File and folder comparison shared by the job tests: outputs are compared byte for byte.
- * Include after test.h, with _GNU_SOURCE defined and src/io/file.h included. */
+ * Include after test.h, with _GNU_SOURCE defined and src/io/file.h and src/io/outpath.h
+ * included. */
 #ifndef NLSR_TEST_FILES_H
 #define NLSR_TEST_FILES_H
 
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* The whole file (up to 1 GiB), malloc'd; NULL if it cannot be read. */
 static inline unsigned char *read_all(const char *path, size_t *len)
@@ -57,6 +59,24 @@ static inline int folders_equal(const char *a, const char *b)
         if (de->d_name[0] != '.') nb++;
     closedir(d);
     return eq && na == nb;
+}
+
+/* dst becomes a fresh copy of folder src's visible files (a fixture to patch in place). */
+static inline void copy_dir(const char *src, const char *dst)
+{
+    (void)nlsr_tree_remove(dst);
+    if (mkdir(dst, 0755) != 0) abort();
+    DIR *d = opendir(src);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        if (de->d_name[0] == '.') continue;
+        char *s = nlsr_path_join(src, de->d_name), *t = nlsr_path_join(dst, de->d_name);
+        nlsr_err e = {0, ""};
+        if (!s || !t || nlsr_copy_file(s, t, &e) < 0) abort();
+        free(s);
+        free(t);
+    }
+    if (d) closedir(d);
 }
 
 #endif

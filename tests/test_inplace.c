@@ -102,23 +102,6 @@ static int only_lock_left(const char *dir)
     return ok;
 }
 
-static void copy_dir(const char *src, const char *dst)
-{
-    (void)nlsr_tree_remove(dst);
-    if (mkdir(dst, 0755) != 0) abort();
-    DIR *d = opendir(src);
-    struct dirent *de;
-    while (d && (de = readdir(d))) {
-        if (de->d_name[0] == '.') continue;
-        char *s = join(src, de->d_name), *t = join(dst, de->d_name);
-        nlsr_err e = {0};
-        if (nlsr_copy_file(s, t, &e) < 0) abort();
-        free(s);
-        free(t);
-    }
-    if (d) closedir(d);
-}
-
 static nlsr_ctx *new_ctx(void)
 {
     nlsr_ctx *ctx = nlsr_ctx_create();

@@ -193,23 +193,6 @@ static int snap_same(const char *dir, const snap *s, const char *allowed_new)
     return ok;
 }
 
-static void copy_dir(const char *src, const char *dst)
-{
-    (void)nlsr_tree_remove(dst);
-    if (mkdir(dst, 0755) != 0) abort();
-    DIR *d = opendir(src);
-    struct dirent *de;
-    while (d && (de = readdir(d))) {
-        if (de->d_name[0] == '.') continue;
-        char *s = join(src, de->d_name), *t = join(dst, de->d_name);
-        nlsr_err e = {0};
-        if (nlsr_copy_file(s, t, &e) < 0) abort();
-        free(s);
-        free(t);
-    }
-    if (d) closedir(d);
-}
-
 /* ---- inputs written here ------------------------------------------------------------------ */
 
 typedef void (*edit_fn)(const char *name, nlsr_dtype *dt, unsigned char **raw, uint64_t n);
