@@ -613,11 +613,16 @@ typedef struct nlsr_bench_params {
     int warm;                /* no cache dropping: warm runs */
     int drop_caches;         /* write 3 to /proc/sys/vm/drop_caches (root) instead of fadvise */
     const char *csv, *json, *plot; /* output files (NULL: none): rows, rows + machine, SVG */
+    const char *after_each;  /* NULL, or a shell command run (sh -c, untimed) after each timed
+                                run, on that run's setup made again and cold the same way, with
+                                NLSR_BENCH_COMMAND (the `nlsr` command line doing the same job),
+                                NLSR_BENCH_JOB, _BUDGET, _IO, _REP, _CACHE, _WALL_S in its
+                                environment: to time the same runs another way, interleaved */
 } nlsr_bench_params;
 
 #define NLSR_BENCH_PARAMS_DEFAULT                                                                 \
     ((nlsr_bench_params){NULL, NULL, NULL, NULL, 0, NULL, NULL, NULL, NULL, 1, 0, 0, NULL,       \
-                         NULL, NULL})
+                         NULL, NULL, NULL})
 
 /* Runs the sweep and prints the table on `out` (one INFO line per run to the log callback). A failed run is a row with its status and message, not a failure of the bench;
  * invalid parameters are NLSR_E_USAGE. */

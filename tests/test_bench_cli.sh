@@ -4,7 +4,8 @@
 # two jobs. The CSV and JSON rows follow the schema, their bytes are the jobs' own (each run
 # again alone with --report / --json), the SVG is XML with one series per job and backend, the
 # cold path is posix_fadvise as a non-root user (setpriv to nobody when run as root), and the
-# scratch folder is gone afterwards. Usage: test_bench_cli.sh NLSR TEST_DATA
+# scratch folder is gone afterwards; run against run-in-place with --after-each (each run's
+# command line does the same job) and --config. Usage: test_bench_cli.sh NLSR TEST_DATA
 set -eu
 NLSR=$1
 DATA=$2/hf-tiny-llama
@@ -96,6 +97,75 @@ check(len([g for g in svg.iter(ns + "g") if g.get("class") == "min-io"]) == 2, "
 for line in bad: print("FAIL:", line, file=sys.stderr)
 sys.exit(1 if bad else 0)
 PY
+
+# run against run --in-place with --after-each: the hook gets each run's command line, set up
+# and cold again; that command, run by the hook, does the job the bench timed (the same bytes,
+# the same plan). The plot has both jobs' series in both panels and each job's minimal I/O line.
+# The options come from --config (bench's long option names), the command line overriding one.
+cat > "$T/hook.sh" <<'HOOK'
+set -eu
+n=$(ls "$RES" | grep -c '^hook-' || true)
+printf '%s\n%s %s %s %s %s\n' "$NLSR_BENCH_COMMAND" "$NLSR_BENCH_JOB" "$NLSR_BENCH_BUDGET" \
+    "$NLSR_BENCH_IO" "$NLSR_BENCH_REP" "$NLSR_BENCH_CACHE" > "$RES/hook-$n.txt"
+# The command's report path is the bench's: take the report before the next run removes it.
+eval "$BIN/$NLSR_BENCH_COMMAND"
+rep=$(printf '%s' "$NLSR_BENCH_COMMAND" | sed -n 's/.* --report \([^ ]*\) .*/\1/p')
+cp "$rep" "$RES/hook-$n.json"
+HOOK
+chmod a+r "$T/hook.sh"
+printf '{"jobs": "run,run-in-place", "budgets": "16M,1G", "io": "pread", "reps": "2"}\n' > "$T/cfg.json"
+chmod a+r "$T/cfg.json"
+# shellcheck disable=SC2086
+$AS env RES="$T/res" BIN="$T" "$T/nlsr" bench $B --config "$T/cfg.json" --io uring -q \
+    --json "$T/res/ip.json" --plot "$T/res/ip.svg" --after-each "sh $T/hook.sh" > /dev/null ||
+    fail "bench --after-each failed"
+python3 - "$T" <<'PY' || fail "see above"
+import glob, json, sys, xml.etree.ElementTree as ET
+T = sys.argv[1]
+bad = []
+def check(c, msg):
+    if not c: bad.append(msg)
+runs = json.load(open(f"{T}/res/ip.json"))["runs"]
+want = [(j, b, "uring", r) for j in ("run", "run-in-place") for b in ("16M", "1G") for r in (1, 2)]
+check([(r["job"], r["budget"], r["io"], r["rep"]) for r in runs] == want,
+      f"--config then --io: runs {[(r['job'], r['budget'], r['io'], r['rep']) for r in runs]}")
+hooks = sorted(glob.glob(f"{T}/res/hook-*.txt"), key=lambda p: int(p.split("-")[-1][:-4]))
+check(len(hooks) == len(runs), f"{len(hooks)} --after-each calls for {len(runs)} runs")
+for r, h in zip(runs, hooks):
+    key = (r["job"], r["budget"], r["rep"])
+    cmd, env = open(h).read().splitlines()
+    check(r["status"] == 0, f"{key} failed: {r.get('error')}")
+    check(cmd == r["command"], f"{key}: hook got {cmd!r}, JSON says {r['command']!r}")
+    check(("--in-place" in cmd) == (r["job"] == "run-in-place"), f"{key} command {cmd}")
+    check(f"--mem-budget {r['budget']} --io uring " in cmd, f"{key} command {cmd}")
+    check(env.split() == [r["job"], r["budget"], "uring", str(r["rep"]), "fadvise"], f"{key} env {env}")
+    hand = json.load(open(h[:-4] + ".json"))["summary"]
+    for k in ("bytes_read", "bytes_written", "plan"):
+        check(hand[k] == r[k], f"{key} {k}: the command {hand[k]}, the bench {r[k]}")
+svg = ET.parse(f"{T}/res/ip.svg").getroot()
+ns = "{http://www.w3.org/2000/svg}"
+groups = [g for g in svg.iter(ns + "g")]
+for value in ("wall_s", "peak_rss_mib"):
+    ser = sorted((g.get("data-job"), g.get("data-io")) for g in groups
+                 if g.get("class") == "series" and g.get("data-value") == value)
+    check(ser == [("run", "uring"), ("run-in-place", "uring")], f"SVG {value} series {ser}")
+    for g in groups:
+        if g.get("class") == "series" and g.get("data-value") == value:
+            pts = g.find(ns + "polyline").get("points").split()
+            check(len(pts) == 2, f"SVG {value} {g.get('data-job')}: {len(pts)} points, not one per budget")
+minio = {g.get("data-job"): g.find(ns + "polyline").get("points").split() for g in groups
+         if g.get("class") == "min-io"}
+check(sorted(minio) == ["run", "run-in-place"], f"SVG min-io lines {sorted(minio)}")
+check(all(len(p) == 2 for p in minio.values()), f"SVG min-io points {minio}")
+for line in bad: print("FAIL:", line, file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+# A failing --after-each command stops the bench with one line naming the run.
+st=0; "$T/nlsr" bench $B --budgets 1G --io pread -q --scratch "$T/res" --after-each 'exit 3' \
+    2>"$T/err" >/dev/null || st=$?
+[ "$st" != 0 ] && grep -q "after-each.*status 3 after run 1G pread rep 1" "$T/err" ||
+    fail "--after-each 'exit 3': exit $st $(cat "$T/err")"
+ls "$T/res" | grep -q nlsr-bench && fail "a stopped bench left its scratch folder"
 
 # Usage errors: one line, exit 2, nothing made.
 st=0; "$T/nlsr" bench --synth tiny --base "$T/in/sft" -q 2>"$T/err" || st=$?

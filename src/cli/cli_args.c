@@ -224,6 +224,7 @@ static int set_opt(const source *s, const cli_opt *o, const char *v)
     case O_CSV: a->bench.csv = v; break;
     case O_BENCH_JSON: a->bench.json = v; break;
     case O_PLOT: a->bench.plot = v; break;
+    case O_AFTER_EACH: a->bench.after_each = v; break;
     case O_WARM: return flag_value(s, n, v, &a->bench.warm);
     case O_DROP_CACHES: return flag_value(s, n, v, &a->bench.drop_caches);
     case O_REPS:

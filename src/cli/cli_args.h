@@ -26,7 +26,7 @@ enum cli_opt_id {
     O_PART,
     /* bench */
     O_BENCH_SYNTH, O_SCRATCH, O_BUDGETS, O_BENCH_IO, O_JOBS, O_REPS, O_WARM, O_DROP_CACHES,
-    O_CSV, O_BENCH_JSON, O_PLOT
+    O_CSV, O_BENCH_JSON, O_PLOT, O_AFTER_EACH
 };
 
 /* One name may have two entries for different commands (bench's --io LIST and --json FILE

@@ -86,7 +86,7 @@ const cli_opt cli_opts[] = {
      "leave weights nlsr does not realign out of the output (refused otherwise)"},
     {"revision", 0, "REV", JOBS | K_INSPECT, O_REVISION,
      "hub cache repository folders: a ref or commit (refs/main)"},
-    {"config", 0, "FILE", ENGINE | K_ROLLBACK, O_CONFIG,
+    {"config", 0, "FILE", ENGINE | K_ROLLBACK | K_BENCH, O_CONFIG,
      "options from a JSON object (keys: long option names); the command line overrides"},
     {"progress-interval", 0, "SECONDS", ENGINE | K_ROLLBACK | K_BENCH, O_PROGRESS,
      "seconds between progress lines when stderr is no terminal (10)"},
@@ -118,6 +118,9 @@ const cli_opt cli_opts[] = {
      "cold through /proc/sys/vm/drop_caches (root), not posix_fadvise"},
     {"csv", 0, "FILE", K_BENCH, O_CSV, "write the runs as CSV there"},
     {"plot", 0, "FILE.svg", K_BENCH, O_PLOT, "plot time and peak RSS against the budget there"},
+    {"after-each", 0, "CMD", K_BENCH, O_AFTER_EACH,
+     "after each timed run, run CMD (sh -c, untimed) on the same run set up and cold again;"
+     " NLSR_BENCH_COMMAND holds the nlsr command line doing that job"},
     {"help", 'h', NULL, ALL, O_HELP, "this help"},
     {"version", 0, NULL, ALL, O_VERSION, "print the version"},
 };

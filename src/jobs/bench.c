@@ -231,6 +231,111 @@ static void min_io(sweep *s, int job, bench_row *row)
     row->ratio = row->min_io_s > 0 && row->status == 0 ? row->wall_s / row->min_io_s : 0;
 }
 
+/* One word for sh: as it is when it holds only characters sh takes literally, else in single
+ * quotes (a quote inside as '\''). */
+static void sh_word(FILE *f, const char *w)
+{
+    if (*w && strspn(w, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-./:=,+@%") == strlen(w)) {
+        fputs(w, f);
+        return;
+    }
+    fputc('\'', f);
+    for (; *w; w++) {
+        if (*w == '\'') fputs("'\\''", f);
+        else fputc(*w, f);
+    }
+    fputc('\'', f);
+}
+
+/* The `nlsr` command line that does what the child does through the library: the same inputs,
+ * output, report, budget, backend, threads and the method's defaults (child_job), so that the
+ * same run can be timed another way. Its paths are the scratch folder's. NULL: out of memory. */
+static char *job_command(const sweep *s, int job, const bench_row *row)
+{
+    static const char *const CMD[J_COUNT] = {"run", "run", "prepare", "apply", "amplify"};
+    char *txt = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&txt, &len);
+    if (!f) return NULL;
+    fprintf(f, "nlsr %s", CMD[job]);
+#define ARG(name, value)               \
+    do {                               \
+        fputs(" --" name " ", f);      \
+        sh_word(f, value);             \
+    } while (0)
+    if (job == J_APPLY) {
+        ARG("patches", s->patches);
+    } else {
+        ARG("base", s->base);
+        ARG("aligned", s->aligned);
+    }
+    if (job == J_RUN || job == J_APPLY) ARG("finetuned", s->finetuned);
+    if (job == J_INPLACE) {
+        ARG("finetuned", s->copy);
+        fputs(" --in-place", f);
+    } else {
+        ARG("out", s->out);
+    }
+    ARG("mem-budget", row->budget);
+    ARG("io", row->io);
+    if (job != J_AMPLIFY) ARG("report", s->report); /* amplify's child writes none */
+#undef ARG
+    if (s->ctx->threads != 1) fprintf(f, " --threads %d", s->ctx->threads);
+    fputs(" --force -q", f);
+    if (fclose(f) != 0) {
+        free(txt);
+        return NULL;
+    }
+    return txt;
+}
+
+/* Untimed setup before a run: the previous output goes; run-in-place gets a fresh copy of the
+ * fine-tune, written back to disk before its pages are dropped. */
+static int setup_run(sweep *s, int job)
+{
+    bench_remove_tree(s->out);
+    unlink(s->report);
+    if (job == J_INPLACE) {
+        bench_remove_tree(s->copy);
+        NLSR_FORWARD(bench_copy_folder(s->ctx, s->finetuned, s->copy));
+    }
+    return 0;
+}
+
+/* --after-each: the caller's command on the run just timed, set up and cold again the same
+ * way, with the run in its environment. Untimed; a failure stops the bench. */
+static int after_each(sweep *s, int job, const bench_row *row)
+{
+    nlsr_err *e = &s->ctx->err;
+    if (!s->bp->after_each) return 0;
+    NLSR_FORWARD(setup_run(s, job));
+    bench_row cold;
+    memset(&cold, 0, sizeof cold);
+    drop_all(s, &cold);
+    char rep[16], wall[32];
+    snprintf(rep, sizeof rep, "%d", row->rep);
+    snprintf(wall, sizeof wall, "%.6f", row->wall_s);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) return nlsr_fail(e, -errno, "bench: fork: %s", strerror(errno));
+    if (pid == 0) {
+        if (setenv("NLSR_BENCH_COMMAND", row->command ? row->command : "", 1) ||
+            setenv("NLSR_BENCH_JOB", row->job, 1) || setenv("NLSR_BENCH_BUDGET", row->budget, 1) ||
+            setenv("NLSR_BENCH_IO", row->io, 1) || setenv("NLSR_BENCH_REP", rep, 1) ||
+            setenv("NLSR_BENCH_CACHE", cold.cache, 1) || setenv("NLSR_BENCH_WALL_S", wall, 1))
+            _exit(126);
+        execl("/bin/sh", "sh", "-c", s->bp->after_each, (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    NLSR_FAIL_IF(!WIFEXITED(st) || WEXITSTATUS(st) != 0, e, NLSR_E_USAGE,
+                 "bench: --after-each command %s %d after %s %s %s rep %d",
+                 WIFSIGNALED(st) ? "ended by signal" : "exited with status",
+                 WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), row->job, row->budget, row->io, row->rep);
+    return 0;
+}
+
 static int one_run(sweep *s, int job, const char *budget_s, uint64_t budget, int have_budget,
                    nlsr_io_kind io, int rep)
 {
@@ -252,14 +357,11 @@ static int one_run(sweep *s, int job, const char *budget_s, uint64_t budget, int
     row->phase_sim_s = row->phase_out_s = -1;
     plan_bytes(s, job, budget, have_budget, row);
 
-    /* Untimed setup: the previous output goes; run-in-place gets a fresh copy of the fine-tune,
-     * written back to disk before its pages are dropped. */
-    bench_remove_tree(s->out);
-    unlink(s->report);
-    if (job == J_INPLACE) {
-        bench_remove_tree(s->copy);
-        NLSR_FORWARD(bench_copy_folder(s->ctx, s->finetuned, s->copy));
-    }
+    if (!(row->command = job_command(s, job, row))) return nlsr_fail(e, -ENOMEM, "bench: out of memory");
+    s->r->nrows++; /* the row owns its command from here, whatever happens */
+    nlsr_log(s->ctx, NLSR_LOG_DEBUG, "bench: %s %s %s rep %d is: %s", row->job, row->budget, row->io,
+             rep, row->command);
+    NLSR_FORWARD(setup_run(s, job));
     drop_all(s, row);
 
     int pfd[2];
@@ -319,10 +421,9 @@ static int one_run(sweep *s, int job, const char *budget_s, uint64_t budget, int
     if (!strcmp(row->backend, "io_uring")) snprintf(row->backend, sizeof row->backend, "uring");
     if (row->status) row->backend[0] = '\0'; /* a job that failed early chose none */
     min_io(s, job, row);
-    s->r->nrows++;
     nlsr_log(s->ctx, NLSR_LOG_INFO, "bench: %-12s %-6s %-5s rep %d  %8.2f s  %s", row->job, row->budget,
                 row->io, rep, row->wall_s, row->status ? row->error : row->cache);
-    return 0;
+    return after_each(s, job, row);
 }
 
 /* The result files' folders must take them: a sweep of an hour should not end in "cannot
@@ -565,6 +666,7 @@ int nlsr_bench(nlsr_ctx *ctx, const nlsr_bench_params *bp, FILE *out)
     free(s.report);
     free(s.patches);
     free(s.copy);
+    for (size_t i = 0; i < res.nrows; i++) free(res.rows[i].command);
     free(res.rows);
     free(jobs.buf);
     free(budgets.buf);

@@ -32,6 +32,7 @@ typedef struct bench_row {
     uint64_t bytes_read, bytes_written;    /* the job's own counters (its report's summary) */
     double min_io_s;        /* planned (else actual) bytes at the measured rates */
     double ratio;           /* wall_s / min_io_s */
+    char *command;          /* the `nlsr` command line doing the same job (malloc'd) */
 } bench_row;
 
 /* One file system the bench read from or wrote to, with its rates. */

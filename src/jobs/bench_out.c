@@ -156,6 +156,7 @@ static cJSON *row_json(const bench_row *w)
     cJSON_AddItemToObject(o, "min_io_s", nlsr_json_number(w->min_io_s));
     cJSON_AddItemToObject(o, "ratio", nlsr_json_number(w->ratio));
     if (w->error[0]) cJSON_AddStringToObject(o, "error", w->error);
+    if (w->command) cJSON_AddStringToObject(o, "command", w->command);
     return o;
 }
 
@@ -207,6 +208,10 @@ int bench_write_json(const bench_result *r, const char *path, nlsr_err *e)
             "min_io_s: the job's planned bytes read (else its actual bytes) at the direct read "
             "rate of its inputs' file system, plus its planned bytes written (else actual) at "
             "the scratch folder's write+fsync rate; ratio = wall_s / min_io_s"));
+        cJSON_AddItemToArray(notes, cJSON_CreateString(
+            "command: the nlsr command line doing the same job as the run (its child calls the "
+            "library with the same inputs, output, budget, backend and defaults); its paths are "
+            "the bench's scratch folder's, removed at the end"));
         if (r->in_place_copy_excluded)
             cJSON_AddItemToArray(notes, cJSON_CreateString(
                 "run-in-place: each run works on a fresh copy of the fine-tune; the copy is not timed"));
