@@ -1,160 +1,110 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# run --in-place against run --out and against the disk, cold cache, on a synthetic triple
-# (base, aligned, fine-tuned) in the scratch folder DIR:
+# run --in-place against run --out and against the disk, across memory budgets: a thin caller
+# of `nlsr bench --jobs run,run-in-place` on a synthetic triple (cold: every input and output
+# file's pages dropped before each run, posix_fadvise, or drop_caches as root with
+# --drop-caches; run-in-place works on a fresh copy of the fine-tune each run, not timed).
+# Writes, in bench/results (or --out):
+#   inplace-budget.csv / .json / .svg   the bench's runs; the plot: time and peak RSS against
+#                                       the budget for both jobs, each job's minimal I/O time
+#                                       as a dashed line
+#   inplace.md                          per budget, medians over the reps: in place / --out,
+#                                       each against its minimal I/O time, bytes written,
+#                                       peak RSS; load before and after
 #
-#   bench/inplace.sh DIR [--nlsr PATH] [--preset llama-8b] [--layers 8] [--mem-budget 4G]
-#                        [--reps 2] [--keep]
+#   bench/inplace.sh SCRATCH [--nlsr PATH] [--preset llama-8b] [--layers 8]
+#                    [--budgets 512M,1G,2G,4G] [--io uring] [--reps 2] [--out DIR] [--drop-caches]
 #
-# Per rep (page cache dropped before each command, root needed): run --out into DIR/out,
-# run --in-place on a fresh copy of the fine-tune (DIR/ip; the copy is not timed), and the
-# disk's own rates measured in the same rep: direct reads (dd iflag=direct, 64 MiB blocks) of
-# the base's shards, direct writes (dd oflag=direct conv=fsync) of 2 GiB. The minimal in-place
-# I/O time is then: the three checkpoints' target-tensor bytes (nlsr inspect --json) at the
-# direct-read rate + the bytes the in-place run wrote (patched bytes + journal) at the write
-# rate. Ratios are computed within each rep. Checks that in place and --out give identical
-# shards (sha256 of --out's, which is then deleted to make room for the copy). Writes
-# bench/results/inplace.md (figures, load averages, commands).
-#
-# Disk: about 4 x the checkpoint (llama-8b, 8 layers: 5.3 GiB each, 21 GiB in all) under DIR;
-# DIR is deleted afterwards unless --keep. Shared machines: run it when `uptime` is low.
+# SCRATCH holds the triple, one output and the in-place copy (llama-8b, 8 layers: ~22 GB); the
+# bench removes it all at the end. That in place and --out give the same bytes is the test
+# suite's (tests/test_inplace_cli.sh), not a benchmark's.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 NLSR=${NLSR:-$here/../build/nlsr}
 PRESET=llama-8b
 LAYERS=8
-BUDGET=4G
+BUDGETS=512M,1G,2G,4G
+IO=uring
 REPS=2
-KEEP=0
-[ $# -ge 1 ] && [ "${1#--}" = "$1" ] || { sed -n 3,18p "$0" >&2; exit 2; }
-DATA=$1
+OUT=$here/results
+DROP=""
+NOTE=${NOTE:-}
+[ $# -ge 1 ] && [ "${1#--}" = "$1" ] || { sed -n 3,20p "$0" >&2; exit 2; }
+SCRATCH=$1
 shift
 while [ $# -gt 0 ]; do
     case $1 in
     --nlsr) NLSR=$2; shift 2 ;;
     --preset) PRESET=$2; shift 2 ;;
     --layers) LAYERS=$2; shift 2 ;;
-    --mem-budget) BUDGET=$2; shift 2 ;;
+    --budgets) BUDGETS=$2; shift 2 ;;
+    --io) IO=$2; shift 2 ;;
     --reps) REPS=$2; shift 2 ;;
-    --keep) KEEP=1; shift ;;
+    --out) OUT=$2; shift 2 ;;
+    --drop-caches) DROP=--drop-caches; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
 [ -x "$NLSR" ] || { echo "no nlsr at $NLSR (build first or pass --nlsr)" >&2; exit 2; }
-[ -w /proc/sys/vm/drop_caches ] || { echo "needs root to drop caches" >&2; exit 2; }
-mkdir -p "$DATA" "$here/results"
-OUTMD=$here/results/inplace.md
-cleanup() { [ "$KEEP" = 1 ] || rm -rf "$DATA"; }
-trap cleanup EXIT
+mkdir -p "$SCRATCH" "$OUT"
+R=$OUT/inplace-budget
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+"$NLSR" bench --synth "$PRESET" --layers "$LAYERS" --jobs run,run-in-place --budgets "$BUDGETS" \
+    --io "$IO" --reps "$REPS" $DROP --scratch "$SCRATCH" --csv "$R.csv" --json "$R.json" --plot "$R.svg"
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+CMD="bench/inplace.sh SCRATCH --preset $PRESET --layers $LAYERS --budgets $BUDGETS --io $IO --reps $REPS${DROP:+ $DROP}"
 
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-jnum() { sed -n "s/.*\"$1\":[[:space:]]*\([0-9.]*\).*/\1/p" <<< "$2" | head -1; }
-gb() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1e9 }'; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-load() { cut -d' ' -f1-3 /proc/loadavg; }
-
-echo "synth $PRESET, $LAYERS layers, into $DATA ($(df -h --output=avail "$DATA" | tail -1) free)" >&2
-for role in base aligned finetuned; do
-    [ -d "$DATA/$role" ] || "$NLSR" synth --preset "$PRESET" --layers "$LAYERS" --role "$role" \
-        --seed 1 --out "$DATA/$role" -q
-done
-FT=$DATA/finetuned
-# Target-tensor bytes of a checkpoint (the rule of src/plan/targets.c: 2-D ".weight" tensors
-# whose name holds a target module name).
-target_bytes() {
-    "$NLSR" inspect "$1" --json | python3 -c '
-import json, sys
-names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-d = json.load(sys.stdin)
-print(sum(t["nbytes"] for t in d["tensors"]
-          if len(t["shape"]) == 2 and t["name"].endswith(".weight")
-          and any(n in t["name"] for n in names)))'
-}
-T3=0
-for role in base aligned finetuned; do T3=$(( T3 + $(target_bytes "$DATA/$role") )); done
-ckpt_bytes=$(cat "$FT"/*.safetensors | wc -c)
-echo "target bytes of the three checkpoints: $(gb "$T3") GB; fine-tune shards $(gb "$ckpt_bytes") GB" >&2
-
-ROWS=""
-for rep in $(seq "$REPS"); do
-    l0=$(load)
-    # The disk's rates, this rep.
-    drop
-    t=$(now)
-    for f in "$DATA"/base/*.safetensors; do dd if="$f" of=/dev/null bs=64M iflag=direct status=none; done
-    rsecs=$(since "$t")
-    rbytes=$(cat "$DATA"/base/*.safetensors | wc -c)
-    rrate=$(awk -v b="$rbytes" -v s="$rsecs" 'BEGIN { printf "%.0f", b / s }')
-    t=$(now)
-    dd if=/dev/zero of="$DATA/ddw" bs=64M count=32 oflag=direct conv=fsync status=none
-    wsecs=$(since "$t")
-    rm -f "$DATA/ddw"
-    wrate=$(awk -v s="$wsecs" 'BEGIN { printf "%.0f", 2147483648 / s }')
-
-    rm -rf "$DATA/out"
-    drop
-    t=$(now)
-    "$NLSR" run --base "$DATA/base" --aligned "$DATA/aligned" --finetuned "$FT" \
-        --out "$DATA/out" --mem-budget "$BUDGET" -q --json >"$DATA/out.json"
-    osecs=$(since "$t")
-    # The output's checksums, then it goes: the disk need not hold it and the copy at once.
-    (cd "$DATA/out" && sha256sum -- *.safetensors) >"$DATA/out.sha256"
-    rm -rf "$DATA/out"
-
-    rm -rf "$DATA/ip" "$DATA/ip.report.json"
-    cp -r "$FT" "$DATA/ip"
-    drop
-    t=$(now)
-    "$NLSR" run --base "$DATA/base" --aligned "$DATA/aligned" --finetuned "$DATA/ip" \
-        --in-place --mem-budget "$BUDGET" --json --report "$DATA/ip.report.json" >"$DATA/ip.json" \
-        2>"$DATA/ip.err"
-    isecs=$(since "$t")
-    l1=$(load)
-    ipj=$(cat "$DATA/ip.json")
-    # Phase seconds of both (similarities: phase A; output: phase B).
-    pa_o=$(python3 -c 'import json,sys; print("%.1f / %.1f" % tuple(json.load(open(sys.argv[1]))["summary"]["phase_seconds"][k] for k in ("similarities", "output")))' "$DATA/out.json")
-    pa_i=$(python3 -c 'import json,sys; print("%.1f / %.1f" % tuple(json.load(open(sys.argv[1]))["summary"]["phase_seconds"][k] for k in ("similarities", "output")))' "$DATA/ip.report.json")
-    wb=$(jnum bytes_written "$ipj")
-    jb=$(jnum journal_bytes "$ipj")
-    pb=$(jnum patched_bytes "$ipj")
-    (cd "$DATA/ip" && sha256sum --quiet -c "$DATA/out.sha256") ||
-        { echo "in place and --out differ" >&2; exit 1; }
-    rm -rf "$DATA/ip"
-    minio=$(awk -v t="$T3" -v r="$rrate" -v w="$wb" -v j="$jb" -v wr="$wrate" \
-        'BEGIN { printf "%.2f", t / r + (w + j) / wr }')
-    r_out=$(awk -v a="$isecs" -v b="$osecs" 'BEGIN { printf "%.2f", a / b }')
-    r_io=$(awk -v a="$isecs" -v b="$minio" 'BEGIN { printf "%.2f", a / b }')
-    echo "rep $rep: run --out $osecs s, run --in-place $isecs s ($r_out x), minimal I/O $minio s ($r_io x); read $(gb "$rrate") GB/s, write $(gb "$wrate") GB/s; load $l0 -> $l1" >&2
-    ROWS="$ROWS| $rep | $osecs ($pa_o) | $isecs ($pa_i) | $r_out | $(gb "$rrate") | $(gb "$wrate") | $minio | $r_io | $(gb "$wb") / $(gb "$jb") / $(gb "$pb") | $l0 / $l1 |
-"
-done
-summary=$(tail -1 "$DATA/ip.err")
-
-{
-    echo "# run --in-place vs run --out and the disk ($(date -u +%Y-%m-%d))"
-    echo
-    echo "Measured by \`bench/inplace.sh $DATA --preset $PRESET --layers $LAYERS --mem-budget $BUDGET --reps $REPS\`"
-    echo "on a synthetic $PRESET triple with $LAYERS layers (\`nlsr synth --preset $PRESET --layers $LAYERS"
-    echo "--role base|aligned|finetuned --seed 1\`, BF16): $(gb "$ckpt_bytes") GB of shards per checkpoint,"
-    echo "$(gb "$T3") GB of target tensors in the three together. Cold cache before every command"
-    echo "(\`sync; echo 3 > /proc/sys/vm/drop_caches\`). Machine: $(nproc) cores,"
-    echo "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, $(stat -f -c %T "$DATA") on $(df --output=source "$DATA" | tail -1), shared with other engineers' builds."
-    echo
-    echo "| rep | run --out (s; phase A / B) | run --in-place (s; phase A / B) | in place / --out | direct read (GB/s) | direct write (GB/s) | minimal in-place I/O (s) | in place / minimal | written / journal / patched tensors (GB) | load before / after |"
-    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-    printf '%s' "$ROWS"
-    echo
-    echo "Minimal in-place I/O = the three checkpoints' target bytes at the direct-read rate of"
-    echo "\`dd iflag=direct bs=64M\` over the base's shards + (bytes written in place + journal) at"
-    echo "the rate of \`dd oflag=direct conv=fsync bs=64M count=32\`, both measured in the same rep."
-    echo "Targets: in place at most 0.75 x run --out, and at most 1.3 x the minimal I/O time."
-    echo "In place and --out gave identical shards (sha256) in every rep."
-    echo
-    echo "The in-place summary line of the last rep:"
-    echo
-    echo '```'
-    echo "$summary"
-    echo '```'
-} > "$OUTMD"
-echo "wrote $OUTMD" >&2
+python3 - "$R.json" "$OUT/inplace.md" "$CMD" "$load_before" "$load_after" "$NOTE" <<'PY'
+import json, statistics as st, sys
+src, dst, cmd, l0, l1, note = sys.argv[1:]
+doc = json.load(open(src))
+runs = [r for r in doc["runs"] if r["status"] == 0]
+failed = [r for r in doc["runs"] if r["status"] != 0]
+m, inp = doc["machine"], doc["inputs"]
+def med(job, budget, io, k):
+    xs = [r[k] for r in runs if (r["job"], r["budget"], r["io"]) == (job, budget, io)]
+    return st.median(xs) if xs else None
+keys = []
+for r in doc["runs"]:
+    if (r["budget"], r["io"]) not in keys:
+        keys.append((r["budget"], r["io"]))
+o = []
+w = o.append
+w(f"# run --in-place against run --out and the disk: synthetic {inp.get('synth')}, {inp.get('layers')} layers")
+w("")
+w(f"Made by `{cmd}` (`nlsr bench --jobs run,run-in-place`, nlsr {doc['nlsr_version']}) on "
+  f"{m['cpu']} x {m['cpus']}, {m['memory_bytes'] / 2**30:.0f} GiB. Load average (1, 5, 15 min): "
+  f"{l0} before, {l1} after{'; ' + note if note else ''}. Cache: {doc['runs'][0]['cache']} before every run; "
+  "run-in-place works on a fresh copy of the fine-tune each run (the copy is not timed).")
+w("")
+w("Minimal I/O time (the bench's `min_io_s`): the job's planned bytes read at the direct read rate")
+w("and its bytes written at the write+fsync rate, both measured by the bench in the same run.")
+w("Targets: in place at most 0.75 x run --out, and at most 1.3 x its minimal I/O time.")
+w("Medians over the reps; every run in [inplace-budget.csv](inplace-budget.csv), the plot in")
+w("[inplace-budget.svg](inplace-budget.svg).")
+w("")
+w("| budget | io | run --out (s) | run --in-place (s) | in place / --out | --out / its minimal I/O | in place / its minimal I/O | written by --out (GB) | written in place (GB) | --out / in place bytes | peak RSS --out / in place (MiB) |")
+w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+def f(v, fmt):
+    return "-" if v is None else fmt % v
+for b, io in keys:
+    to, ti = med("run", b, io, "wall_s"), med("run-in-place", b, io, "wall_s")
+    mo, mi = med("run", b, io, "min_io_s"), med("run-in-place", b, io, "min_io_s")
+    wo, wi = med("run", b, io, "bytes_written"), med("run-in-place", b, io, "bytes_written")
+    ro, ri = med("run", b, io, "peak_rss_bytes"), med("run-in-place", b, io, "peak_rss_bytes")
+    w(f"| {b} | {io} | {f(to, '%.2f')} | {f(ti, '%.2f')} | {f(ti / to if to and ti else None, '%.2f')} | "
+      f"{f(to / mo if to and mo else None, '%.2f')} | {f(ti / mi if ti and mi else None, '%.2f')} | "
+      f"{f(wo / 1e9 if wo is not None else None, '%.2f')} | {f(wi / 1e9 if wi is not None else None, '%.2f')} | "
+      f"{f(wo / wi if wo and wi else None, '%.1f')} | {f(ro / 2**20 if ro else None, '%.0f')} / {f(ri / 2**20 if ri else None, '%.0f')} |")
+if failed:
+    w("")
+    w("Runs that failed: " + "; ".join(f"{r['job']} {r['budget']} {r['io']} rep {r['rep']}: {r.get('error', '')}" for r in failed))
+w("")
+for fs in doc["filesystems"]:
+    rate = f"direct read {fs['direct_read_bps'] / 1e6:.0f} MB/s"
+    if fs["write_fsync_bps"]:
+        rate += f", write+fsync {fs['write_fsync_bps'] / 1e6:.0f} MB/s"
+    w(f"- {fs['role']}: {fs['fstype']} on {fs['device']}: {rate}")
+open(dst, "w").write("\n".join(o) + "\n")
+print("wrote", dst)
+PY
