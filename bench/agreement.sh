@@ -10,6 +10,7 @@
 # machine. Writes, in bench/results (or --out):
 #   NAME.csv / .json / .svg   the bench's own results (the README's figure)
 #   NAME-hand.csv             every hand-timed run, beside the bench run it follows
+#   NAME-hand.csv.meta        the command, date and load (for --report)
 #   NAME.md                   per configuration: medians, ratios to the minimal I/O time,
 #                             their difference and the verdict (within 10%), and every pair
 # NAME is bench-<preset without '-'>-<layers>l (bench-llama8b-8l).
@@ -160,7 +161,7 @@ IO=uring,pread
 OUT=$here/results
 DROP=""
 NOTE=${NOTE:-}
-[ $# -ge 1 ] && [ "${1#--}" = "$1" ] || { sed -n 3,22p "$0" >&2; exit 2; }
+[ $# -ge 1 ] && [ "${1#--}" = "$1" ] || { sed -n 3,23p "$0" >&2; exit 2; }
 SCRATCH=$1
 shift
 while [ $# -gt 0 ]; do
