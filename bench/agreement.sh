@@ -161,7 +161,7 @@ IO=uring,pread
 OUT=$here/results
 DROP=""
 NOTE=${NOTE:-}
-[ $# -ge 1 ] && [ "${1#--}" = "$1" ] || { sed -n 3,23p "$0" >&2; exit 2; }
+[ $# -ge 1 ] && [ "${1#--}" = "$1" ] || { sed -n 3,22p "$0" >&2; exit 2; }
 SCRATCH=$1
 shift
 while [ $# -gt 0 ]; do
