@@ -64,7 +64,7 @@ out = []
 w = out.append
 m = doc["machine"]
 inp = doc["inputs"]
-what = f"synthetic {inp.get('synth', '?')}, {inp.get('layers', '?')} layers"
+what = f"synthetic {inp.get('synth', '?')}, {inp.get('layers', '?')} layer{'' if inp.get('layers') == 1 else 's'}"
 w(f"# `nlsr bench` and the same runs timed by hand: {what}")
 w("")
 w(f"Made by `{meta['script']}` on {meta['date']} (nlsr {doc['nlsr_version']}). Machine: "

@@ -70,7 +70,7 @@ for r in doc["runs"]:
         keys.append((r["budget"], r["io"]))
 o = []
 w = o.append
-w(f"# run --in-place against run --out and the disk: synthetic {inp.get('synth')}, {inp.get('layers')} layers")
+w(f"# run --in-place against run --out and the disk: synthetic {inp.get('synth')}, {inp.get('layers')} layer{'' if inp.get('layers') == 1 else 's'}")
 w("")
 w(f"Made by `{cmd}` (`nlsr bench --jobs run,run-in-place`, nlsr {doc['nlsr_version']}) on "
   f"{m['cpu']} x {m['cpus']}, {m['memory_bytes'] / 2**30:.0f} GiB. Load average (1, 5, 15 min): "
