@@ -80,7 +80,8 @@ fi
 if want split; then
     step split
     if [ $QUICK = 1 ]; then l=128; else l=512; fi
-    bash "$here/split.sh" "$S/split" "$NLSR" $l 8 > "$RES/split.txt"
+    { echo "# bench/split.sh SCRATCH nlsr $l 8 (bench/figures.sh$([ $QUICK = 1 ] && echo ' --quick')), $(date -u +%Y-%m-%dT%H:%MZ)"
+      bash "$here/split.sh" "$S/split" "$NLSR" $l 8; } > "$RES/split.txt"
     rm -rf "$S/split"
     python3 "$here/split_figures.py" > "$RES/split-figures.txt"
 fi
