@@ -80,6 +80,13 @@ typedef struct nlsr_run_plan {
     uint64_t read_min;       /* bytes read: every target once + the fine-tune's shards again */
     uint64_t reread_max;     /* at most this more: patched modules whose patch was not kept */
     uint64_t written;        /* the output's shards */
+    /* Row blocks (the magnitude rule): whether they fit (when the single pass does not),
+     * the budget they take with this one's layout, the least budget they ever take (the
+     * budget a run needs at all), and modules cut into blocks. With `rows`, the fields above
+     * describe the row-block layout. */
+    int rows;
+    uint64_t rows_need_bytes, rows_min_bytes;
+    size_t blocked;
 } nlsr_run_plan;
 typedef struct nlsr_plan {
     nlsr_job_desc job;
