@@ -404,7 +404,8 @@ static void lanes_run(runner *R)
 /* The halves: the first ends on a chunk boundary. */
 static int lanes_usable(const runner *R, const rmod *M, uint64_t lo, uint64_t hi)
 {
-    return R->lanes && M->fast && hi - lo >= 4 * (uint64_t)CH;
+    /* A row block needs only a chunk per half (its module is large); a module whole, four. */
+    return R->lanes && M->fast && hi - lo >= (M->blk ? 2 : 4) * (uint64_t)CH;
 }
 
 /* Elements [lo, hi) of M (a, b, t point at element lo) in two halves. */
@@ -841,7 +842,7 @@ static uint64_t rows_need(runner *R, uint64_t maxu, uint64_t *pa)
 
 /* Row blocks for this much room (scratch not yet taken): the largest unit an eighth of what
  * scratch and the reserve leave (the rest keeps patches), or the smallest layout when that does
- * not fit. split (tests): the largest module is cut into four or more. Returns the budget it
+ * not fit. split (tests): the largest module is cut into two blocks or more. Returns the budget it
  * needs; *pa as rows_need, with the second lane when it fits too. */
 static uint64_t rows_setup(runner *R, const nlsr_unit *u, uint64_t room, int split, uint64_t *pa)
 {
@@ -851,7 +852,7 @@ static uint64_t rows_setup(runner *R, const nlsr_unit *u, uint64_t room, int spl
         uint64_t big = 0;
         for (size_t i = 0; i < R->nm; i++)
             if (R->m[i].n * per_el(&R->m[i]) > big) big = R->m[i].n * per_el(&R->m[i]);
-        if (cap > ROWS_SLACK + big / 4) cap = ROWS_SLACK + big / 4;
+        if (cap > ROWS_SLACK + big / 2) cap = ROWS_SLACK + big / 2;
     }
     uint64_t need = rows_need(R, rows_layout(R, u, cap), pa);
     if (need > room) need = rows_need(R, rows_layout(R, u, 0), pa);

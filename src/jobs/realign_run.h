@@ -45,7 +45,7 @@ int nlsr_full_run_plan_inplace(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_
  *             1: validation and histogram; 2: base and aligned only, the threshold's
  *             candidates; 3: mask, sums, kept values), each block from the page cache when it
  *             still holds it; phase B's units shrink to the same size
- *   SPLIT     (tests) with ROWS: the largest module is cut into four blocks or more */
+ *   SPLIT     (tests) with ROWS: the largest module is cut into two blocks or more */
 #define NLSR_RUN_NO_STORE 1
 #define NLSR_RUN_ROWS 2
 #define NLSR_RUN_SPLIT 4
