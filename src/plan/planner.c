@@ -657,7 +657,7 @@ static void print_run_plan(const nlsr_run_plan *rp, double rbw, double wbw, FILE
                     nlsr_fmt_bytes((double)rp->need_bytes, a, sizeof a));
         return;
     }
-    if (rp->rows)
+    if (rp->rows) {
         fprintf(out,
                 "run: single pass in row blocks (the single pass whole needs %s); %zu of %zu "
                 "modules in blocks, buffers %s + %s scratch; patches of %zu modules kept in "
@@ -666,13 +666,14 @@ static void print_run_plan(const nlsr_run_plan *rp, double rbw, double wbw, FILE
                 nlsr_fmt_bytes((double)rp->stream_bytes, a, sizeof a),
                 nlsr_fmt_bytes((double)rp->scratch_bytes, b, sizeof b), rp->kept,
                 nlsr_fmt_bytes((double)rp->kept_bytes, c, sizeof c));
-    else
-    fprintf(out,
-            "run: single pass; buffers %s (two whole modules of the three checkpoints) + %s "
-            "scratch; patches of %zu of %zu modules kept in memory (%s)\n",
-            nlsr_fmt_bytes((double)rp->stream_bytes, a, sizeof a),
-            nlsr_fmt_bytes((double)rp->scratch_bytes, b, sizeof b), rp->kept, rp->modules,
-            nlsr_fmt_bytes((double)rp->kept_bytes, c, sizeof c));
+    } else {
+        fprintf(out,
+                "run: single pass; buffers %s (two whole modules of the three checkpoints) + %s "
+                "scratch; patches of %zu of %zu modules kept in memory (%s)\n",
+                nlsr_fmt_bytes((double)rp->stream_bytes, a, sizeof a),
+                nlsr_fmt_bytes((double)rp->scratch_bytes, b, sizeof b), rp->kept, rp->modules,
+                nlsr_fmt_bytes((double)rp->kept_bytes, c, sizeof c));
+    }
     fprintf(out, "  reads %s", nlsr_fmt_bytes((double)rp->read_min, a, sizeof a));
     if (rp->reread_max)
         fprintf(out, " to %s (patched modules whose patches are not kept are read again)",

@@ -66,9 +66,10 @@ typedef struct nlsr_plan_range {
     uint64_t off, len;  /* absolute file offsets */
 } nlsr_plan_range;
 
-/* What `run` on full weights will do with the budget (src/plan/realign_run.c fills it): the
- * single pass or prepare + apply, and for the single pass its memory and bytes. `nlsr plan
- * --finetuned` prints it after the streaming plan. */
+/* What `run` on full weights will do with the budget (src/jobs/realign_run.c fills it): the
+ * single pass, the single pass in row blocks, or prepare + apply (other scorers; for the
+ * magnitude rule a budget under rows_min_bytes is refused), and for the single pass its memory
+ * and bytes. `nlsr plan --finetuned` prints it after the streaming plan. */
 typedef struct nlsr_run_plan {
     int single;              /* 1: the single pass fits (and the scorer is magnitude) */
     size_t modules, kept;    /* target modules; of them, patches kept in memory */
