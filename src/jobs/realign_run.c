@@ -814,7 +814,8 @@ static uint64_t rows_layout(runner *R, const nlsr_unit *u, uint64_t cap)
         uint64_t b = e * pe + ROWS_SLACK, nb = (M->n + e - 1) / e;
         if (b > maxu) maxu = b;
         /* The table and the stream's copy of it. */
-        if (2 * nb * sizeof(nlsr_unit) > R->rows_tables) R->rows_tables = 2 * nb * sizeof(nlsr_unit);
+        uint64_t tb = 2 * nb * sizeof(nlsr_unit);
+        if (tb > R->rows_tables) R->rows_tables = tb;
     }
     uint64_t ou = cap > ROWS_SLACK ? (cap - ROWS_SLACK) / pe_max / CH * CH : 0;
     R->out_unit = ou < CH ? CH : ou > OUT_UNIT ? OUT_UNIT : ou;
@@ -1023,7 +1024,8 @@ static int cands_block(runner *R, rmod *M, const unsigned char *a, const unsigne
             memset(L[i].hist2, 0, NLSR_KTH_BUCKETS * sizeof *L[i].hist2);
         }
         lanes_run(R);
-        for (uint32_t i = 0; i < NLSR_KTH_BUCKETS; i++) R->hist2[i] += L[0].hist2[i] + L[1].hist2[i];
+        for (uint32_t i = 0; i < NLSR_KTH_BUCKETS; i++)
+            R->hist2[i] += L[0].hist2[i] + L[1].hist2[i];
         M->got += L[0].got + L[1].got;
         return 0;
     }
@@ -1248,7 +1250,8 @@ static int out_plan(runner *R, const nlsr_report *rep, size_t **order_out, size_
             order[j - 1] = t;
         }
     size_t nu = 0;
-    for (size_t i = 0; i < np; i++) nu += (size_t)((R->m[order[i]].n + R->out_unit - 1) / R->out_unit);
+    for (size_t i = 0; i < np; i++)
+        nu += (size_t)((R->m[order[i]].n + R->out_unit - 1) / R->out_unit);
     nlsr_unit *u = calloc(nu ? nu : 1, sizeof *u);
     if (!u) {
         free(order);
