@@ -13,6 +13,12 @@
  *            merged with the kept values, or with values recomputed from base and aligned with
  *            the threshold of phase A for modules whose patches did not fit.
  *
+ * Row blocks (NLSR_RUN_ROWS, when the budget does not hold two whole modules): phase A cuts the
+ * modules too large for its unit into blocks of rows and makes its three passes over each
+ * such module's blocks in turn (each pass a stream of its own; the passes after the first
+ * usually read from the page cache), with the same arithmetic in the same element order;
+ * phase B's units shrink to the same size. Same bits, memory a few MiB at the least.
+ *
  * Bytes read: every target tensor of the three checkpoints once, the fine-tune once more (its
  * patched tensors through the stream, the rest in the kernel), plus base and aligned again for
  * patched modules whose patches did not fit. Written: the output once. Same bits as prepare +
