@@ -241,13 +241,14 @@ static void test_version_string(void)
     ASSERT_TRUE(test_xxh64_selftest());
 }
 
-/* run through a symbolic link to the fine-tune, under both plans. */
+/* run through a symbolic link to the fine-tune, under every plan (row blocks read blocks of
+ * base and aligned more than once). */
 static void test_run_symlink(void)
 {
     char *link = wpath("ft-link"), *out = wpath("run_out"), *rep = wpath("run.json");
     ASSERT_EQ_I(symlink(FT, link), 0);
-    const char *plans[] = {"single", "patch-file"};
-    for (int k = 0; k < 2; k++) {
+    const char *plans[] = {"single", "patch-file", "rows", "rows-recompute"};
+    for (int k = 0; k < 4; k++) {
         (void)nlsr_tree_remove(out);
         unlink(rep); /* an existing report is never replaced without --force */
         setenv("NLSR_RUN_PLAN", plans[k], 1);

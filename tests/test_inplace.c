@@ -152,7 +152,8 @@ static int rollback(const char *dir, int force, int discard, nlsr_inplace_result
     return rc;
 }
 
-/* run --in-place on the fixture; plan: NLSR_RUN_PLAN ("single", "recompute", "patch-file") or
+/* run --in-place on the fixture; plan: NLSR_RUN_PLAN ("single", "recompute", "patch-file",
+ * "rows", "rows-recompute") or
  * NULL for the job's own choice; budget 0: none. */
 static int run_ip(const char *dir, const char *plan, nlsr_select_mode mode, int force,
                   uint64_t budget, nlsr_inplace_result *res, char *msg, size_t cap)
@@ -519,8 +520,9 @@ static void test_run_plans(void)
         const char *plan;
         uint64_t budget;
         int patch_file;
-    } plans[] = {{"single", 0, 0}, {"recompute", 0, 0}, {"patch-file", 0, 1}, {NULL, 0, 0},
-                 {NULL, 4608u << 10, 0}};
+    } plans[] = {{"single", 0, 0},         {"recompute", 0, 0}, {"patch-file", 0, 1},
+                 {"rows", 0, 0},           {"rows-recompute", 0, 0}, {NULL, 0, 0},
+                 {NULL, 4608u << 10, 0},   {NULL, 3u << 20, 0}};
     char *d = wpath("plans");
     char key[32] = "", buf[64];
     for (size_t i = 0; i < sizeof plans / sizeof plans[0]; i++) {
@@ -549,6 +551,29 @@ static void test_run_plans(void)
         ASSERT_EQ_I(r.outcome, NLSR_INPLACE_ALREADY);
         ASSERT_TRUE(folders_equal(d, ref_default));
     }
+    /* Small budgets: each either realigns (the single pass whole or in row blocks, within the
+     * budget: run_ip checks the peak) or is refused up front saying the least budget, the
+     * folder untouched. */
+    int ran = 0, refused = 0;
+    for (uint64_t b = 1u << 20; b <= (6u << 20); b += 192u << 10) {
+        nlsr_inplace_result r;
+        char msg[1100];
+        copy_dir(FT, d);
+        int rc = run_ip(d, NULL, NLSR_SELECT_ADAPTIVE, 0, b, &r, msg, sizeof msg);
+        if (rc == 0) {
+            ASSERT_EQ_I(r.outcome, NLSR_INPLACE_REALIGNED);
+            ASSERT_TRUE(folders_equal(d, ref_default));
+            ASSERT_STR_EQ(r.key, key);
+            ran++;
+        } else {
+            ASSERT_EQ_I(rc, NLSR_E_BUDGET);
+            ASSERT_CONTAINS(msg, "needs at least");
+            ASSERT_TRUE(folders_equal(d, FT));
+            ASSERT_TRUE(ran == 0); /* only below the least budget */
+            refused++;
+        }
+    }
+    ASSERT_TRUE(ran > 0 && refused > 0);
     /* --select all in one pass. */
     nlsr_inplace_result r;
     copy_dir(FT, d);
@@ -710,7 +735,8 @@ static void test_changed_grains(void)
 /* K_FORCE: apply (adaptive) --force over a folder realigned with --select all, so the kill also
  * lands in the rollback of the previous realignment that --force does first. */
 typedef enum {
-    K_APPLY, K_LORA, K_RUN, K_ROLLBACK, K_FORCE, K_RUN_RECOMPUTE, K_RUN_PF, K_RUN_FORCE
+    K_APPLY, K_LORA, K_RUN, K_ROLLBACK, K_FORCE, K_RUN_RECOMPUTE, K_RUN_PF, K_RUN_FORCE,
+    K_RUN_ROWS, K_RUN_ROWS_RECOMPUTE
 } kjob;
 
 static int do_job(kjob k, const char *dir)
@@ -723,10 +749,17 @@ static int do_job(kjob k, const char *dir)
     int rc;
     if (k == K_APPLY || k == K_FORCE) rc = nlsr_apply_inplace(ctx, patches, dir, &p, NULL, &r);
     else if (k == K_LORA) rc = nlsr_apply_inplace(ctx, lora_patches, dir, &p, NULL, &r);
-    else if (k == K_RUN || k == K_RUN_RECOMPUTE || k == K_RUN_PF || k == K_RUN_FORCE) {
-        /* the single pass, with patches kept or recomputed, and prepare + apply */
+    else if (k == K_RUN || k == K_RUN_RECOMPUTE || k == K_RUN_PF || k == K_RUN_FORCE ||
+             k == K_RUN_ROWS || k == K_RUN_ROWS_RECOMPUTE) {
+        /* the single pass (whole or in row blocks), with patches kept or recomputed, and
+         * prepare + apply */
         setenv("NLSR_RUN_PLAN",
-               k == K_RUN_PF ? "patch-file" : k == K_RUN_RECOMPUTE ? "recompute" : "single", 1);
+               k == K_RUN_PF             ? "patch-file"
+               : k == K_RUN_RECOMPUTE    ? "recompute"
+               : k == K_RUN_ROWS         ? "rows"
+               : k == K_RUN_ROWS_RECOMPUTE ? "rows-recompute"
+                                         : "single",
+               1);
         rc = nlsr_run_inplace(ctx, FX "/sft", FX "/aligned", NULL, dir, &p, NULL, &r);
         unsetenv("NLSR_RUN_PLAN");
     } else rc = nlsr_rollback(ctx, dir, NULL, &r);
@@ -853,6 +886,8 @@ static void test_kill_lora_and_run(void)
     kill_loop(K_LORA, LORA_FT, ref_lora, "kill_lora", 3);
     kill_loop(K_RUN, FT, ref_default, "kill_run_single", 1);
     kill_loop(K_RUN_RECOMPUTE, FT, ref_default, "kill_run_recompute", 3);
+    kill_loop(K_RUN_ROWS, FT, ref_default, "kill_run_rows", 1);
+    kill_loop(K_RUN_ROWS_RECOMPUTE, FT, ref_default, "kill_run_rows_recompute", 3);
     kill_loop(K_RUN_PF, FT, ref_default, "kill_run_patch_file", 7);
     kill_loop(K_FORCE, FT, ref_default, "kill_force", 2);
     kill_loop(K_RUN_FORCE, FT, ref_default, "kill_run_force", 3);

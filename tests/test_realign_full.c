@@ -418,8 +418,9 @@ typedef struct run_result {
     int rc;
     char plan[32];
     int kept, modules;
-    double bytes_read;
+    double bytes_read, budget_peak;
     cJSON *json;
+    char msg[1100];
 } run_result;
 
 /* One `run` with a budget (0: none) and NLSR_RUN_PLAN (NULL: unset); the report loaded. */
@@ -436,6 +437,9 @@ static run_result run_plan(const char *plan, uint64_t budget, nlsr_select_mode m
     p.select.mode = mode;
     p.report_path = rep;
     r.rc = nlsr_run(ctx, SFT, ALIGNED, NULL, FT, out, &p);
+    /* Whatever the plan, the budget holds (the arena's charged peak, and the report's). */
+    if (budget) ASSERT_TRUE(nlsr_ctx_mem_peak(ctx) <= budget);
+    snprintf(r.msg, sizeof r.msg, "%s", nlsr_ctx_error(ctx));
     end_ctx(ctx);
     unsetenv("NLSR_RUN_PLAN");
     if (r.rc == 0) {
@@ -447,6 +451,8 @@ static run_result run_plan(const char *plan, uint64_t budget, nlsr_select_mode m
         r.kept = cJSON_IsNumber(kept) ? (int)kept->valuedouble : -1;
         r.modules = (int)cJSON_GetObjectItemCaseSensitive(sum, "modules")->valuedouble;
         r.bytes_read = cJSON_GetObjectItemCaseSensitive(sum, "bytes_read")->valuedouble;
+        r.budget_peak = cJSON_GetObjectItemCaseSensitive(sum, "budget_peak_bytes")->valuedouble;
+        if (budget) ASSERT_TRUE(r.budget_peak <= (double)budget);
     }
     free(rep);
     return r;
@@ -515,8 +521,9 @@ static void test_run_plans(void)
         ckpt_bytes(SFT, patched, np, &bt, &bf, &bpatched);
         ckpt_bytes(ALIGNED, patched, np, &at, &af, &apatched);
         ckpt_bytes(FT, patched, np, &tt, &tf, &tpatched);
-        /* Budgets from refused to ample, finely around the least the single pass takes. */
-        uint64_t need;
+        /* Budgets from refused to ample, finely around the least any plan takes (row blocks)
+         * and the least the single pass takes whole. */
+        uint64_t need, least;
         {
             nlsr_ctx *ctx = new_ctx();
             nlsr_ckpt *cb = open_ck(SFT), *ca = open_ck(ALIGNED), *ct = open_ck(FT);
@@ -524,6 +531,8 @@ static void test_run_plans(void)
             nlsr_run_plan rp;
             ASSERT_EQ_I(nlsr_full_run_plan(ctx, cb, ca, ct, &pp, &rp), 0);
             need = rp.need_bytes;
+            least = rp.rows_min_bytes;
+            ASSERT_TRUE(least > 0 && least < need);
             nlsr_ckpt_free(cb);
             nlsr_ckpt_free(ca);
             nlsr_ckpt_free(ct);
@@ -533,12 +542,16 @@ static void test_run_plans(void)
         const cJSON *spn = cJSON_GetObjectItemCaseSensitive(
             cJSON_GetObjectItemCaseSensitive(pf.json, "summary"), "single_pass_need_bytes");
         ASSERT_TRUE(cJSON_IsNumber(spn) && spn->valuedouble == (double)need);
-        uint64_t budgets[64];
+        uint64_t budgets[128];
         size_t nb = 0;
-        for (uint64_t b = 2u << 20; b < need && nb < 16; b += 256u << 10) budgets[nb++] = b;
-        for (uint64_t b = need - 1; b < need + (640u << 10) && nb < 64; b += 16u << 10)
+        for (uint64_t b = 256u << 10; b < least && nb < 12; b += 256u << 10) budgets[nb++] = b;
+        for (uint64_t b = least - 2; b < least + (256u << 10) && nb < 44; b += 8u << 10)
             budgets[nb++] = b;
-        int seen_all = 0, seen_some = 0, seen_patchfile = 0;
+        for (uint64_t b = least + (256u << 10); b < need && nb < 60; b += 128u << 10)
+            budgets[nb++] = b;
+        for (uint64_t b = need - 1; b < need + (640u << 10) && nb < 128; b += 16u << 10)
+            budgets[nb++] = b;
+        int seen_all = 0, seen_some = 0, seen_patchfile = 0, seen_rows = 0, seen_refused = 0;
         for (size_t bi = 0; bi < nb; bi++) {
             uint64_t budget = budgets[bi];
             char *out = wpath("rp_out");
@@ -546,24 +559,49 @@ static void test_run_plans(void)
             if (r.rc == 0) {
                 ASSERT_TRUE(folders_equal(ref, out));
                 ASSERT_TRUE(same_modules(pf.json, r.json));
+                ASSERT_TRUE(budget >= least);
                 if (strcmp(r.plan, "single pass") == 0) {
+                    ASSERT_TRUE(budget >= need);
                     seen_all += r.kept == r.modules;
                     seen_some += r.kept > 0 && r.kept < r.modules;
+                } else if (strcmp(r.plan, "row blocks") == 0) {
+                    ASSERT_TRUE(budget < need);
+                    seen_rows++;
                 } else {
                     ASSERT_STR_EQ(r.plan, "patch file");
                     seen_patchfile++;
                 }
             } else {
+                /* Refused up front, saying the least budget, and only below it. */
                 ASSERT_EQ_I(r.rc, NLSR_E_BUDGET);
+                ASSERT_TRUE(budget < least);
+                ASSERT_CONTAINS(r.msg, "needs at least");
                 ASSERT_TRUE(!nlsr_exists(out));
+                seen_refused++;
             }
             cJSON_Delete(r.json);
             (void)nlsr_tree_remove(out);
             free(out);
         }
-        ASSERT_TRUE(seen_all > 0 && seen_some > 0);
-        printf("run plans, %s: %d budgets kept every patch, %d some, %d took the patch file\n",
-               mi ? "all" : "adaptive", seen_all, seen_some, seen_patchfile);
+        ASSERT_TRUE(seen_all > 0 && seen_some > 0 && seen_rows > 0 && seen_refused > 0);
+        ASSERT_EQ_I(seen_patchfile, 0); /* row blocks need less than prepare + apply */
+        printf("run plans, %s: %d budgets kept every patch, %d some, %d took row blocks, %d "
+               "refused\n",
+               mi ? "all" : "adaptive", seen_all, seen_some, seen_rows, seen_refused);
+        /* Row blocks forced (the largest modules cut in two, the others whole), keeping
+         * patches or not. */
+        for (int k = 0; k < 2; k++) {
+            char *o = wpath("rp_rows");
+            run_result rr = run_plan(k ? "rows-recompute" : "rows", 0, mode, o);
+            ASSERT_EQ_I(rr.rc, 0);
+            ASSERT_STR_EQ(rr.plan, "row blocks");
+            ASSERT_EQ_I(rr.kept, k ? 0 : rr.modules);
+            ASSERT_TRUE(folders_equal(ref, o));
+            ASSERT_TRUE(same_modules(pf.json, rr.json));
+            cJSON_Delete(rr.json);
+            (void)nlsr_tree_remove(o);
+            free(o);
+        }
         /* No budget: everything kept; base and aligned targets read once, the fine-tune's
          * targets once in phase A and every byte of its shards once in phase B. */
         char *out = wpath("rp_unlimited");
@@ -601,10 +639,17 @@ static void test_run_plans(void)
                         r.bytes_read);
             cJSON_Delete(pj);
             free(txt);
-            /* A budget just under what it needs: prepare + apply. */
+            /* A budget just under what it needs: row blocks; under theirs, nothing. */
+            uint64_t least1 = rp.rows_min_bytes;
             nlsr_ctx_set_mem_budget(ctx, rp.need_bytes - 1);
             ASSERT_EQ_I(nlsr_full_run_plan(ctx, cb, ca, ct, &pp, &rp), 0);
-            ASSERT_TRUE(!rp.single);
+            ASSERT_TRUE(!rp.single && rp.rows);
+            nlsr_ctx_set_mem_budget(ctx, least1);
+            ASSERT_EQ_I(nlsr_full_run_plan(ctx, cb, ca, ct, &pp, &rp), 0);
+            ASSERT_TRUE(!rp.single && rp.rows);
+            nlsr_ctx_set_mem_budget(ctx, least1 - 1);
+            ASSERT_EQ_I(nlsr_full_run_plan(ctx, cb, ca, ct, &pp, &rp), 0);
+            ASSERT_TRUE(!rp.single && !rp.rows);
             nlsr_ckpt_free(cb);
             nlsr_ckpt_free(ca);
             nlsr_ckpt_free(ct);
@@ -1300,14 +1345,17 @@ static void test_run_lanes(void)
     struct {
         const char *plan;
         int one_thread;
-    } v[] = {{NULL, 0}, {NULL, 1}, {"recompute", 0}, {"recompute", 1}};
+    } v[] = {{NULL, 0},   {NULL, 1},           {"recompute", 0},     {"recompute", 1},
+             {"rows", 0}, {"rows", 1}, {"rows-recompute", 0}, {"rows-recompute", 1}};
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
         ASSERT_EQ_I(run_env(b, a, t, out, v[i].plan, v[i].one_thread, &oj, msg, sizeof msg), 0);
         ASSERT_TRUE(folders_equal(ref, out));
         ASSERT_TRUE(rj && oj && same_modules(rj, oj));
         const cJSON *pl = cJSON_GetObjectItemCaseSensitive(
             cJSON_GetObjectItemCaseSensitive(oj, "summary"), "plan");
-        ASSERT_TRUE(cJSON_IsString(pl) && strcmp(pl->valuestring, "single pass") == 0);
+        int rows = v[i].plan && strncmp(v[i].plan, "rows", 4) == 0;
+        ASSERT_TRUE(cJSON_IsString(pl) &&
+                    strcmp(pl->valuestring, rows ? "row blocks" : "single pass") == 0);
         cJSON_Delete(oj);
         oj = NULL;
         (void)nlsr_tree_remove(out);
@@ -1337,6 +1385,12 @@ static void test_run_lanes(void)
         ASSERT_CONTAINS(msg, which[w] == which[2] ? "in finetuned" : which[w]);
         ASSERT_EQ_I(run_env(bb, aa, tt, out, NULL, 1, NULL, msg2, sizeof msg2), NLSR_E_VALUE);
         ASSERT_STR_EQ(msg, msg2);
+        /* In row blocks (the element in the module's second block), one and two threads. */
+        for (int one = 0; one < 2; one++) {
+            ASSERT_EQ_I(run_env(bb, aa, tt, out, "rows", one, NULL, msg2, sizeof msg2),
+                        NLSR_E_VALUE);
+            ASSERT_STR_EQ(msg, msg2);
+        }
         ASSERT_TRUE(!nlsr_exists(out));
         (void)nlsr_tree_remove(bad);
         free(bad);

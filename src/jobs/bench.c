@@ -211,7 +211,7 @@ static void plan_bytes(sweep *s, int job, uint64_t budget, int have_budget, benc
     cJSON *rd = cJSON_GetObjectItem(root, "bytes_read"), *wr = cJSON_GetObjectItem(root, "bytes_written");
     const char *kind = run ? cJSON_GetStringValue(cJSON_GetObjectItem(run, "plan")) : NULL;
     cJSON *rmax = NULL;
-    if (kind && !strcmp(kind, "single pass")) {
+    if (kind && (!strcmp(kind, "single pass") || !strcmp(kind, "row blocks"))) {
         rd = cJSON_GetObjectItem(run, "bytes_read");
         rmax = cJSON_GetObjectItem(run, "bytes_read_max");
     }

@@ -1062,7 +1062,7 @@ static uint64_t single_reserve(const nlsr_ctx *ctx)
 }
 
 static int run_single(ip_job *J, const nlsr_ckpt *B, const nlsr_ckpt *S, int is_ref,
-                      const nlsr_ckpt *T, int no_store)
+                      const nlsr_ckpt *T, int flags)
 {
     nlsr_ctx *ctx = J->ctx;
     nlsr_report rep;
@@ -1076,7 +1076,7 @@ static int run_single(ip_job *J, const nlsr_ckpt *B, const nlsr_ckpt *S, int is_
     jn = NULL;
     uint64_t reserve = single_reserve(ctx);
     if (rc == 0)
-        rc = nlsr_full_pass_begin(ctx, B, S, is_ref, T, J->p, no_store, reserve, &rep, &P);
+        rc = nlsr_full_pass_begin(ctx, B, S, is_ref, T, J->p, flags, reserve, &rep, &P);
     if (rc < 0) goto done;
     nlsr_inplace_ident *id = &J->ident;
     nlsr_full_pass_fingerprints(P, &id->base_fp, &id->src_fp);
@@ -1111,7 +1111,7 @@ static int run_single(ip_job *J, const nlsr_ckpt *B, const nlsr_ckpt *S, int is_
         rep.t_start = t0; /* the summary counts the whole job */
         rep.read0 = r0;
         rep.written0 = w0;
-        rc = nlsr_full_pass_begin(ctx, B, S, is_ref, T, J->p, no_store, reserve, &rep, &P);
+        rc = nlsr_full_pass_begin(ctx, B, S, is_ref, T, J->p, flags, reserve, &rep, &P);
         if (rc < 0) goto done;
     }
     /* Journal buffers within the reserve: the batch half of it, a record an eighth (the kill
@@ -1154,7 +1154,7 @@ static int run_inplace_job(nlsr_ctx *ctx, const char *base, const char *aligned,
     const char *srcp = aligned ? aligned : reference;
     nlsr_ckpt *T = NULL, *S = NULL, *B = NULL;
     char *patch = NULL, *tdir = NULL;
-    int single = 0, no_store = 0;
+    int single = 0, flags = 0;
     /* Everything a header can tell is checked before the lock and the (long) read. */
     int audit = nlsr_audit_begin(ctx, p);
     int rc = check_dir(ctx, dir);
@@ -1187,18 +1187,16 @@ static int run_inplace_job(nlsr_ctx *ctx, const char *base, const char *aligned,
         if (rc == 0) rc = nlsr_full_check_finetuned(ctx, S, T, p);
         if (rc < 0) goto done;
         /* The single pass when the budget holds it with the journal's buffers (as run --out
-         * decides, realign_run.h); prepare + apply through a temporary patch file otherwise,
-         * and for other scorers. NLSR_RUN_PLAN forces one (tests, measurements). */
-        const char *force = nlsr_test_env("NLSR_RUN_PLAN");
+         * decides, realign_run.h), in row blocks when it holds less; prepare + apply through a
+         * temporary patch file for other scorers. NLSR_RUN_PLAN forces one (tests). */
         nlsr_run_plan rp;
         rc = nlsr_full_run_plan_inplace(ctx, B, S, T, p, single_reserve(ctx), &rp);
         if (rc < 0) goto done;
-        single = force && strcmp(force, "patch-file") == 0 ? 0
-                 : force && (strcmp(force, "single") == 0 || strcmp(force, "recompute") == 0)
-                     ? 1
-                     : rp.single;
-        single = single && p->scorer.kind == NLSR_SCORER_MAGNITUDE;
-        no_store = force && strcmp(force, "recompute") == 0;
+        single = nlsr_full_run_choose(ctx, &rp, p, &flags);
+        if (single < 0) {
+            rc = single;
+            goto done;
+        }
     }
     /* The lock and the journal are checked before the long read. */
     rc = take_lock(&J);
@@ -1211,7 +1209,7 @@ static int run_inplace_job(nlsr_ctx *ctx, const char *base, const char *aligned,
         goto done;
     }
     if (single) {
-        rc = run_single(&J, B, S, aligned == NULL, T, no_store);
+        rc = run_single(&J, B, S, aligned == NULL, T, flags);
         goto done;
     }
     nlsr_ckpt_free(B);

@@ -363,22 +363,19 @@ static int run_job(nlsr_ctx *ctx, const char *base, const char *aligned, const c
     if (rc == 0) nlsr_audit_output_at(ctx, out_dir, tmp);
     if (rc == 0) rc = nlsr_scorer_check_params(ctx, &p->scorer);
     if (rc < 0) goto done;
-    /* The single pass when the budget holds two whole modules; prepare + apply through a
-     * temporary patch file otherwise. NLSR_RUN_PLAN forces one (test builds only: tests,
-     * measurements). */
-    const char *force = nlsr_test_env("NLSR_RUN_PLAN");
+    /* The single pass when the budget holds two whole modules, in row blocks when it holds
+     * less; prepare + apply through a temporary patch file for other scorers
+     * (nlsr_full_run_choose; NLSR_RUN_PLAN forces one in test builds). */
     nlsr_run_plan rp;
+    int flags = 0;
     rc = nlsr_full_run_plan(ctx, B, S, T, p, &rp);
+    int single = rc == 0 ? nlsr_full_run_choose(ctx, &rp, p, &flags) : rc;
+    if (single < 0) rc = single;
     if (rc < 0) goto done;
-    int single = force && strcmp(force, "patch-file") == 0 ? 0
-                 : force && (strcmp(force, "single") == 0 || strcmp(force, "recompute") == 0)
-                     ? 1
-                     : rp.single;
     /* What the single pass would need, for the summary's hint (magnitude rule only). */
     if (p->scorer.kind == NLSR_SCORER_MAGNITUDE) rep.summary.single_pass_need = rp.need_bytes;
     if (single && p->scorer.kind == NLSR_SCORER_MAGNITUDE) {
-        int no_store = force && strcmp(force, "recompute") == 0;
-        rc = nlsr_full_run(ctx, B, S, is_ref, T, tmp, p, no_store, &rep);
+        rc = nlsr_full_run(ctx, B, S, is_ref, T, tmp, p, flags, &rep);
         if (rc == 0) rc = nlsr_report_stage(&rep, ctx, p);
         if (rc == 0) rc = nlsr_outdir_commit(ctx, tmp, out_dir, p->force);
         if (rc == 0) {

@@ -61,6 +61,11 @@ typedef struct rmod {
     uint64_t *bits;              /* mask bitmap, ceil(n / 64) words (in the arena) */
     unsigned char *vals;         /* transplanted values in ft's dtype, mask order */
     uint64_t vpos;               /* phase B: values used so far */
+    /* Row blocks (the module does not fit the budget whole): elements per block (a multiple
+     * of CH; 0: the module is read whole), and pass 2's state between blocks. */
+    uint64_t blk;
+    uint32_t bucket;
+    uint64_t below, nc, got;
 } rmod;
 
 typedef struct runner {
@@ -91,6 +96,12 @@ typedef struct runner {
     int hash;
     nlsr_xxh64_state fp_base, fp_src;
     uint64_t reserve;
+    /* Row blocks: the plan's flag, its units' largest bytes, what their tables take (charged),
+     * the module hashes in flight (in place) and phase B's unit in elements. */
+    int rows, rows_lanes;
+    uint64_t rows_tables, rows_maxu;
+    nlsr_xxh64_state hs_src, hs_base;
+    uint64_t out_unit;
 } runner;
 
 static const char *shard_path(const nlsr_ckpt *ck, size_t i)
@@ -138,22 +149,23 @@ static size_t mask_positions(const float *s, size_t n, float thr, uint64_t *word
     return nlsr_mask_indices(words, n, idx);
 }
 
-/* Pass 1 over a module held whole, on this thread: validation (naming the first bad value),
- * the score histogram. */
+/* Pass 1 over elements [lo, hi) of a module (a, b, t point at element lo), on this thread:
+ * validation (naming the first bad value), the score histogram (added to R->hist, which the
+ * caller zeroes at the module's start). */
 static int pass_hist_serial(runner *R, rmod *M, const unsigned char *a, const unsigned char *b,
-                            const unsigned char *t)
+                            const unsigned char *t, uint64_t lo, uint64_t hi)
 {
-    memset(R->hist, 0, NLSR_KTH_BUCKETS * sizeof *R->hist);
-    for (uint64_t at = 0; at < M->n; at += CH) {
-        size_t cnt = (size_t)(M->n - at < CH ? M->n - at : CH);
-        const unsigned char *ac = a + at * M->asz, *bc = b + at * M->bsz;
+    for (uint64_t at = lo; at < hi; at += CH) {
+        size_t cnt = (size_t)(hi - at < CH ? hi - at : CH);
+        const unsigned char *ac = a + (at - lo) * M->asz, *bc = b + (at - lo) * M->bsz;
+        const unsigned char *tc = t + (at - lo) * M->tsz;
         /* The fast kernel only says whether something is not finite; the generic one then
          * finds what and says so. */
         if (!M->fast || nlsr_score_bf16(ac, bc, (float)R->p->beta, R->fs, cnt))
             NLSR_FORWARD(step1(R, M, at, cnt, ac, bc, 1));
         nlsr_kth_hist_add(R->hist, R->fs, cnt);
-        if (nlsr_any_nonfinite_raw(M->tdt, t + at * M->tsz, cnt)) {
-            nlsr_to_f32(M->tdt, t + at * M->tsz, R->tf, cnt);
+        if (nlsr_any_nonfinite_raw(M->tdt, tc, cnt)) {
+            nlsr_to_f32(M->tdt, tc, R->tf, cnt);
             size_t bad = nlsr_first_nonfinite_f32(R->tf, cnt);
             if (bad < cnt)
                 return nonfinite_fail(R->ctx, shard_path(R->ft, M->it), M->tt->name, at + bad,
@@ -177,8 +189,8 @@ typedef struct lane {
     /* the job */
     int pass;                    /* 1: histogram, 2: candidates, 3: the fingerprints */
     const rmod *M;
-    const unsigned char *a, *b, *t;
-    uint64_t lo, hi;
+    const unsigned char *a, *b, *t; /* element `off` of the module */
+    uint64_t off, lo, hi;
     uint32_t bucket;
     float *cands;                /* pass 2 in memory: this lane's range of the array */
     uint64_t cap;
@@ -218,6 +230,30 @@ static void hash_module(runner *R, const rmod *M, const unsigned char *a, const 
     nlsr_full_fp_add_module(&R->fp_base, nlsr_xxh64_digest(&h));
 }
 
+/* A module read in row blocks is hashed block by block: hash_begin, hash_block for each in
+ * order, hash_end; the same digests as hash_module. */
+static void hash_begin(runner *R, const rmod *M)
+{
+    nlsr_xxh64_init(&R->hs_src, 0);
+    nlsr_full_fp_tensor_head(&R->hs_src, M->ts);
+    nlsr_xxh64_init(&R->hs_base, 0);
+    nlsr_full_fp_tensor_head(&R->hs_base, M->tb);
+}
+
+static void hash_block(runner *R, const rmod *M, const unsigned char *a, const unsigned char *b,
+                       uint64_t cnt)
+{
+    if (!cnt) return;
+    nlsr_xxh64_update(&R->hs_src, a, cnt * M->asz);
+    nlsr_xxh64_update(&R->hs_base, b, cnt * M->bsz);
+}
+
+static void hash_end(runner *R)
+{
+    nlsr_full_fp_add_module(&R->fp_src, nlsr_xxh64_digest(&R->hs_src));
+    nlsr_full_fp_add_module(&R->fp_base, nlsr_xxh64_digest(&R->hs_base));
+}
+
 static void lane_run(runner *R, lane *L, int main_thread)
 {
     const rmod *M = L->M;
@@ -228,12 +264,17 @@ static void lane_run(runner *R, lane *L, int main_thread)
         hash_module(R, M, L->a, L->b);
         return;
     }
+    if (L->pass == 4) { /* a row block's bytes into the module's hashes */
+        hash_block(R, M, L->a, L->b, L->hi - L->lo);
+        return;
+    }
     if (L->pass == 1) memset(L->hist, 0, NLSR_KTH_BUCKETS * sizeof *L->hist);
     for (uint64_t at = L->lo; at < L->hi; at += CH) {
         size_t cnt = (size_t)(L->hi - at < CH ? L->hi - at : CH);
-        uint32_t bad = nlsr_score_bf16(L->a + at * 2, L->b + at * 2, beta, L->fs, cnt);
+        uint64_t r = at - L->off;
+        uint32_t bad = nlsr_score_bf16(L->a + r * 2, L->b + r * 2, beta, L->fs, cnt);
         if (L->pass == 1) {
-            if (bad || nlsr_any_nonfinite_raw(M->tdt, L->t + at * M->tsz, cnt)) {
+            if (bad || nlsr_any_nonfinite_raw(M->tdt, L->t + r * M->tsz, cnt)) {
                 L->bad = 1;
                 return;
             }
@@ -361,15 +402,17 @@ static void lanes_run(runner *R)
 }
 
 /* The halves: the first ends on a chunk boundary. */
-static int lanes_usable(const runner *R, const rmod *M)
+static int lanes_usable(const runner *R, const rmod *M, uint64_t lo, uint64_t hi)
 {
-    return R->lanes && M->fast && M->n >= 4 * (uint64_t)CH;
+    /* A row block needs only a chunk per half (its module is large); a module whole, four. */
+    return R->lanes && M->fast && hi - lo >= (M->blk ? 2 : 4) * (uint64_t)CH;
 }
 
+/* Elements [lo, hi) of M (a, b, t point at element lo) in two halves. */
 static void lanes_set(runner *R, int pass, const rmod *M, const unsigned char *a,
-                      const unsigned char *b, const unsigned char *t)
+                      const unsigned char *b, const unsigned char *t, uint64_t lo, uint64_t hi)
 {
-    uint64_t h = M->n / 2 / CH * CH;
+    uint64_t h = lo + (hi - lo) / 2 / CH * CH;
     for (int i = 0; i < 2; i++) {
         lane *L = &R->lanes->L[i];
         L->pass = pass;
@@ -377,26 +420,27 @@ static void lanes_set(runner *R, int pass, const rmod *M, const unsigned char *a
         L->a = a;
         L->b = b;
         L->t = t;
-        L->lo = i ? h : 0;
-        L->hi = i ? M->n : h;
+        L->off = lo;
+        L->lo = i ? h : lo;
+        L->hi = i ? hi : h;
     }
 }
 
 /* Pass 1. A value that is not finite makes the pass run again on this thread, which finds the
  * first one and names it. */
 static int pass_hist(runner *R, rmod *M, const unsigned char *a, const unsigned char *b,
-                     const unsigned char *t)
+                     const unsigned char *t, uint64_t lo, uint64_t hi)
 {
-    if (!lanes_usable(R, M)) return pass_hist_serial(R, M, a, b, t);
-    lanes_set(R, 1, M, a, b, t);
+    if (!lanes_usable(R, M, lo, hi)) return pass_hist_serial(R, M, a, b, t, lo, hi);
+    lanes_set(R, 1, M, a, b, t, lo, hi);
     lanes_run(R);
     lane *L = R->lanes->L;
     if (L[0].bad || L[1].bad) {
-        NLSR_FORWARD(pass_hist_serial(R, M, a, b, t));
+        NLSR_FORWARD(pass_hist_serial(R, M, a, b, t, lo, hi));
         return nlsr_fail(&R->ctx->err, NLSR_E_VALUE, "tensor '%.200s': a value is not finite",
                          M->ts->name);
     }
-    for (uint32_t i = 0; i < NLSR_KTH_BUCKETS; i++) R->hist[i] = L[0].hist[i] + L[1].hist[i];
+    for (uint32_t i = 0; i < NLSR_KTH_BUCKETS; i++) R->hist[i] += L[0].hist[i] + L[1].hist[i];
     return 0;
 }
 
@@ -404,12 +448,12 @@ static int pass_hist(runner *R, rmod *M, const unsigned char *a, const unsigned 
 static int pass_cands_lanes(runner *R, rmod *M, const unsigned char *a, const unsigned char *b,
                             uint32_t bucket, int in_mem, uint64_t *got)
 {
-    if (!lanes_usable(R, M)) return 0;
+    if (!lanes_usable(R, M, 0, M->n)) return 0;
     lane *L = R->lanes->L;
     uint64_t c0 = L[0].hist[bucket];
     /* Each lane writes its own range of the array: the ranges must tile it. */
     if (in_mem && c0 + L[1].hist[bucket] != R->hist[bucket]) return 0;
-    lanes_set(R, 2, M, a, b, NULL);
+    lanes_set(R, 2, M, a, b, NULL, 0, M->n);
     for (int i = 0; i < 2; i++) {
         L[i].bucket = bucket;
         L[i].cands = in_mem ? R->cands + (i ? c0 : 0) : NULL;
@@ -513,16 +557,18 @@ static int check_dest(runner *R, const rmod *M, uint64_t at, const unsigned char
 /* The mask (strictly above the threshold), the masked cosine's sums in element order (as
  * apply accumulates them), and, when stored, the bitmap and the values in ft's dtype. */
 static int pass_mask(runner *R, rmod *M, const unsigned char *a, const unsigned char *b,
-                     const unsigned char *t)
+                     const unsigned char *t, uint64_t lo, uint64_t hi)
 {
-    unsigned char *vals = M->vals;
-    for (uint64_t at = 0; at < M->n; at += CH) {
-        size_t cnt = (size_t)(M->n - at < CH ? M->n - at : CH);
-        NLSR_FORWARD(scores(R, M, at, cnt, a + at * M->asz, b + at * M->bsz, 1));
+    /* Row blocks come in element order: the values continue where the last block stopped. */
+    unsigned char *vals = M->store ? M->vals + M->mask_count * M->tsz : NULL;
+    for (uint64_t at = lo; at < hi; at += CH) {
+        size_t cnt = (size_t)(hi - at < CH ? hi - at : CH);
+        uint64_t r = at - lo;
+        NLSR_FORWARD(scores(R, M, at, cnt, a + r * M->asz, b + r * M->bsz, 1));
         /* The chunk starts on a word of the module's bitmap (CH is a multiple of 64). */
         uint64_t *words = M->store ? M->bits + at / 64 : R->words;
         size_t m = mask_positions(R->fs, cnt, M->thr, words, R->idx);
-        const unsigned char *tc = t + at * M->tsz;
+        const unsigned char *tc = t + r * M->tsz;
         for (size_t i = 0; i < m; i++) {
             uint32_t j = R->idx[i];
             memcpy(R->conv + i * M->tsz, tc + (size_t)j * M->tsz, M->tsz);
@@ -558,12 +604,13 @@ static int module_compute(runner *R, rmod *M, const unsigned char *const *data)
         if (R->hash) hash_module(R, M, a, b);
         return 0;
     }
-    NLSR_FORWARD(pass_hist(R, M, a, b, t));
+    memset(R->hist, 0, NLSR_KTH_BUCKETS * sizeof *R->hist);
+    NLSR_FORWARD(pass_hist(R, M, a, b, t, 0, M->n));
     if (M->k < M->n) NLSR_FORWARD(pass_threshold(R, M, a, b));
     if (!R->hash || !R->lanes) {
         if (R->hash) hash_module(R, M, a, b);
         /* k >= n: the empty mask, similarity 0, nothing to transplant */
-        return M->k < M->n ? pass_mask(R, M, a, b, t) : 0;
+        return M->k < M->n ? pass_mask(R, M, a, b, t, 0, M->n) : 0;
     }
     /* Pass 3 runs on one thread: the second lane hashes the module meanwhile. */
     lane *L = &R->lanes->L[1];
@@ -572,7 +619,7 @@ static int module_compute(runner *R, rmod *M, const unsigned char *const *data)
     L->a = a;
     L->b = b;
     lanes_post(R);
-    int rc = M->k < M->n ? pass_mask(R, M, a, b, t) : 0;
+    int rc = M->k < M->n ? pass_mask(R, M, a, b, t, 0, M->n) : 0;
     lanes_wait(R);
     return rc;
 }
@@ -645,6 +692,7 @@ static int runner_init(runner *R, nlsr_ctx *ctx, const nlsr_realign_params *p,
     R->src = src;
     R->ft = ft;
     R->is_ref = is_ref;
+    R->out_unit = OUT_UNIT;
     *u = NULL;
     NLSR_FORWARD(build_modules(R));
     NLSR_FAIL_IF(!(*u = calloc(R->nm ? R->nm : 1, sizeof **u)), &ctx->err, -ENOMEM,
@@ -691,7 +739,7 @@ static uint64_t phase_b_need(const runner *R)
     uint64_t unit = 0, outb = 0;
     for (size_t i = 0; i < R->nm; i++) {
         const rmod *M = &R->m[i];
-        uint64_t c = M->n < OUT_UNIT ? M->n : OUT_UNIT;
+        uint64_t c = M->n < R->out_unit ? M->n : R->out_unit;
         uint64_t b = c * (M->asz + M->bsz + M->tsz) + 3 * 2 * NLSR_IO_ALIGN;
         if (b > unit) unit = b;
         if (c * M->tsz > outb) outb = c * M->tsz;
@@ -707,10 +755,10 @@ static uint64_t a_reserve(uint64_t stream_bytes)
 }
 
 /* Marks the modules whose patches are kept: the first ones (module order) that fit the room
- * left after the larger of the phases' buffers; returns their bytes. */
-static uint64_t choose_kept(runner *R, uint64_t stream_bytes, uint64_t room, int no_store)
+ * left after the larger of the phases' buffers (pa: phase A's); returns their bytes. */
+static uint64_t choose_kept(runner *R, uint64_t pa, uint64_t room, int no_store)
 {
-    uint64_t pb = phase_b_need(R), pa = stream_bytes + a_reserve(stream_bytes);
+    uint64_t pb = phase_b_need(R);
     uint64_t reserve = (pa > pb ? pa : pb) + R->reserve;
     uint64_t avail = room > reserve ? room - reserve : 0;
     uint64_t total = 0;
@@ -723,6 +771,109 @@ static uint64_t choose_kept(runner *R, uint64_t stream_bytes, uint64_t room, int
         total += b;
     }
     return total;
+}
+
+/* ---- row blocks: modules that do not fit the budget whole -------------------------------- */
+
+/* Blocks per module at most, so that a block's unit table (charged) stays small whatever the
+ * module; blocks start on a word of the mask bitmap. */
+#define ROWS_MAX_BLOCKS 4096u
+#define ROWS_ALIGN 64u
+/* A block unit's bytes beyond its elements: each of its three spans widened to 4096-byte
+ * boundaries (nlsr_stream_unit_bytes). */
+#define ROWS_SLACK (3u * 2u * NLSR_IO_ALIGN)
+
+static uint64_t per_el(const rmod *M)
+{
+    return M->asz + M->bsz + M->tsz;
+}
+
+/* Cuts the modules whose whole unit (u[i]) passes `cap` bytes into blocks of at most `cap`
+ * bytes (at least ROWS_ALIGN elements, at most ROWS_MAX_BLOCKS blocks), and phase B's units
+ * to the same cap. Returns the largest unit's bytes; R->rows_tables gets the largest block
+ * table's charge. */
+static uint64_t rows_layout(runner *R, const nlsr_unit *u, uint64_t cap)
+{
+    uint64_t maxu = 0, pe_max = 1;
+    R->rows_tables = 0;
+    for (size_t i = 0; i < R->nm; i++) {
+        rmod *M = &R->m[i];
+        uint64_t wb = nlsr_stream_unit_bytes(&u[i]), pe = per_el(M);
+        if (pe > pe_max) pe_max = pe;
+        M->blk = 0;
+        uint64_t e = cap > ROWS_SLACK ? (cap - ROWS_SLACK) / pe / ROWS_ALIGN * ROWS_ALIGN : 0;
+        uint64_t emin = (M->n + ROWS_MAX_BLOCKS - 1) / ROWS_MAX_BLOCKS;
+        emin = (emin + ROWS_ALIGN - 1) / ROWS_ALIGN * ROWS_ALIGN;
+        if (e < emin) e = emin;
+        if (e < ROWS_ALIGN) e = ROWS_ALIGN;
+        if (wb <= cap || e >= M->n) {
+            if (wb > maxu) maxu = wb;
+            continue;
+        }
+        M->blk = e;
+        uint64_t b = e * pe + ROWS_SLACK, nb = (M->n + e - 1) / e;
+        if (b > maxu) maxu = b;
+        /* The table and the stream's copy of it. */
+        uint64_t tb = 2 * nb * sizeof(nlsr_unit);
+        if (tb > R->rows_tables) R->rows_tables = tb;
+    }
+    uint64_t ou = cap > ROWS_SLACK ? (cap - ROWS_SLACK) / pe_max / CH * CH : 0;
+    R->out_unit = ou < CH ? CH : ou > OUT_UNIT ? OUT_UNIT : ou;
+    R->rows_maxu = maxu;
+    return maxu;
+}
+
+/* Back to whole modules (the single pass's layout). */
+static void rows_reset(runner *R)
+{
+    for (size_t i = 0; i < R->nm; i++) R->m[i].blk = 0;
+    R->out_unit = OUT_UNIT;
+    R->rows_tables = R->rows_maxu = 0;
+}
+
+/* The budget row blocks take with the layout rows_layout made (maxu: its largest unit);
+ * *pa: phase A's part (stream, candidates, unit tables, the second lane when planned). */
+static uint64_t rows_need(runner *R, uint64_t maxu, uint64_t *pa)
+{
+    uint64_t sb = 2 * maxu;
+    uint64_t a = sb + sb / 16 + R->rows_tables, b = phase_b_need(R);
+    *pa = a;
+    return (a > b ? a : b) + scratch_need() + R->reserve;
+}
+
+/* Row blocks for this much room (scratch not yet taken): the largest unit an eighth of what
+ * scratch and the reserve leave (the rest keeps patches), or the smallest layout when that does
+ * not fit. split (tests): the largest module is cut into two blocks or more. Returns the budget it
+ * needs; *pa as rows_need, with the second lane when it fits too. */
+static uint64_t rows_setup(runner *R, const nlsr_unit *u, uint64_t room, int split, uint64_t *pa)
+{
+    uint64_t fixed = scratch_need() + R->reserve;
+    uint64_t cap = room > fixed ? (room - fixed) / 8 : 0;
+    if (split) {
+        uint64_t big = 0;
+        for (size_t i = 0; i < R->nm; i++)
+            if (R->m[i].n * per_el(&R->m[i]) > big) big = R->m[i].n * per_el(&R->m[i]);
+        if (cap > ROWS_SLACK + big / 2) cap = ROWS_SLACK + big / 2;
+    }
+    uint64_t need = rows_need(R, rows_layout(R, u, cap), pa);
+    if (need > room) need = rows_need(R, rows_layout(R, u, 0), pa);
+    R->rows = 1;
+    R->rows_lanes = need + 2 * lane_mem() <= room;
+    if (R->rows_lanes) *pa += 2 * lane_mem();
+    return need;
+}
+
+/* What phase A reads (the progress total): every module once, and a module in row blocks
+ * base and aligned twice more (passes 2 and 3) and the fine-tune once more (pass 3). */
+static uint64_t phase_a_bytes(const runner *R)
+{
+    uint64_t t = 0;
+    for (size_t i = 0; i < R->nm; i++) {
+        const rmod *M = &R->m[i];
+        t += M->n * per_el(M);
+        if (M->blk && M->k < M->n) t += M->n * (2 * (M->asz + M->bsz) + M->tsz);
+    }
+    return t;
 }
 
 int nlsr_full_run_plan(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
@@ -742,6 +893,8 @@ int nlsr_full_run_plan_inplace(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_
     int inplace = journal_bytes != 0;
     R.reserve = journal_bytes;
     if (rc == 0) {
+        int magnitude = p->scorer.kind == NLSR_SCORER_MAGNITUDE && R.nm > 0;
+        uint64_t used = ctx->budget.limit ? ctx->budget.used : 0;
         out->modules = R.nm;
         out->stream_bytes = nlsr_stream_mem(u, R.nm, 2);
         out->phase_b_bytes = phase_b_need(&R);
@@ -749,15 +902,33 @@ int nlsr_full_run_plan_inplace(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_
         uint64_t a = out->stream_bytes + a_reserve(out->stream_bytes), b = out->phase_b_bytes;
         out->need_bytes = (a > b ? a : b) + scratch_need() + journal_bytes;
         uint64_t room = nlsr_budget_room(&ctx->budget);
-        out->single = p->scorer.kind == NLSR_SCORER_MAGNITUDE && R.nm > 0 &&
-                      out->need_bytes <= room;
-        if (out->single) {
-            out->kept_bytes = choose_kept(&R, out->stream_bytes, room - scratch_need(), 0);
+        out->single = magnitude && out->need_bytes <= room;
+        /* The least budget of row blocks (the smallest layout), then the layout this one
+         * takes. */
+        uint64_t pa = a;
+        if (magnitude) {
+            out->rows_min_bytes = used + rows_need(&R, rows_layout(&R, u, 0), &pa);
+            rows_reset(&R);
+            pa = a;
+        }
+        if (magnitude && !out->single) {
+            uint64_t need = rows_setup(&R, u, room, 0, &pa);
+            out->rows = need <= room;
+            out->stream_bytes = 2 * R.rows_maxu;
+            out->phase_b_bytes = phase_b_need(&R);
+            out->rows_need_bytes = need;
+            for (size_t i = 0; i < R.nm; i++) out->blocked += R.m[i].blk != 0;
+        }
+        if (out->single || out->rows) {
+            out->kept_bytes = choose_kept(&R, pa, room - scratch_need(), 0);
             for (size_t i = 0; i < R.nm; i++) {
                 const rmod *M = &R.m[i];
                 out->kept += (size_t)M->store;
                 uint64_t ab = M->n * (M->asz + M->bsz);
                 out->read_min += ab + M->n * M->tsz;
+                /* Row blocks: passes 2 and 3 read the module's blocks again (from the page
+                 * cache when it holds them). */
+                if (M->blk && M->k < M->n) out->read_min += 2 * ab + M->n * M->tsz;
                 /* A patched module whose patch is not kept is read again from base and
                  * aligned. */
                 if (!M->store && M->k < M->n) out->reread_max += ab;
@@ -777,10 +948,10 @@ int nlsr_full_run_plan_inplace(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_
 
 /* Keeps the masks and values of the modules choose_kept picks; phase B recomputes the others
  * from base and aligned. */
-static int plan_store(runner *R, uint64_t stream_bytes, int no_store)
+static int plan_store(runner *R, uint64_t pa, int no_store)
 {
     nlsr_ctx *ctx = R->ctx;
-    uint64_t total = choose_kept(R, stream_bytes, nlsr_budget_room(&ctx->budget), no_store);
+    uint64_t total = choose_kept(R, pa, nlsr_budget_room(&ctx->budget), no_store);
     if (total == 0) return 0;
     NLSR_FORWARD(nlsr_budget_alloc(&ctx->budget, (size_t)total, "patches kept in memory",
                                    (void **)&R->arena, &ctx->err));
@@ -798,15 +969,174 @@ static int plan_store(runner *R, uint64_t stream_bytes, int no_store)
     return 0;
 }
 
+/* The plan's memory for a job: row blocks (flags & NLSR_RUN_ROWS) laid out, scratch taken, the
+ * kept patches chosen and allocated. u: runner_init's units. */
+static int runner_setup(runner *R, const nlsr_unit *u, int flags)
+{
+    uint64_t pa = 0;
+    if (flags & NLSR_RUN_ROWS) {
+        uint64_t room = nlsr_budget_room(&R->ctx->budget);
+        uint64_t need = rows_setup(R, u, room, (flags & NLSR_RUN_SPLIT) != 0, &pa);
+        if (need > room) {
+            char a[32], b[32];
+            return nlsr_fail(&R->ctx->err, NLSR_E_BUDGET,
+                             "memory budget too small: run in row blocks needs %s more, %s left",
+                             nlsr_fmt_bytes((double)need, a, sizeof a),
+                             nlsr_fmt_bytes((double)room, b, sizeof b));
+        }
+    } else {
+        uint64_t sb = nlsr_stream_mem(u, R->nm, 2);
+        pa = sb + a_reserve(sb);
+    }
+    NLSR_FORWARD(alloc_scratch(R));
+    return plan_store(R, pa, (flags & NLSR_RUN_NO_STORE) != 0);
+}
+
 /* ---- phase A: every module once ------------------------------------------------------- */
 
-/* u: the units runner_init made (the stream copies them). */
-static int phase_a(runner *R, const nlsr_unit *u, nlsr_report *rep)
+/* Pass 2 of a module in row blocks: the bucket holding rank k, then, block by block, a
+ * histogram of the low 16 bits of its candidates' scores (no candidate array: the blocks
+ * bound memory, and both ways find the same exact k-th smallest), then the threshold. */
+static int cands_begin(runner *R, rmod *M)
+{
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < NLSR_KTH_BUCKETS; i++) total += R->hist[i];
+    NLSR_FAIL_IF(total != M->n, &R->ctx->err, NLSR_E_FORMAT,
+                 "tensor '%.200s': %" PRIu64 " scores counted for %" PRIu64 " elements",
+                 M->ts->name, total, M->n);
+    nlsr_kth_hist_pick(R->hist, M->k, &M->bucket, &M->below);
+    M->nc = R->hist[M->bucket];
+    M->got = 0;
+    memset(R->hist2, 0, NLSR_KTH_BUCKETS * sizeof *R->hist2);
+    return 0;
+}
+
+static int cands_block(runner *R, rmod *M, const unsigned char *a, const unsigned char *b,
+                       uint64_t lo, uint64_t hi)
+{
+    if (lanes_usable(R, M, lo, hi)) {
+        lane *L = R->lanes->L;
+        lanes_set(R, 2, M, a, b, NULL, lo, hi);
+        for (int i = 0; i < 2; i++) {
+            L[i].bucket = M->bucket;
+            L[i].cands = NULL;
+            L[i].cap = 0;
+            memset(L[i].hist2, 0, NLSR_KTH_BUCKETS * sizeof *L[i].hist2);
+        }
+        lanes_run(R);
+        for (uint32_t i = 0; i < NLSR_KTH_BUCKETS; i++)
+            R->hist2[i] += L[0].hist2[i] + L[1].hist2[i];
+        M->got += L[0].got + L[1].got;
+        return 0;
+    }
+    for (uint64_t at = lo; at < hi; at += CH) {
+        size_t cnt = (size_t)(hi - at < CH ? hi - at : CH);
+        NLSR_FORWARD(scores(R, M, at, cnt, a + (at - lo) * M->asz, b + (at - lo) * M->bsz, 0));
+        for (size_t j = 0; j < cnt; j++) {
+            if (nlsr_kth_bucket_of(R->fs[j]) != M->bucket) continue;
+            uint32_t u;
+            memcpy(&u, &R->fs[j], 4);
+            R->hist2[u & 0xffffu]++;
+            M->got++;
+        }
+        NLSR_FORWARD(poll_stream(R));
+    }
+    return 0;
+}
+
+static int cands_end(runner *R, rmod *M)
+{
+    NLSR_FAIL_IF(M->got != M->nc, &R->ctx->err, NLSR_E_FORMAT,
+                 "%s: tensor '%.200s' changed while it was read", R->src->path, M->ts->name);
+    uint32_t lo;
+    uint64_t below2;
+    nlsr_kth_hist_pick(R->hist2, M->k - M->below, &lo, &below2);
+    uint32_t bits = M->bucket << 16 | lo;
+    memcpy(&M->thr, &bits, 4);
+    return 0;
+}
+
+/* One row block [lo, lo + cnt) of pass 1 (validation, histogram), 2 (candidates) or 3 (mask,
+ * sums, kept values) of module M. In place, the block's base and aligned bytes are hashed in
+ * the module's last pass (on the second lane while pass 3 runs, when there is one). */
+static int block_compute(runner *R, rmod *M, int pass, uint64_t lo, uint64_t cnt,
+                         const unsigned char *const *d)
+{
+    const unsigned char *a = d[0], *b = d[1], *t = pass == 2 ? NULL : d[2];
+    uint64_t hi = lo + cnt;
+    int hash_here = R->hash && pass == (M->k < M->n ? 3 : 1);
+    int rc = 0;
+    if (lo == 0 && hash_here) hash_begin(R, M);
+    if (pass == 1) {
+        if (lo == 0) memset(R->hist, 0, NLSR_KTH_BUCKETS * sizeof *R->hist);
+        rc = pass_hist(R, M, a, b, t, lo, hi);
+        if (rc == 0 && hash_here) hash_block(R, M, a, b, cnt);
+    } else if (pass == 2) {
+        if (lo == 0) rc = cands_begin(R, M);
+        if (rc == 0) rc = cands_block(R, M, a, b, lo, hi);
+        if (rc == 0 && hi == M->n) rc = cands_end(R, M);
+    } else if (hash_here && R->lanes) {
+        lane *L = &R->lanes->L[1];
+        L->pass = 4;
+        L->M = M;
+        L->a = a;
+        L->b = b;
+        L->lo = lo;
+        L->hi = hi;
+        lanes_post(R);
+        rc = pass_mask(R, M, a, b, t, lo, hi);
+        lanes_wait(R);
+    } else {
+        if (hash_here) hash_block(R, M, a, b, cnt);
+        rc = pass_mask(R, M, a, b, t, lo, hi);
+    }
+    if (rc == 0 && hash_here && hi == M->n) hash_end(R);
+    return rc;
+}
+
+/* A module in row blocks: one stream per pass over its blocks (passes 2 and 3 only when
+ * something is masked), the blocks' table charged to the budget. */
+static int module_rows(runner *R, size_t i)
 {
     nlsr_ctx *ctx = R->ctx;
-    int rc = nlsr_stream_open(ctx, u, R->nm, 2, &R->s);
+    rmod *M = &R->m[i];
+    size_t nb = (size_t)((M->n + M->blk - 1) / M->blk);
+    nlsr_unit *bu = NULL;
+    /* The table and the stream's copy of it (nlsr_stream_open copies the units). */
+    NLSR_FORWARD(nlsr_budget_alloc(&ctx->budget, 2 * nb * sizeof *bu, "row-block units",
+                                   (void **)&bu, &ctx->err));
+    int rc = 0;
+    for (int pass = 1; pass <= 3 && rc == 0; pass++) {
+        if (pass > 1 && M->k >= M->n) break; /* the empty mask: similarity 0 */
+        for (size_t k = 0; k < nb; k++) {
+            uint64_t first = (uint64_t)k * M->blk;
+            uint64_t cnt = M->n - first < M->blk ? M->n - first : M->blk;
+            memset(&bu[k], 0, sizeof bu[k]);
+            bu[k].nspans = pass == 2 ? 2 : 3;
+            bu[k].span[0] = (nlsr_span){R->src, M->is, first, cnt};
+            bu[k].span[1] = (nlsr_span){R->base, M->ib, first, cnt};
+            if (pass != 2) bu[k].span[2] = (nlsr_span){R->ft, M->it, first, cnt};
+            bu[k].tag = i;
+        }
+        rc = nlsr_stream_open(ctx, bu, nb, 2, &R->s);
+        const nlsr_unit *un;
+        const unsigned char *const *data;
+        while (rc == 0 && (rc = nlsr_stream_next(R->s, &un, &data)) == 1)
+            rc = block_compute(R, M, pass, un->span[0].first, un->span[0].count, data);
+        nlsr_stream_close(R->s);
+        R->s = NULL;
+    }
+    nlsr_budget_free(&ctx->budget, bu, 2 * nb * sizeof *bu);
+    return rc < 0 ? rc : 0;
+}
+
+/* Whole modules u[0 .. n) through one stream. */
+static int modules_whole(runner *R, const nlsr_unit *u, size_t n)
+{
+    nlsr_ctx *ctx = R->ctx;
+    int rc = nlsr_stream_open(ctx, u, n, 2, &R->s);
     NLSR_FORWARD(rc);
-    lanes_start(R);
+    if (!R->lanes && (!R->rows || R->rows_lanes)) lanes_start(R);
     const nlsr_unit *un;
     const unsigned char *const *data;
     while ((rc = nlsr_stream_next(R->s, &un, &data)) == 1) {
@@ -814,9 +1144,36 @@ static int phase_a(runner *R, const nlsr_unit *u, nlsr_report *rep)
         if (rc < 0) break;
         nlsr_phase_units(ctx, 1);
     }
-    lanes_stop(R);
     nlsr_stream_close(R->s);
     R->s = NULL;
+    return rc < 0 ? rc : 0;
+}
+
+/* u: the units runner_init made (the stream copies them). Consecutive whole modules share a
+ * stream; a module in row blocks has its own streams. */
+static int phase_a(runner *R, const nlsr_unit *u, nlsr_report *rep)
+{
+    nlsr_ctx *ctx = R->ctx;
+    int rc = 0;
+    if (R->rows && R->rows_lanes) lanes_start(R);
+    for (size_t i = 0; i < R->nm && rc == 0;) {
+        size_t j = i;
+        while (j < R->nm && !R->m[j].blk) j++;
+        if (j > i) {
+            rc = modules_whole(R, u + i, j - i);
+            i = j;
+        } else {
+            rc = module_rows(R, i++);
+            if (rc == 0) nlsr_phase_units(ctx, 1);
+        }
+        if (R->rows) {
+            /* The next module's stream gets the room the candidates took. */
+            nlsr_budget_free(&ctx->budget, R->cands, R->cand_cap * sizeof(float));
+            R->cands = NULL;
+            R->cand_cap = 0;
+        }
+    }
+    lanes_stop(R);
     for (size_t i = 0; i < R->nm && rc == 0; i++) {
         rmod *M = &R->m[i];
         size_t idx;
@@ -893,7 +1250,8 @@ static int out_plan(runner *R, const nlsr_report *rep, size_t **order_out, size_
             order[j - 1] = t;
         }
     size_t nu = 0;
-    for (size_t i = 0; i < np; i++) nu += (size_t)((R->m[order[i]].n + OUT_UNIT - 1) / OUT_UNIT);
+    for (size_t i = 0; i < np; i++)
+        nu += (size_t)((R->m[order[i]].n + R->out_unit - 1) / R->out_unit);
     nlsr_unit *u = calloc(nu ? nu : 1, sizeof *u);
     if (!u) {
         free(order);
@@ -902,8 +1260,8 @@ static int out_plan(runner *R, const nlsr_report *rep, size_t **order_out, size_
     size_t k = 0;
     for (size_t i = 0; i < np; i++) {
         const rmod *M = &R->m[order[i]];
-        for (uint64_t first = 0; first < M->n; first += OUT_UNIT, k++) {
-            uint64_t cnt = M->n - first < OUT_UNIT ? M->n - first : OUT_UNIT;
+        for (uint64_t first = 0; first < M->n; first += R->out_unit, k++) {
+            uint64_t cnt = M->n - first < R->out_unit ? M->n - first : R->out_unit;
             if (cnt * M->tsz > *maxel) *maxel = cnt * M->tsz;
             if (M->store) {
                 u[k].nspans = 1;
@@ -964,7 +1322,7 @@ static int phase_b(runner *R, nlsr_report *rep, const char *out_dir)
             ctx->bytes_written += start - cursor;
             nlsr_phase_tick(ctx);
             M->vpos = 0;
-            for (uint64_t first = 0; rc == 0 && first < M->n; first += OUT_UNIT) {
+            for (uint64_t first = 0; rc == 0 && first < M->n; first += R->out_unit) {
                 const nlsr_unit *un;
                 const unsigned char *const *data;
                 rc = nlsr_stream_next(s, &un, &data);
@@ -1040,7 +1398,7 @@ static int phase_b_inplace(runner *R, nlsr_report *rep, nlsr_journal *jn, uint64
         uint32_t sh = ft->t[M->it].shard;
         uint64_t start = ft->shards[sh]->data_start + M->tt->begin;
         M->vpos = 0;
-        for (uint64_t first = 0; rc == 0 && first < M->n; first += OUT_UNIT) {
+        for (uint64_t first = 0; rc == 0 && first < M->n; first += R->out_unit) {
             const nlsr_unit *un;
             const unsigned char *const *data;
             rc = nlsr_stream_next(s, &un, &data);
@@ -1080,7 +1438,7 @@ void nlsr_full_pass_end(nlsr_full_pass *P)
 
 int nlsr_full_pass_begin(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src,
                          int is_reference, const nlsr_ckpt *ft, const nlsr_realign_params *p,
-                         int no_store, uint64_t reserve, nlsr_report *rep, nlsr_full_pass **out)
+                         int flags, uint64_t reserve, nlsr_report *rep, nlsr_full_pass **out)
 {
     nlsr_err *e = &ctx->err;
     *out = NULL;
@@ -1095,11 +1453,7 @@ int nlsr_full_pass_begin(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *
     R->reserve = reserve;
     nlsr_xxh64_init(&R->fp_base, 0);
     nlsr_xxh64_init(&R->fp_src, 0);
-    if (rc == 0) {
-        uint64_t stream_bytes = nlsr_stream_mem(u, R->nm, 2);
-        rc = alloc_scratch(R);
-        if (rc == 0) rc = plan_store(R, stream_bytes, no_store);
-    }
+    if (rc == 0) rc = runner_setup(R, u, flags);
     double t0 = nlsr_now();
     if (rc == 0) rc = phase_a(R, u, rep);
     P->seconds_a = nlsr_now() - t0;
@@ -1130,7 +1484,7 @@ int nlsr_full_pass_inplace(nlsr_full_pass *P, struct nlsr_journal *jn, nlsr_repo
     if (rc == 0) {
         size_t kept = 0;
         for (size_t i = 0; i < P->R.nm; i++) kept += (size_t)P->R.m[i].store;
-        rep->summary.plan = "single pass";
+        rep->summary.plan = P->R.rows ? NLSR_PLAN_ROWS : "single pass";
         rep->summary.patches_in_memory = kept;
         rep->summary.phase_seconds[0] = P->seconds_a;
         rep->summary.phase_seconds[1] = nlsr_now() - t1;
@@ -1140,25 +1494,19 @@ int nlsr_full_pass_inplace(nlsr_full_pass *P, struct nlsr_journal *jn, nlsr_repo
 
 int nlsr_full_run(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src, int is_reference,
                   const nlsr_ckpt *ft, const char *out_dir, const nlsr_realign_params *p,
-                  int no_store, nlsr_report *rep)
+                  int flags, nlsr_report *rep)
 {
     nlsr_err *e = &ctx->err;
     NLSR_FORWARD(nlsr_params_validate(p, e));
     runner R;
     nlsr_unit *u = NULL;
     int rc = runner_init(&R, ctx, p, base, src, is_reference, ft, &u);
-    if (rc == 0) {
-        uint64_t stream_bytes = nlsr_stream_mem(u, R.nm, 2);
-        rc = alloc_scratch(&R);
-        if (rc == 0) rc = plan_store(&R, stream_bytes, no_store);
-    }
+    if (rc == 0) rc = runner_setup(&R, u, flags);
     double t0 = nlsr_now();
     if (rc == 0) {
-        /* Phase A reads every target module of the three checkpoints once. */
-        uint64_t a_bytes = 0;
-        for (size_t i = 0; i < R.nm; i++)
-            a_bytes += R.m[i].n * (R.m[i].asz + R.m[i].bsz + R.m[i].tsz);
-        nlsr_phase_begin(ctx, "similarities", NLSR_PHASE_READ, a_bytes, R.nm);
+        /* Phase A reads every target module of the three checkpoints once (row blocks: some
+         * more than once). */
+        nlsr_phase_begin(ctx, "similarities", NLSR_PHASE_READ, phase_a_bytes(&R), R.nm);
         rc = phase_a(&R, u, rep);
         if (rc == 0) nlsr_phase_end(ctx);
     }
@@ -1179,7 +1527,7 @@ int nlsr_full_run(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src, in
     if (rc == 0) {
         size_t kept = 0;
         for (size_t i = 0; i < R.nm; i++) kept += (size_t)R.m[i].store;
-        rep->summary.plan = "single pass";
+        rep->summary.plan = R.rows ? NLSR_PLAN_ROWS : "single pass";
         rep->summary.patches_in_memory = kept;
         rep->summary.phase_seconds[0] = t1 - t0;
         rep->summary.phase_seconds[1] = t2 - t1;
@@ -1188,4 +1536,32 @@ int nlsr_full_run(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *src, in
     nlsr_budget_free(&ctx->budget, R.scratch, R.scratch_bytes);
     free(R.m);
     return rc;
+}
+
+int nlsr_full_run_choose(nlsr_ctx *ctx, const nlsr_run_plan *rp, const nlsr_realign_params *p,
+                         int *flags)
+{
+    const char *force = nlsr_test_env("NLSR_RUN_PLAN");
+    *flags = 0;
+    if (p->scorer.kind != NLSR_SCORER_MAGNITUDE || rp->modules == 0) return 0;
+    if (force) {
+        if (strcmp(force, "patch-file") == 0) return 0;
+        if (strcmp(force, "recompute") == 0) *flags = NLSR_RUN_NO_STORE;
+        if (strcmp(force, "rows") == 0) *flags = NLSR_RUN_ROWS | NLSR_RUN_SPLIT;
+        if (strcmp(force, "rows-recompute") == 0)
+            *flags = NLSR_RUN_ROWS | NLSR_RUN_SPLIT | NLSR_RUN_NO_STORE;
+        if (*flags || strcmp(force, "single") == 0) return 1;
+    }
+    if (rp->single) return 1;
+    if (rp->rows) {
+        *flags = NLSR_RUN_ROWS;
+        return 1;
+    }
+    /* Row blocks take the least memory of all plans (prepare's scratch alone is larger): a
+     * budget below theirs is refused before anything is read or written. */
+    char a[32], b[32];
+    return nlsr_fail(&ctx->err, NLSR_E_BUDGET,
+                     "memory budget %s is too small for run: it needs at least %s (--mem-budget)",
+                     nlsr_fmt_bytes((double)ctx->budget.limit, a, sizeof a),
+                     nlsr_fmt_bytes((double)rp->rows_min_bytes, b, sizeof b));
 }

@@ -217,7 +217,7 @@ int nlsr_report_json(const nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_par
     }
     if (s->plan) {
         cJSON_AddStringToObject(sum, "plan", s->plan);
-        if (strcmp(s->plan, "single pass") == 0) {
+        if (strcmp(s->plan, "single pass") == 0 || strcmp(s->plan, NLSR_PLAN_ROWS) == 0) {
             cJSON_AddNumberToObject(sum, "patches_in_memory", (double)s->patches_in_memory);
             cJSON *ph = cJSON_AddObjectToObject(sum, "phase_seconds");
             if (!ph) goto oom;
@@ -430,6 +430,10 @@ void nlsr_report_print_human(const nlsr_report *r, const nlsr_realign_params *p,
     if (s->plan && strcmp(s->plan, "single pass") == 0)
         fprintf(f, "; plan: single pass (the budget holds two whole modules), %zu of %zu "
                    "modules' patches kept in memory\n",
+                s->patches_in_memory, s->modules);
+    else if (s->plan && strcmp(s->plan, NLSR_PLAN_ROWS) == 0)
+        fprintf(f, "; plan: single pass in row blocks (the budget holds less than two whole "
+                   "modules), %zu of %zu modules' patches kept in memory\n",
                 s->patches_in_memory, s->modules);
     else if (s->plan && s->single_pass_need) {
         char nb[32];

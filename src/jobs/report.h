@@ -59,7 +59,8 @@ typedef struct nlsr_report_summary {
     uint64_t module_passes;         /* full prepare: passes over target modules reading base +
                                        aligned (from disk or the module cache), 0 if none */
     uint64_t module_disk_passes;    /* of them, streamed from disk */
-    const char *plan;               /* run: "single pass" or "patch file" (static), NULL else */
+    const char *plan;               /* run: "single pass", "row blocks" (NLSR_PLAN_ROWS) or
+                                       "patch file" (static), NULL else */
     size_t patches_in_memory;       /* run, single pass: modules whose patches stayed in memory
                                        (the others are recomputed while the output is written) */
     uint64_t single_pass_need;      /* run, magnitude rule: the budget the single pass needs
@@ -111,5 +112,8 @@ void nlsr_report_print_human(const nlsr_report *r, const nlsr_realign_params *p,
 int nlsr_report_emit(nlsr_report *r, nlsr_ctx *ctx, const nlsr_realign_params *p);
 void nlsr_report_free(nlsr_report *r);
 
+
+/* The report's name of the single pass in row blocks (summary.plan, `nlsr plan`). */
+#define NLSR_PLAN_ROWS "row blocks"
 
 #endif

@@ -643,19 +643,37 @@ static double plan_seconds(const nlsr_plan *p, double rbw, double wbw)
 static void print_run_plan(const nlsr_run_plan *rp, double rbw, double wbw, FILE *out)
 {
     char a[32], b[32], c[32], d[32];
-    if (!rp->single) {
-        fprintf(out,
-                "run: prepare + apply through a temporary patch file: the single pass needs a "
-                "budget of %s (two whole modules of the three checkpoints)\n",
-                nlsr_fmt_bytes((double)rp->need_bytes, a, sizeof a));
+    if (!rp->single && !rp->rows) {
+        if (rp->rows_min_bytes)
+            fprintf(out,
+                    "run: the budget is too small: run needs at least %s (the single pass in row "
+                    "blocks; two whole modules of the three checkpoints take %s)\n",
+                    nlsr_fmt_bytes((double)rp->rows_min_bytes, a, sizeof a),
+                    nlsr_fmt_bytes((double)rp->need_bytes, b, sizeof b));
+        else
+            fprintf(out,
+                    "run: prepare + apply through a temporary patch file: the single pass needs a "
+                    "budget of %s (two whole modules of the three checkpoints)\n",
+                    nlsr_fmt_bytes((double)rp->need_bytes, a, sizeof a));
         return;
     }
-    fprintf(out,
-            "run: single pass; buffers %s (two whole modules of the three checkpoints) + %s "
-            "scratch; patches of %zu of %zu modules kept in memory (%s)\n",
-            nlsr_fmt_bytes((double)rp->stream_bytes, a, sizeof a),
-            nlsr_fmt_bytes((double)rp->scratch_bytes, b, sizeof b), rp->kept, rp->modules,
-            nlsr_fmt_bytes((double)rp->kept_bytes, c, sizeof c));
+    if (rp->rows) {
+        fprintf(out,
+                "run: single pass in row blocks (the single pass whole needs %s); %zu of %zu "
+                "modules in blocks, buffers %s + %s scratch; patches of %zu modules kept in "
+                "memory (%s)\n",
+                nlsr_fmt_bytes((double)rp->need_bytes, d, sizeof d), rp->blocked, rp->modules,
+                nlsr_fmt_bytes((double)rp->stream_bytes, a, sizeof a),
+                nlsr_fmt_bytes((double)rp->scratch_bytes, b, sizeof b), rp->kept,
+                nlsr_fmt_bytes((double)rp->kept_bytes, c, sizeof c));
+    } else {
+        fprintf(out,
+                "run: single pass; buffers %s (two whole modules of the three checkpoints) + %s "
+                "scratch; patches of %zu of %zu modules kept in memory (%s)\n",
+                nlsr_fmt_bytes((double)rp->stream_bytes, a, sizeof a),
+                nlsr_fmt_bytes((double)rp->scratch_bytes, b, sizeof b), rp->kept, rp->modules,
+                nlsr_fmt_bytes((double)rp->kept_bytes, c, sizeof c));
+    }
     fprintf(out, "  reads %s", nlsr_fmt_bytes((double)rp->read_min, a, sizeof a));
     if (rp->reread_max)
         fprintf(out, " to %s (patched modules whose patches are not kept are read again)",
@@ -671,9 +689,16 @@ static void run_plan_json(cJSON *o, const nlsr_run_plan *rp)
 {
     cJSON *r = cJSON_AddObjectToObject(o, "run");
     if (!r) return;
-    cJSON_AddStringToObject(r, "plan", rp->single ? "single pass" : "patch file");
+    cJSON_AddStringToObject(r, "plan", rp->single ? "single pass"
+                                       : rp->rows ? "row blocks"
+                                       : rp->rows_min_bytes ? "none" : "patch file");
     cJSON_AddNumberToObject(r, "need_bytes", (double)rp->need_bytes);
-    if (!rp->single) return;
+    if (rp->rows_min_bytes) cJSON_AddNumberToObject(r, "min_bytes", (double)rp->rows_min_bytes);
+    if (!rp->single && !rp->rows) return;
+    if (rp->rows) {
+        cJSON_AddNumberToObject(r, "rows_need_bytes", (double)rp->rows_need_bytes);
+        cJSON_AddNumberToObject(r, "modules_in_blocks", (double)rp->blocked);
+    }
     cJSON_AddNumberToObject(r, "modules", (double)rp->modules);
     cJSON_AddNumberToObject(r, "patches_in_memory", (double)rp->kept);
     cJSON_AddNumberToObject(r, "stream_bytes", (double)rp->stream_bytes);

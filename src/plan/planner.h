@@ -66,9 +66,10 @@ typedef struct nlsr_plan_range {
     uint64_t off, len;  /* absolute file offsets */
 } nlsr_plan_range;
 
-/* What `run` on full weights will do with the budget (src/plan/realign_run.c fills it): the
- * single pass or prepare + apply, and for the single pass its memory and bytes. `nlsr plan
- * --finetuned` prints it after the streaming plan. */
+/* What `run` on full weights will do with the budget (src/jobs/realign_run.c fills it): the
+ * single pass, the single pass in row blocks, or prepare + apply (other scorers; for the
+ * magnitude rule a budget under rows_min_bytes is refused), and for the single pass its memory
+ * and bytes. `nlsr plan --finetuned` prints it after the streaming plan. */
 typedef struct nlsr_run_plan {
     int single;              /* 1: the single pass fits (and the scorer is magnitude) */
     size_t modules, kept;    /* target modules; of them, patches kept in memory */
@@ -80,6 +81,13 @@ typedef struct nlsr_run_plan {
     uint64_t read_min;       /* bytes read: every target once + the fine-tune's shards again */
     uint64_t reread_max;     /* at most this more: patched modules whose patch was not kept */
     uint64_t written;        /* the output's shards */
+    /* Row blocks (the magnitude rule): whether they fit (when the single pass does not),
+     * the budget they take with this one's layout, the least budget they ever take (the
+     * budget a run needs at all), and modules cut into blocks. With `rows`, the fields above
+     * describe the row-block layout. */
+    int rows;
+    uint64_t rows_need_bytes, rows_min_bytes;
+    size_t blocked;
 } nlsr_run_plan;
 typedef struct nlsr_plan {
     nlsr_job_desc job;

@@ -26,6 +26,11 @@ case_sig_term_run_out_shard() { sig_out shard TERM 143 "${RUNS[@]}" --out out; }
 case_sig_term_run_out_commit() { sig_out commit TERM 143 "${RUNS[@]}" --out out --report r.json; }
 case_sig_int_run_out_shard() { sig_out shard INT 130 "${RUNS[@]}" --out out; }
 case_sig_hup_run_out_outdir() { sig_out outdir HUP 129 "${RUNS[@]}" --out out; }
+# These budgets take the single pass in row blocks on the fixture, its MLP modules cut into
+# blocks (2600K with --out; 3M in place, which keeps an eighth for the journal).
+case_sig_term_run_rows_out_shard() {
+    sig_out shard TERM 143 "${RUNS[@]}" --mem-budget 2600K --out out
+}
 # apply --out writes its own temporary folder (it has no "shard" point: its shards are not
 # written by the single-pass writer).
 case_sig_term_apply_out_outdir() {
@@ -37,7 +42,8 @@ case_sig_term_apply_out_commit() {
 case_sig_term_rewrite_commit() { sig_out commit TERM 143 rewrite ft out; }
 case_sig_term_amplify_shard() { sig_out shard TERM 143 amplify --base sft --aligned aligned --out out -q; }
 
-# sig_inplace POINT SIG STATUS KIND: KIND run|apply --in-place ft stopped at POINT (in place:
+# sig_inplace POINT SIG STATUS KIND: KIND run|run-rows|apply --in-place ft stopped at POINT
+# (run-rows: a budget that takes row blocks; in place:
 # "journal", the first record durable and its range not yet written) then sent SIG;
 # ft must be byte-identical to before and the same in-place job must then succeed.
 sig_inplace() {
@@ -46,7 +52,8 @@ sig_inplace() {
     setup_full
     make_ref
     make_patch "$W/p.nlsrp"
-    if [ "$kind" = run ]; then cmd=("${RUNS[@]}" --in-place); else
+    if [ "$kind" = run ]; then cmd=("${RUNS[@]}" --in-place)
+    elif [ "$kind" = run-rows ]; then cmd=("${RUNS[@]}" --mem-budget 3M --in-place); else
         cmd=(apply --patches "$W/p.nlsrp" --in-place ft -q); fi
     snap_before ft/.nlsr.lock ft/.nlsr-journal ft/.nlsr-state.json
     start_stopped "$point" "${cmd[@]}" || return
@@ -59,6 +66,7 @@ sig_inplace() {
 case_sig_term_run_inplace_journal() { sig_inplace journal TERM 143 run; }
 case_sig_term_apply_inplace_journal() { sig_inplace journal TERM 143 apply; }
 case_sig_int_run_inplace_journal() { sig_inplace journal INT 130 run; }
+case_sig_term_run_rows_inplace_journal() { sig_inplace journal TERM 143 run-rows; }
 case_sig_hup_apply_inplace_journal() { sig_inplace journal HUP 129 apply; }
 # A PEFT adapter realigned in place, interrupted the same way.
 case_sig_term_lora_run_inplace_journal() {
