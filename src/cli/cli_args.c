@@ -126,6 +126,7 @@ static int set_opt(const source *s, const cli_opt *o, const char *v)
     case O_VERBOSE: return flag_value(s, n, v, &a->verbose);
     case O_FORCE: return flag_value(s, n, v, &a->p.force);
     case O_IN_PLACE: return flag_value(s, n, v, &a->in_place);
+    case O_COMMIT: return flag_value(s, n, v, &a->commit);
     case O_WAIT: return flag_value(s, n, v, &a->ip.wait);
     case O_DRY_RUN: return flag_value(s, n, v, &a->ip.dry_run);
     case O_FOLLOW: return flag_value(s, n, v, &a->ip.follow_links);

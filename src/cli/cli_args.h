@@ -23,7 +23,7 @@ enum cli_opt_id {
     O_VERBOSE, O_FORCE, O_MEM, O_IO, O_THREADS, O_IN_PLACE, O_WAIT, O_DRY_RUN, O_FOLLOW,
     O_DROP_OTHER, O_REVISION, O_CONFIG, O_PROGRESS, O_DISCARD, O_BANDWIDTH, O_NO_TIME,
     O_MEASURE, O_PRESET, O_LAYERS, O_ROLE, O_SYNTH_SEED, O_DTYPE, O_SHARD, O_HELP, O_VERSION,
-    O_PART,
+    O_PART, O_COMMIT,
     /* bench */
     O_BENCH_SYNTH, O_SCRATCH, O_BUDGETS, O_BENCH_IO, O_JOBS, O_REPS, O_WARM, O_DROP_CACHES,
     O_CSV, O_BENCH_JSON, O_PLOT
@@ -84,8 +84,9 @@ typedef struct cli_args {
     /* synth */
     nlsr_synth_params synth;
     int have_role;
-    /* prepare --part I/N (docs/SCALE.md); part_count 0: the whole */
+    /* prepare --part I/N, apply --shard I/N (docs/SCALE.md); part_count 0: the whole */
     unsigned part_index, part_count;
+    int commit; /* apply --commit: the split apply's last step */
     /* bench: its lists and output files as given (nlsr_bench checks them); inputs, --layers,
        -q/-v and --progress-interval are the fields above */
     nlsr_bench_params bench;

@@ -21,7 +21,8 @@ const cli_command cli_commands[] = {
      "--base B --aligned A|--reference R --out FILE.nlsrp [options]",
      "steps 1-2 once per aligned model: the patches"},
     {"apply", K_APPLY, NLSR_JOB_APPLY, 0, -1,
-     "--patches FILE --finetuned T --out DIR [options], or --patches FILE --in-place DIR...",
+     "--patches FILE --finetuned T --out DIR [--shard I/N | --commit] [options], or --patches "
+     "FILE --in-place DIR...",
      "step 3 from prepared patches (--in-place: into each folder, journaled)"},
     {"rollback", K_ROLLBACK, 0, 1, -1, "DIR... [options]",
      "restore the originals from the undo journal"},
@@ -105,6 +106,13 @@ const cli_opt cli_opts[] = {
     {"part", 0, "I/N", K_PREPARE, O_PART,
      "prepare part I of N (from 0) of a split job: its share of the modules (docs/SCALE.md)"},
     {"task", 0, "I/N", K_PREPARE, O_PART, "the same as --part"},
+    {"shard", 0, "I/N", K_APPLY, O_PART,
+     "apply task I of N (from 0) of a split apply: its share of the output shards, into the "
+     "job's shared folder beside --out; --commit ends the job (docs/SCALE.md)"},
+    {"task", 0, "I/N", K_APPLY, O_PART, "the same as --shard"},
+    {"commit", 0, NULL, K_APPLY, O_COMMIT,
+     "end a split apply: check every shard the --shard tasks wrote, add the side files and the "
+     "report, put the output in place"},
     {"synth", 0, "tiny|llama-8b|llama-70b", K_BENCH, O_BENCH_SYNTH,
      "time a synthetic triple of this preset (made in --scratch)"},
     {"scratch", 0, "DIR", K_BENCH, O_SCRATCH,

@@ -21,9 +21,9 @@
 #include "../io/file.h"
 #include "../io/outpath.h"
 #include "../io/patchfile.h"
+#include "split.h"
 
-/* XXH64 of a whole regular file, read without following a final link; 0 on any failure. */
-static int hash_file(const char *path, uint64_t *h)
+int nlsr_file_xxh64(const char *path, uint64_t *h)
 {
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return 0;
@@ -103,7 +103,7 @@ int nlsr_output_verify(nlsr_ctx *ctx, const char *out_dir, const char *report)
             char *path = nlsr_path_join(out_dir, base ? base + 1 : p->valuestring);
             uint64_t h = 0;
             char hex[20];
-            ok = path && hash_file(path, &h);
+            ok = path && nlsr_file_xxh64(path, &h);
             snprintf(hex, sizeof hex, "%016" PRIx64, h);
             ok = ok && strcmp(hex, x->valuestring) == 0;
             free(path);
