@@ -187,6 +187,24 @@ bash jobs/reduce.sbatch 2>/dev/null && fail "a first reduce replaced an existing
 SLURM_RESTART_COUNT=1 bash jobs/reduce.sbatch 2>/dev/null || fail "requeued reduce.sbatch"
 SLURM_RESTART_COUNT=1 bash jobs/apply.sbatch >/dev/null 2>&1 || fail "requeued apply.sbatch"
 cmpdir single split_out || fail "the requeued apply's output differs"
+# --apply-tasks M: the apply as an array of M shard tasks, then the commit (afterok each).
+"$NLSR" slurm split --dir jobs2 --base "$SFT" --aligned "$AL" --finetuned "$DATA/finetuned" \
+    --out "$T/split_out2" --parts 2 --apply-tasks 3 --apply-opts '--seed 7' >/dev/null ||
+    fail "slurm split --apply-tasks"
+grep -qx '#SBATCH --array=0-2' jobs2/apply.sbatch || fail "apply array: $(cat jobs2/apply.sbatch)"
+[ "$(grep -c 'dependency=afterok' jobs2/submit.sh)" = 3 ] || fail "submit.sh: $(cat jobs2/submit.sh)"
+grep -q 'commit.sbatch' jobs2/submit.sh || fail "submit.sh submits no commit"
+for i in 0 1; do SLURM_ARRAY_TASK_ID=$i bash jobs2/prepare.sbatch 2>/dev/null || fail "task $i"; done
+bash jobs2/reduce.sbatch 2>/dev/null || fail "reduce.sbatch (2)"
+for i in 2 0 1; do
+    SLURM_ARRAY_TASK_ID=$i bash jobs2/apply.sbatch >/dev/null 2>&1 || fail "apply task $i"
+done
+bash jobs2/commit.sbatch >/dev/null 2>&1 || fail commit.sbatch
+"$NLSR" run -q --base "$SFT" --aligned "$AL" --finetuned "$DATA/finetuned" --seed 7 --out single7 ||
+    fail run
+cmpdir single7 split_out2 || fail "the shard tasks' output differs from run's"
+expect 2 'apply-tasks is split' "$NLSR" slurm sweep --dir sj --patches whole.nlsrp --out-root x \
+    --apply-tasks 2 store/*
 "$NLSR" slurm sweep --dir sj --patches whole.nlsrp --out-root "$T/sw" --concurrency 2 store/* >/dev/null ||
     fail "slurm sweep"
 grep -qx '#SBATCH --array=0-2%2' sj/sweep.sbatch || fail "sweep array: $(cat sj/sweep.sbatch)"

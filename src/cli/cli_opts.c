@@ -41,7 +41,8 @@ const cli_command cli_commands[] = {
      " [--select ... --seed ...] [--mem-budget SIZE] [--io KIND] [-q] DIR...",
      "apply to a store, task I of N; verified outputs are skipped (docs/SCALE.md)"},
     {"slurm", K_SLURM, 0, 1, -1,
-     "sweep|split --dir DIR [--submit] [--concurrency K] [--parts N] [--mem-budget SIZE]"
+     "sweep|split --dir DIR [--submit] [--concurrency K] [--parts N] [--apply-tasks M]"
+     " [--mem-budget SIZE]"
      " [--cpus C] [--time T] [--partition P] [--account A] [--prepare-opts STR]"
      " [--apply-opts STR] [--nlsr PATH] (sweep: --patches --out-root|--in-place DIR...;"
      " split: --base --aligned|--reference --finetuned --out)",

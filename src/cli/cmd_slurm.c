@@ -443,6 +443,7 @@ typedef struct slurm_args {
     const char **dirs;
     int ndirs, in_place, submit;
     unsigned parts, concurrency, cpus;
+    unsigned apply_tasks; /* split: 0 = one apply; M = an apply --shard array and a commit */
     uint64_t mem_budget;
 } slurm_args;
 
@@ -537,6 +538,8 @@ static int parse_slurm(int argc, char **argv, slurm_args *a)
         else if (strcmp(o, "--out-root") == 0) a->out_root = v;
         else if (strcmp(o, "--parts") == 0) {
             if (parse_unsigned(o, v, &a->parts, 1)) return 2;
+        } else if (strcmp(o, "--apply-tasks") == 0) {
+            if (parse_unsigned(o, v, &a->apply_tasks, 1)) return 2;
         } else if (strcmp(o, "--concurrency") == 0) {
             if (parse_unsigned(o, v, &a->concurrency, 1)) return 2;
         } else if (strcmp(o, "--cpus") == 0) {
@@ -551,6 +554,9 @@ static int parse_slurm(int argc, char **argv, slurm_args *a)
         if (!a->patches || a->ndirs == 0 || !a->out_root == !a->in_place)
             return cli_usage_error("slurm sweep needs --patches FILE, --out-root DIR or --in-place, "
                                    "and the fine-tuned folders");
+        if (a->apply_tasks)
+            return cli_usage_error("slurm sweep: --apply-tasks is split's (a sweep's tasks are "
+                                   "its fine-tunes)");
     } else {
         if (!a->base || !a->aligned == !a->reference || !a->finetuned || !a->out || !a->parts)
             return cli_usage_error("slurm split needs --base, --aligned or --reference, "
@@ -681,8 +687,8 @@ int cmd_slurm(int argc, char **argv)
     }
     /* Scripts in order; each after the previous one succeeded (afterok), or, for a sweep's
      * summary, after it ended whatever the outcome (afterany). */
-    const char *scripts[3] = {0};
-    const char *deps[3] = {0};
+    const char *scripts[4] = {0};
+    const char *deps[4] = {0};
     int nscripts = 0;
     char *path = NULL;
     FILE *f;
@@ -778,9 +784,16 @@ int cmd_slurm(int argc, char **argv)
             status = close_script(f, path);
             free(path);
         } else if (status == 0) status = 1;
-        /* Apply: step 3 once the selection has every module's similarity. */
-        if (status == 0 && (f = open_script(dir, "apply.sbatch", &path))) {
-            sbatch_head(f, &a, "apply", logs, 0);
+        /* Apply: step 3 once the selection has every module's similarity; with
+         * --apply-tasks M an array by output shard (apply --shard), then its commit. */
+        for (int k = 0; k < (a.apply_tasks ? 2 : 1) && status == 0; k++) {
+            const char *name = k ? "commit.sbatch" : "apply.sbatch";
+            if (!(f = open_script(dir, name, &path))) {
+                status = 1;
+                break;
+            }
+            sbatch_head(f, &a, k ? "commit" : "apply", logs, k == 0 && a.apply_tasks);
+            if (k == 0 && a.apply_tasks) array_line(f, &a, a.apply_tasks);
             fprintf(f, "set -u\nexec ");
             shq(f, nlsr);
             fprintf(f, " apply ${SLURM_RESTART_COUNT:+--force} --patches ");
@@ -790,11 +803,14 @@ int cmd_slurm(int argc, char **argv)
             mem_opt(f, &a);
             fprintf(f, " --out ");
             shq(f, out);
+            if (k == 0 && a.apply_tasks)
+                fprintf(f, " --shard \"$SLURM_ARRAY_TASK_ID/%u\"", a.apply_tasks);
+            if (k == 1) fprintf(f, " --commit");
             if (a.apply_opts) fprintf(f, " %s", a.apply_opts);
             fputc('\n', f);
             status = close_script(f, path);
             free(path);
-        } else if (status == 0) status = 1;
+        }
         if (status == 0 && mkdir(parts, 0755) != 0 && errno != EEXIST) {
             fprintf(stderr, "nlsr: error: %s: %s\n", parts, strerror(errno));
             status = 1;
@@ -808,8 +824,9 @@ int cmd_slurm(int argc, char **argv)
         scripts[0] = "prepare.sbatch";
         scripts[1] = "reduce.sbatch";
         scripts[2] = "apply.sbatch";
-        deps[1] = deps[2] = "afterok";
-        nscripts = 3;
+        scripts[3] = "commit.sbatch";
+        deps[1] = deps[2] = deps[3] = "afterok";
+        nscripts = a.apply_tasks ? 4 : 3;
     }
     if (status) goto done;
     /* submit.sh: the same chain by hand (sbatch --parsable, each after the previous). */
