@@ -222,8 +222,9 @@ grep -q '^State:.*T' "/proc/$(cat part2.pid 2>/dev/null || echo 0)/status" 2>/de
 ls jobs/split/parts/ | grep -q 'part-2.nlsrp.nlsr-tmp-' || fail "part 2 has no temporary file mid-way"
 scontrol requeue "${M}_2" || fail "scontrol requeue ${M}_2"
 # A requeued job may not start before its credentials expire (2 minutes by default); this test
-# lets it start as soon as it is pending again.
-for i in $(seq 100); do
+# lets it start as soon as it is pending again (up to a minute: on a loaded machine the
+# requeued job takes a while to be pending again).
+for i in $(seq 300); do
     scontrol show job "${M}_2" | grep -q 'JobState=PENDING' &&
         scontrol update jobid="${M}_2" StartTime=now >/dev/null 2>&1 && break
     sleep 0.2
