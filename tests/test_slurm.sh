@@ -191,26 +191,6 @@ A=$(awk '$1 == "apply.sbatch" {print $2}' split.ids)
 scontrol show job "$R" | grep -q "Dependency=afterok:${M}" || fail "reduce is not afterok the map array"
 scontrol show job "$A" | grep -q "Dependency=afterok:${R}" || fail "apply is not afterok the reduce"
 
-# ---- 3. the apply as an array by output shard, then its commit --------------------------------
-for r in base aligned finetuned; do
-    "$NLSR" synth -q --preset tiny --layers 4 --role $r --shard-size 100K --out "sh/$r" || fail synth
-done
-"$NLSR" run -q --base sh/base --aligned sh/aligned --finetuned sh/finetuned --out shsingle ||
-    fail "single run (sharded)"
-"$NLSR" slurm split --dir jobs/shards --base sh/base --aligned sh/aligned \
-    --finetuned sh/finetuned --out shard_out --parts 3 --apply-tasks 4 --concurrency 4 --cpus 1 \
-    --mem-budget 256M --submit >shard.ids || fail "slurm split --apply-tasks --submit"
-P2=$(awk '$1 == "prepare.sbatch" {print $2}' shard.ids)
-R2=$(awk '$1 == "reduce.sbatch" {print $2}' shard.ids)
-A2=$(awk '$1 == "apply.sbatch" {print $2}' shard.ids)
-C2=$(awk '$1 == "commit.sbatch" {print $2}' shard.ids)
-[ -n "$P2" ] && [ -n "$R2" ] && [ -n "$A2" ] && [ -n "$C2" ] || fail "job ids: $(cat shard.ids)"
-grep -q '^#SBATCH --array=0-3%4$' jobs/shards/apply.sbatch || fail "no apply array: $(cat jobs/shards/apply.sbatch)"
-grep -q -- '--shard "$SLURM_ARRAY_TASK_ID/4"' jobs/shards/apply.sbatch || fail "apply tasks"
-grep -q -- '--commit' jobs/shards/commit.sbatch || fail "no commit: $(cat jobs/shards/commit.sbatch)"
-scontrol show job "$A2" | grep -q "Dependency=afterok:${R2}" || fail "apply tasks are not afterok the reduce"
-scontrol show job "$C2" | grep -q "Dependency=afterok:${A2}" || fail "the commit is not afterok the apply tasks"
-
 # Part 2, stopped mid-way: Slurm requeues it (SIGCONT + SIGTERM to the task).
 if [ "$HOOKS" = ON ]; then
 for i in $(seq 300); do
@@ -230,6 +210,28 @@ for i in $(seq 300); do
     sleep 0.2
 done
 fi
+
+# ---- 3. the apply as an array by output shard, then its commit --------------------------------
+# Submitted once part 2's requeue is under way, so that its jobs do not hold the node's CPUs
+# while the requeued part waits to start again.
+for r in base aligned finetuned; do
+    "$NLSR" synth -q --preset tiny --layers 4 --role $r --shard-size 100K --out "sh/$r" || fail synth
+done
+"$NLSR" run -q --base sh/base --aligned sh/aligned --finetuned sh/finetuned --out shsingle ||
+    fail "single run (sharded)"
+"$NLSR" slurm split --dir jobs/shards --base sh/base --aligned sh/aligned \
+    --finetuned sh/finetuned --out shard_out --parts 3 --apply-tasks 4 --concurrency 4 --cpus 1 \
+    --mem-budget 256M --submit >shard.ids || fail "slurm split --apply-tasks --submit"
+P2=$(awk '$1 == "prepare.sbatch" {print $2}' shard.ids)
+R2=$(awk '$1 == "reduce.sbatch" {print $2}' shard.ids)
+A2=$(awk '$1 == "apply.sbatch" {print $2}' shard.ids)
+C2=$(awk '$1 == "commit.sbatch" {print $2}' shard.ids)
+[ -n "$P2" ] && [ -n "$R2" ] && [ -n "$A2" ] && [ -n "$C2" ] || fail "job ids: $(cat shard.ids)"
+grep -q '^#SBATCH --array=0-3%4$' jobs/shards/apply.sbatch || fail "no apply array: $(cat jobs/shards/apply.sbatch)"
+grep -q -- '--shard "$SLURM_ARRAY_TASK_ID/4"' jobs/shards/apply.sbatch || fail "apply tasks"
+grep -q -- '--commit' jobs/shards/commit.sbatch || fail "no commit: $(cat jobs/shards/commit.sbatch)"
+scontrol show job "$A2" | grep -q "Dependency=afterok:${R2}" || fail "apply tasks are not afterok the reduce"
+scontrol show job "$C2" | grep -q "Dependency=afterok:${A2}" || fail "the commit is not afterok the apply tasks"
 
 wait_jobs "$S1" "$S2" "$S3" "$S4" "$M" "$R" "$A" "$P2" "$R2" "$A2" "$C2"
 for j in "$S1" "$S3" "$M" "$R" "$A" "$P2" "$R2" "$A2" "$C2"; do all_completed "$j"; done

@@ -147,7 +147,7 @@ static char *rec_path(const char *shared, const char *name)
 }
 
 /* 1 when shard `name` is in the shared folder and reads back to its record's hash. */
-static int shard_verified(const char *shared, const char *name)
+static int shard_verified(nlsr_ctx *ctx, const char *shared, const char *name)
 {
     char *rp = rec_path(shared, name), *sp = nlsr_path_join(shared, name);
     char txt[64] = "";
@@ -158,7 +158,7 @@ static int shard_verified(const char *shared, const char *name)
     }
     uint64_t h = 0;
     char hex[20];
-    int ok = f && sp && nlsr_file_xxh64(sp, &h);
+    int ok = f && sp && nlsr_file_xxh64(ctx, sp, &h);
     snprintf(hex, sizeof hex, "%016" PRIx64 "\n", h);
     free(rp);
     free(sp);
@@ -308,7 +308,7 @@ static int shard_publish(nlsr_ctx *ctx, const split_job *J, const char *task_dir
     char *rp = rec_path(J->shared, name), *tmp = NULL;
     int fd = -1, rc = src && dst && rp ? 0 : nlsr_fail(e, -ENOMEM, "out of memory");
     uint64_t h = 0;
-    if (rc == 0 && !nlsr_file_xxh64(src, &h))
+    if (rc == 0 && !nlsr_file_xxh64(ctx, src, &h))
         rc = nlsr_fail(e, -EIO, "%s: cannot read back what was written", src);
     /* A stale record first: the shard under its name is then never paired with an old hash. */
     if (rc == 0) unlink(rp);
@@ -355,7 +355,7 @@ static int shard_job(nlsr_ctx *ctx, const char *patches, const char *finetuned, 
     if (rc == 0 && !(mine = calloc(S ? S : 1, 1))) rc = nlsr_fail(e, -ENOMEM, "out of memory");
     size_t todo = 0;
     for (size_t k = lo; k < hi && rc == 0; k++)
-        if (!shard_verified(J.shared, J.T->shard_names[k])) {
+        if (!shard_verified(ctx, J.shared, J.T->shard_names[k])) {
             mine[k] = 1;
             todo++;
         }
@@ -463,7 +463,7 @@ static int commit_job(nlsr_ctx *ctx, const char *patches, const char *finetuned,
     size_t missing = 0;
     char list[600] = "";
     for (size_t k = 0; k < J.T->nshards; k++) {
-        if (shard_verified(J.shared, J.T->shard_names[k])) continue;
+        if (shard_verified(ctx, J.shared, J.T->shard_names[k])) continue;
         if (missing++ < 8) {
             size_t L = strlen(list);
             snprintf(list + L, sizeof list - L, "%s%s", L ? ", " : "", J.T->shard_names[k]);
