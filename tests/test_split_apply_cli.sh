@@ -125,6 +125,23 @@ if [ "$HOOKS" = ON ]; then
     "$NLSR" apply -q --patches P.nlsrp --finetuned finetuned --out k --shard 0/2 || fail "task 0/2 again"
     "$NLSR" apply -q --patches P.nlsrp --finetuned finetuned --out k --commit || fail "commit k"
     cmpdir one k || fail "the job resumed after SIGTERM differs"
+    # SIGKILL (a lost task): its marked temporary folder stays; the commit (or the next task)
+    # removes it once its owner is gone, then names the shards that task never published.
+    NLSR_TEST_STOP_AT=shard "$NLSR" apply -q --patches P.nlsrp --finetuned finetuned --out kk \
+        --shard 0/2 2>/dev/null &
+    pid=$!
+    for i in $(seq 200); do grep -q '^State:.*T' /proc/$pid/status 2>/dev/null && break; sleep 0.05; done
+    kill -KILL $pid
+    wait $pid 2>/dev/null
+    skk=$(ls -d kk.nlsr-split-*)
+    ls -A "$skk" | grep -q '^\.nlsr-task\.nlsr-tmp-' || fail "a killed task left no temporary folder"
+    expect 1 'shards missing' "$NLSR" apply --patches P.nlsrp --finetuned finetuned --out kk --commit
+    grep -q 'removed .*nlsr-task.nlsr-tmp-.*died' err.txt || fail "the dead task's folder: $(cat err.txt)"
+    ls -A "$skk" | grep -q 'nlsr-tmp' && fail "the dead task's folder is still there"
+    "$NLSR" apply -q --patches P.nlsrp --finetuned finetuned --out kk --shard 1/2 || fail "task 1/2 (kk)"
+    "$NLSR" apply -q --patches P.nlsrp --finetuned finetuned --out kk --shard 0/2 || fail "task 0/2 (kk)"
+    "$NLSR" apply -q --patches P.nlsrp --finetuned finetuned --out kk --commit || fail "commit kk"
+    cmpdir one kk || fail "the job resumed after SIGKILL differs"
 fi
 
 # 5. Tasks run together (xargs -P, any driver that hands out indexes): one apply's folder.
