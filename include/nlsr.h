@@ -452,6 +452,20 @@ int nlsr_patches_verify(nlsr_ctx *ctx, const char *path, int part_index, unsigne
  * fingerprints `report` (the job's --report) recorded for them, and holds no other weight
  * file; 0 if not (the task is redone). */
 int nlsr_output_verify(nlsr_ctx *ctx, const char *out_dir, const char *report);
+/* Task index of count of nlsr_apply split by output shard: the fine-tune's shards
+ * [S*index/count, S*(index+1)/count) (S shards in name order; none when count > S) written into
+ * the job's shared folder beside out_dir, "<out_dir>.nlsr-split-<tag>" (made by the first
+ * task). Every task computes all similarities and the selection (it reads every target tensor
+ * of the fine-tune). A shard already there that verifies (XXH64) is skipped. Writes no report
+ * (the commit's). A full-weight patch file only. */
+int nlsr_apply_shard(nlsr_ctx *ctx, const char *patches, const char *finetuned,
+                     const char *out_dir, const nlsr_realign_params *p, unsigned index,
+                     unsigned count);
+/* The commit of those tasks: every shard there and verifying and nothing foreign, then the side
+ * files and the report, and the shared folder renamed onto out_dir (p->force as for
+ * nlsr_apply). The same arguments as the tasks'. The folder is then nlsr_apply's output. */
+int nlsr_apply_commit(nlsr_ctx *ctx, const char *patches, const char *finetuned,
+                      const char *out_dir, const nlsr_realign_params *p);
 
 /* Step 3 from a prepared patches file: similarity, selection, transplant into out_dir. */
 int nlsr_apply(nlsr_ctx *ctx, const char *patches, const char *finetuned, const char *out_dir,

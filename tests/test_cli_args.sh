@@ -66,7 +66,7 @@ for c in inspect dump rewrite run prepare apply rollback amplify plan synth benc
 done
 # The bash completion offers exactly the options the help lists.
 if [ -n "$COMPLETION" ] && command -v bash > /dev/null; then
-    for c in inspect dump rewrite run prepare apply rollback amplify plan synth bench; do
+    for c in inspect dump rewrite run prepare apply rollback amplify plan synth bench reduce sweep; do
         "$NLSR" help "$c" | sed -n '/^options:/,$p' | grep -o -- '^ *\(-[a-z], \)\{0,1\}--[a-z][a-z-]*' |
             sed 's/^ *//; s/, /\n/' | sort -u > "$T/want"
         bash --norc --noprofile -c 'source "$1"; COMP_WORDS=(nlsr "$2" -); COMP_CWORD=2

@@ -122,7 +122,7 @@ lacks "nlsr apply --patches " notes.txt model.safetensors
 expect "nlsr inspect m" "model.safetensors"
 # Split jobs (docs/SCALE.md).
 has "nlsr prepare --" --part --task
-expect "nlsr reduce --" "--force --out --quiet"
+expect "nlsr reduce --" "--force --help --out --quiet --version"
 has "nlsr reduce " p.nlsrp
 has "nlsr sweep --" --patches --out-root --task --status --summary --in-place --seed
 expect "nlsr sweep --out-root s" "sft store sub"

@@ -7,7 +7,9 @@
 #     synthetic ones) as an array with %2 concurrency, bit-identical to sequential applies;
 #  2. one synthetic model split into 4 prepare parts + reduce + apply through sbatch with
 #     dependencies, bit-identical to one `nlsr run`, while one part is stopped mid-way, sent
-#     SIGTERM by Slurm (scontrol requeue) and run again.
+#     SIGTERM by Slurm (scontrol requeue) and run again;
+#  3. a synthetic model of 10 shards split into 3 prepare parts + reduce + an array of 4
+#     `apply --shard` tasks + the commit (slurm split --apply-tasks), bit-identical to one run.
 # Exit 77 (skipped) only where Slurm is not installed and cannot be, or will not start here.
 # Usage: test_slurm.sh NLSR DATA_DIR [HOOKS]   (HOOKS=ON: nlsr has test points, so part 2 can
 # be stopped mid-way; without them the requeue step is left out)
@@ -188,6 +190,7 @@ A=$(awk '$1 == "apply.sbatch" {print $2}' split.ids)
 [ -n "$M" ] && [ -n "$R" ] && [ -n "$A" ] || fail "job ids: $(cat split.ids)"
 scontrol show job "$R" | grep -q "Dependency=afterok:${M}" || fail "reduce is not afterok the map array"
 scontrol show job "$A" | grep -q "Dependency=afterok:${R}" || fail "apply is not afterok the reduce"
+
 # Part 2, stopped mid-way: Slurm requeues it (SIGCONT + SIGTERM to the task).
 if [ "$HOOKS" = ON ]; then
 for i in $(seq 300); do
@@ -199,16 +202,39 @@ grep -q '^State:.*T' "/proc/$(cat part2.pid 2>/dev/null || echo 0)/status" 2>/de
 ls jobs/split/parts/ | grep -q 'part-2.nlsrp.nlsr-tmp-' || fail "part 2 has no temporary file mid-way"
 scontrol requeue "${M}_2" || fail "scontrol requeue ${M}_2"
 # A requeued job may not start before its credentials expire (2 minutes by default); this test
-# lets it start as soon as it is pending again.
-for i in $(seq 100); do
+# lets it start as soon as it is pending again (up to a minute: on a loaded machine the
+# requeued job takes a while to be pending again).
+for i in $(seq 300); do
     scontrol show job "${M}_2" | grep -q 'JobState=PENDING' &&
         scontrol update jobid="${M}_2" StartTime=now >/dev/null 2>&1 && break
     sleep 0.2
 done
 fi
 
-wait_jobs "$S1" "$S2" "$S3" "$S4" "$M" "$R" "$A"
-for j in "$S1" "$S3" "$M" "$R" "$A"; do all_completed "$j"; done
+# ---- 3. the apply as an array by output shard, then its commit --------------------------------
+# Submitted once part 2's requeue is under way, so that its jobs do not hold the node's CPUs
+# while the requeued part waits to start again.
+for r in base aligned finetuned; do
+    "$NLSR" synth -q --preset tiny --layers 4 --role $r --shard-size 100K --out "sh/$r" || fail synth
+done
+"$NLSR" run -q --base sh/base --aligned sh/aligned --finetuned sh/finetuned --out shsingle ||
+    fail "single run (sharded)"
+"$NLSR" slurm split --dir jobs/shards --base sh/base --aligned sh/aligned \
+    --finetuned sh/finetuned --out shard_out --parts 3 --apply-tasks 4 --concurrency 4 --cpus 1 \
+    --mem-budget 256M --submit >shard.ids || fail "slurm split --apply-tasks --submit"
+P2=$(awk '$1 == "prepare.sbatch" {print $2}' shard.ids)
+R2=$(awk '$1 == "reduce.sbatch" {print $2}' shard.ids)
+A2=$(awk '$1 == "apply.sbatch" {print $2}' shard.ids)
+C2=$(awk '$1 == "commit.sbatch" {print $2}' shard.ids)
+[ -n "$P2" ] && [ -n "$R2" ] && [ -n "$A2" ] && [ -n "$C2" ] || fail "job ids: $(cat shard.ids)"
+grep -q '^#SBATCH --array=0-3%4$' jobs/shards/apply.sbatch || fail "no apply array: $(cat jobs/shards/apply.sbatch)"
+grep -q -- '--shard "$SLURM_ARRAY_TASK_ID/4"' jobs/shards/apply.sbatch || fail "apply tasks"
+grep -q -- '--commit' jobs/shards/commit.sbatch || fail "no commit: $(cat jobs/shards/commit.sbatch)"
+scontrol show job "$A2" | grep -q "Dependency=afterok:${R2}" || fail "apply tasks are not afterok the reduce"
+scontrol show job "$C2" | grep -q "Dependency=afterok:${A2}" || fail "the commit is not afterok the apply tasks"
+
+wait_jobs "$S1" "$S2" "$S3" "$S4" "$M" "$R" "$A" "$P2" "$R2" "$A2" "$C2"
+for j in "$S1" "$S3" "$M" "$R" "$A" "$P2" "$R2" "$A2" "$C2"; do all_completed "$j"; done
 
 # The sweep: the same bytes as the sequential applies, and a summary naming each state.
 for d in finetuned finetuned_f16 finetuned_f32; do
@@ -245,7 +271,14 @@ done
 "$NLSR" prepare -q --base big/base --aligned big/aligned --out whole.nlsrp || fail prepare
 cmp whole.nlsrp jobs/split/patches.nlsrp || fail "reduced patch file differs from one prepare's"
 
+# The apply by output shard: the single run's folder, byte for byte, and nothing left beside it.
+[ "$(cd shsingle && ls)" = "$(cd shard_out && ls)" ] || fail "shard_out lists other files than one run"
+for f in shsingle/*; do
+    cmp "$f" "shard_out/$(basename "$f")" || fail "apply --shard output $(basename "$f") differs"
+done
+ls -d shard_out.nlsr-* 2>/dev/null && fail "the commit left $(ls -d shard_out.nlsr-*)"
+
 # A repeated task finds its finished output and leaves it.
 "$NLSR" sweep --patches fixture.nlsrp --out-root swept --task 1/3 store/* 2>&1 | grep -q 'verified' ||
     fail "a repeated sweep task did not skip its verified output"
-echo "ok: sweep of 6 and split of 1 into 4 through Slurm, bit-identical, with a requeue"
+echo "ok: sweep of 6, split of 1 into 4, and 3 parts + 4 apply tasks + commit through Slurm, bit-identical, with a requeue"

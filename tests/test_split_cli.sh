@@ -187,10 +187,49 @@ bash jobs/reduce.sbatch 2>/dev/null && fail "a first reduce replaced an existing
 SLURM_RESTART_COUNT=1 bash jobs/reduce.sbatch 2>/dev/null || fail "requeued reduce.sbatch"
 SLURM_RESTART_COUNT=1 bash jobs/apply.sbatch >/dev/null 2>&1 || fail "requeued apply.sbatch"
 cmpdir single split_out || fail "the requeued apply's output differs"
+# --apply-tasks M: the apply as an array of M shard tasks, then the commit (afterok each).
+"$NLSR" slurm split --dir jobs2 --base "$SFT" --aligned "$AL" --finetuned "$DATA/finetuned" \
+    --out "$T/split_out2" --parts 2 --apply-tasks 3 --apply-opts '--seed 7' >/dev/null ||
+    fail "slurm split --apply-tasks"
+grep -qx '#SBATCH --array=0-2' jobs2/apply.sbatch || fail "apply array: $(cat jobs2/apply.sbatch)"
+[ "$(grep -c 'dependency=afterok' jobs2/submit.sh)" = 3 ] || fail "submit.sh: $(cat jobs2/submit.sh)"
+grep -q 'commit.sbatch' jobs2/submit.sh || fail "submit.sh submits no commit"
+for i in 0 1; do SLURM_ARRAY_TASK_ID=$i bash jobs2/prepare.sbatch 2>/dev/null || fail "task $i"; done
+bash jobs2/reduce.sbatch 2>/dev/null || fail "reduce.sbatch (2)"
+for i in 2 0 1; do
+    SLURM_ARRAY_TASK_ID=$i bash jobs2/apply.sbatch >/dev/null 2>&1 || fail "apply task $i"
+done
+bash jobs2/commit.sbatch >/dev/null 2>&1 || fail commit.sbatch
+"$NLSR" run -q --base "$SFT" --aligned "$AL" --finetuned "$DATA/finetuned" --seed 7 --out single7 ||
+    fail run
+cmpdir single7 split_out2 || fail "the shard tasks' output differs from run's"
+expect 2 'apply-tasks is split' "$NLSR" slurm sweep --dir sj --patches whole.nlsrp --out-root x \
+    --apply-tasks 2 store/*
 "$NLSR" slurm sweep --dir sj --patches whole.nlsrp --out-root "$T/sw" --concurrency 2 store/* >/dev/null ||
     fail "slurm sweep"
 grep -qx '#SBATCH --array=0-2%2' sj/sweep.sbatch || fail "sweep array: $(cat sj/sweep.sbatch)"
 grep -q 'dependency=afterany' sj/submit.sh || fail "the summary does not wait for the array"
+# reduce, sweep and slurm read their options through the one table parser: --name=VALUE as
+# every command, the same refusals.
+"$NLSR" reduce -q --out=m5eq.nlsrp p5-0.nlsrp p5-1.nlsrp p5-2.nlsrp p5-3.nlsrp p5-4.nlsrp ||
+    fail "reduce --out=FILE"
+cmp whole.nlsrp m5eq.nlsrp || fail "reduce --out=FILE differs"
+"$NLSR" sweep -q --patches=whole.nlsrp --out-root="$T/sweq" --task=0/3 --seed=7 store/* ||
+    fail "sweep --name=VALUE"
+"$NLSR" apply -q --patches whole.nlsrp --finetuned store/finetuned --seed 7 --out a7 || fail apply
+cmpdir a7 "$T/sweq/finetuned" || fail "sweep --seed=7 is not apply --seed 7"
+"$NLSR" slurm split --dir=jobs3 --base="$SFT" --aligned="$AL" --finetuned="$DATA/finetuned" \
+    --out="$T/split_out3" --parts=2 --apply-tasks=3 --concurrency=2 --cpus=4 --mem-budget=2G >/dev/null ||
+    fail "slurm split --name=VALUE"
+grep -qx '#SBATCH --array=0-2%2' jobs3/apply.sbatch || fail "apply array (=): $(cat jobs3/apply.sbatch)"
+grep -qx '#SBATCH --cpus-per-task=4' jobs3/prepare.sbatch || fail "cpus (=)"
+grep -qx '#SBATCH --mem=2560M' jobs3/prepare.sbatch || fail "memory (=)"
+expect 2 "reduce: unknown option '--bogus'" "$NLSR" reduce --bogus --out x.nlsrp p5-0.nlsrp
+expect 2 "sweep does not take --beta" "$NLSR" sweep --patches whole.nlsrp --out-root x --beta 0.5 store/*
+expect 2 '--parts needs a whole number of at least 1' "$NLSR" slurm split --dir j4 --parts=0
+expect 2 'mem-budget needs a size' "$NLSR" slurm split --dir j4 --base "$SFT" --aligned "$AL" \
+    --finetuned "$DATA/finetuned" --out x --parts 2 --mem-budget auto
+"$NLSR" reduce --help | grep -q -- '--force' || fail "reduce --help lists no options"
 expect 2 'needs --dir' "$NLSR" slurm sweep --patches whole.nlsrp --out-root x store/*
 expect 2 'job kind' "$NLSR" slurm nothing
 echo ok

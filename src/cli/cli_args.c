@@ -126,6 +126,31 @@ static int set_opt(const source *s, const cli_opt *o, const char *v)
     case O_VERBOSE: return flag_value(s, n, v, &a->verbose);
     case O_FORCE: return flag_value(s, n, v, &a->p.force);
     case O_IN_PLACE: return flag_value(s, n, v, &a->in_place);
+    case O_COMMIT: return flag_value(s, n, v, &a->commit);
+    case O_OUT_ROOT: a->split.out_root = v; break;
+    case O_SUMMARY: a->split.summary = v; break;
+    case O_DIR: a->split.dir = v; break;
+    case O_TIME: a->split.time = v; break;
+    case O_PARTITION: a->split.partition = v; break;
+    case O_ACCOUNT: a->split.account = v; break;
+    case O_PREPARE_OPTS: a->split.prepare_opts = v; break;
+    case O_APPLY_OPTS: a->split.apply_opts = v; break;
+    case O_NLSR: a->split.nlsr = v; break;
+    case O_STATUS: return flag_value(s, n, v, &a->split.status);
+    case O_SUBMIT: return flag_value(s, n, v, &a->split.submit);
+    case O_CONCURRENCY:
+    case O_PARTS:
+    case O_APPLY_TASKS:
+    case O_CPUS: {
+        unsigned *dst = o->id == O_CONCURRENCY ? &a->split.concurrency
+                        : o->id == O_PARTS     ? &a->split.parts
+                        : o->id == O_APPLY_TASKS ? &a->split.apply_tasks
+                                                 : &a->split.cpus;
+        if (v[0] < '0' || v[0] > '9' || parse_count(v, 1, 1000000, &l) != 0)
+            return bad(s, "--%s needs a whole number of at least 1, not '%s'", n, v);
+        *dst = (unsigned)l;
+        break;
+    }
     case O_WAIT: return flag_value(s, n, v, &a->ip.wait);
     case O_DRY_RUN: return flag_value(s, n, v, &a->ip.dry_run);
     case O_FOLLOW: return flag_value(s, n, v, &a->ip.follow_links);

@@ -13,7 +13,7 @@ enum {
     K_INSPECT = 1 << 0, K_DUMP = 1 << 1, K_REWRITE = 1 << 2, K_RUN = 1 << 3,
     K_PREPARE = 1 << 4, K_APPLY = 1 << 5, K_ROLLBACK = 1 << 6, K_AMPLIFY = 1 << 7,
     K_PLAN = 1 << 8, K_SYNTH = 1 << 9, K_BENCH = 1 << 10,
-    /* Split jobs (cmd_slurm.c parses their options itself; listed for help). */
+    /* Split jobs (cmd_slurm.c). */
     K_REDUCE = 1 << 11, K_SWEEP = 1 << 12, K_SLURM = 1 << 13
 };
 
@@ -23,7 +23,10 @@ enum cli_opt_id {
     O_VERBOSE, O_FORCE, O_MEM, O_IO, O_THREADS, O_IN_PLACE, O_WAIT, O_DRY_RUN, O_FOLLOW,
     O_DROP_OTHER, O_REVISION, O_CONFIG, O_PROGRESS, O_DISCARD, O_BANDWIDTH, O_NO_TIME,
     O_MEASURE, O_PRESET, O_LAYERS, O_ROLE, O_SYNTH_SEED, O_DTYPE, O_SHARD, O_HELP, O_VERSION,
-    O_PART,
+    O_PART, O_COMMIT,
+    /* sweep, slurm */
+    O_OUT_ROOT, O_STATUS, O_SUMMARY, O_DIR, O_SUBMIT, O_CONCURRENCY, O_PARTS, O_APPLY_TASKS,
+    O_CPUS, O_TIME, O_PARTITION, O_ACCOUNT, O_PREPARE_OPTS, O_APPLY_OPTS, O_NLSR,
     /* bench */
     O_BENCH_SYNTH, O_SCRATCH, O_BUDGETS, O_BENCH_IO, O_JOBS, O_REPS, O_WARM, O_DROP_CACHES,
     O_CSV, O_BENCH_JSON, O_PLOT, O_AFTER_EACH
@@ -84,8 +87,16 @@ typedef struct cli_args {
     /* synth */
     nlsr_synth_params synth;
     int have_role;
-    /* prepare --part I/N (docs/SCALE.md); part_count 0: the whole */
+    /* prepare --part I/N, apply --shard I/N (docs/SCALE.md); part_count 0: the whole */
     unsigned part_index, part_count;
+    int commit; /* apply --commit: the split apply's last step */
+    /* sweep and slurm (cmd_slurm.c); counts 0 when not given */
+    struct {
+        const char *out_root, *summary, *dir, *time, *partition, *account, *prepare_opts,
+            *apply_opts, *nlsr;
+        int status, submit;
+        unsigned concurrency, parts, apply_tasks, cpus;
+    } split;
     /* bench: its lists and output files as given (nlsr_bench checks them); inputs, --layers,
        -q/-v and --progress-interval are the fields above */
     nlsr_bench_params bench;

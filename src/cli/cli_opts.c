@@ -8,7 +8,8 @@
 
 #define JOBS (K_RUN | K_PREPARE | K_APPLY | K_AMPLIFY | K_PLAN)
 #define ENGINE (K_RUN | K_PREPARE | K_APPLY | K_AMPLIFY | K_PLAN | K_SYNTH)
-#define ALL (ENGINE | K_INSPECT | K_DUMP | K_REWRITE | K_ROLLBACK | K_BENCH)
+#define ALL (ENGINE | K_INSPECT | K_DUMP | K_REWRITE | K_ROLLBACK | K_BENCH | SPLIT)
+#define SPLIT (K_REDUCE | K_SWEEP | K_SLURM)
 
 const cli_command cli_commands[] = {
     {"inspect", K_INSPECT, 0, 1, 1, "PATH [options]", "validate a checkpoint and list its tensors"},
@@ -21,7 +22,8 @@ const cli_command cli_commands[] = {
      "--base B --aligned A|--reference R --out FILE.nlsrp [options]",
      "steps 1-2 once per aligned model: the patches"},
     {"apply", K_APPLY, NLSR_JOB_APPLY, 0, -1,
-     "--patches FILE --finetuned T --out DIR [options], or --patches FILE --in-place DIR...",
+     "--patches FILE --finetuned T --out DIR [--shard I/N | --commit] [options], or --patches "
+     "FILE --in-place DIR...",
      "step 3 from prepared patches (--in-place: into each folder, journaled)"},
     {"rollback", K_ROLLBACK, 0, 1, -1, "DIR... [options]",
      "restore the originals from the undo journal"},
@@ -35,15 +37,12 @@ const cli_command cli_commands[] = {
      "write a synthetic checkpoint"},
     {"reduce", K_REDUCE, 0, 1, -1, "--out FILE.nlsrp [--force] [-q] PART...",
      "check the parts of a split prepare (prepare --part I/N) and merge them: one prepare's bytes"},
-    {"sweep", K_SWEEP, 0, 1, -1,
-     "--patches FILE --out-root DIR|--in-place [--task I/N] [--status] [--summary FILE] [--json]"
-     " [--select ... --seed ...] [--mem-budget SIZE] [--io KIND] [-q] DIR...",
+    {"sweep", K_SWEEP, NLSR_JOB_APPLY, 1, -1,
+     "--patches FILE --out-root DIR|--in-place [--task I/N] [--status] [options] DIR...",
      "apply to a store, task I of N; verified outputs are skipped (docs/SCALE.md)"},
     {"slurm", K_SLURM, 0, 1, -1,
-     "sweep|split --dir DIR [--submit] [--concurrency K] [--parts N] [--mem-budget SIZE]"
-     " [--cpus C] [--time T] [--partition P] [--account A] [--prepare-opts STR]"
-     " [--apply-opts STR] [--nlsr PATH] (sweep: --patches --out-root|--in-place DIR...;"
-     " split: --base --aligned|--reference --finetuned --out)",
+     "sweep|split --dir DIR [--submit] [options] (sweep: --patches --out-root|--in-place DIR...;"
+     " split: --base --aligned|--reference --finetuned --out --parts N [--apply-tasks M])",
      "write (and --submit) the sbatch scripts of a sweep or a split job"},
     {"bench", K_BENCH, 0, 0, 0,
      "--synth PRESET [--layers N] | --base B --aligned A --finetuned T [options]",
@@ -54,28 +53,28 @@ const size_t cli_ncommands = sizeof cli_commands / sizeof cli_commands[0];
 /* plan takes every job's options, so that a job's command line with "plan" for its command
  * prints that job's plan; those that do not change the plan are accepted and ignored. */
 const cli_opt cli_opts[] = {
-    {"base", 0, "PATH", K_RUN | K_PREPARE | K_AMPLIFY | K_PLAN | K_BENCH, O_BASE, "the base model"},
-    {"aligned", 0, "PATH", K_RUN | K_PREPARE | K_AMPLIFY | K_PLAN | K_BENCH, O_ALIGNED,
+    {"base", 0, "PATH", K_RUN | K_PREPARE | K_AMPLIFY | K_PLAN | K_BENCH | K_SLURM, O_BASE, "the base model"},
+    {"aligned", 0, "PATH", K_RUN | K_PREPARE | K_AMPLIFY | K_PLAN | K_BENCH | K_SLURM, O_ALIGNED,
      "the aligned model"},
-    {"reference", 0, "PATH", K_RUN | K_PREPARE | K_PLAN, O_REFERENCE,
+    {"reference", 0, "PATH", K_RUN | K_PREPARE | K_PLAN | K_SLURM, O_REFERENCE,
      "a safety reference (from amplify) instead of --aligned"},
-    {"finetuned", 0, "PATH", K_RUN | K_APPLY | K_PLAN | K_BENCH, O_FINETUNED, "the fine-tuned model"},
-    {"patches", 0, "FILE", K_APPLY | K_PLAN, O_PATCHES, "the prepared patches (prepare --out)"},
-    {"out", 0, "PATH", ENGINE, O_OUT, "the output (folder, or prepare's patches file)"},
+    {"finetuned", 0, "PATH", K_RUN | K_APPLY | K_PLAN | K_BENCH | K_SLURM, O_FINETUNED, "the fine-tuned model"},
+    {"patches", 0, "FILE", K_APPLY | K_PLAN | K_SWEEP | K_SLURM, O_PATCHES, "the prepared patches (prepare --out)"},
+    {"out", 0, "PATH", ENGINE | K_REDUCE | K_SLURM, O_OUT, "the output (folder, or prepare's patches file)"},
     {"report", 0, "FILE", K_RUN | K_PREPARE | K_APPLY | K_PLAN, O_REPORT,
      "write the JSON report there"},
-    {"json", 0, NULL, ENGINE | K_INSPECT | K_ROLLBACK, O_JSON, "JSON on stdout"},
+    {"json", 0, NULL, ENGINE | K_INSPECT | K_ROLLBACK | K_SWEEP, O_JSON, "JSON on stdout"},
     {"json", 0, "FILE", K_BENCH, O_BENCH_JSON, "write the runs and the machine as JSON there"},
-    {"quiet", 'q', NULL, ALL, O_QUIET, "no progress or summary on stderr"},
-    {"verbose", 'v', NULL, ALL, O_VERBOSE,
+    {"quiet", 'q', NULL, ALL & ~K_SLURM, O_QUIET, "no progress or summary on stderr"},
+    {"verbose", 'v', NULL, ALL & ~SPLIT, O_VERBOSE,
      "more on stderr: the effective method parameters, debug lines"},
-    {"force", 0, NULL, ENGINE | K_REWRITE | K_ROLLBACK, O_FORCE,
+    {"force", 0, NULL, ENGINE | K_REWRITE | K_ROLLBACK | K_REDUCE, O_FORCE,
      "replace an existing output (rollback: restore bytes changed since)"},
-    {"mem-budget", 0, "SIZE", ENGINE, O_MEM, "memory budget: auto (half of what the machine can give) or a size, e.g. 512M, 4G; 0 = unlimited (auto)"},
-    {"io", 0, "auto|uring|pread|mmap", ENGINE, O_IO, "the I/O backend (auto)"},
+    {"mem-budget", 0, "SIZE", ENGINE | K_SWEEP, O_MEM, "memory budget: auto (half of what the machine can give) or a size, e.g. 512M, 4G; 0 = unlimited (auto)"},
+    {"io", 0, "auto|uring|pread|mmap", ENGINE | K_SWEEP, O_IO, "the I/O backend (auto)"},
     {"io", 0, "LIST", K_BENCH, O_BENCH_IO, "I/O backends to time: uring,pread,mmap (uring,pread)"},
     {"threads", 0, "N", JOBS, O_THREADS, "compute threads (1)"},
-    {"in-place", 0, NULL, K_RUN | K_APPLY | K_PLAN, O_IN_PLACE,
+    {"in-place", 0, NULL, K_RUN | K_APPLY | K_PLAN | K_SWEEP | K_SLURM, O_IN_PLACE,
      "realign the checkpoint folders themselves, journaled"},
     {"wait", 0, NULL, K_RUN | K_APPLY | K_ROLLBACK | K_PLAN, O_WAIT,
      "in place: wait for another run's lock"},
@@ -105,6 +104,36 @@ const cli_opt cli_opts[] = {
     {"part", 0, "I/N", K_PREPARE, O_PART,
      "prepare part I of N (from 0) of a split job: its share of the modules (docs/SCALE.md)"},
     {"task", 0, "I/N", K_PREPARE, O_PART, "the same as --part"},
+    {"shard", 0, "I/N", K_APPLY, O_PART,
+     "apply task I of N (from 0) of a split apply: its share of the output shards, into the "
+     "job's shared folder beside --out; --commit ends the job (docs/SCALE.md)"},
+    {"task", 0, "I/N", K_APPLY, O_PART, "the same as --shard"},
+    {"commit", 0, NULL, K_APPLY, O_COMMIT,
+     "end a split apply: check every shard the --shard tasks wrote, add the side files and the "
+     "report, put the output in place"},
+    {"task", 0, "I/N", K_SWEEP, O_PART,
+     "sweep task I of N (from 0): its even share of the folders (docs/SCALE.md)"},
+    {"out-root", 0, "DIR", K_SWEEP | K_SLURM, O_OUT_ROOT,
+     "sweep: each checkpoint into DIR/NAME, its report DIR/NAME.nlsr-report.json"},
+    {"status", 0, NULL, K_SWEEP, O_STATUS,
+     "run nothing: each checkpoint's state (done, partial, missing); exit 5 until all are done"},
+    {"summary", 0, "FILE", K_SWEEP, O_SUMMARY, "write the checkpoints' states there as JSON"},
+    {"dir", 0, "DIR", K_SLURM, O_DIR, "where the scripts, logs (and a split's parts) go"},
+    {"submit", 0, NULL, K_SLURM, O_SUBMIT, "submit the scripts (sbatch) and print the job ids"},
+    {"concurrency", 0, "K", K_SLURM, O_CONCURRENCY, "array tasks running at once (%K)"},
+    {"parts", 0, "N", K_SLURM, O_PARTS, "split: prepare parts (the map array)"},
+    {"apply-tasks", 0, "M", K_SLURM, O_APPLY_TASKS,
+     "split: the apply as M apply --shard tasks and a commit (one apply if absent)"},
+    {"mem-budget", 0, "SIZE", K_SLURM, O_MEM,
+     "each task's memory budget (1G); Slurm's --mem is it plus 512 MiB"},
+    {"cpus", 0, "C", K_SLURM, O_CPUS, "CPUs per task (2)"},
+    {"time", 0, "T", K_SLURM, O_TIME, "each job's time limit (sbatch --time)"},
+    {"partition", 0, "P", K_SLURM, O_PARTITION, "the Slurm partition"},
+    {"account", 0, "A", K_SLURM, O_ACCOUNT, "the Slurm account"},
+    {"prepare-opts", 0, "STR", K_SLURM, O_PREPARE_OPTS, "split: options added to each prepare"},
+    {"apply-opts", 0, "STR", K_SLURM, O_APPLY_OPTS,
+     "options added to the apply (split) or each sweep task, e.g. '--seed 7'"},
+    {"nlsr", 0, "PATH", K_SLURM, O_NLSR, "the nlsr the scripts run (this one)"},
     {"synth", 0, "tiny|llama-8b|llama-70b", K_BENCH, O_BENCH_SYNTH,
      "time a synthetic triple of this preset (made in --scratch)"},
     {"scratch", 0, "DIR", K_BENCH, O_SCRATCH,

@@ -44,6 +44,11 @@ static int run_job(unsigned cmd, cli_args *a)
                                    a->part_index, a->part_count);
     } else if (cmd == K_PREPARE)
         rc = nlsr_prepare(ctx, a->base, a->aligned, a->reference, a->out, &a->p);
+    else if (a->part_count)
+        rc = nlsr_apply_shard(ctx, a->patches, a->finetuned, a->out, &a->p, a->part_index,
+                              a->part_count);
+    else if (a->commit)
+        rc = nlsr_apply_commit(ctx, a->patches, a->finetuned, a->out, &a->p);
     else
         rc = nlsr_apply(ctx, a->patches, a->finetuned, a->out, &a->p);
     int status = rc < 0 ? cli_fail(ctx, rc) : 0;
@@ -147,6 +152,9 @@ int cmd_apply(int argc, char **argv)
 {
     cli_args a;
     int rc = cli_parse(K_APPLY, argc, argv, &a);
+    if (rc == 0 && (a.part_count || a.commit) && (a.in_place || (a.part_count && a.commit)))
+        rc = cli_usage_error("apply: --shard (or --task) and --commit are steps of one split "
+                             "apply into --out: one at a time, not with --in-place");
     if (rc == 0 && a.in_place)
         return finish(&a, a.patches ? inplace_job(K_APPLY, &a)
                                     : cli_usage_error("apply --in-place needs --patches FILE"));

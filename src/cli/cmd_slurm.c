@@ -21,38 +21,13 @@
 #include "cli_output.h"
 #include "nlsr.h"
 
-/* The engine options a sweep takes (the table parser's commands have theirs in cli_opts.c):
- * --mem-budget SIZE, --io KIND, -q/--quiet, --json. */
+/* The engine options a sweep takes (from the table parser): --mem-budget, --io, -q, --json. */
 typedef struct sweep_common {
     uint64_t mem;
     int have_mem;
     nlsr_io_kind io;
     int quiet, json;
 } sweep_common;
-
-/* 1 if argv[*i] is one of them (its value consumed), 0 if not, else a usage exit status. */
-static int common_opt(int argc, char **argv, int *i, sweep_common *c)
-{
-    const char *o = argv[*i];
-    if (strcmp(o, "-q") == 0 || strcmp(o, "--quiet") == 0) return c->quiet = 1;
-    if (strcmp(o, "--json") == 0) return c->json = 1;
-    int mem = strcmp(o, "--mem-budget") == 0, io = strcmp(o, "--io") == 0;
-    if (!mem && !io) return 0;
-    if (*i + 1 >= argc) return cli_usage_error("%s needs a value", o);
-    const char *v = argv[++*i];
-    if (mem) {
-        if (nlsr_parse_size(v, &c->mem) != 0)
-            return cli_usage_error("--mem-budget needs a size such as 512M or 4G, not '%s'", v);
-        c->have_mem = 1;
-        return 1;
-    }
-    if (strcmp(v, "auto") == 0) c->io = NLSR_IO_AUTO;
-    else if (strcmp(v, "uring") == 0 || strcmp(v, "io_uring") == 0) c->io = NLSR_IO_URING;
-    else if (strcmp(v, "pread") == 0) c->io = NLSR_IO_PREAD;
-    else if (strcmp(v, "mmap") == 0) c->io = NLSR_IO_MMAP;
-    else return cli_usage_error("--io takes auto, uring, pread or mmap, not '%s'", v);
-    return 1;
-}
 
 static void common_apply(const sweep_common *c, nlsr_ctx *ctx)
 {
@@ -77,52 +52,31 @@ int cli_parse_task(const char *opt, const char *v, unsigned *index, unsigned *co
     return 0;
 }
 
-/* -h/--help anywhere: the command's usage (cli_opts.c), exit 0. */
-static int wants_help(int argc, char **argv, const char *name)
-{
-    for (int i = 0; i < argc; i++)
-        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            cli_help_command(name, stdout);
-            return 1;
-        }
-    return 0;
-}
-
 /* ---- nlsr reduce --------------------------------------------------------------------------- */
 
 int cmd_reduce(int argc, char **argv)
 {
-    if (wants_help(argc, argv, "reduce")) return 0;
-    const char *out = NULL;
-    int force = 0, quiet = 0;
-    const char **parts = calloc((size_t)argc + 1, sizeof *parts);
-    size_t n = 0;
-    if (!parts) return 1;
-    for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) out = argv[++i];
-        else if (strcmp(argv[i], "--force") == 0) force = 1;
-        else if (strcmp(argv[i], "-q") == 0 || strcmp(argv[i], "--quiet") == 0) quiet = 1;
-        else if (argv[i][0] == '-' && argv[i][1]) {
-            free(parts);
-            return cli_usage_error("reduce: unknown option or argument '%s'", argv[i]);
-        } else parts[n++] = argv[i];
-    }
-    if (!out || n == 0) {
-        free(parts);
-        return cli_usage_error("reduce needs --out FILE.nlsrp and the part files");
+    cli_args a;
+    int rc = cli_parse(K_REDUCE, argc, argv, &a);
+    if (rc == 0 && (!a.out || a.npos == 0))
+        rc = cli_usage_error("reduce needs --out FILE.nlsrp and the part files");
+    if (rc) {
+        cli_args_free(&a);
+        return rc == CLI_DONE ? 0 : rc;
     }
     nlsr_ctx *ctx = cli_ctx_create();
     if (!ctx) {
-        free(parts);
+        cli_args_free(&a);
         return 1;
     }
-    nlsr_ctx_set_quiet(ctx, quiet);
-    cli_output_install(ctx, quiet ? -1 : 0, -1);
-    int rc = nlsr_reduce(ctx, parts, n, out, force);
+    nlsr_ctx_set_quiet(ctx, a.quiet);
+    cli_output_install(ctx, a.quiet ? -1 : 0, -1);
+    size_t n = (size_t)a.npos;
+    rc = nlsr_reduce(ctx, a.pos, n, a.out, a.p.force);
     int status = rc < 0 ? cli_fail(ctx, rc) : 0;
-    if (rc == 0 && !quiet) fprintf(stderr, "nlsr: reduce: %zu parts into %s\n", n, out);
+    if (rc == 0 && !a.quiet) fprintf(stderr, "nlsr: reduce: %zu parts into %s\n", n, a.out);
     nlsr_ctx_free(ctx);
-    free(parts);
+    cli_args_free(&a);
     return status;
 }
 
@@ -136,88 +90,32 @@ typedef struct sweep_args {
     int status_only, in_place, json;
     nlsr_realign_params p;
     sweep_common c;
+    cli_args args; /* the parsed command line, which the fields above point into */
 } sweep_args;
 
-static int parse_num(const char *o, const char *v, double *out)
-{
-    char *end;
-    errno = 0;
-    double d = strtod(v, &end);
-    if (end == v || *end || errno || !isfinite(d)) return cli_usage_error("%s needs a number, not '%s'", o, v);
-    *out = d;
-    return 0;
-}
-
-/* The selection options of apply (the patch file fixes the rest). */
-static int sweep_select_opt(sweep_args *a, const char *o, const char *v)
-{
-    nlsr_select_params *s = &a->p.select;
-    if (strcmp(o, "--select") == 0) {
-        if (strcmp(v, "adaptive") == 0) s->mode = NLSR_SELECT_ADAPTIVE;
-        else if (strcmp(v, "threshold") == 0) s->mode = NLSR_SELECT_THRESHOLD;
-        else if (strcmp(v, "all") == 0) s->mode = NLSR_SELECT_ALL;
-        else if (strcmp(v, "none") == 0) s->mode = NLSR_SELECT_NONE;
-        else return cli_usage_error("--select takes adaptive, threshold, all or none, not '%s'", v);
-        return 0;
-    }
-    if (strcmp(o, "--semantics") == 0) {
-        if (strcmp(v, "paper") == 0) s->semantics = NLSR_SEMANTICS_PAPER;
-        else if (strcmp(v, "authors") == 0) s->semantics = NLSR_SEMANTICS_AUTHORS;
-        else return cli_usage_error("--semantics takes paper or authors, not '%s'", v);
-        return 0;
-    }
-    if (strcmp(o, "--seed") == 0) {
-        char *end;
-        errno = 0;
-        unsigned long long x = strtoull(v, &end, 0);
-        if (end == v || *end || errno || v[0] == '-')
-            return cli_usage_error("--seed needs a non-negative integer, got '%s'", v);
-        s->seed = x;
-        return 0;
-    }
-    if (strcmp(o, "--prune-rate") == 0) return parse_num(o, v, &s->prune_rate);
-    if (strcmp(o, "--epsilon") == 0) return parse_num(o, v, &s->epsilon);
-    if (strcmp(o, "--tau") == 0) return parse_num(o, v, &s->tau);
-    return -1;
-}
-
+/* The table parser (cli_args.c) onto the sweep's fields. */
 static int parse_sweep(int argc, char **argv, sweep_args *a)
 {
     memset(a, 0, sizeof *a);
-    a->p = NLSR_REALIGN_PARAMS_DEFAULT;
-    if (!(a->dirs = calloc((size_t)argc + 1, sizeof *a->dirs))) return 1;
-    for (int i = 0; i < argc; i++) {
-        const char *o = argv[i];
-        int r = common_opt(argc, argv, &i, &a->c);
-        if (r == 1) continue;
-        if (r != 0) return r;
-        if (o[0] != '-' || !o[1]) {
-            a->dirs[a->ndirs++] = o;
-            continue;
-        }
-        if (strcmp(o, "--status") == 0) {
-            a->status_only = 1;
-            continue;
-        }
-        if (strcmp(o, "--in-place") == 0) {
-            a->in_place = 1;
-            continue;
-        }
-        if (i + 1 >= argc) return cli_usage_error("sweep: unknown option '%s', or it needs a value", o);
-        const char *v = argv[i + 1];
-        if (strcmp(o, "--patches") == 0) a->patches = v;
-        else if (strcmp(o, "--out-root") == 0) a->out_root = v;
-        else if (strcmp(o, "--summary") == 0) a->summary = v;
-        else if (strcmp(o, "--task") == 0) {
-            if (cli_parse_task(o, v, &a->task, &a->ntasks)) return 2;
-        } else {
-            r = sweep_select_opt(a, o, v);
-            if (r < 0) return cli_usage_error("sweep: unknown option or argument '%s'", o);
-            if (r) return r;
-        }
-        i++;
-    }
-    a->json = a->c.json;
+    cli_args *g = &a->args;
+    int rc = cli_parse(K_SWEEP, argc, argv, g);
+    if (rc) return rc;
+    a->patches = g->patches;
+    a->out_root = g->split.out_root;
+    a->summary = g->split.summary;
+    a->dirs = g->pos;
+    a->ndirs = g->npos;
+    a->task = g->part_index;
+    a->ntasks = g->part_count;
+    a->status_only = g->split.status;
+    a->in_place = g->in_place;
+    a->p = g->p;
+    a->p.json_stdout = 0; /* --json is the sweep's summary on stdout */
+    a->json = a->c.json = g->p.json_stdout;
+    a->c.mem = g->mem;
+    a->c.have_mem = g->have_mem;
+    a->c.io = g->io;
+    a->c.quiet = g->quiet;
     if (!a->patches) return cli_usage_error("sweep needs --patches FILE");
     if (!a->out_root == !a->in_place)
         return cli_usage_error("sweep needs exactly one of --out-root DIR (each checkpoint into "
@@ -357,13 +255,12 @@ static int sweep_one(const sweep_args *a, const char *dir, ck_state *st)
 
 int cmd_sweep(int argc, char **argv)
 {
-    if (wants_help(argc, argv, "sweep")) return 0;
     sweep_args a;
     int rc = parse_sweep(argc, argv, &a);
     ck_state *st = rc ? NULL : calloc((size_t)a.ndirs, sizeof *st);
     if (rc || !st) {
-        free(a.dirs);
-        return rc ? rc : 1;
+        cli_args_free(&a.args);
+        return rc == CLI_DONE ? 0 : rc ? rc : 1;
     }
     /* Outputs are named after the folders: two of one name would overwrite each other. */
     for (int i = 0; i < a.ndirs && a.out_root && rc == 0; i++)
@@ -426,7 +323,7 @@ int cmd_sweep(int argc, char **argv)
     }
     for (int i = 0; i < a.ndirs; i++) free(st[i].error);
     free(st);
-    free(a.dirs);
+    cli_args_free(&a.args);
     if (rc) return rc;
     if (cli_stop_signal()) return 128 + cli_stop_signal();
     if (a.status_only) return bad ? 5 : status;
@@ -438,11 +335,13 @@ int cmd_sweep(int argc, char **argv)
 
 typedef struct slurm_args {
     const char *mode; /* "sweep" or "split" */
+    cli_args args;    /* the parsed command line, which the fields point into */
     const char *dir, *nlsr, *partition, *account, *time_limit, *prepare_opts, *apply_opts;
     const char *base, *aligned, *reference, *finetuned, *out, *patches, *out_root;
     const char **dirs;
     int ndirs, in_place, submit;
     unsigned parts, concurrency, cpus;
+    unsigned apply_tasks; /* split: 0 = one apply; M = an apply --shard array and a commit */
     uint64_t mem_budget;
 } slurm_args;
 
@@ -484,73 +383,52 @@ static int mkdirs(const char *path)
     return rc;
 }
 
-static int parse_unsigned(const char *o, const char *v, unsigned *out, unsigned lo)
-{
-    char *end;
-    errno = 0;
-    unsigned long x = strtoul(v, &end, 10);
-    if (v[0] < '0' || v[0] > '9' || *end || errno || x < lo || x > 1000000)
-        return cli_usage_error("%s needs a whole number of at least %u, not '%s'", o, lo, v);
-    *out = (unsigned)x;
-    return 0;
-}
-
+/* The table parser (cli_args.c) onto the slurm fields; the job kind is the first argument,
+ * a sweep's folders the others. */
 static int parse_slurm(int argc, char **argv, slurm_args *a)
 {
     memset(a, 0, sizeof *a);
-    a->concurrency = 0;
-    a->cpus = 2;
-    a->mem_budget = 1ull << 30;
-    if (argc < 1 || (strcmp(argv[0], "sweep") && strcmp(argv[0], "split")))
+    cli_args *g = &a->args;
+    int rc = cli_parse(K_SLURM, argc, argv, g);
+    if (rc) return rc;
+    if (g->npos < 1 || (strcmp(g->pos[0], "sweep") && strcmp(g->pos[0], "split")))
         return cli_usage_error("slurm needs a job kind: 'slurm sweep' or 'slurm split'");
-    a->mode = argv[0];
-    if (!(a->dirs = calloc((size_t)argc + 1, sizeof *a->dirs))) return 1;
-    for (int i = 1; i < argc; i++) {
-        const char *o = argv[i];
-        if (o[0] != '-' || !o[1]) {
-            a->dirs[a->ndirs++] = o;
-            continue;
-        }
-        if (strcmp(o, "--submit") == 0) {
-            a->submit = 1;
-            continue;
-        }
-        if (strcmp(o, "--in-place") == 0) {
-            a->in_place = 1;
-            continue;
-        }
-        if (i + 1 >= argc) return cli_usage_error("slurm: unknown option '%s', or it needs a value", o);
-        const char *v = argv[++i];
-        if (strcmp(o, "--dir") == 0) a->dir = v;
-        else if (strcmp(o, "--nlsr") == 0) a->nlsr = v;
-        else if (strcmp(o, "--partition") == 0) a->partition = v;
-        else if (strcmp(o, "--account") == 0) a->account = v;
-        else if (strcmp(o, "--time") == 0) a->time_limit = v;
-        else if (strcmp(o, "--prepare-opts") == 0) a->prepare_opts = v;
-        else if (strcmp(o, "--apply-opts") == 0) a->apply_opts = v;
-        else if (strcmp(o, "--base") == 0) a->base = v;
-        else if (strcmp(o, "--aligned") == 0) a->aligned = v;
-        else if (strcmp(o, "--reference") == 0) a->reference = v;
-        else if (strcmp(o, "--finetuned") == 0) a->finetuned = v;
-        else if (strcmp(o, "--out") == 0) a->out = v;
-        else if (strcmp(o, "--patches") == 0) a->patches = v;
-        else if (strcmp(o, "--out-root") == 0) a->out_root = v;
-        else if (strcmp(o, "--parts") == 0) {
-            if (parse_unsigned(o, v, &a->parts, 1)) return 2;
-        } else if (strcmp(o, "--concurrency") == 0) {
-            if (parse_unsigned(o, v, &a->concurrency, 1)) return 2;
-        } else if (strcmp(o, "--cpus") == 0) {
-            if (parse_unsigned(o, v, &a->cpus, 1)) return 2;
-        } else if (strcmp(o, "--mem-budget") == 0) {
-            if (nlsr_parse_size(v, &a->mem_budget) != 0)
-                return cli_usage_error("--mem-budget needs a size such as 512M or 4G, not '%s'", v);
-        } else return cli_usage_error("slurm: unknown option '%s'", o);
-    }
+    a->mode = g->pos[0];
+    a->dirs = g->pos + 1;
+    a->ndirs = g->npos - 1;
+    a->dir = g->split.dir;
+    a->nlsr = g->split.nlsr;
+    a->partition = g->split.partition;
+    a->account = g->split.account;
+    a->time_limit = g->split.time;
+    a->prepare_opts = g->split.prepare_opts;
+    a->apply_opts = g->split.apply_opts;
+    a->base = g->base;
+    a->aligned = g->aligned;
+    a->reference = g->reference;
+    a->finetuned = g->finetuned;
+    a->out = g->out;
+    a->patches = g->patches;
+    a->out_root = g->split.out_root;
+    a->in_place = g->in_place;
+    a->submit = g->split.submit;
+    a->parts = g->split.parts;
+    a->apply_tasks = g->split.apply_tasks;
+    a->concurrency = g->split.concurrency;
+    a->cpus = g->split.cpus ? g->split.cpus : 2;
+    a->mem_budget = g->have_mem ? g->mem : 1ull << 30;
+    /* The scripts' --mem is the budget plus 512 MiB: it needs a size. */
+    if (g->have_mem && g->mem == NLSR_MEM_BUDGET_AUTO)
+        return cli_usage_error("slurm: --mem-budget needs a size such as 512M or 4G (each "
+                               "task's Slurm --mem is derived from it)");
     if (!a->dir) return cli_usage_error("slurm needs --dir DIR (where the scripts go)");
     if (strcmp(a->mode, "sweep") == 0) {
         if (!a->patches || a->ndirs == 0 || !a->out_root == !a->in_place)
             return cli_usage_error("slurm sweep needs --patches FILE, --out-root DIR or --in-place, "
                                    "and the fine-tuned folders");
+        if (a->apply_tasks)
+            return cli_usage_error("slurm sweep: --apply-tasks is split's (a sweep's tasks are "
+                                   "its fine-tunes)");
     } else {
         if (!a->base || !a->aligned == !a->reference || !a->finetuned || !a->out || !a->parts)
             return cli_usage_error("slurm split needs --base, --aligned or --reference, "
@@ -655,12 +533,11 @@ static int sbatch(const char *script, const char *dep, char *id, size_t cap)
 
 int cmd_slurm(int argc, char **argv)
 {
-    if (wants_help(argc, argv, "slurm")) return 0;
     slurm_args a;
     int rc = parse_slurm(argc, argv, &a);
     if (rc) {
-        free(a.dirs);
-        return rc;
+        cli_args_free(&a.args);
+        return rc == CLI_DONE ? 0 : rc;
     }
     char exe[PATH_MAX];
     ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -681,8 +558,8 @@ int cmd_slurm(int argc, char **argv)
     }
     /* Scripts in order; each after the previous one succeeded (afterok), or, for a sweep's
      * summary, after it ended whatever the outcome (afterany). */
-    const char *scripts[3] = {0};
-    const char *deps[3] = {0};
+    const char *scripts[4] = {0};
+    const char *deps[4] = {0};
     int nscripts = 0;
     char *path = NULL;
     FILE *f;
@@ -778,9 +655,16 @@ int cmd_slurm(int argc, char **argv)
             status = close_script(f, path);
             free(path);
         } else if (status == 0) status = 1;
-        /* Apply: step 3 once the selection has every module's similarity. */
-        if (status == 0 && (f = open_script(dir, "apply.sbatch", &path))) {
-            sbatch_head(f, &a, "apply", logs, 0);
+        /* Apply: step 3 once the selection has every module's similarity; with
+         * --apply-tasks M an array by output shard (apply --shard), then its commit. */
+        for (int k = 0; k < (a.apply_tasks ? 2 : 1) && status == 0; k++) {
+            const char *name = k ? "commit.sbatch" : "apply.sbatch";
+            if (!(f = open_script(dir, name, &path))) {
+                status = 1;
+                break;
+            }
+            sbatch_head(f, &a, k ? "commit" : "apply", logs, k == 0 && a.apply_tasks);
+            if (k == 0 && a.apply_tasks) array_line(f, &a, a.apply_tasks);
             fprintf(f, "set -u\nexec ");
             shq(f, nlsr);
             fprintf(f, " apply ${SLURM_RESTART_COUNT:+--force} --patches ");
@@ -790,11 +674,14 @@ int cmd_slurm(int argc, char **argv)
             mem_opt(f, &a);
             fprintf(f, " --out ");
             shq(f, out);
+            if (k == 0 && a.apply_tasks)
+                fprintf(f, " --shard \"$SLURM_ARRAY_TASK_ID/%u\"", a.apply_tasks);
+            if (k == 1) fprintf(f, " --commit");
             if (a.apply_opts) fprintf(f, " %s", a.apply_opts);
             fputc('\n', f);
             status = close_script(f, path);
             free(path);
-        } else if (status == 0) status = 1;
+        }
         if (status == 0 && mkdir(parts, 0755) != 0 && errno != EEXIST) {
             fprintf(stderr, "nlsr: error: %s: %s\n", parts, strerror(errno));
             status = 1;
@@ -808,8 +695,9 @@ int cmd_slurm(int argc, char **argv)
         scripts[0] = "prepare.sbatch";
         scripts[1] = "reduce.sbatch";
         scripts[2] = "apply.sbatch";
-        deps[1] = deps[2] = "afterok";
-        nscripts = 3;
+        scripts[3] = "commit.sbatch";
+        deps[1] = deps[2] = deps[3] = "afterok";
+        nscripts = a.apply_tasks ? 4 : 3;
     }
     if (status) goto done;
     /* submit.sh: the same chain by hand (sbatch --parsable, each after the previous). */
@@ -850,6 +738,6 @@ done:
     free(nlsr);
     free(dir);
     free(logs);
-    free(a.dirs);
+    cli_args_free(&a.args);
     return status;
 }

@@ -662,6 +662,64 @@ done:
     return rc;
 }
 
+/* ---- the shared folder of a split job ----------------------------------------------------- */
+
+static int shared_check(nlsr_err *e, const char *shared, const char *tag)
+{
+    struct stat st;
+    if (lstat(shared, &st) != 0) {
+        int err = errno;
+        NLSR_FAIL_IF(err == ENOENT, e, NLSR_E_NOTFOUND,
+                     "%s: missing (no shard task of this job has started)", shared);
+        return nlsr_fail(e, -err, "%s: %s", shared, strerror(err));
+    }
+    NLSR_FAIL_IF(!S_ISDIR(st.st_mode), e, NLSR_E_USAGE,
+                 "%s is a %s, not a split job's folder: nlsr leaves it alone", shared,
+                 type_name(st.st_mode));
+    char buf[1024], line[128];
+    snprintf(line, sizeof line, "\nsplit %s\n", tag);
+    NLSR_FAIL_IF(read_marker(shared, buf, sizeof buf) != 0 ||
+                     strncmp(buf, MARKER_MAGIC, strlen(MARKER_MAGIC)) != 0 || !strstr(buf, line),
+                 e, NLSR_E_USAGE,
+                 "%s exists but is not this split job's folder (no marker naming split %s): "
+                 "nlsr leaves it alone",
+                 shared, tag);
+    return 0;
+}
+
+int nlsr_shared_dir(nlsr_ctx *ctx, const char *shared, const char *tag, int create, int *made)
+{
+    nlsr_err *e = &ctx->err;
+    if (made) *made = 0;
+    struct stat st;
+    if (!create || lstat(shared, &st) == 0) return shared_check(e, shared, tag);
+    char *t = NULL;
+    NLSR_FORWARD(nlsr_tmp_dir(ctx, shared, &t));
+    char *m = nlsr_path_join(t, NLSR_MARKER_NAME);
+    int mfd = m ? open(m, O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC) : -1;
+    free(m);
+    char line[128];
+    int n = snprintf(line, sizeof line, "split %s\n", tag);
+    int rc = mfd >= 0 && write(mfd, line, (size_t)n) == n ? 0 : -EIO;
+    if (mfd >= 0 && fsync(mfd) != 0) rc = -errno;
+    if (mfd >= 0) close(mfd);
+    if (rc < 0) nlsr_fail(e, rc, "%s: cannot write its marker", t);
+    if (rc == 0) rc = nlsr_fsync_dir(t, e);
+    if (rc == 0) (void)chmod(t, 0777 & ~file_mode());
+    if (rc == 0 && renameat2(AT_FDCWD, t, AT_FDCWD, shared, RENAME_NOREPLACE) == 0) {
+        if (made) *made = 1;
+        free(t);
+        return nlsr_fsync_parent(shared, e);
+    }
+    int err = rc == 0 ? errno : 0;
+    nlsr_tree_remove(t);
+    free(t);
+    NLSR_FORWARD(rc);
+    /* Another task made it first (EEXIST, or ENOTEMPTY on some file systems). */
+    if (err == EEXIST || err == ENOTEMPTY) return shared_check(e, shared, tag);
+    return nlsr_fail(e, -err, "%s: cannot create: %s", shared, strerror(err));
+}
+
 /* ---- leftovers of dead runs --------------------------------------------------------------- */
 
 void nlsr_tmp_sweep(nlsr_ctx *ctx, const char *dir, const char *prefix)

@@ -64,6 +64,15 @@ int nlsr_tmp_dir(nlsr_ctx *ctx, const char *dest, char **tmp);
  * not a link): what appeared at dest while the job ran is never removed. */
 int nlsr_tmp_dir_commit(nlsr_ctx *ctx, const char *tmp, const char *dest, int force);
 
+/* The shared temporary folder of a split job's tasks (docs/SCALE.md, apply --shard): `shared`
+ * is a name every task derives alike; its marker is nlsr's (owner: the task that made it) plus
+ * the line "split <tag>". create: made when missing, atomically (a temporary folder with the
+ * marker renamed onto the name without replacing, so a racing task finds it whole, never
+ * half-made), then checked. An existing one is taken only when it is a folder (not a link)
+ * whose marker names the same tag; anything else there is refused (NLSR_E_USAGE) and left.
+ * create 0: NLSR_E_NOTFOUND when missing. *made (may be NULL): 1 when this call made it. */
+int nlsr_shared_dir(nlsr_ctx *ctx, const char *shared, const char *tag, int create, int *made);
+
 /* Removes a tree without following any link (a link is removed, never what it points to).
  * 0 or -errno of the first failure. */
 int nlsr_tree_remove(const char *path);

@@ -27,6 +27,7 @@
 #include "realign_run.h"
 #include "report.h"
 #include "scorer.h"
+#include "split.h"
 
 #if defined(__has_include)
 #if __has_include("lora.h")
@@ -79,7 +80,7 @@ static int check_out_dir(nlsr_ctx *ctx, const char *out, const nlsr_realign_para
 /* Shared locks on the input folders (lock.h; a file's own folder): an in-place run or a
  * rollback cannot start on an input while it is read, and one in progress is refused here
  * (NLSR_E_LOCKED) rather than read half patched. fds[i] = -1 where none was taken. */
-static int lock_inputs(nlsr_ctx *ctx, const char *const *paths, size_t n, int *fds)
+int nlsr_jobs_lock_inputs(nlsr_ctx *ctx, const char *const *paths, size_t n, int *fds)
 {
     for (size_t i = 0; i < n; i++) fds[i] = -1;
     for (size_t i = 0; i < n; i++) {
@@ -109,7 +110,7 @@ static int lock_inputs(nlsr_ctx *ctx, const char *const *paths, size_t n, int *f
     return 0;
 }
 
-static void unlock_inputs(int *fds, size_t n)
+void nlsr_jobs_unlock_inputs(int *fds, size_t n)
 {
     for (size_t i = 0; i < n; i++) nlsr_lock_release(fds[i]);
 }
@@ -143,7 +144,7 @@ static int prepare_job(nlsr_ctx *ctx, const char *base, const char *aligned, con
     int audit = nlsr_audit_begin(ctx, p);
     const char *inputs[2] = {base, srcp};
     int locks[2];
-    int rc = lock_inputs(ctx, inputs, 2, locks);
+    int rc = nlsr_jobs_lock_inputs(ctx, inputs, 2, locks);
     if (rc == 0) rc = open_pair(ctx, base, srcp, &B, &S);
     if (rc < 0) goto done;
     nlsr_audit_input_ckpt(ctx, "base", base, B);
@@ -177,7 +178,7 @@ static int prepare_job(nlsr_ctx *ctx, const char *base, const char *aligned, con
                                              part_count, &rep);
     if (rc == 0) rc = nlsr_report_emit(&rep, ctx, p);
 done:
-    unlock_inputs(locks, 2);
+    nlsr_jobs_unlock_inputs(locks, 2);
     nlsr_audit_end(ctx, audit);
     nlsr_report_free(&rep);
     nlsr_ckpt_free(B);
@@ -234,7 +235,7 @@ static int apply_job(nlsr_ctx *ctx, const char *patches, const char *finetuned, 
     int audit = nlsr_audit_begin(ctx, p);
     const char *inputs[2] = {patches, finetuned};
     int locks[2];
-    int rc = lock_inputs(ctx, inputs, 2, locks);
+    int rc = nlsr_jobs_lock_inputs(ctx, inputs, 2, locks);
     if (rc == 0) rc = nlsr_pf_open(ctx, patches, &pf);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
     if (rc == 0) rc = nlsr_journal_check_input(ctx, finetuned);
@@ -276,7 +277,7 @@ static int apply_job(nlsr_ctx *ctx, const char *patches, const char *finetuned, 
         rc = nlsr_report_emit(&rep, ctx, &used);
     }
 done:
-    unlock_inputs(locks, 2);
+    nlsr_jobs_unlock_inputs(locks, 2);
     nlsr_audit_end(ctx, audit);
     nlsr_outdir_abort(tmp);
     free(tmp);
@@ -318,7 +319,7 @@ static int run_job(nlsr_ctx *ctx, const char *base, const char *aligned, const c
     int audit = nlsr_audit_begin(ctx, p);
     const char *inputs[3] = {base, srcp, finetuned};
     int locks[3];
-    int rc = lock_inputs(ctx, inputs, 3, locks);
+    int rc = nlsr_jobs_lock_inputs(ctx, inputs, 3, locks);
     if (rc == 0) rc = open_pair(ctx, base, srcp, &B, &S);
     if (rc == 0) rc = nlsr_ckpt_open(ctx, finetuned, &T);
     if (rc == 0) rc = nlsr_journal_check_input(ctx, finetuned);
@@ -408,7 +409,7 @@ static int run_job(nlsr_ctx *ctx, const char *base, const char *aligned, const c
         rc = nlsr_report_emit(&rep, ctx, &used);
     }
 done:
-    unlock_inputs(locks, 3);
+    nlsr_jobs_unlock_inputs(locks, 3);
     nlsr_audit_end(ctx, audit);
     nlsr_outdir_abort(tmp);
     free(tmp);

@@ -966,6 +966,9 @@ typedef struct apply_ctx {
     nlsr_journal *jn;
     size_t jn_mod;
     int drop; /* p->drop_other_weights */
+    /* One task of a split apply (docs/SCALE.md): only the shards k with write_shard[k] are
+     * written, and no side file (the commit copies them). NULL: every shard. */
+    const unsigned char *write_shard;
 } apply_ctx;
 
 /* Fills A->units with the next blocks, at most A->batch, of the modules `only` selects
@@ -1184,11 +1187,13 @@ static int apply_write(apply_ctx *A, nlsr_report *rep, const char *out_dir)
         goto done;
     }
     for (size_t k = 0; k < ft->nshards; k++) A->fds[k] = -1;
-    for (size_t i = 0; i < pf->nmodules; i++) only[i] = rep->m[i].patched;
+    for (size_t i = 0; i < pf->nmodules; i++)
+        only[i] = rep->m[i].patched && (!A->write_shard || A->write_shard[ft->t[A->ti[i]].shard]);
     /* Progress: the shards copied (into a folder) and the patched modules' bytes written over
      * them, or in place their journal copies and the bytes written over them. */
     uint64_t out_bytes = 0, npatched = 0;
-    for (size_t k = 0; k < ft->nshards && !A->jn; k++) out_bytes += ft->shards[k]->file_size;
+    for (size_t k = 0; k < ft->nshards && !A->jn; k++)
+        if (!A->write_shard || A->write_shard[k]) out_bytes += ft->shards[k]->file_size;
     for (size_t i = 0; i < pf->nmodules; i++)
         if (only[i]) {
             npatched++;
@@ -1197,6 +1202,7 @@ static int apply_write(apply_ctx *A, nlsr_report *rep, const char *out_dir)
     nlsr_phase_begin(ctx, "output", NLSR_PHASE_WRITTEN, out_bytes, npatched);
     /* In place there is no copy: the journal holds the shards open for writing. */
     for (size_t k = 0; k < ft->nshards && rc == 0 && !A->jn; k++) {
+        if (A->write_shard && !A->write_shard[k]) continue;
         if (!(A->dst[k] = nlsr_path_join(out_dir, ft->shard_names[k]))) {
             rc = nlsr_fail(e, -ENOMEM, "out of memory");
             break;
@@ -1240,7 +1246,7 @@ static int apply_write(apply_ctx *A, nlsr_report *rep, const char *out_dir)
         close(A->fds[k]);
     }
     /* Side files (index, config, tokenizer ...) as the policy says (src/io/sidefiles.h). */
-    if (rc == 0 && !A->jn)
+    if (rc == 0 && !A->jn && !A->write_shard)
         rc = nlsr_sidefiles_copy(ctx, ft, out_dir, A->drop, &rep->files);
     if (rc == 0) nlsr_phase_end(ctx);
 done:
@@ -1257,7 +1263,7 @@ done:
 /* Step 3 into out_dir (jn NULL) or in place through the journal jn (out_dir NULL). */
 static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, const char *out_dir,
                     nlsr_journal *jn, const nlsr_realign_params *p, const nlsr_full_tuning *tune,
-                    nlsr_report *rep)
+                    const unsigned char *write_shard, nlsr_report *rep)
 {
     nlsr_err *e = &ctx->err;
     nlsr_budget *b = &ctx->budget;
@@ -1270,6 +1276,7 @@ static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
     A.jn = jn;
     A.jn_mod = SIZE_MAX;
     A.drop = p->drop_other_weights;
+    A.write_shard = write_shard;
     A.ti = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *A.ti);
     A.cache_off = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *A.cache_off);
     if (!A.ti || !A.cache_off) {
@@ -1327,14 +1334,21 @@ int nlsr_full_apply(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
                     const nlsr_realign_params *p, const nlsr_full_tuning *tune,
                     nlsr_report *rep)
 {
-    return apply_to(ctx, pf, ft, out_dir, NULL, p, tune, rep);
+    return apply_to(ctx, pf, ft, out_dir, NULL, p, tune, NULL, rep);
+}
+
+int nlsr_full_apply_shards(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft,
+                           const char *out_dir, const nlsr_realign_params *p,
+                           const unsigned char *write_shard, nlsr_report *rep)
+{
+    return apply_to(ctx, pf, ft, out_dir, NULL, p, NULL, write_shard, rep);
 }
 
 int nlsr_full_apply_journal(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft,
                             nlsr_journal *jn, const nlsr_realign_params *p,
                             const nlsr_full_tuning *tune, nlsr_report *rep)
 {
-    return apply_to(ctx, pf, ft, NULL, jn, p, tune, rep);
+    return apply_to(ctx, pf, ft, NULL, jn, p, tune, NULL, rep);
 }
 
 /* ---- output folders ---------------------------------------------------------------------- */

@@ -115,6 +115,13 @@ int nlsr_full_apply(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
                     const nlsr_realign_params *p, const nlsr_full_tuning *tune,
                     nlsr_report *rep);
 
+/* One task of a split apply (docs/SCALE.md): the same similarities and selection (every
+ * module's: the whole fine-tune's target tensors are read), but only the shards k with
+ * write_shard[k] are written into out_dir, and no side file. */
+int nlsr_full_apply_shards(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft,
+                           const char *out_dir, const nlsr_realign_params *p,
+                           const unsigned char *write_shard, nlsr_report *rep);
+
 /* Step 3 in place: the same as nlsr_full_apply, but the patched tensors' bytes are overwritten
  * in ft's own shards through the undo journal `jn` (src/io/journal.h), in which the caller has
  * registered ft's shards in shard order (file id = shard index). Only the bytes of patched

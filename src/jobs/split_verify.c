@@ -17,13 +17,14 @@
 
 #include "nlsr.h"
 #include "../common/ctx.h"
+#include "../common/budget.h"
 #include "../common/err.h"
 #include "../io/file.h"
 #include "../io/outpath.h"
 #include "../io/patchfile.h"
+#include "split.h"
 
-/* XXH64 of a whole regular file, read without following a final link; 0 on any failure. */
-static int hash_file(const char *path, uint64_t *h)
+int nlsr_file_xxh64(nlsr_ctx *ctx, const char *path, uint64_t *h)
 {
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return 0;
@@ -32,12 +33,21 @@ static int hash_file(const char *path, uint64_t *h)
         close(fd);
         return 0;
     }
-    enum { CHUNK = 8 << 20 };
-    unsigned char *buf = malloc(CHUNK);
+    /* The read buffer is the job's like any other: 8 MiB, or half the room left, at least
+     * 64 KiB. */
+    uint64_t room = nlsr_budget_room(&ctx->budget) / 2;
+    size_t chunk = room >= (8u << 20) ? (8u << 20) : room >= (64u << 10) ? (size_t)room : (64u << 10);
+    unsigned char *buf = NULL;
+    nlsr_err scratch;
+    memset(&scratch, 0, sizeof scratch);
+    if (nlsr_budget_alloc(&ctx->budget, chunk, "file hash buffer", (void **)&buf, &scratch) != 0) {
+        close(fd);
+        return 0;
+    }
     nlsr_xxh64_state s;
     nlsr_xxh64_init(&s, 0);
-    int ok = buf != NULL;
-    for (ssize_t n; ok && (n = read(fd, buf, CHUNK)) != 0;) {
+    int ok = 1;
+    for (ssize_t n; ok && (n = read(fd, buf, chunk)) != 0;) {
         if (n < 0) {
             if (errno == EINTR) continue;
             ok = 0;
@@ -45,7 +55,7 @@ static int hash_file(const char *path, uint64_t *h)
         }
         nlsr_xxh64_update(&s, buf, (size_t)n);
     }
-    free(buf);
+    nlsr_budget_free(&ctx->budget, buf, chunk);
     close(fd);
     *h = nlsr_xxh64_digest(&s);
     return ok;
@@ -66,7 +76,6 @@ static int count_weights(const char *dir)
 
 int nlsr_output_verify(nlsr_ctx *ctx, const char *out_dir, const char *report)
 {
-    (void)ctx;
     if (!nlsr_marker_present(out_dir)) return 0;
     size_t len = 0;
     char *txt = NULL;
@@ -103,7 +112,7 @@ int nlsr_output_verify(nlsr_ctx *ctx, const char *out_dir, const char *report)
             char *path = nlsr_path_join(out_dir, base ? base + 1 : p->valuestring);
             uint64_t h = 0;
             char hex[20];
-            ok = path && hash_file(path, &h);
+            ok = path && nlsr_file_xxh64(ctx, path, &h);
             snprintf(hex, sizeof hex, "%016" PRIx64, h);
             ok = ok && strcmp(hex, x->valuestring) == 0;
             free(path);
