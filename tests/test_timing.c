@@ -116,13 +116,18 @@ static void test_single(void)
     ASSERT_NEAR(t.seconds, 3030, 1e-9);
     ASSERT_NEAR(t.read_s + t.compute_s + t.write_s - t.seconds, 380 + 2650 + 200 - 3030, 1e-9);
     check_sums(&t);
-    /* In place: the hash (80 s a module) hides under pass 3; phase B writes the patched bytes
-     * twice: 80000 / 500 = 160 s after max(80, 450). */
+    /* In place: the hash (80 s a module) hides under pass 3. Phase B journals the 40000
+     * patched bytes: XXH64 40 s + zstd (200 B/s) 200 s + compare and copy (the merge rate)
+     * 100 s beside the merge's 450 s, all of it against the reads' 80 s: 790 s; then the new
+     * bytes and the journal, compressed to half, 60000 bytes at 500 B/s: 120 s. */
+    k.zstd_bps = 200;
+    k.zstd_ratio = 0.5;
     nlsr_timing_single(m, 2, 1, 100000, 100000, 0.5, &k, 1000, 500, &t);
     ASSERT_NEAR(t.ph[0].seconds, 2320, 1e-9);
-    ASSERT_NEAR(t.ph[1].write_bytes, 80000, 0);
-    ASSERT_NEAR(t.ph[1].seconds, 610, 1e-9);
-    ASSERT_NEAR(t.seconds, 2930, 1e-9);
+    ASSERT_NEAR(t.ph[1].write_bytes, 60000, 0);
+    ASSERT_NEAR(t.ph[1].compute_s, 790, 1e-9);
+    ASSERT_NEAR(t.ph[1].seconds, 910, 1e-9);
+    ASSERT_NEAR(t.seconds, 3230, 1e-9);
     check_sums(&t);
     /* Nothing patched: phase B in place costs nothing. */
     nlsr_timing_single(m, 2, 1, 100000, 100000, 0, &k, 1000, 500, &t);
@@ -171,6 +176,7 @@ static void test_calibrate(void)
     nlsr_kernel_rates k;
     ASSERT_EQ_I(nlsr_timing_calibrate(ctx, 1u << 16, &k), 0);
     ASSERT_TRUE(k.hist[0] > 0 && k.cands[0] > 0 && k.mask > 0 && k.xxh_bps > 0 && k.merge_bps > 0);
+    ASSERT_TRUE(k.zstd_bps > 0 && k.zstd_ratio > 0 && k.zstd_ratio <= 1.01);
     ASSERT_TRUE(k.lanes == 1 || (k.hist[1] > 0 && k.cands[1] > 0));
     ASSERT_EQ_U(k.elems, 1u << 16);
     ASSERT_EQ_U(ctx->budget.used, 0);

@@ -25,6 +25,9 @@ typedef struct nlsr_kernel_rates {
     double mask;        /* pass 3 (one thread): reference + score, mask, gather, cosine sums */
     double xxh_bps;     /* XXH64 of base and aligned bytes (in place: the fingerprints) */
     double merge_bps;   /* phase B from a kept patch: copy + scatter of the values */
+    double zstd_bps;    /* in place: the journal's zstd (level 1, 4 MiB records of byte
+                           planes, two workers with 2 CPUs) of the bytes it replaces */
+    double zstd_ratio;  /* compressed / raw bytes of that */
     int lanes;          /* 2: the engine splits passes 1 and 2 over two threads (>= 2 CPUs) */
     double seconds;     /* what the calibration took */
     uint64_t elems;     /* elements of the calibration module */
@@ -83,8 +86,9 @@ double nlsr_timing_module_compute(const nlsr_timing_mod *m, const nlsr_kernel_ra
  *     modules read (the fine-tune's bytes if kept, else all three) overlapping their merge
  *     (max), every output byte written + fsynced at write_bps:
  *       B = (ft_bytes - patched_ft) / rbw + max(patched_read / rbw, merge) + out_bytes / wbw;
- *   phase B (in place): patched modules read, overlapping their merge (max), then written twice
- *     (journal + checkpoint) at write_bps.
+ *   phase B (in place): patched modules read, overlapping their merge and journaling (max:
+ *     XXH64 of the new bytes, zstd of the old ones, the compare and copy), then the new bytes
+ *     and the compressed old ones written at write_bps.
  * Patched modules are expected, not known (the selection draws them after phase A): each
  * module's cost in phase B is weighted by `patched_fraction`. ft_bytes: the fine-tune's shard
  * bytes; out_bytes: the output's (shards and side files). */
