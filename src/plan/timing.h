@@ -82,10 +82,11 @@ double nlsr_timing_module_compute(const nlsr_timing_mod *m, const nlsr_kernel_ra
 
 /* The single pass (run --out, or in place when `inplace`) over these modules:
  *   phase A: nlsr_timing_pipeline of (module bytes / read_bps, module compute);
- *   phase B (out): shards' bytes not in patched modules copied (read + write), patched
- *     modules read (the fine-tune's bytes if kept, else all three) overlapping their merge
- *     (max), every output byte written + fsynced at write_bps:
- *       B = (ft_bytes - patched_ft) / rbw + max(patched_read / rbw, merge) + out_bytes / wbw;
+ *   phase B (out): shards' bytes not in patched modules copied, patched modules read (the
+ *     fine-tune's bytes if kept, else all three) overlapping their merge (max), every output
+ *     byte written + fsynced at write_bps, half of the shorter of reads and writes hidden:
+ *       rd = (ft_bytes - patched_ft) / rbw + max(patched_read / rbw, merge),
+ *       w = out_bytes / wbw,  B = max(rd, w) + min(rd, w) / 2;
  *   phase B (in place): patched modules read, overlapping their merge and journaling (max:
  *     XXH64 of the new bytes, zstd of the old ones, the compare and copy), then the new bytes
  *     and the compressed old ones written at write_bps.
