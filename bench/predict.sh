@@ -6,6 +6,7 @@
 # seconds and whether they agree within 25%. Timings on a loaded machine are noisy: run it on
 # a quiet one. bench/README.md "Predicted time".
 # usage: bench/predict.sh [NLSR [SCRATCH_DIR]]   (defaults: build/nlsr, the current folder)
+# PREDICT_KEEP=DIR keeps each bench's table and CSV there (8b.txt, 8b.csv, 70b.txt, 70b.csv).
 # Needs about 17 GB free in SCRATCH_DIR for the 8b triple (removed after), then 23 GB for the
 # 70b one. Exit 0: every run within 25%; 1: some run outside; 2: a bench failed.
 set -u
@@ -21,6 +22,9 @@ bench() { # name preset layers budgets
         echo "bench $1 failed: $(tail -n 1 "$T/$1.err")" >&2
         exit 2
     }
+    if [ -n "${PREDICT_KEEP:-}" ]; then
+        mkdir -p "$PREDICT_KEEP" && cp "$T/$1.csv" "$T/$1.txt" "$PREDICT_KEEP/"
+    fi
 }
 bench 8b llama-8b 8 1G,4G
 bench 70b llama-70b 2 4G
