@@ -101,7 +101,7 @@ static void test_single(void)
      * 500 B/s; half the modules expected patched; fine-tune 100000 bytes, output 100000. */
     nlsr_timing_mod m[2] = {{20000, 16000, 2, 2, 2, 1, 1}, {20000, 16000, 2, 2, 2, 1, 0}};
     nlsr_timing_pred t;
-    nlsr_timing_single(m, 2, 0, 100000, 100000, 0.5, &k, 1000, 500, &t);
+    nlsr_timing_single(m, 2, 0, 0, 100000, 100000, 0.5, &k, 1000, 500, &t);
     ASSERT_EQ_I(t.nphases, 2);
     /* Phase A: reads 120 s each, computes 1100: R0 = 120, C0 = 1220, R1 = 240, C1 = 2320. */
     ASSERT_NEAR(t.ph[0].seconds, 2320, 1e-9);
@@ -117,7 +117,7 @@ static void test_single(void)
     ASSERT_NEAR(t.seconds, 2930, 1e-9);
     ASSERT_NEAR(t.read_s + t.compute_s + t.write_s - t.seconds, 380 + 2650 + 200 - 2930, 1e-9);
     /* Writes longer than the reads: the writes + half the reads. */
-    nlsr_timing_single(m, 2, 0, 100000, 100000, 0.5, &k, 1000, 100, &t);
+    nlsr_timing_single(m, 2, 0, 0, 100000, 100000, 0.5, &k, 1000, 100, &t);
     ASSERT_NEAR(t.ph[1].seconds, 1000 + 255, 1e-9);
     check_sums(&t);
     /* In place: the hash (80 s a module) hides under pass 3. Phase B journals the 40000
@@ -126,15 +126,28 @@ static void test_single(void)
      * bytes and the journal, compressed to half, 60000 bytes at 500 B/s: 120 s. */
     k.zstd_bps = 200;
     k.zstd_ratio = 0.5;
-    nlsr_timing_single(m, 2, 1, 100000, 100000, 0.5, &k, 1000, 500, &t);
+    nlsr_timing_single(m, 2, 1, 0, 100000, 100000, 0.5, &k, 1000, 500, &t);
     ASSERT_NEAR(t.ph[0].seconds, 2320, 1e-9);
     ASSERT_NEAR(t.ph[1].write_bytes, 60000, 0);
     ASSERT_NEAR(t.ph[1].compute_s, 790, 1e-9);
     ASSERT_NEAR(t.ph[1].seconds, 910, 1e-9);
     ASSERT_NEAR(t.seconds, 3230, 1e-9);
     check_sums(&t);
+    /* With a report (the audit): every streamed byte hashed on the computing thread (phase A:
+     * 120000 bytes a module at 1000 B/s, 120 s more compute each: C0 = 120 + 1220, C1 = 1340 +
+     * 1220 = 2560); phase B's 80000 streamed bytes (80 s more merge: 530); the output read back
+     * (100 s at 1000 B/s) while hashed (100 s): a third phase of 100 s. */
+    k.zstd_bps = 0;
+    k.zstd_ratio = 0;
+    nlsr_timing_single(m, 2, 0, 1, 100000, 100000, 0.5, &k, 1000, 500, &t);
+    ASSERT_EQ_I(t.nphases, 3);
+    ASSERT_NEAR(t.ph[0].seconds, 2560, 1e-9);
+    ASSERT_NEAR(t.ph[1].compute_s, 530, 1e-9);
+    ASSERT_NEAR(t.ph[1].seconds, 60 + 530 + 100, 1e-9);
+    ASSERT_NEAR(t.ph[2].seconds, 100, 1e-9);
+    check_sums(&t);
     /* Nothing patched: phase B in place costs nothing. */
-    nlsr_timing_single(m, 2, 1, 100000, 100000, 0, &k, 1000, 500, &t);
+    nlsr_timing_single(m, 2, 1, 0, 100000, 100000, 0, &k, 1000, 500, &t);
     ASSERT_NEAR(t.ph[1].seconds, 0, 1e-12);
 }
 

@@ -203,10 +203,13 @@ static void plan_bytes(sweep *s, int job, uint64_t budget, int have_budget, benc
     int amp = job == J_AMPLIFY || job == J_PREPARE;
     double rin = amp ? -1 : rate_of(s, "base", 0), rout = amp ? -1 : rate_of(s, "scratch", 1);
     if (rin <= 0 || rout <= 0) rin = rout = -1;
+    /* The runs write a report: the prediction includes its audit's hashing. */
+    nlsr_realign_params p = NLSR_REALIGN_PARAMS_DEFAULT;
+    p.report_path = s->report;
     int rc = job == J_INPLACE
-                 ? nlsr_plan_print_in_place(c, s->base, s->aligned, s->finetuned, NULL, rin, rout,
+                 ? nlsr_plan_print_in_place(c, s->base, s->aligned, s->finetuned, &p, rin, rout,
                                             NULL, 1, m)
-                 : nlsr_plan_print(c, s->base, s->aligned, amp ? NULL : s->finetuned, NULL, rin,
+                 : nlsr_plan_print(c, s->base, s->aligned, amp ? NULL : s->finetuned, &p, rin,
                                    rout, NULL, 1, m);
     fclose(m);
     cJSON *root = rc == 0 ? cJSON_Parse(txt) : NULL;

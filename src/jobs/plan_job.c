@@ -108,7 +108,8 @@ static int predict(nlsr_ctx *ctx, nlsr_ckpt *const ck[NLSR_PLAN_MAX_CK], const n
         uint64_t ft_bytes = 0;
         for (size_t s = 0; s < ck[2]->nshards; s++) ft_bytes += ck[2]->shards[s]->file_size;
         if (rp.single)
-            nlsr_timing_single(m, nm, in_place, ft_bytes, plan->write_bytes,
+            nlsr_timing_single(m, nm, in_place, p->report_path != NULL, ft_bytes,
+                               plan->write_bytes,
                                nlsr_timing_patched_fraction(p, nm), &k, rbw, wbw, t);
         else
             nlsr_timing_patchfile(m, nm, ft_bytes, plan->write_bytes, &k, rbw, wbw, t);

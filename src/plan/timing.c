@@ -368,7 +368,7 @@ static void finish(nlsr_timing_pred *t, const nlsr_kernel_rates *k, double rbw, 
 
 /* Phase A (and prepare's reads): the depth-2 pipeline over the modules. `with_ft`: the
  * fine-tune's bytes are read too. */
-static int phase_pipeline(const nlsr_timing_mod *m, size_t nm, int with_ft, int hash,
+static int phase_pipeline(const nlsr_timing_mod *m, size_t nm, int with_ft, int hash, int audit,
                           const nlsr_kernel_rates *k, double rbw, nlsr_timing_phase *ph,
                           const char *name)
 {
@@ -379,7 +379,8 @@ static int phase_pipeline(const nlsr_timing_mod *m, size_t nm, int with_ft, int 
         double bytes = (double)m[i].n * (m[i].asz + m[i].bsz + (with_ft ? m[i].tsz : 0));
         rb += bytes;
         r[i] = per(bytes, rbw);
-        c[i] = nlsr_timing_module_compute(&m[i], k, hash);
+        /* The report's audit hashes every byte the stream delivers, on the same thread. */
+        c[i] = nlsr_timing_module_compute(&m[i], k, hash) + (audit ? per(bytes, k->xxh_bps) : 0);
         rs += r[i];
         cs += c[i];
     }
@@ -389,14 +390,15 @@ static int phase_pipeline(const nlsr_timing_mod *m, size_t nm, int with_ft, int 
     return 0;
 }
 
-void nlsr_timing_single(const nlsr_timing_mod *m, size_t nm, int inplace, uint64_t ft_bytes,
-                        uint64_t out_bytes, double f, const nlsr_kernel_rates *k, double rbw,
-                        double wbw, nlsr_timing_pred *t)
+void nlsr_timing_single(const nlsr_timing_mod *m, size_t nm, int inplace, int audit,
+                        uint64_t ft_bytes, uint64_t out_bytes, double f,
+                        const nlsr_kernel_rates *k, double rbw, double wbw, nlsr_timing_pred *t)
 {
     memset(t, 0, sizeof *t);
     t->plan = inplace ? "single pass in place" : "single pass";
     t->patched_fraction = f;
-    if (phase_pipeline(m, nm, 1, inplace, k, rbw, &t->ph[0], "similarities") == 0) t->nphases = 1;
+    if (phase_pipeline(m, nm, 1, inplace, audit, k, rbw, &t->ph[0], "similarities") == 0)
+        t->nphases = 1;
     /* Phase B's patched modules, weighted by the expected share patched. */
     double pft = 0, pread = 0, merge = 0;
     for (size_t i = 0; i < nm; i++) {
@@ -406,6 +408,7 @@ void nlsr_timing_single(const nlsr_timing_mod *m, size_t nm, int inplace, uint64
         pread += f * n * (m[i].kept ? m[i].tsz : m[i].asz + m[i].bsz + m[i].tsz);
         merge += f * (m[i].kept ? per(n * m[i].tsz, k->merge_bps) : per(n, k->mask));
     }
+    if (audit) merge += per(pread, k->xxh_bps);
     double pr = per(pread, rbw), over = pr > merge ? pr : merge;
     nlsr_timing_phase *ph = &t->ph[t->nphases++];
     if (inplace) {
@@ -427,6 +430,12 @@ void nlsr_timing_single(const nlsr_timing_mod *m, size_t nm, int inplace, uint64
                   hi + (1 - WRITE_OVERLAP) * lo,
                   "patched tensors read (depth 3) while merged: max; reads and the written-back "
                   "writes: the longer + half the shorter");
+        if (audit) {
+            /* The report's fingerprints of the output: each file read back and hashed. */
+            double r = per((double)out_bytes, rbw), h = per((double)out_bytes, k->xxh_bps);
+            phase_set(&t->ph[t->nphases++], "report", (double)out_bytes, 0, r, h, 0,
+                      r > h ? r : h, "the output read back while hashed: max");
+        }
     }
     finish(t, k, rbw, wbw);
 }
@@ -441,7 +450,7 @@ void nlsr_timing_patchfile(const nlsr_timing_mod *m, size_t nm, uint64_t ft_byte
     double patch = 0;
     for (size_t i = 0; i < nm; i++)
         if (m[i].k < m[i].n) patch += (double)((m[i].n + 63) / 64 * 8 + (m[i].n - m[i].k) * m[i].tsz);
-    if (phase_pipeline(m, nm, 0, 1, k, rbw, &t->ph[0], "prepare") == 0) {
+    if (phase_pipeline(m, nm, 0, 1, 0, k, rbw, &t->ph[0], "prepare") == 0) {
         nlsr_timing_phase *ph = &t->ph[0];
         ph->write_bytes = patch;
         ph->write_s = per(patch, wbw);

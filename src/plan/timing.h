@@ -90,12 +90,16 @@ double nlsr_timing_module_compute(const nlsr_timing_mod *m, const nlsr_kernel_ra
  *   phase B (in place): patched modules read, overlapping their merge and journaling (max:
  *     XXH64 of the new bytes, zstd of the old ones, the compare and copy), then the new bytes
  *     and the compressed old ones written at write_bps.
+ * `audit` (the job writes a report): every byte the streams deliver is hashed (XXH64) on the
+ * computing thread, and --out's output is read back and hashed: a phase "report" of
+ * max(out_bytes / rbw, out_bytes / xxh).
  * Patched modules are expected, not known (the selection draws them after phase A): each
  * module's cost in phase B is weighted by `patched_fraction`. ft_bytes: the fine-tune's shard
  * bytes; out_bytes: the output's (shards and side files). */
-void nlsr_timing_single(const nlsr_timing_mod *m, size_t nm, int inplace, uint64_t ft_bytes,
-                        uint64_t out_bytes, double patched_fraction, const nlsr_kernel_rates *k,
-                        double read_bps, double write_bps, nlsr_timing_pred *out);
+void nlsr_timing_single(const nlsr_timing_mod *m, size_t nm, int inplace, int audit,
+                        uint64_t ft_bytes, uint64_t out_bytes, double patched_fraction,
+                        const nlsr_kernel_rates *k, double read_bps, double write_bps,
+                        nlsr_timing_pred *out);
 
 /* The patch-file plan (prepare + apply), coarsely: prepare reads base and aligned once per
  * module pass and computes as phase A does (a depth-2 pipeline), writing the patches; apply
