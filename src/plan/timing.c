@@ -170,7 +170,8 @@ int nlsr_timing_calibrate(nlsr_ctx *ctx, uint64_t elems, nlsr_kernel_rates *out)
     n = n / CH * CH;
     if (n < LANE_MIN) n = LANE_MIN;
     /* Per element: a, b, t (BF16), the kept values and the merge's output (BF16), the bitmap;
-     * per lane: CH f32 scores and a histogram; pass 3's CH-element scratch. */
+     * per lane: CH f32 scores and a histogram; pass 3's CH-element scratch (7 f32, es, conv,
+     * idx) and 8 bytes an element more, room to align it. */
     size_t fixed = 2 * ((size_t)CH * 4 + NLSR_KTH_BUCKETS * 8) + (size_t)CH * (7 * 4 + 2 + 2 + 4 + 8);
     size_t bytes = 0;
     unsigned char *mem = NULL;
@@ -184,7 +185,8 @@ int nlsr_timing_calibrate(nlsr_ctx *ctx, uint64_t elems, nlsr_kernel_rates *out)
                                    &ctx->err));
     unsigned char *a = mem, *b = a + n * 2, *t = b + n * 2, *vals = t + n * 2, *outb = vals + n * 2;
     uint64_t *bits = (uint64_t *)(void *)(outb + n * 2);
-    unsigned char *sc = (unsigned char *)(bits + (n + 63) / 64) + 64 - 0;
+    /* The scratch after the bitmap, 64-byte aligned (`fixed` has room for the padding). */
+    unsigned char *sc = (unsigned char *)(bits + (n + 63) / 64);
     sc = (unsigned char *)(((uintptr_t)sc + 63) & ~(uintptr_t)63);
     cal_lane L[2];
     memset(L, 0, sizeof L);
@@ -194,10 +196,9 @@ int nlsr_timing_calibrate(nlsr_ctx *ctx, uint64_t elems, nlsr_kernel_rates *out)
     }
     float *f = (float *)(void *)(sc + 2 * ((size_t)CH * 4 + NLSR_KTH_BUCKETS * 8));
     float *fs = f, *fe = f + CH, *fb = f + 2 * CH, *tm = f + 3 * CH, *em = f + 4 * CH,
-          *bm = f + 5 * CH, *spare = f + 6 * CH;
+          *bm = f + 5 * CH;
     unsigned char *es = (unsigned char *)(f + 7 * CH), *conv = es + (size_t)CH * 2;
     uint32_t *idx = (uint32_t *)(void *)(conv + (size_t)CH * 2);
-    (void)spare;
     fill_bf16(b, n, 1, NULL);
     fill_bf16(a, n, 2, b);
     fill_bf16(t, n, 3, a);
