@@ -565,10 +565,21 @@ int nlsr_rollback(nlsr_ctx *ctx, const char *dir, const nlsr_rollback_params *rp
  * and written, the byte ranges read from each shard, peak memory (the context's budget), and
  * the time at read_bw / write_bw bytes per second; 0 measures them with short O_DIRECT probes
  * (reading an input, writing a temporary file in probe_dir, or beside `aligned` when NULL);
- * a negative value skips the estimate. json != 0: one JSON object. */
+ * a negative value skips the estimate. With both rates, a run's plan (magnitude rule) also
+ * carries its predicted time with compute ("predicted:" lines; the JSON's "prediction"
+ * object): its phases' reads, compute and writes overlapped as the engine overlaps them, at
+ * those rates and at kernel rates calibrated on the spot (docs/DESIGN.md "Predicted time").
+ * json != 0: one JSON object. */
 int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
                     const nlsr_realign_params *p, double read_bw, double write_bw,
                     const char *probe_dir, int json, FILE *out);
+
+/* The same for `nlsr run --in-place` on finetuned: its single pass reads as run's does but
+ * writes only the patched tensors' changed bytes, twice (journal, then the checkpoint), and
+ * sets memory aside for the journal; the predicted time follows that plan. */
+int nlsr_plan_print_in_place(nlsr_ctx *ctx, const char *base, const char *aligned,
+                             const char *finetuned, const nlsr_realign_params *p, double read_bw,
+                             double write_bw, const char *probe_dir, int json, FILE *out);
 
 /* Carries out only the reads of that plan (every unit through the context's backend, every
  * page touched, nothing computed or written), to measure the read side alone; the bytes and

@@ -51,7 +51,8 @@ def check(c, msg):
     if not c: bad.append(msg)
 HEAD = ("job,budget,budget_bytes,io,backend,rep,cache,status,wall_s,user_s,sys_s,cpu_s,"
         "peak_rss_bytes,plan,phase_similarities_s,phase_output_s,planned_bytes_read,"
-        "planned_bytes_read_max,planned_bytes_written,bytes_read,bytes_written,min_io_s,ratio,error").split(",")
+        "planned_bytes_read_max,planned_bytes_written,bytes_read,bytes_written,min_io_s,ratio,"
+        "predicted_s,predicted_ratio,error").split(",")
 rows = list(csv.DictReader(open(f"{T}/res/b.csv")))
 check(list(rows[0].keys()) == HEAD if rows else False, "CSV header")
 want = {(j, b, i) for j in ("run", "amplify") for b in ("4M", "1G") for i in ("uring", "pread")}
@@ -87,6 +88,14 @@ for r, j in zip(rows, doc["runs"]):
         check(int(r["planned_bytes_read"]) == s["bytes_read"], f"{key} planned read {r['planned_bytes_read']}")
         check(int(r["planned_bytes_written"]) == s["bytes_written"], f"{key} planned written")
         check(int(r["planned_bytes_read"]) <= int(r["planned_bytes_read_max"]), f"{key} read max")
+        # The plan's predicted time (with compute) beside the measured one, and their ratio.
+        p = float(r["predicted_s"] or 0)
+        check(p > 0 and abs(p - j["predicted_s"]) <= 2e-6 + 1e-6 * p, f"{key} predicted_s {r['predicted_s']}")
+        check(abs(float(r["predicted_ratio"] or 0) - j["wall_s"] / j["predicted_s"]) <= 1e-5 +
+              1e-5 * j["predicted_ratio"], f"{key} predicted_ratio {r['predicted_ratio']}")
+    else:
+        # amplify has no run plan to predict: empty in the CSV, null in the JSON.
+        check(r["predicted_s"] == "" and j["predicted_s"] is None, f"{key} predicted_s {r['predicted_s']}")
 svg = ET.parse(f"{T}/res/b.svg").getroot()
 ns = "{http://www.w3.org/2000/svg}"
 check(svg.tag == ns + "svg", f"root {svg.tag}")

@@ -49,6 +49,66 @@ done
 grep -q '^units:' "$T/plan.txt" || fail "human plan has no units line"
 grep -q 'read ranges' "$T/plan.txt" || fail "human plan has no read ranges"
 
+# A run's plan predicts its time with compute (docs/DESIGN.md "Predicted time"): the phases
+# sum to the total, read + compute + write - overlap is the total, the rates are the ones
+# given, phase A reads what the run plan says it reads beside the fine-tune's shards.
+"$NLSR" synth --preset tiny --role finetuned --seed 3 --shard-size 300K --out "$T/f" -q
+for mode in out in-place; do
+    ip=; [ $mode = in-place ] && ip=--in-place
+    "$NLSR" plan --base "$T/b" --aligned "$T/a" --finetuned "$T/f" $ip --bandwidth 1G,500M \
+        --json > "$T/pp-$mode.json" || fail "plan --json $ip"
+done
+"$NLSR" plan --base "$T/b" --aligned "$T/a" --finetuned "$T/f" --bandwidth 1G,500M \
+    > "$T/pp.txt" || fail "plan (text) with --finetuned"
+grep -q '^predicted: about [0-9.]* s for the single pass = read ' "$T/pp.txt" ||
+    fail "no predicted line: $(grep -i predict "$T/pp.txt")"
+"$NLSR" plan --base "$T/b" --aligned "$T/a" --finetuned "$T/f" --no-time --json > "$T/pn.json"
+if command -v python3 >/dev/null 2>&1; then
+    python3 - "$T" <<'PY' || fail "prediction fields: see above"
+import json, os, sys
+T = sys.argv[1]
+bad = []
+def check(c, msg):
+    if not c: bad.append(msg)
+ft = sum(os.path.getsize(f"{T}/f/{n}") for n in os.listdir(f"{T}/f") if n.endswith(".safetensors"))
+for mode, plan in (("out", "single pass"), ("in-place", "single pass in place")):
+    d = json.load(open(f"{T}/pp-{mode}.json"))
+    p = d.get("prediction")
+    if not p:
+        bad.append(f"{mode}: no prediction object"); continue
+    check(p["plan"] == plan and d["run"]["plan"] == "single pass", f"{mode}: plan {p['plan']}")
+    t = p["seconds"]
+    check(t > 0, f"{mode}: seconds {t}")
+    for k in ("read_s", "compute_s", "write_s", "overlap_s"):
+        check(p[k] >= 0, f"{mode}: {k} {p[k]}")
+    check(abs(p["read_s"] + p["compute_s"] + p["write_s"] - p["overlap_s"] - t) <= 1e-9 * t,
+          f"{mode}: parts do not add up to {t}")
+    check(abs(sum(x["seconds"] for x in p["phases"]) - t) <= 1e-9 * t, f"{mode}: phases")
+    for x in p["phases"]:
+        check(x["seconds"] <= x["read_s"] + x["compute_s"] + x["write_s"] + 1e-12 and
+              x["seconds"] >= max(x["read_s"], x["compute_s"], x["write_s"]) - 1e-12,
+              f"{mode}: phase {x['name']} overlaps to {x['seconds']}")
+    r = p["rates"]
+    check(r["read_bps"] == 1 << 30 and r["write_bps"] == 500 << 20 and r["disk_source"] == "given",
+          f"{mode}: rates {r}")
+    k = r["kernels"]
+    check(all(v > 0 for v in k["pass1_elems_per_s"][:1] + [k["pass3_elems_per_s"], k["xxh64_bps"]]),
+          f"{mode}: kernel rates {k}")
+    a = p["phases"][0]
+    check(a["name"] == "similarities" and a["read_bytes"] + ft == d["run"]["bytes_read"],
+          f"{mode}: phase A reads {a['read_bytes']} + {ft} vs the run plan's {d['run']['bytes_read']}")
+    check(abs(a["read_s"] - a["read_bytes"] / (1 << 30)) <= 1e-9, f"{mode}: phase A read time")
+    b = p["phases"][1]
+    if mode == "out":
+        check(b["write_bytes"] == d["bytes_written"], f"out: writes {b['write_bytes']}")
+    else:
+        check(0 < b["write_bytes"] < d["bytes_written"], f"in place writes {b['write_bytes']}")
+check("prediction" not in json.load(open(f"{T}/pn.json")), "--no-time still predicts")
+for line in bad: print("FAIL:", line, file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+fi
+
 # Every backend writes the same bytes; -q prints nothing on stderr.
 for io in pread mmap uring; do
     "$NLSR" amplify --base "$T/b" --aligned "$T/a" --out "$T/o-$io" --io $io -q 2> "$T/err"

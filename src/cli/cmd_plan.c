@@ -46,8 +46,12 @@ static int plan_main(cli_args *a)
         if (s && s != probe) *s = '\0';
         else if (probe) strcpy(probe, s ? "/" : ".");
     }
-    int rc = nlsr_plan_print(ctx, a->base, a->aligned, a->finetuned, &p, a->read_bw, a->write_bw,
-                             probe, a->p.json_stdout, stdout);
+    int rc = a->in_place && a->finetuned
+                 ? nlsr_plan_print_in_place(ctx, a->base, a->aligned, a->finetuned, &p,
+                                            a->read_bw, a->write_bw, probe, a->p.json_stdout,
+                                            stdout)
+                 : nlsr_plan_print(ctx, a->base, a->aligned, a->finetuned, &p, a->read_bw,
+                                   a->write_bw, probe, a->p.json_stdout, stdout);
     free(probe);
     int status = rc < 0 ? cli_fail(ctx, rc) : 0;
     nlsr_ctx_free(ctx);

@@ -179,12 +179,16 @@ static double rate_of(const sweep *s, const char *role, int write)
     return 0;
 }
 
+static double rate_of(const sweep *s, const char *role, int write);
+
 /* The job's plan at this budget (nlsr_plan_print's JSON; nothing is read but headers): bytes
- * read and written. Only run, run-in-place (its reads), amplify and prepare (its reads) have
- * one. */
+ * read and written, and for run and run-in-place the predicted seconds at the rates measured
+ * for this bench (the kernels are calibrated by the plan itself, here, untimed). Only run,
+ * run-in-place (its reads), amplify and prepare (its reads) have one. */
 static void plan_bytes(sweep *s, int job, uint64_t budget, int have_budget, bench_row *row)
 {
     row->planned_read = row->planned_read_max = row->planned_written = -1;
+    row->predicted_s = 0;
     if (!have_budget || job == J_APPLY) return;
     nlsr_ctx *c = nlsr_ctx_create();
     char *txt = NULL;
@@ -197,8 +201,16 @@ static void plan_bytes(sweep *s, int job, uint64_t budget, int have_budget, benc
     nlsr_ctx_set_mem_budget(c, budget);
     nlsr_ctx_set_quiet(c, 1);
     int amp = job == J_AMPLIFY || job == J_PREPARE;
-    int rc = nlsr_plan_print(c, s->base, s->aligned, amp ? NULL : s->finetuned, NULL, -1, -1,
-                             NULL, 1, m);
+    double rin = amp ? -1 : rate_of(s, "base", 0), rout = amp ? -1 : rate_of(s, "scratch", 1);
+    if (rin <= 0 || rout <= 0) rin = rout = -1;
+    /* The runs write a report: the prediction includes its audit's hashing. */
+    nlsr_realign_params p = NLSR_REALIGN_PARAMS_DEFAULT;
+    p.report_path = s->report;
+    int rc = job == J_INPLACE
+                 ? nlsr_plan_print_in_place(c, s->base, s->aligned, s->finetuned, &p, rin, rout,
+                                            NULL, 1, m)
+                 : nlsr_plan_print(c, s->base, s->aligned, amp ? NULL : s->finetuned, &p, rin,
+                                   rout, NULL, 1, m);
     fclose(m);
     cJSON *root = rc == 0 ? cJSON_Parse(txt) : NULL;
     free(txt);
@@ -218,6 +230,8 @@ static void plan_bytes(sweep *s, int job, uint64_t budget, int have_budget, benc
     if (cJSON_IsNumber(rd)) row->planned_read = row->planned_read_max = (int64_t)rd->valuedouble;
     if (cJSON_IsNumber(rmax)) row->planned_read_max = (int64_t)rmax->valuedouble;
     if (cJSON_IsNumber(wr) && (job == J_RUN || job == J_AMPLIFY)) row->planned_written = (int64_t)wr->valuedouble;
+    cJSON *pred = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "prediction"), "seconds");
+    if (cJSON_IsNumber(pred) && pred->valuedouble > 0) row->predicted_s = pred->valuedouble;
     cJSON_Delete(root);
 }
 
@@ -229,6 +243,7 @@ static void min_io(sweep *s, int job, bench_row *row)
     double wr = row->planned_written >= 0 ? (double)row->planned_written : (double)row->bytes_written;
     row->min_io_s = rin > 0 && rout > 0 ? rd / rin + wr / rout : 0;
     row->ratio = row->min_io_s > 0 && row->status == 0 ? row->wall_s / row->min_io_s : 0;
+    row->predicted_ratio = row->predicted_s > 0 && row->status == 0 ? row->wall_s / row->predicted_s : 0;
 }
 
 /* One word for sh: as it is when it holds only characters sh takes literally, else in single

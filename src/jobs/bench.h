@@ -33,6 +33,9 @@ typedef struct bench_row {
     double min_io_s;        /* planned (else actual) bytes at the measured rates */
     double ratio;           /* wall_s / min_io_s */
     char *command;          /* the `nlsr` command line doing the same job (malloc'd) */
+    double predicted_s;     /* the plan's predicted time with compute (docs/DESIGN.md
+                               "Predicted time") at the measured disk rates; 0: none */
+    double predicted_ratio; /* wall_s / predicted_s; 0: none */
 } bench_row;
 
 /* One file system the bench read from or wrote to, with its rates. */

@@ -23,15 +23,19 @@ static double cpu_s(const bench_row *w)
 
 void bench_print_table(const bench_result *r, FILE *out)
 {
-    fprintf(out, "%-12s %-6s %-5s %-5s %3s %-11s %8s %8s %9s %-11s %8s %8s %8s %7s  %s\n", "job",
-            "budget", "io", "used", "rep", "cache", "wall_s", "cpu_s", "rss_MiB", "plan", "read_GB",
-            "write_GB", "minio_s", "ratio", "status");
+    fprintf(out, "%-12s %-6s %-5s %-5s %3s %-11s %8s %8s %9s %-11s %8s %8s %8s %7s %8s %9s  %s\n",
+            "job", "budget", "io", "used", "rep", "cache", "wall_s", "cpu_s", "rss_MiB", "plan",
+            "read_GB", "write_GB", "minio_s", "ratio", "pred_s", "wall/pred", "status");
     for (size_t i = 0; i < r->nrows; i++) {
         const bench_row *w = &r->rows[i];
-        fprintf(out, "%-12s %-6s %-5s %-5s %3d %-11s %8.2f %8.2f %9.1f %-11s %8.3f %8.3f %8.2f %7.2f  %s\n",
+        char pred[16] = "-", pr[16] = "-";
+        if (w->predicted_s > 0) snprintf(pred, sizeof pred, "%.2f", w->predicted_s);
+        if (w->predicted_ratio > 0) snprintf(pr, sizeof pr, "%.2f", w->predicted_ratio);
+        fprintf(out, "%-12s %-6s %-5s %-5s %3d %-11s %8.2f %8.2f %9.1f %-11s %8.3f %8.3f %8.2f %7.2f %8s %9s  %s\n",
                 w->job, w->budget, w->io, w->backend, w->rep, w->cache, w->wall_s, cpu_s(w),
                 (double)w->peak_rss / MIB, w->plan[0] ? w->plan : "-", (double)w->bytes_read / GB,
-                (double)w->bytes_written / GB, w->min_io_s, w->ratio, w->status ? w->error : "ok");
+                (double)w->bytes_written / GB, w->min_io_s, w->ratio, pred, pr,
+                w->status ? w->error : "ok");
     }
     for (int i = 0; i < r->nfs; i++) {
         const bench_fs *f = &r->fs[i];
@@ -50,7 +54,8 @@ void bench_print_table(const bench_result *r, FILE *out)
 static const char *const CSV_HEAD =
     "job,budget,budget_bytes,io,backend,rep,cache,status,wall_s,user_s,sys_s,cpu_s,"
     "peak_rss_bytes,plan,phase_similarities_s,phase_output_s,planned_bytes_read,"
-    "planned_bytes_read_max,planned_bytes_written,bytes_read,bytes_written,min_io_s,ratio,error\n";
+    "planned_bytes_read_max,planned_bytes_written,bytes_read,bytes_written,min_io_s,ratio,"
+    "predicted_s,predicted_ratio,error\n";
 
 static void csv_str(FILE *f, const char *s)
 {
@@ -109,6 +114,10 @@ int bench_write_csv(const bench_result *r, const char *path, nlsr_err *e)
         csv_i64(f, w->planned_written);
         fprintf(f, ",%llu,%llu,%.6f,%.6f,", (unsigned long long)w->bytes_read,
                 (unsigned long long)w->bytes_written, w->min_io_s, w->ratio);
+        csv_opt(f, w->predicted_s > 0 ? w->predicted_s : -1);
+        fputc(',', f);
+        csv_opt(f, w->predicted_ratio > 0 ? w->predicted_ratio : -1);
+        fputc(',', f);
         csv_str(f, w->error);
         fputc('\n', f);
     }
@@ -155,6 +164,11 @@ static cJSON *row_json(const bench_row *w)
     cJSON_AddItemToObject(o, "bytes_written", nlsr_json_u64(w->bytes_written));
     cJSON_AddItemToObject(o, "min_io_s", nlsr_json_number(w->min_io_s));
     cJSON_AddItemToObject(o, "ratio", nlsr_json_number(w->ratio));
+    if (w->predicted_s > 0) cJSON_AddItemToObject(o, "predicted_s", nlsr_json_number(w->predicted_s));
+    else cJSON_AddNullToObject(o, "predicted_s");
+    if (w->predicted_ratio > 0)
+        cJSON_AddItemToObject(o, "predicted_ratio", nlsr_json_number(w->predicted_ratio));
+    else cJSON_AddNullToObject(o, "predicted_ratio");
     if (w->error[0]) cJSON_AddStringToObject(o, "error", w->error);
     if (w->command) cJSON_AddStringToObject(o, "command", w->command);
     return o;
@@ -212,6 +226,10 @@ int bench_write_json(const bench_result *r, const char *path, nlsr_err *e)
             "command: the nlsr command line doing the same job as the run (its child calls the "
             "library with the same inputs, output, budget, backend and defaults); its paths are "
             "the bench's scratch folder's, removed at the end"));
+        cJSON_AddItemToArray(notes, cJSON_CreateString(
+            "predicted_s: the plan's predicted time with compute (run, run-in-place), its phases "
+            "at the same disk rates and at kernel rates calibrated before the run; "
+            "predicted_ratio = wall_s / predicted_s"));
         if (r->in_place_copy_excluded)
             cJSON_AddItemToArray(notes, cJSON_CreateString(
                 "run-in-place: each run works on a fresh copy of the fine-tune; the copy is not timed"));

@@ -1054,7 +1054,7 @@ static cJSON *params_json(const nlsr_realign_params *p)
  * three checkpoints once and hashes base and source, which gives the key; then, unless the
  * state records this realignment, phase B overwrites the changed grains of the patched
  * tensors through the journal. Called with the lock held and the journal gated. */
-static uint64_t single_reserve(const nlsr_ctx *ctx)
+uint64_t nlsr_inplace_single_reserve(const nlsr_ctx *ctx)
 {
     uint64_t lim = ctx->budget.limit;
     uint64_t r = lim ? lim / 8 : SINGLE_RESERVE_MAX;
@@ -1074,7 +1074,7 @@ static int run_single(ip_job *J, const nlsr_ckpt *B, const nlsr_ckpt *S, int is_
     int rc = open_journal_files(J, T, &jn);
     nlsr_journal_close(jn);
     jn = NULL;
-    uint64_t reserve = single_reserve(ctx);
+    uint64_t reserve = nlsr_inplace_single_reserve(ctx);
     if (rc == 0)
         rc = nlsr_full_pass_begin(ctx, B, S, is_ref, T, J->p, flags, reserve, &rep, &P);
     if (rc < 0) goto done;
@@ -1190,7 +1190,7 @@ static int run_inplace_job(nlsr_ctx *ctx, const char *base, const char *aligned,
          * decides, realign_run.h), in row blocks when it holds less; prepare + apply through a
          * temporary patch file for other scorers. NLSR_RUN_PLAN forces one (tests). */
         nlsr_run_plan rp;
-        rc = nlsr_full_run_plan_inplace(ctx, B, S, T, p, single_reserve(ctx), &rp);
+        rc = nlsr_full_run_plan_inplace(ctx, B, S, T, p, nlsr_inplace_single_reserve(ctx), &rp);
         if (rc < 0) goto done;
         single = nlsr_full_run_choose(ctx, &rp, p, &flags);
         if (single < 0) {

@@ -57,4 +57,8 @@ typedef struct nlsr_inplace_ident {
 } nlsr_inplace_ident;
 uint64_t nlsr_inplace_key_full(const nlsr_inplace_ident *id, const nlsr_select_params *sp);
 
+/* Memory run --in-place's single pass sets aside for the journal's buffers (an eighth of the
+ * budget, within bounds): its run plan is nlsr_full_run_plan_inplace with this reserve. */
+uint64_t nlsr_inplace_single_reserve(const nlsr_ctx *ctx);
+
 #endif

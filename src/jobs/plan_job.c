@@ -16,6 +16,8 @@
 #include "../plan/planner.h"
 #include "../plan/progress.h"
 #include "../plan/targets.h"
+#include "../plan/timing.h"
+#include "inplace.h"
 #include "realign_run.h"
 #include "scorer.h"
 
@@ -84,9 +86,71 @@ static int open_and_plan(nlsr_ctx *ctx, const char *base, const char *aligned,
     return rc;
 }
 
-int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
-                    const nlsr_realign_params *params, double read_bw, double write_bw,
-                    const char *probe_dir, int json, FILE *out)
+/* The predicted time of run's plan (src/plan/timing.h): the run plan the job itself would make
+ * (in place: with the journal's reserve), its modules, the kernels calibrated now, the disk's
+ * rates. *have = 0 when there is nothing to predict (amplify, another scorer, no rates). */
+static int predict(nlsr_ctx *ctx, nlsr_ckpt *const ck[NLSR_PLAN_MAX_CK], const nlsr_plan *plan,
+                   const nlsr_realign_params *p, int in_place, double rbw, double wbw,
+                   const char *src, nlsr_timing_pred *t, int *have)
+{
+    *have = 0;
+    if (!ck[2] || !plan->has_run || rbw <= 0 || wbw <= 0) return 0;
+    nlsr_run_plan rp = plan->run;
+    if (in_place)
+        NLSR_FORWARD(nlsr_full_run_plan_inplace(ctx, ck[0], ck[1], ck[2], p,
+                                                nlsr_inplace_single_reserve(ctx), &rp));
+    nlsr_timing_mod *m = NULL;
+    size_t nm = 0;
+    NLSR_FORWARD(nlsr_timing_modules(ctx, ck[0], ck[1], ck[2], p, rp.single ? &rp : NULL, &m, &nm));
+    nlsr_kernel_rates k;
+    int rc = nlsr_timing_calibrate(ctx, 0, &k);
+    if (rc == 0) {
+        uint64_t ft_bytes = 0;
+        for (size_t s = 0; s < ck[2]->nshards; s++) ft_bytes += ck[2]->shards[s]->file_size;
+        if (rp.single)
+            nlsr_timing_single(m, nm, in_place, p->report_path != NULL, ft_bytes,
+                               plan->write_bytes,
+                               nlsr_timing_patched_fraction(p, nm), &k, rbw, wbw, t);
+        else
+            nlsr_timing_patchfile(m, nm, ft_bytes, plan->write_bytes, &k, rbw, wbw, t);
+        t->disk_source = src;
+        *have = 1;
+    }
+    free(m);
+    return rc;
+}
+
+/* The planner's printout with the prediction: after its text, or inside its JSON object. */
+static int print_with_prediction(const nlsr_plan *plan, double rbw, double wbw, const char *src,
+                                 const nlsr_timing_pred *t, int json, FILE *out)
+{
+    if (!json) {
+        int rc = nlsr_plan_print_to(plan, rbw, wbw, src, 0, out);
+        if (rc == 0) nlsr_timing_print(t, out);
+        return rc;
+    }
+    char *txt = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&txt, &len);
+    if (!m) return -ENOMEM;
+    int rc = nlsr_plan_print_to(plan, rbw, wbw, src, 1, m);
+    fclose(m);
+    cJSON *o = rc == 0 ? cJSON_Parse(txt) : NULL;
+    free(txt);
+    if (rc < 0) return rc;
+    if (!o) return -ENOMEM;
+    nlsr_timing_json(o, t);
+    char *s = cJSON_Print(o);
+    cJSON_Delete(o);
+    if (!s) return -ENOMEM;
+    fprintf(out, "%s\n", s);
+    free(s);
+    return 0;
+}
+
+static int plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
+                      const nlsr_realign_params *params, int in_place, double read_bw,
+                      double write_bw, const char *probe_dir, int json, FILE *out)
 {
     nlsr_err *e = &ctx->err;
     nlsr_realign_params p = params ? *params : NLSR_REALIGN_PARAMS_DEFAULT;
@@ -111,8 +175,15 @@ int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const 
     if (read_bw < 0) read_bw = 0;
     if (write_bw < 0) write_bw = 0;
     /* A run's plan with the lowrank or wanda scorer also shows the scorer's passes and memory. */
+    nlsr_timing_pred pred;
+    int have = 0;
+    if (finetuned && p.scorer.kind == NLSR_SCORER_MAGNITUDE)
+        rc = predict(ctx, ck, &plan, &p, in_place, read_bw, write_bw, src, &pred, &have);
+    if (rc < 0) goto done;
     if (finetuned && p.scorer.kind != NLSR_SCORER_MAGNITUDE)
         rc = nlsr_scorer_plan_print(ctx, &plan, ck[1], &p, read_bw, write_bw, src, json, out);
+    else if (have)
+        rc = print_with_prediction(&plan, read_bw, write_bw, src, &pred, json, out);
     else
         rc = nlsr_plan_print_to(&plan, read_bw, write_bw, src, json, out);
     if (rc < 0) nlsr_fail(e, rc, "plan: cannot print: %s", strerror(-rc));
@@ -125,6 +196,23 @@ done:
     nlsr_plan_free(&plan);
     for (int k = 0; k < NLSR_PLAN_MAX_CK; k++) nlsr_ckpt_free(ck[k]);
     return rc;
+}
+
+int nlsr_plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
+                    const nlsr_realign_params *params, double read_bw, double write_bw,
+                    const char *probe_dir, int json, FILE *out)
+{
+    return plan_print(ctx, base, aligned, finetuned, params, 0, read_bw, write_bw, probe_dir, json,
+                      out);
+}
+
+int nlsr_plan_print_in_place(nlsr_ctx *ctx, const char *base, const char *aligned,
+                             const char *finetuned, const nlsr_realign_params *params,
+                             double read_bw, double write_bw, const char *probe_dir, int json,
+                             FILE *out)
+{
+    return plan_print(ctx, base, aligned, finetuned, params, finetuned != NULL, read_bw, write_bw,
+                      probe_dir, json, out);
 }
 
 static int plan_read_job(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,
