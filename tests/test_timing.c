@@ -49,7 +49,7 @@ static nlsr_kernel_rates rates(void)
 static void test_module_compute(void)
 {
     nlsr_kernel_rates k = rates();
-    nlsr_timing_mod m = {20000, 16000, 2, 2, 2, 1, 0};
+    nlsr_timing_mod m = {20000, 16000, 2, 2, 2, 1, 0, 0};
     /* Two lanes: 20000/200 + 20000/100 + 20000/25 = 100 + 200 + 800. */
     ASSERT_NEAR(nlsr_timing_module_compute(&m, &k, 0), 1100, 1e-9);
     /* The hash (80000 bytes at 50/s = 1600) runs beside pass 3 (800): max. */
@@ -65,15 +65,37 @@ static void test_module_compute(void)
     m.fast = 0;
     ASSERT_NEAR(nlsr_timing_module_compute(&m, &k, 0), 1400, 1e-9);
     /* Under 4 chunks (16384 elements): one lane. */
-    nlsr_timing_mod s = {8000, 6400, 2, 2, 2, 1, 0};
+    nlsr_timing_mod s = {8000, 6400, 2, 2, 2, 1, 0, 0};
     ASSERT_NEAR(nlsr_timing_module_compute(&s, &k, 0), 80 + 160 + 320, 1e-9);
     /* k >= n: pass 1 only (and the hash). */
     m.fast = 1;
     m.k = m.n;
     ASSERT_NEAR(nlsr_timing_module_compute(&m, &k, 0), 100, 1e-9);
     ASSERT_NEAR(nlsr_timing_module_compute(&m, &k, 1), 180, 1e-9);
-    nlsr_timing_mod z = {0, 0, 2, 2, 2, 1, 0};
+    nlsr_timing_mod z = {0, 0, 2, 2, 2, 1, 0, 0};
     ASSERT_NEAR(nlsr_timing_module_compute(&z, &k, 1), 0, 0);
+}
+
+static void check_sums(const nlsr_timing_pred *t);
+
+/* Row blocks: a blocked module's passes 2 and 3 read it again from the page cache, a copy of
+ * 2 x (aligned + base) + fine-tune bytes per element at the merge rate, on the computing
+ * thread; a module that is not cut costs what the single pass costs. */
+static void test_rows(void)
+{
+    nlsr_kernel_rates k = rates();
+    k.xxh_bps = 1000;
+    nlsr_timing_mod whole = {20000, 16000, 2, 2, 2, 1, 0, 0};
+    nlsr_timing_mod cut = whole;
+    cut.blocked = 1;
+    nlsr_timing_pred a, b;
+    nlsr_timing_single(&whole, 1, 0, 0, 100000, 100000, 0.5, &k, 1000, 500, &a);
+    nlsr_timing_single(&cut, 1, 0, 0, 100000, 100000, 0.5, &k, 1000, 500, &b);
+    /* 20000 x (2 x 4 + 2) = 200000 bytes at merge_bps. */
+    ASSERT_NEAR(b.ph[0].compute_s - a.ph[0].compute_s, 200000 / k.merge_bps, 1e-9);
+    ASSERT_NEAR(b.ph[0].read_bytes, a.ph[0].read_bytes, 0);
+    ASSERT_TRUE(strcmp(b.plan, "row blocks") == 0 && strcmp(a.plan, "single pass") == 0);
+    check_sums(&b);
 }
 
 static void check_sums(const nlsr_timing_pred *t)
@@ -99,7 +121,7 @@ static void test_single(void)
     k.xxh_bps = 1000;
     /* Two modules of 20000 BF16 elements; the first's patch kept. Disk: read 1000 B/s, write
      * 500 B/s; half the modules expected patched; fine-tune 100000 bytes, output 100000. */
-    nlsr_timing_mod m[2] = {{20000, 16000, 2, 2, 2, 1, 1}, {20000, 16000, 2, 2, 2, 1, 0}};
+    nlsr_timing_mod m[2] = {{20000, 16000, 2, 2, 2, 1, 1, 0}, {20000, 16000, 2, 2, 2, 1, 0, 0}};
     nlsr_timing_pred t;
     nlsr_timing_single(m, 2, 0, 0, 100000, 100000, 0.5, &k, 1000, 500, &t);
     ASSERT_EQ_I(t.nphases, 2);
@@ -155,7 +177,7 @@ static void test_patchfile(void)
 {
     nlsr_kernel_rates k = rates();
     k.xxh_bps = 1000;
-    nlsr_timing_mod m = {20000, 16000, 2, 2, 2, 1, 0};
+    nlsr_timing_mod m = {20000, 16000, 2, 2, 2, 1, 0, 0};
     nlsr_timing_pred t;
     nlsr_timing_patchfile(&m, 1, 100000, 100000, &k, 1000, 500, &t);
     ASSERT_EQ_I(t.nphases, 2);
@@ -211,6 +233,7 @@ int main(int argc, char **argv)
     RUN_TEST(test_pipeline);
     RUN_TEST(test_module_compute);
     RUN_TEST(test_single);
+    RUN_TEST(test_rows);
     RUN_TEST(test_patchfile);
     RUN_TEST(test_patched_fraction);
     RUN_TEST(test_calibrate);

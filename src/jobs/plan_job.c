@@ -101,13 +101,13 @@ static int predict(nlsr_ctx *ctx, nlsr_ckpt *const ck[NLSR_PLAN_MAX_CK], const n
                                                 nlsr_inplace_single_reserve(ctx), &rp));
     nlsr_timing_mod *m = NULL;
     size_t nm = 0;
-    NLSR_FORWARD(nlsr_timing_modules(ctx, ck[0], ck[1], ck[2], p, rp.single ? &rp : NULL, &m, &nm));
+    NLSR_FORWARD(nlsr_timing_modules(ctx, ck[0], ck[1], ck[2], p, rp.single || rp.rows ? &rp : NULL, &m, &nm));
     nlsr_kernel_rates k;
     int rc = nlsr_timing_calibrate(ctx, 0, &k);
     if (rc == 0) {
         uint64_t ft_bytes = 0;
         for (size_t s = 0; s < ck[2]->nshards; s++) ft_bytes += ck[2]->shards[s]->file_size;
-        if (rp.single)
+        if (rp.single || rp.rows)
             nlsr_timing_single(m, nm, in_place, p->report_path != NULL, ft_bytes,
                                plan->write_bytes,
                                nlsr_timing_patched_fraction(p, nm), &k, rbw, wbw, t);

@@ -382,6 +382,12 @@ static int phase_pipeline(const nlsr_timing_mod *m, size_t nm, int with_ft, int 
         r[i] = per(bytes, rbw);
         /* The report's audit hashes every byte the stream delivers, on the same thread. */
         c[i] = nlsr_timing_module_compute(&m[i], k, hash) + (audit ? per(bytes, k->xxh_bps) : 0);
+        /* Row blocks: pass 2 reads base and aligned again, pass 3 all three; a module's bytes
+         * are still in the page cache then (they were read a moment before), so the re-reads
+         * cost a copy each, on the computing thread. */
+        if (m[i].blocked && m[i].k < m[i].n)
+            c[i] += per((double)m[i].n * (2.0 * (m[i].asz + m[i].bsz) + (with_ft ? m[i].tsz : 0)),
+                        k->merge_bps);
         rs += r[i];
         cs += c[i];
     }
@@ -396,7 +402,10 @@ void nlsr_timing_single(const nlsr_timing_mod *m, size_t nm, int inplace, int au
                         const nlsr_kernel_rates *k, double rbw, double wbw, nlsr_timing_pred *t)
 {
     memset(t, 0, sizeof *t);
-    t->plan = inplace ? "single pass in place" : "single pass";
+    int rows = 0;
+    for (size_t i = 0; i < nm; i++) rows |= m[i].blocked;
+    t->plan = rows ? (inplace ? "row blocks in place" : "row blocks")
+                   : (inplace ? "single pass in place" : "single pass");
     t->patched_fraction = f;
     if (phase_pipeline(m, nm, 1, inplace, audit, k, rbw, &t->ph[0], "similarities") == 0)
         t->nphases = 1;
@@ -511,6 +520,13 @@ int nlsr_timing_modules(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *s
             M->kept = 1;
             kept++;
         }
+    }
+    /* Row blocks cut the modules that do not fit a block: the largest ones. */
+    for (size_t b = 0; rp && rp->rows && b < rp->blocked && b < n; b++) {
+        size_t big = n;
+        for (size_t i = 0; i < n; i++)
+            if (!m[i].blocked && (big == n || m[i].n > m[big].n)) big = i;
+        if (big < n) m[big].blocked = 1;
     }
     *out = m;
     *nm = n;

@@ -44,6 +44,7 @@ typedef struct nlsr_timing_mod {
     unsigned asz, bsz, tsz;      /* bytes per element: aligned, base, fine-tune */
     int fast;                    /* BF16 aligned and base: the fused kernels and the lanes */
     int kept;                    /* its patch is kept in memory for phase B */
+    int blocked;                 /* row blocks: passes 2 and 3 read it again */
 } nlsr_timing_mod;
 
 enum { NLSR_TPH_MAX = 4 };
