@@ -17,6 +17,8 @@
 #            `apply --in-place --select none` and `run --in-place --select none` (they write
 #            nothing into the holes).
 #  sparse405 the same at 405B shapes (126 layers, hidden 16384, intermediate 53248).
+#  SPARSE_LAYERS=N makes the sparse checkpoints of the first N layers only (default: all);
+#  SPARSE_JOBS="prepare apply run" (default) picks the measured commands.
 # Every measured command: peak RSS (GNU time %M) at most budget + 64 MiB.
 # The machine is shared: `uptime` is recorded before and after each stage; compare ratios
 # within one run. TIMEOUT (seconds, default 7200) bounds each command; a command that runs
@@ -81,19 +83,26 @@ header() {
 footer() { echo -e "\nload after: $(uptime | sed 's/.*load average/load average/')" >>"$MD"; }
 
 sparse_stage() { # stage preset
-  local st=$1 preset=$2 d=$S/$1 b=$((512 << 20))
+  local st=$1 preset=$2 d=$S/$1 b=$((512 << 20)) layers=${SPARSE_LAYERS:-0} what="every layer"
+  local jobs=${SPARSE_JOBS:-prepare apply run}
+  [ "$layers" = 0 ] || what="the first $layers layers"
   rm -rf "$d"
-  for r in base aligned ft; do python3 bench/sparse_ckpt.py --preset "$preset" --out "$d/$r" >/dev/null; done
-  header "$st: $preset, every layer, sparse checkpoints, --mem-budget 512M"
+  for r in base aligned ft; do
+    python3 bench/sparse_ckpt.py --preset "$preset" --layers "$layers" --out "$d/$r" >/dev/null
+  done
+  header "$st: $preset, $what, sparse checkpoints, --mem-budget 512M ($(git describe --always --dirty 2>/dev/null))"
   drop
+  case " $jobs " in *" prepare "*)
   measure "$st" prepare $b $NLSR prepare --base "$d/base" --aligned "$d/aligned" --out "$d/p.nlsrp" \
-    --mem-budget 512M
+    --mem-budget 512M ;;
+  esac
   if [ -f "$d/p.nlsrp" ]; then
     echo "patch file: $(stat -c %s "$d/p.nlsrp") bytes" >>"$S/$st-prepare.log"
     drop
     measure "$st" "apply --in-place --select none" $b $NLSR apply --patches "$d/p.nlsrp" \
       --in-place "$d/ft" --select none --mem-budget 512M
   fi
+  case " $jobs " in *" run "*) ;; *) footer; rm -rf "$d"; return ;; esac
   drop
   measure "$st" "run --in-place --select none" $b $NLSR run --base "$d/base" --aligned "$d/aligned" \
     --finetuned "$d/ft" --in-place --select none --mem-budget 512M
