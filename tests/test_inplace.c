@@ -40,6 +40,7 @@
 #include "../src/io/file.h"
 #include "../src/io/outpath.h"
 #include "../src/io/journal.h"
+#include "../src/io/patchfile.h" /* nlsr_xxh64 */
 #include "../src/jobs/inplace.h"
 #include "../src/jobs/realign_full.h"
 #include "nlsr.h"
@@ -377,6 +378,44 @@ static void test_matches_out(void)
     free(d);
 }
 
+static uint64_t rd64(const unsigned char *p);
+
+/* In the realigned folder d, tensor `name`: the file offset of its first element the
+ * realignment changed and of the first it left as it was in the same 4 KiB grain. */
+static const char *changed_and_same(const char *d, const char *name, uint64_t *changed,
+                                    uint64_t *same)
+{
+    static char file[4096];
+    nlsr_ckpt *ck = open_ck(d), *fk = open_ck(FT);
+    size_t ti, fi;
+    ASSERT_EQ_I(nlsr_ckpt_find(ck, name, &ti), 0);
+    ASSERT_EQ_I(nlsr_ckpt_find(fk, name, &fi), 0);
+    uint64_t n = 0, n2 = 0;
+    unsigned char *now = tensor_bytes(ck, ti, &n), *was = tensor_bytes(fk, fi, &n2);
+    ASSERT_TRUE(n == n2 && n > 0);
+    nlsr_tensor_info inf;
+    nlsr_ckpt_tensor_info(ck, ti, &inf);
+    size_t w = nlsr_dtype_size(inf.dtype);
+    uint64_t c = UINT64_MAX, u = UINT64_MAX;
+    for (uint64_t i = 0; i + w <= n && c == UINT64_MAX; i += w)
+        if (memcmp(now + i, was + i, w) != 0) c = i;
+    ASSERT_TRUE(c != UINT64_MAX);
+    uint64_t g = (inf.offset + c) / NLSR_JOURNAL_GRAIN * NLSR_JOURNAL_GRAIN;
+    for (uint64_t i = 0; i + w <= n && u == UINT64_MAX; i += w)
+        if (memcmp(now + i, was + i, w) == 0 && (inf.offset + i) / NLSR_JOURNAL_GRAIN *
+                                                        NLSR_JOURNAL_GRAIN == g)
+            u = i;
+    ASSERT_TRUE(u != UINT64_MAX);
+    *changed = inf.offset + c;
+    *same = inf.offset + u;
+    snprintf(file, sizeof file, "%s", inf.file);
+    free(now);
+    free(was);
+    nlsr_ckpt_free(ck);
+    nlsr_ckpt_free(fk);
+    return file;
+}
+
 static void test_state_and_force(void)
 {
     char *d = wpath("state");
@@ -412,23 +451,42 @@ static void test_state_and_force(void)
     ASSERT_EQ_I(rollback(d, 0, 0, &r2, NULL, 0), 0);
     ASSERT_TRUE(folders_equal(d, ref_all));
     ASSERT_TRUE(only_lock_left(d));
-    /* A rollback of a finished realignment whose bytes changed since is refused. */
+    /* A rollback of a finished realignment whose bytes changed since is refused; --force
+     * restores the originals of the elements the realignment changed. */
     copy_dir(FT, d);
     ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ALL, 0, NULL, &r2, NULL, 0), 0);
-    nlsr_ckpt *ck = open_ck(d);
-    size_t ti;
-    ASSERT_EQ_I(nlsr_ckpt_find(ck, "model.layers.1.mlp.up_proj.weight", &ti), 0);
-    nlsr_tensor_info inf;
-    nlsr_ckpt_tensor_info(ck, ti, &inf);
-    int fd = open(inf.file, O_WRONLY);
-    ASSERT_EQ_I(pwrite(fd, "\x01\x02", 2, (off_t)inf.offset + 10), 2);
+    uint64_t el_changed, el_same;
+    const char *file = changed_and_same(d, "model.layers.1.mlp.up_proj.weight", &el_changed,
+                                        &el_same);
+    int fd = open(file, O_WRONLY);
+    ASSERT_EQ_I(pwrite(fd, "\x01\x02", 2, (off_t)el_changed), 2);
     close(fd);
-    nlsr_ckpt_free(ck);
     ASSERT_EQ_I(rollback(d, 0, 0, &r2, msg, sizeof msg), NLSR_E_MISMATCH);
     ASSERT_CONTAINS(msg, "changed after the realignment finished");
     ASSERT_EQ_I(journal_state(d), NLSR_JOURNAL_COMPLETE);
     ASSERT_EQ_I(rollback(d, 1, 0, &r2, NULL, 0), 0);
     ASSERT_TRUE(folders_equal(d, FT));
+    /* An element the realignment left as it was, changed since: the journal (version 2) does
+     * not hold its original, so even --force refuses, and writes nothing. */
+    ASSERT_EQ_I(apply_ip(patches, d, NLSR_SELECT_ALL, 0, NULL, &r2, NULL, 0), 0);
+    unsigned char keep[2];
+    fd = open(file, O_RDWR);
+    ASSERT_EQ_I(pread(fd, keep, 2, (off_t)el_same), 2);
+    unsigned char poke[2] = {(unsigned char)(keep[0] ^ 1), keep[1]};
+    ASSERT_EQ_I(pwrite(fd, poke, 2, (off_t)el_same), 2);
+    char *snap = wpath("state_snap");
+    copy_dir(d, snap);
+    for (int force = 0; force < 2; force++) {
+        ASSERT_EQ_I(rollback(d, force, 0, &r2, msg, sizeof msg), NLSR_E_MISMATCH);
+        ASSERT_CONTAINS(msg, force ? "holds only the elements" : "changed after the realignment");
+        ASSERT_TRUE(folders_equal(d, snap));
+        ASSERT_EQ_I(journal_state(d), NLSR_JOURNAL_COMPLETE);
+    }
+    ASSERT_EQ_I(pwrite(fd, keep, 2, (off_t)el_same), 2);
+    close(fd);
+    ASSERT_EQ_I(rollback(d, 0, 0, &r2, NULL, 0), 0);
+    ASSERT_TRUE(folders_equal(d, FT));
+    free(snap);
     free(sh);
     free(d);
 }
@@ -727,6 +785,55 @@ static void test_changed_grains(void)
     free(half);
     nlsr_ckpt_free(ck);
     nlsr_ckpt_free(rk);
+    free(d);
+}
+
+/* Journals of version 1 (whole grains' original bytes, written by nlsr before version 2) still
+ * roll back; version 2 holds only the changed elements and is smaller; another version is
+ * refused with a message saying what to do. */
+static void test_journal_versions(void)
+{
+    char *d = wpath("versions"), *jp = join(d, NLSR_JOURNAL_NAME);
+    nlsr_inplace_result r1, r2;
+    char msg[1024];
+    size_t len = 0;
+    for (int v = 1; v <= 2; v++) {
+        copy_dir(FT, d);
+        if (v == 1) setenv("NLSR_TEST_JOURNAL_VERSION", "1", 1);
+        int rc = run_ip(d, "single", NLSR_SELECT_ADAPTIVE, 0, 0, v == 1 ? &r1 : &r2, NULL, 0);
+        unsetenv("NLSR_TEST_JOURNAL_VERSION");
+        ASSERT_EQ_I(rc, 0);
+        ASSERT_TRUE(folders_equal(d, ref_default));
+        unsigned char *j = read_all(jp, &len);
+        ASSERT_TRUE(j && len > 4096);
+        ASSERT_EQ_U(rd64(j + 8) & 0xffffffffu, (uint64_t)v);
+        free(j);
+        nlsr_inplace_result rr;
+        ASSERT_EQ_I(rollback(d, 0, 0, &rr, NULL, 0), 0);
+        ASSERT_TRUE(folders_equal(d, FT));
+        ASSERT_TRUE(only_lock_left(d));
+    }
+    ASSERT_EQ_U(r2.bytes_written, r1.bytes_written);
+    ASSERT_STR_EQ(r2.result, r1.result);
+    if (!(r2.journal_bytes < r1.journal_bytes))
+        FAILF("journal version 2 took %llu bytes, version 1 %llu",
+              (unsigned long long)r2.journal_bytes, (unsigned long long)r1.journal_bytes);
+    /* Version 3, with a valid preamble checksum: refused, nothing written. */
+    copy_dir(FT, d);
+    ASSERT_EQ_I(run_ip(d, "single", NLSR_SELECT_ADAPTIVE, 0, 0, &r2, NULL, 0), 0);
+    unsigned char *j = read_all(jp, &len);
+    ASSERT_TRUE(j != NULL);
+    j[8] = 3;
+    uint64_t h = nlsr_xxh64(j, 56, 0);
+    for (int i = 0; i < 8; i++) j[56 + i] = (unsigned char)(h >> (8 * i));
+    write_all(jp, j, len);
+    nlsr_inplace_result rr;
+    ASSERT_EQ_I(rollback(d, 0, 0, &rr, msg, sizeof msg), NLSR_E_JOURNAL);
+    ASSERT_CONTAINS(msg, "journal version 3 is not supported");
+    ASSERT_CONTAINS(msg, "roll it back with the nlsr that wrote it");
+    ASSERT_TRUE(folders_equal(d, ref_default));
+    free(j);
+    free(jp);
     free(d);
 }
 
@@ -1083,9 +1190,15 @@ static void test_full_disk(void)
         free(p);
     }
     if (dd) closedir(dd);
-    /* Room for the lock file, the journal's header and a few records, not the whole journal;
-     * then room for the lock file alone. */
-    uint64_t spare[2] = {16 * 4096, 1 * 4096};
+    /* Room for the lock file, the journal's header and about half its records, not the whole
+     * journal (its size measured on a copy); then room for the lock file alone. */
+    char *probe = wpath("disk_probe");
+    copy_dir(FT, probe);
+    nlsr_inplace_result pr;
+    ASSERT_EQ_I(apply_ip(patches, probe, NLSR_SELECT_ADAPTIVE, 0, NULL, &pr, NULL, 0), 0);
+    free(probe);
+    ASSERT_TRUE(pr.journal_bytes > 3 * 4096);
+    uint64_t spare[2] = {pages(4096 + (pr.journal_bytes - 4096) / 2), 1 * 4096};
     for (int i = 0; i < 2; i++) {
         if (!mount_tmpfs(mnt, fx + 4096 + spare[i])) {
             free(mnt);
@@ -1305,6 +1418,7 @@ int main(int argc, char **argv)
     RUN_TEST(test_run_plans);
     RUN_TEST(test_old_key_state);
     RUN_TEST(test_changed_grains);
+    RUN_HOOK_TEST(test_journal_versions);
     RUN_HOOK_TEST(test_kill_apply);
     RUN_HOOK_TEST(test_kill_lora_and_run);
     RUN_HOOK_TEST(test_kill_rollback);

@@ -258,6 +258,143 @@ static void from_planes(const unsigned char *src, unsigned char *dst, size_t len
         for (size_t b = 0; b < w; b++) dst[i * w + b] = src[b * m + i];
 }
 
+/* ---- version 2 payloads: only the elements that change --------------------------------- */
+
+/* Element i of width w differs between a and b. */
+static int elem_differs(const unsigned char *a, const unsigned char *b, size_t i, size_t w)
+{
+    switch (w) {
+    case 2: {
+        uint16_t x, y;
+        memcpy(&x, a + 2 * i, 2);
+        memcpy(&y, b + 2 * i, 2);
+        return x != y;
+    }
+    case 4: {
+        uint32_t x, y;
+        memcpy(&x, a + 4 * i, 4);
+        memcpy(&y, b + 4 * i, 4);
+        return x != y;
+    }
+    case 8: {
+        uint64_t x, y;
+        memcpy(&x, a + 8 * i, 8);
+        memcpy(&y, b + 8 * i, 8);
+        return x != y;
+    }
+    }
+    return a[i] != b[i];
+}
+
+/* Set bits of x, without the library call a build for generic x86-64 makes of the builtin. */
+static unsigned popcount64(uint64_t x)
+{
+    x = x - ((x >> 1) & 0x5555555555555555ull);
+    x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+    return (unsigned)((x * 0x0101010101010101ull) >> 56);
+}
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* Bit k (k < 4) set when 16-bit lane k of a ^ b is not zero: four BF16/F16 elements compared
+ * at once, the common case (the element loop is several times slower). */
+static unsigned differ4x16(uint64_t a, uint64_t b)
+{
+    const uint64_t lo = 0x7FFF7FFF7FFF7FFFull;
+    uint64_t x = a ^ b;
+    uint64_t t = (((x & lo) + lo) | x) & ~lo; /* the top bit of each non-zero lane */
+    t >>= 15;
+    return (unsigned)((t | t >> 15 | t >> 30 | t >> 45) & 0xF);
+}
+#endif
+
+/* Bytes of the bitmap of m elements. */
+static size_t bitmap_bytes(size_t m)
+{
+    return (m + 7) / 8;
+}
+
+/* A version 2 range payload in dst: the bitmap of the elements whose new bytes differ from the
+ * original ones (bit i%8 of byte i/8 for element i), then the c changed elements' original
+ * bytes as byte planes (byte j of the k-th changed element at j*c + k). Returns its length.
+ * Only about a fifth of a realigned tensor's elements change, while whole 4 KiB grains are
+ * rewritten: the rest of a grain's original bytes are its new bytes, which rollback reads
+ * from the file. */
+static size_t sparse_payload(const unsigned char *orig, const unsigned char *neu, size_t len,
+                             size_t w, unsigned char *dst)
+{
+    size_t m = len / w, nb = bitmap_bytes(m), c = 0;
+    memset(dst, 0, nb);
+    for (size_t i0 = 0; i0 < m; i0 += 64) {
+        size_t n = m - i0 < 64 ? m - i0 : 64;
+        uint64_t bits = 0;
+        size_t i = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        if (w == 2) { /* lane k of a word is element i + k */
+            const unsigned char *a = orig + 2 * i0, *b = neu + 2 * i0;
+            for (; i + 4 <= n; i += 4) {
+                uint64_t x, y;
+                memcpy(&x, a + 2 * i, 8);
+                memcpy(&y, b + 2 * i, 8);
+                bits |= (uint64_t)differ4x16(x, y) << i;
+            }
+        }
+#endif
+        {
+            for (; i < n; i++) bits |= (uint64_t)elem_differs(orig, neu, i0 + i, w) << i;
+        }
+        for (size_t k = 0; k < (n + 7) / 8; k++) dst[i0 / 8 + k] = (unsigned char)(bits >> (8 * k));
+        c += popcount64(bits);
+    }
+    unsigned char *pl = dst + nb;
+    size_t k = 0;
+    for (size_t i0 = 0; i0 < m; i0 += 64) {
+        size_t n = m - i0 < 64 ? m - i0 : 64;
+        uint64_t bits = 0;
+        for (size_t b = 0; b < (n + 7) / 8; b++) bits |= (uint64_t)dst[i0 / 8 + b] << (8 * b);
+        while (bits) {
+            size_t i = i0 + (size_t)__builtin_ctzll(bits);
+            bits &= bits - 1;
+            if (w == 2) {
+                pl[k] = orig[2 * i];
+                pl[c + k] = orig[2 * i + 1];
+            } else {
+                for (size_t b = 0; b < w; b++) pl[b * c + k] = orig[i * w + b];
+            }
+            k++;
+        }
+    }
+    return nb + c * w;
+}
+
+/* Rebuilds a version 2 range's original bytes in out from its decoded payload (pay, plen
+ * bytes) and the range's current bytes `cur`: changed elements from the payload, the others
+ * from the file (their original bytes were never changed). 0, or 1 when plen does not match
+ * the bitmap. */
+static int sparse_restore(const unsigned char *pay, size_t plen, const unsigned char *cur,
+                          size_t len, size_t w, unsigned char *out)
+{
+    size_t m = len / w, nb = bitmap_bytes(m), c = 0;
+    if (plen < nb) return 1;
+    for (size_t k = 0; k < nb; k++) c += popcount64(pay[k]);
+    /* Bits past the last element are zero in a payload the writer made. */
+    if (m % 8 && (pay[nb - 1] >> (m % 8))) return 1;
+    if (plen != nb + c * w) return 1;
+    memcpy(out, cur, len);
+    const unsigned char *pl = pay + nb;
+    size_t k = 0;
+    for (size_t i0 = 0; i0 < m; i0 += 8) {
+        unsigned bits = pay[i0 / 8];
+        while (bits) {
+            size_t i = i0 + (size_t)__builtin_ctz(bits);
+            bits &= bits - 1;
+            for (size_t b = 0; b < w; b++) out[i * w + b] = pl[b * c + k];
+            k++;
+        }
+    }
+    return 0;
+}
+
 static int plain_name(const char *s, size_t n)
 {
     if (n == 0 || n > MAX_NAME || memchr(s, '\0', n) || memchr(s, '/', n)) return 0;
@@ -290,8 +427,9 @@ struct nlsr_journal {
     size_t nfiles;
     jfile *files;
     size_t rec_cap;     /* original bytes per record */
+    uint32_t version;   /* 2; 1 only in tests of old journals (NLSR_TEST_JOURNAL_VERSION) */
     unsigned char *batch, *plane, *cbuf;
-    size_t batch_cap, batch_used, cbuf_cap, charged;
+    size_t batch_cap, batch_used, cbuf_cap, plane_cap, charged;
     staged *st;
     size_t nst, st_cap;
     ZSTD_CCtx *cctx;
@@ -345,14 +483,20 @@ int nlsr_journal_begin(nlsr_ctx *ctx, const char *dir, const nlsr_journal_opts *
     if (!(o && o->batch_bytes) && batch > room / 8) batch = room / 8;
     if (batch < rec) batch = rec;
     j->batch_cap = (size_t)batch;
-    j->cbuf_cap = REC_HDR + MAX_NAME + ZSTD_compressBound(j->rec_cap);
+    /* Version 2's payload before compression: a bitmap of the changed elements (one bit per
+     * element, at most rec_cap/8 bytes for width 1) and the changed elements' original bytes. */
+    j->plane_cap = j->rec_cap + j->rec_cap / 8 + 8;
+    j->cbuf_cap = REC_HDR + MAX_NAME + ZSTD_compressBound(j->plane_cap);
+    j->version = NLSR_JOURNAL_VERSION;
+    if (env_u64("NLSR_TEST_JOURNAL_VERSION") == 1) j->version = 1;
     nlsr_xxh64_init(&j->result, 0);
     int rc = 0;
     if (!j->dir || !j->path) rc = nlsr_fail(e, -ENOMEM, "out of memory");
     if (rc == 0)
         rc = nlsr_budget_alloc(&ctx->budget, j->batch_cap, "journal batch", (void **)&j->batch, e);
     if (rc == 0)
-        rc = nlsr_budget_alloc(&ctx->budget, j->rec_cap, "journal planes", (void **)&j->plane, e);
+        rc = nlsr_budget_alloc(&ctx->budget, j->plane_cap, "journal planes", (void **)&j->plane,
+                               e);
     if (rc == 0)
         rc = nlsr_budget_alloc(&ctx->budget, j->cbuf_cap, "journal record", (void **)&j->cbuf, e);
     if (rc == 0 && !(j->cctx = ZSTD_createCCtx())) rc = nlsr_fail(e, -ENOMEM, "out of memory");
@@ -441,10 +585,10 @@ fail:
     return rc;
 }
 
-static void fill_preamble(unsigned char *p, uint64_t id, uint32_t flags)
+static void fill_preamble(unsigned char *p, uint32_t version, uint64_t id, uint32_t flags)
 {
     memcpy(p, PRE_MAGIC, 8);
-    put32(p + 8, NLSR_JOURNAL_VERSION);
+    put32(p + 8, version);
     put32(p + 12, flags);
     put64(p + 16, id);
     put64(p + 24, (uint64_t)time(NULL));
@@ -507,7 +651,7 @@ static int create(nlsr_journal *j)
     }
     unsigned char *h = calloc(1, NLSR_JOURNAL_DATA_START);
     NLSR_FAIL_IF(!h, e, -ENOMEM, "out of memory");
-    fill_preamble(h, j->id, j->follow ? NLSR_JOURNAL_FLAG_LINKS : 0);
+    fill_preamble(h, j->version, j->id, j->follow ? NLSR_JOURNAL_FLAG_LINKS : 0);
     j->seq = 1;
     j->end = NLSR_JOURNAL_DATA_START;
     fill_slot(h + slot_offset(1), 1, NLSR_JOURNAL_WRITING, 0, j->end, 0, j->id);
@@ -522,20 +666,26 @@ static int create(nlsr_journal *j)
     return rc;
 }
 
-/* Builds one record in buf (header, name, zstd frame of `src` as byte planes) and appends it. */
+/* Builds one record in buf (header, name, zstd frame of the payload) and appends it. The
+ * payload is `src` as byte planes (version 1, and the end record), or for a range of version 2
+ * sparse_payload's bitmap and changed elements (`neu`: the new bytes). */
 static int append(nlsr_journal *j, unsigned char *buf, size_t cap, uint32_t type, const jfile *f,
-                  uint64_t off, const unsigned char *src, size_t len, size_t width,
-                  uint64_t h_new)
+                  uint64_t off, const unsigned char *src, const unsigned char *neu, size_t len,
+                  size_t width, uint64_t h_new)
 {
     nlsr_err *e = &j->ctx->err;
     size_t nlen = f ? strlen(f->name) : 0;
     const unsigned char *in = src;
-    if (width > 1) {
+    size_t in_len = len;
+    if (type == REC_RANGE && j->version >= 2) {
+        in_len = sparse_payload(src, neu, len, width, j->plane);
+        in = j->plane;
+    } else if (width > 1) {
         to_planes(src, j->plane, len, width);
         in = j->plane;
     }
     unsigned char *pay = buf + REC_HDR + nlen;
-    size_t cs = ZSTD_compress2(j->cctx, pay, cap - REC_HDR - nlen, in, len);
+    size_t cs = ZSTD_compress2(j->cctx, pay, cap - REC_HDR - nlen, in, in_len);
     NLSR_FAIL_IF(ZSTD_isError(cs), e, NLSR_E_FORMAT, "%s: zstd: %s", j->path, ZSTD_getErrorName(cs));
     unsigned char *h = buf;
     memset(h, 0, REC_HDR);
@@ -595,8 +745,8 @@ int nlsr_journal_stage(nlsr_journal *j, uint32_t id, uint64_t off, const void *o
             j->st_cap = cap;
         }
         uint64_t h_new = nlsr_xxh64(n, k, 0);
-        NLSR_FORWARD(jfail(j, append(j, j->cbuf, j->cbuf_cap, REC_RANGE, f, off, o, k, width,
-                                     h_new)));
+        NLSR_FORWARD(jfail(j, append(j, j->cbuf, j->cbuf_cap, REC_RANGE, f, off, o, n, k,
+                                     width, h_new)));
         memcpy(j->batch + j->batch_used, n, k);
         j->st[j->nst++] = (staged){id, off, k, j->batch_used};
         j->batch_used += k;
@@ -692,7 +842,7 @@ int nlsr_journal_complete(nlsr_journal *j, const char *json)
     size_t cap = REC_HDR + ZSTD_compressBound(len);
     unsigned char *buf = malloc(cap);
     NLSR_FAIL_IF(!buf, e, jfail(j, -ENOMEM), "out of memory");
-    int rc = append(j, buf, cap, REC_END, NULL, 0, (const unsigned char *)json, len, 1, 0);
+    int rc = append(j, buf, cap, REC_END, NULL, 0, (const unsigned char *)json, NULL, len, 1, 0);
     free(buf);
     if (rc == 0) rc = d_fsync(e, j->fd, j->path);
     if (rc == 0) rc = write_slot(j, NLSR_JOURNAL_COMPLETE);
@@ -733,7 +883,7 @@ void nlsr_journal_close(nlsr_journal *j)
     if (!j) return;
     nlsr_budget *b = &j->ctx->budget;
     nlsr_budget_free(b, j->batch, j->batch_cap);
-    nlsr_budget_free(b, j->plane, j->rec_cap);
+    nlsr_budget_free(b, j->plane, j->plane_cap);
     nlsr_budget_free(b, j->cbuf, j->cbuf_cap);
     ZSTD_freeCCtx(j->cctx);
     for (size_t i = 0; i < j->nfiles; i++) {
@@ -824,9 +974,14 @@ static int read_head(nlsr_ctx *ctx, int fd, const char *path, nlsr_journal_info 
         info->id = get64(h + 16);
         info->flags = get32(h + 12);
         info->created = get64(h + 24);
-        NLSR_FAIL_IF(get32(h + 8) != NLSR_JOURNAL_VERSION, e, NLSR_E_JOURNAL,
-                     "%s: journal version %u is not supported (this nlsr reads version %u)", path,
-                     get32(h + 8), NLSR_JOURNAL_VERSION);
+        info->version = get32(h + 8);
+        /* Version 1 (whole original grains) is still read: a journal written by an older
+         * nlsr rolls back with this one. */
+        NLSR_FAIL_IF(info->version != 1 && info->version != NLSR_JOURNAL_VERSION, e,
+                     NLSR_E_JOURNAL,
+                     "%s: journal version %u is not supported (this nlsr reads versions 1 and "
+                     "%u): roll it back with the nlsr that wrote it",
+                     path, info->version, NLSR_JOURNAL_VERSION);
         va = parse_slot(h + SLOT_A, info->id, &a);
         vb = parse_slot(h + SLOT_B, info->id, &b);
     }
@@ -844,6 +999,13 @@ static int read_head(nlsr_ctx *ctx, int fd, const char *path, nlsr_journal_info 
     info->state = (nlsr_journal_state)best->state;
     info->records = best->records;
     return 0;
+}
+
+/* Largest decompressed payload of a record of len bytes: version 2's bitmap and every element
+ * (width 1: len/8 bytes more), which bounds version 1's len too. */
+static size_t payload_max(size_t len)
+{
+    return len + len / 8 + 8;
 }
 
 /* Reads a record header at `at`. 0: valid; 1: incomplete or invalid (*why says which);
@@ -891,7 +1053,7 @@ static int read_rec(nlsr_ctx *ctx, int fd, const char *path, uint64_t at, uint64
     int wok = r->width == 1 || r->width == 2 || r->width == 4 || r->width == 8;
     uint64_t lim = r->type == REC_END ? MAX_END_JSON : NLSR_JOURNAL_MAX_RECORD;
     if ((r->type != REC_RANGE && r->type != REC_END) || !wok || r->len > lim ||
-        r->len % r->width || r->csize > ZSTD_compressBound((size_t)r->len) ||
+        r->len % r->width || r->csize > ZSTD_compressBound(payload_max((size_t)r->len)) ||
         (r->type == REC_RANGE && (!plain_name(r->name, r->namelen) || r->len == 0 ||
                                   r->off > r->fsize || r->len > r->fsize - r->off))) {
         *why = "its header holds impossible values";
@@ -905,14 +1067,21 @@ static int read_rec(nlsr_ctx *ctx, int fd, const char *path, uint64_t at, uint64
     return 0;
 }
 
-/* Reads, checks and decodes the payload of a valid header into out->p (r->len bytes).
- * 0: valid; 1: damaged (*why); < 0: error. */
-static int read_payload(nlsr_ctx *ctx, int fd, const char *path, const rec *r, rbuf *cb,
-                        rbuf *pb, rbuf *out, ZSTD_DCtx *dctx, const char **why)
+/* Reads, checks and decodes the payload of a valid header into out->p (r->len bytes): the
+ * original bytes of the range. A range of version 2 needs `cur`, the range's current bytes,
+ * for the elements it does not hold. 0: valid; 1: damaged (*why); 2 (version 2 only): the
+ * payload is intact but the original bytes rebuilt with the file's fail their checksum, so
+ * elements the run did not change were changed since; < 0: error. */
+static int read_payload(nlsr_ctx *ctx, int fd, const char *path, const rec *r, uint32_t version,
+                        const unsigned char *cur, rbuf *cb, rbuf *pb, rbuf *out,
+                        ZSTD_DCtx *dctx, const char **why)
 {
     size_t len = (size_t)r->len;
+    int sparse = version >= 2 && r->type == REC_RANGE;
+    /* Version 2: the bitmap and at most every element; one byte more shows an overlong frame. */
+    size_t pcap = sparse ? len + bitmap_bytes(len / r->width) : len;
     NLSR_FORWARD(rbuf_need(ctx, cb, (size_t)r->csize + 1, "journal payload"));
-    NLSR_FORWARD(rbuf_need(ctx, pb, len + 1, "journal planes"));
+    NLSR_FORWARD(rbuf_need(ctx, pb, pcap + 1, "journal planes"));
     NLSR_FORWARD(rbuf_need(ctx, out, len + 1, "journal original bytes"));
     NLSR_FORWARD(nlsr_pread_all(fd, cb->p, (size_t)r->csize, r->at + REC_HDR + r->namelen, path,
                                 &ctx->err));
@@ -920,7 +1089,20 @@ static int read_payload(nlsr_ctx *ctx, int fd, const char *path, const rec *r, r
         *why = "its payload fails its checksum";
         return 1;
     }
-    size_t d = ZSTD_decompressDCtx(dctx, pb->p, len, cb->p, (size_t)r->csize);
+    size_t d = ZSTD_decompressDCtx(dctx, pb->p, pcap + 1, cb->p, (size_t)r->csize);
+    if (sparse) {
+        if (ZSTD_isError(d) || d > pcap ||
+            sparse_restore(pb->p, d, cur, len, r->width, out->p) != 0) {
+            *why = "its payload does not decompress to a bitmap and the elements it names";
+            return 1;
+        }
+        if (nlsr_xxh64(out->p, len, 0) != r->h_orig) {
+            *why = "the original bytes rebuilt from it and the range's unchanged elements fail "
+                   "their checksum";
+            return 2;
+        }
+        return 0;
+    }
     if (ZSTD_isError(d) || d != len) {
         *why = "its payload does not decompress to the recorded length";
         return 1;
@@ -966,7 +1148,7 @@ static int read_end(nlsr_ctx *ctx, int fd, const char *path, const slot *s,
         why = "it is not the end record the slot names";
         rc = 1;
     }
-    if (rc == 0) rc = read_payload(ctx, fd, path, &r, &cb, &pb, &ob, dctx, &why);
+    if (rc == 0) rc = read_payload(ctx, fd, path, &r, info->version, NULL, &cb, &pb, &ob, dctx, &why);
     if (rc == 1)
         rc = nlsr_fail(&ctx->err, NLSR_E_CHECKSUM,
                        "%s: the end record at offset %" PRIu64 " is damaged: %s", path, s->last,
@@ -1013,6 +1195,7 @@ typedef struct rb {
     nlsr_ctx *ctx;
     const char *dir, *path;
     int fd, follow;
+    uint32_t version;
     uint64_t jsize;
     rfile *files;
     size_t nfiles;
@@ -1107,9 +1290,33 @@ static int rb_scan(rb *R, const slot *s, int state, int force)
             }
         }
         rfile *f = NULL;
-        if (rc == 0) rc = read_payload(R->ctx, R->fd, R->path, &r, &R->cb, &R->pb, &R->ob,
-                                       R->dctx, &why);
+        /* A version 2 range is rebuilt from the journal and the file's current bytes. */
+        uint64_t h_cur = 0;
+        int have_cur = 0;
+        if (rc == 0 && R->version >= 2 && r.type == REC_RANGE) {
+            NLSR_FORWARD(rb_file(R, &r, &f));
+            NLSR_FORWARD(rb_current(R, f, &r, &h_cur));
+            have_cur = 1;
+        }
+        if (rc == 0) rc = read_payload(R->ctx, R->fd, R->path, &r, R->version, R->cur.p, &R->cb,
+                                       &R->pb, &R->ob, R->dctx, &why);
         if (rc < 0) return rc;
+        if (rc == 2 && armed) {
+            NLSR_FAIL_IF(state == NLSR_JOURNAL_COMPLETE && !force && h_cur != r.h_new, e,
+                         NLSR_E_MISMATCH,
+                         "%s: bytes %" PRIu64 "..%" PRIu64 " changed after the realignment "
+                         "finished; rolling back would overwrite those changes; nothing was "
+                         "restored",
+                         f->path, r.off, r.off + r.len);
+            return nlsr_fail(e, NLSR_E_MISMATCH,
+                             "%s: bytes %" PRIu64 "..%" PRIu64 " (journal record %" PRIu64
+                             ") were changed where the realignment had left elements as they "
+                             "were; this journal (version 2) holds only the elements the "
+                             "realignment changed, so their originals cannot be rebuilt; "
+                             "nothing was restored: restore the checkpoint from a backup",
+                             f->path, r.off, r.off + r.len, i);
+        }
+        if (rc == 2) rc = 1; /* past the armed records: the range is not as the run found it */
         if (rc == 1) {
             NLSR_FAIL_IF(armed, e, NLSR_E_CHECKSUM,
                          "%s: journal record %" PRIu64 " of %" PRIu64 " (at offset %" PRIu64
@@ -1119,9 +1326,9 @@ static int rb_scan(rb *R, const slot *s, int state, int force)
             /* Past the armed records the writer never touched the range. A header that reads
              * well says which range it was: make sure it still holds its original bytes. */
             if (header_ok && r.type == REC_RANGE) {
-                uint64_t h;
+                uint64_t h = h_cur;
                 NLSR_FORWARD(rb_file(R, &r, &f));
-                NLSR_FORWARD(rb_current(R, f, &r, &h));
+                if (!have_cur) NLSR_FORWARD(rb_current(R, f, &r, &h));
                 NLSR_FAIL_IF(h != r.h_orig, e, NLSR_E_JOURNAL,
                              "%s: journal record %" PRIu64 " (%s bytes %" PRIu64 "..%" PRIu64
                              ") is damaged (%s) and the range no longer holds its original "
@@ -1132,8 +1339,8 @@ static int rb_scan(rb *R, const slot *s, int state, int force)
         }
         NLSR_FORWARD(rb_file(R, &r, &f));
         if (state == NLSR_JOURNAL_COMPLETE && !force) {
-            uint64_t h;
-            NLSR_FORWARD(rb_current(R, f, &r, &h));
+            uint64_t h = h_cur;
+            if (!have_cur) NLSR_FORWARD(rb_current(R, f, &r, &h));
             NLSR_FAIL_IF(h != r.h_new, e, NLSR_E_MISMATCH,
                          "%s: bytes %" PRIu64 "..%" PRIu64 " changed after the realignment "
                          "finished; rolling back would overwrite those changes (nlsr rollback "
@@ -1157,13 +1364,26 @@ static int rb_write(rb *R, int verify)
         rec r;
         const char *why = NULL;
         int rc = read_rec(R->ctx, R->fd, R->path, R->todo[k], R->jsize, &r, &why);
-        if (rc == 0) rc = read_payload(R->ctx, R->fd, R->path, &r, &R->cb, &R->pb, &R->ob,
-                                       R->dctx, &why);
-        NLSR_FAIL_IF(rc == 1, e, NLSR_E_CHECKSUM, "%s: record %" PRIu64 " changed during rollback: %s",
-                     R->path, r.index, why);
-        NLSR_FORWARD(rc);
         rfile *f = NULL;
-        NLSR_FORWARD(rb_file(R, &r, &f));
+        if (rc == 0) NLSR_FORWARD(rb_file(R, &r, &f));
+        if (verify) {
+            /* Read back: the original bytes' checksum is all this needs. */
+            NLSR_FAIL_IF(rc == 1, e, NLSR_E_CHECKSUM,
+                         "%s: record %" PRIu64 " changed during rollback: %s", R->path, r.index,
+                         why);
+            NLSR_FORWARD(rc);
+        } else {
+            uint64_t h;
+            if (rc == 0 && R->version >= 2 && r.type == REC_RANGE)
+                NLSR_FORWARD(rb_current(R, f, &r, &h));
+            if (rc == 0)
+                rc = read_payload(R->ctx, R->fd, R->path, &r, R->version, R->cur.p, &R->cb,
+                                  &R->pb, &R->ob, R->dctx, &why);
+            NLSR_FAIL_IF(rc >= 1, e, NLSR_E_CHECKSUM,
+                         "%s: record %" PRIu64 " changed during rollback: %s", R->path, r.index,
+                         why);
+            NLSR_FORWARD(rc);
+        }
         if (!verify) {
             NLSR_FORWARD(d_pwrite(e, f->fd, R->ob.p, (size_t)r.len, r.off, f->path));
             R->ctx->bytes_written += r.len;
@@ -1198,6 +1418,7 @@ int nlsr_journal_rollback(nlsr_ctx *ctx, const char *dir, int force, nlsr_journa
     if (rc == 0 && R.fd >= 0) rc = read_head(ctx, R.fd, path, info, &best);
     if (rc < 0 || R.fd < 0 || info->state == NLSR_JOURNAL_TORN) goto done;
     R.jsize = info->file_size;
+    R.version = info->version;
     R.follow = (info->flags & NLSR_JOURNAL_FLAG_LINKS) != 0;
     if (!(R.dctx = ZSTD_createDCtx())) {
         rc = nlsr_fail(e, -ENOMEM, "out of memory");

@@ -1,15 +1,17 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The undo journal of in-place realignment (byte layout: docs/JOURNAL.md). In short:
  *
- *   0      64   preamble: "NLSRJRNL", u32 version 1, u32 flags, u64 id, u64 created, u64 pid,
+ *   0      64   preamble: "NLSRJRNL", u32 version 2, u32 flags, u64 id, u64 created, u64 pid,
  *               reserved, XXH64 of bytes 0..55
  *   512    64   slot A  } "NLSRSLOT", u64 seq, u32 state, u64 records, u64 end, u64 last,
  *   1024   64   slot B  } u64 id, XXH64 of bytes 0..55; the valid slot with the higher seq wins
  *   4096   ..   records, back to back: a 96-byte header (type, name length, index, file size,
  *               range offset and length, payload length, byte-plane width, XXH64 of the
  *               original bytes, of the new bytes, of the payload, of the header and name),
- *               the file name, the payload (one zstd frame of the original bytes as byte planes;
- *               for the final "end" record, the state JSON)
+ *               the file name, the payload (one zstd frame of a bitmap of the range's
+ *               elements that change and their original bytes as byte planes; version 1,
+ *               still read: every original byte of the range; for the final "end" record,
+ *               the state JSON)
  *
  * Write order, which is what makes a kill at any moment recoverable: the journal is created
  * (header written, file and folder fsynced) before the first record; each batch of records is
@@ -35,7 +37,8 @@
 #include "../common/ctx.h"
 
 #define NLSR_JOURNAL_NAME ".nlsr-journal"
-#define NLSR_JOURNAL_VERSION 1u
+/* Written: 2 (range records hold only the changed elements' original bytes). Read: 1 and 2. */
+#define NLSR_JOURNAL_VERSION 2u
 /* Records start here; the bytes before hold the preamble and the two slots. */
 #define NLSR_JOURNAL_DATA_START 4096u
 /* Largest range one record may hold (the writer splits longer ones). */
@@ -143,6 +146,7 @@ typedef struct nlsr_journal_info {
     nlsr_journal_state state;
     uint64_t id;
     uint32_t flags;
+    uint32_t version;       /* 1 or 2 */
     uint64_t created;       /* unix seconds */
     uint64_t records;       /* records the best slot covers (armed; with the end record) */
     uint64_t file_size;     /* bytes of the journal file */
