@@ -410,11 +410,13 @@ void nlsr_timing_single(const nlsr_timing_mod *m, size_t nm, int inplace, int au
     if (phase_pipeline(m, nm, 1, inplace, audit, k, rbw, &t->ph[0], "similarities") == 0)
         t->nphases = 1;
     /* Phase B's patched modules, weighted by the expected share patched. */
-    double pft = 0, pread = 0, merge = 0;
+    double pft = 0, pread = 0, merge = 0, pchg = 0, pbits = 0;
     for (size_t i = 0; i < nm; i++) {
         if (m[i].n == 0 || m[i].k >= m[i].n) continue;
         double n = (double)m[i].n;
         pft += f * n * m[i].tsz;
+        pchg += f * (double)(m[i].n - m[i].k) * m[i].tsz; /* the masked elements change */
+        pbits += f * n / 8;
         pread += f * n * (m[i].kept ? m[i].tsz : m[i].asz + m[i].bsz + m[i].tsz);
         merge += f * (m[i].kept ? per(n * m[i].tsz, k->merge_bps) : per(n, k->mask));
     }
@@ -422,10 +424,12 @@ void nlsr_timing_single(const nlsr_timing_mod *m, size_t nm, int inplace, int au
     double pr = per(pread, rbw), over = pr > merge ? pr : merge;
     nlsr_timing_phase *ph = &t->ph[t->nphases++];
     if (inplace) {
-        /* Each changed byte: compared, its new value hashed and copied into the batch, its old
-         * value compressed into the journal. */
-        double jc = per(pft, k->xxh_bps) + per(pft, k->zstd_bps) + per(pft, k->merge_bps);
-        double wb = pft * (1 + k->zstd_ratio), w = per(wb, wbw);
+        /* Each patched byte: compared, hashed and copied into the batch, the changed elements
+         * found (a bitmap, a gather: another pass at the merge rate); the old values of the
+         * changed elements alone compressed into the journal (docs/JOURNAL.md version 2), with
+         * the bitmap beside them. */
+        double jc = per(pft, k->xxh_bps) + per(pchg, k->zstd_bps) + 2 * per(pft, k->merge_bps);
+        double wb = pft + (pchg + pbits) * k->zstd_ratio, w = per(wb, wbw);
         over = pr > merge + jc ? pr : merge + jc;
         phase_set(ph, "patch in place", pread, wb, pr, merge + jc, w, over + w,
                   "patched tensors read (depth 3) while merged and journaled: max; then the "
