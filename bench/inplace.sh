@@ -15,9 +15,10 @@
 #   bench/inplace.sh SCRATCH [--nlsr PATH] [--preset llama-8b] [--layers 8]
 #                    [--budgets 512M,1G,2G,4G] [--io uring] [--reps 2] [--out DIR] [--drop-caches]
 #
-# SCRATCH holds the triple, one output and the in-place copy (llama-8b, 8 layers: ~22 GB); the
-# bench removes it all at the end. That in place and --out give the same bytes is the test
-# suite's (tests/test_inplace_cli.sh), not a benchmark's.
+# SCRATCH holds the triple (made here with `nlsr synth`, seed 1, so that its target bytes can be
+# counted), one output and the in-place copy (llama-8b, 8 layers: ~22 GB); all removed at the
+# end. That in place and --out give the same bytes is the test suite's
+# (tests/test_inplace_cli.sh), not a benchmark's.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 NLSR=${NLSR:-$here/../build/nlsr}
@@ -48,15 +49,39 @@ done
 [ -x "$NLSR" ] || { echo "no nlsr at $NLSR (build first or pass --nlsr)" >&2; exit 2; }
 mkdir -p "$SCRATCH" "$OUT"
 R=$OUT/inplace-budget
+# The triple is made here rather than by the bench's --synth (same command, same seed) so that
+# its target bytes can be counted: the minimal in-place I/O time is the three checkpoints'
+# target-tensor bytes at the direct read rate plus the bytes the run writes at the write rate.
+T=$SCRATCH/triple
+for role in base aligned finetuned; do
+    [ -d "$T/$role" ] || "$NLSR" synth --preset "$PRESET" --layers "$LAYERS" --role "$role" \
+        --seed 1 --out "$T/$role" -q
+done
+# Target tensors: the rule of src/plan/targets.c (2-D ".weight" tensors named by a target module).
+target_bytes() {
+    "$NLSR" inspect "$1" --json | python3 -c '
+import json, sys
+names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+d = json.load(sys.stdin)
+print(sum(t["nbytes"] for t in d["tensors"]
+          if len(t["shape"]) == 2 and t["name"].endswith(".weight")
+          and any(n in t["name"] for n in names)))'
+}
+T3=0
+for role in base aligned finetuned; do T3=$((T3 + $(target_bytes "$T/$role"))); done
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-"$NLSR" bench --synth "$PRESET" --layers "$LAYERS" --jobs run,run-in-place --budgets "$BUDGETS" \
+"$NLSR" bench --base "$T/base" --aligned "$T/aligned" --finetuned "$T/finetuned" \
+    --jobs run,run-in-place --budgets "$BUDGETS" \
     --io "$IO" --reps "$REPS" $DROP --scratch "$SCRATCH" --csv "$R.csv" --json "$R.json" --plot "$R.svg"
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+rm -rf "$T"
+
 CMD="bench/inplace.sh SCRATCH --preset $PRESET --layers $LAYERS --budgets $BUDGETS --io $IO --reps $REPS${DROP:+ $DROP}"
 
-python3 - "$R.json" "$OUT/inplace.md" "$CMD" "$load_before" "$load_after" "$NOTE" <<'PY'
+python3 - "$R.json" "$OUT/inplace.md" "$CMD" "$load_before" "$load_after" "$NOTE" "$T3" "$PRESET" "$LAYERS" <<'PY'
 import json, statistics as st, sys
-src, dst, cmd, l0, l1, note = sys.argv[1:]
+src, dst, cmd, l0, l1, note, t3, preset, layers = sys.argv[1:]
+t3 = int(t3)
 doc = json.load(open(src))
 runs = [r for r in doc["runs"] if r["status"] == 0]
 failed = [r for r in doc["runs"] if r["status"] != 0]
@@ -70,7 +95,7 @@ for r in doc["runs"]:
         keys.append((r["budget"], r["io"]))
 o = []
 w = o.append
-w(f"# run --in-place against run --out and the disk: synthetic {inp.get('synth')}, {inp.get('layers')} layer{'' if inp.get('layers') == 1 else 's'}")
+w(f"# run --in-place against run --out and the disk: synthetic {preset}, {layers} layer{'' if layers == '1' else 's'}")
 w("")
 w(f"Made by `{cmd}` (`nlsr bench --jobs run,run-in-place`, nlsr {doc['nlsr_version']}) on "
   f"{m['cpu']} x {m['cpus']}, {m['memory_bytes'] / 2**30:.0f} GiB. Load average (1, 5, 15 min): "
@@ -79,12 +104,17 @@ w(f"Made by `{cmd}` (`nlsr bench --jobs run,run-in-place`, nlsr {doc['nlsr_versi
 w("")
 w("Minimal I/O time (the bench's `min_io_s`): the job's planned bytes read at the direct read rate")
 w("and its bytes written at the write+fsync rate, both measured by the bench in the same run.")
-w("Targets: in place at most 0.75 x run --out, and at most 1.3 x its minimal I/O time.")
+rbps = max(fs["direct_read_bps"] for fs in doc["filesystems"])
+wbps = max(fs["write_fsync_bps"] for fs in doc["filesystems"])
+w(f"Minimal in-place I/O time: the three checkpoints' target-tensor bytes ({t3 / 1e9:.2f} GB) at the")
+w(f"direct read rate ({rbps / 1e6:.0f} MB/s) plus the bytes the in-place run wrote (its data and")
+w(f"journal) at the write+fsync rate ({wbps / 1e6:.0f} MB/s): what in place cannot do without.")
+w("Targets: in place at most 0.75 x run --out, and at most 1.3 x the minimal in-place I/O time.")
 w("Medians over the reps; every run in [inplace-budget.csv](inplace-budget.csv), the plot in")
 w("[inplace-budget.svg](inplace-budget.svg).")
 w("")
-w("| budget | io | run --out (s) | run --in-place (s) | in place / --out | --out / its minimal I/O | in place / its minimal I/O | written by --out (GB) | written in place (GB) | --out / in place bytes | peak RSS --out / in place (MiB) |")
-w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+w("| budget | io | run --out (s) | run --in-place (s) | in place / --out | --out / its minimal I/O | in place / its minimal I/O | in place / minimal in-place I/O | written by --out (GB) | written in place (GB) | --out / in place bytes | peak RSS --out / in place (MiB) |")
+w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 def f(v, fmt):
     return "-" if v is None else fmt % v
 for b, io in keys:
@@ -94,6 +124,7 @@ for b, io in keys:
     ro, ri = med("run", b, io, "peak_rss_bytes"), med("run-in-place", b, io, "peak_rss_bytes")
     w(f"| {b} | {io} | {f(to, '%.2f')} | {f(ti, '%.2f')} | {f(ti / to if to and ti else None, '%.2f')} | "
       f"{f(to / mo if to and mo else None, '%.2f')} | {f(ti / mi if ti and mi else None, '%.2f')} | "
+      f"{f(ti / (t3 / rbps + wi / wbps) if ti and wi and rbps and wbps else None, '%.2f')} | "
       f"{f(wo / 1e9 if wo is not None else None, '%.2f')} | {f(wi / 1e9 if wi is not None else None, '%.2f')} | "
       f"{f(wo / wi if wo and wi else None, '%.1f')} | {f(ro / 2**20 if ro else None, '%.0f')} / {f(ri / 2**20 if ri else None, '%.0f')} |")
 if failed:
