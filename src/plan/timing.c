@@ -378,16 +378,15 @@ static int phase_pipeline(const nlsr_timing_mod *m, size_t nm, int with_ft, int 
     double *c = r + nm, rb = 0, rs = 0, cs = 0;
     for (size_t i = 0; i < nm; i++) {
         double bytes = (double)m[i].n * (m[i].asz + m[i].bsz + (with_ft ? m[i].tsz : 0));
-        rb += bytes;
-        r[i] = per(bytes, rbw);
         /* The report's audit hashes every byte the stream delivers, on the same thread. */
         c[i] = nlsr_timing_module_compute(&m[i], k, hash) + (audit ? per(bytes, k->xxh_bps) : 0);
-        /* Row blocks: pass 2 reads base and aligned again, pass 3 all three; a module's bytes
-         * are still in the page cache then (they were read a moment before), so the re-reads
-         * cost a copy each, on the computing thread. */
+        /* Row blocks: pass 2 reads base and aligned again, pass 3 all three, from the disk:
+         * the stream reads files that were not cached when it opened them with O_DIRECT, so
+         * pass 1 left nothing in the page cache (measured: llama-8b, 8 layers, 512M). */
         if (m[i].blocked && m[i].k < m[i].n)
-            c[i] += per((double)m[i].n * (2.0 * (m[i].asz + m[i].bsz) + (with_ft ? m[i].tsz : 0)),
-                        k->merge_bps);
+            bytes += (double)m[i].n * (2.0 * (m[i].asz + m[i].bsz) + (with_ft ? m[i].tsz : 0));
+        rb += bytes;
+        r[i] = per(bytes, rbw);
         rs += r[i];
         cs += c[i];
     }
