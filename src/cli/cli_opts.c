@@ -16,7 +16,8 @@ const cli_command cli_commands[] = {
     {"dump", K_DUMP, 0, 2, 2, "PATH TENSOR", "print a tensor's values, one per line"},
     {"rewrite", K_REWRITE, 0, 2, 2, "PATH OUT [options]", "rewrite a checkpoint with nlsr's writer"},
     {"run", K_RUN, NLSR_JOB_RUN, 0, 0,
-     "--base B --aligned A|--reference R --finetuned T --out DIR|--in-place [options]",
+     "--base B --aligned A|--reference R --finetuned T --out DIR|--in-place [--part I/N] "
+     "[options]",
      "realign T: all three steps, streamed (--in-place: into T itself, journaled)"},
     {"prepare", K_PREPARE, NLSR_JOB_PREPARE, 0, 0,
      "--base B --aligned A|--reference R --out FILE.nlsrp [options]",
@@ -36,7 +37,8 @@ const cli_command cli_commands[] = {
     {"synth", K_SYNTH, 0, 0, 0, "--role base|aligned|finetuned --out DIR [options]",
      "write a synthetic checkpoint"},
     {"reduce", K_REDUCE, 0, 1, -1, "--out FILE.nlsrp [--force] [-q] PART...",
-     "check the parts of a split prepare (prepare --part I/N) and merge them: one prepare's bytes"},
+     "check the parts of a split prepare or run (--part I/N) and merge them: one prepare's bytes "
+     "(run parts: and the selection, made once)"},
     {"sweep", K_SWEEP, NLSR_JOB_APPLY, 1, -1,
      "--patches FILE --out-root DIR|--in-place [--task I/N] [--status] [options] DIR...",
      "apply to a store, task I of N; verified outputs are skipped (docs/SCALE.md)"},
@@ -104,6 +106,11 @@ const cli_opt cli_opts[] = {
     {"part", 0, "I/N", K_PREPARE, O_PART,
      "prepare part I of N (from 0) of a split job: its share of the modules (docs/SCALE.md)"},
     {"task", 0, "I/N", K_PREPARE, O_PART, "the same as --part"},
+    {"part", 0, "I/N", K_RUN, O_PART,
+     "run part I of N (from 0) of a split job: prepare's part plus its modules' similarities "
+     "against --finetuned, into --out FILE.nlsrp; nlsr reduce then selects once "
+     "(docs/SCALE.md)"},
+    {"task", 0, "I/N", K_RUN, O_PART, "the same as --part"},
     {"shard", 0, "I/N", K_APPLY, O_PART,
      "apply task I of N (from 0) of a split apply: its share of the output shards, into the "
      "job's shared folder beside --out; --commit ends the job (docs/SCALE.md)"},

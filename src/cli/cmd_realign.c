@@ -27,7 +27,20 @@ static int run_job(unsigned cmd, cli_args *a)
         nlsr_ctx_free(ctx);
         return status;
     }
-    if (cmd == K_RUN)
+    if (cmd == K_RUN && a->part_count) {
+        /* As prepare --part: a requeued or repeated part finds its finished file and leaves it. */
+        rc = nlsr_patches_verify(ctx, a->out, (int)a->part_index, a->part_count);
+        if (rc == 1) {
+            if (!a->quiet)
+                fprintf(stderr, "nlsr: %s: part %u/%u is already there and verifies; kept\n",
+                        a->out, a->part_index, a->part_count);
+            nlsr_ctx_free(ctx);
+            return 0;
+        }
+        if (rc == 0)
+            rc = nlsr_run_part(ctx, a->base, a->aligned, a->reference, a->finetuned, a->out,
+                               &a->p, a->part_index, a->part_count);
+    } else if (cmd == K_RUN)
         rc = nlsr_run(ctx, a->base, a->aligned, a->reference, a->finetuned, a->out, &a->p);
     else if (cmd == K_PREPARE && a->part_count) {
         /* A requeued or repeated part finds its finished file and leaves it. */
@@ -125,6 +138,9 @@ int cmd_run(int argc, char **argv)
     if (rc == 0) rc = cli_check_scorer(&a);
     if (rc == 0 && (!a.aligned == !a.reference))
         rc = cli_usage_error("run needs exactly one of --aligned and --reference");
+    if (rc == 0 && a.part_count && a.in_place)
+        rc = cli_usage_error("run --part writes a part file (--out FILE.nlsrp): not with "
+                             "--in-place");
     if (rc == 0 && a.in_place) return finish(&a, inplace_job(K_RUN, &a));
     if (rc == 0) rc = inplace_only(&a);
     if (rc == 0 && (!a.finetuned || !a.out))
