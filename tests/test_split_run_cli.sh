@@ -154,6 +154,32 @@ expect 1 'part-0.nlsrp and f1.nlsrp are parts of different jobs: they differ in 
 expect 1 'they differ in their selection options' \
     "$NLSR" reduce --out x.nlsrp part-0.nlsrp s1.nlsrp part-2.nlsrp
 [ -e x.nlsrp ] && fail "a refused reduce wrote x.nlsrp"
+
+# 4. nlsr slurm split --map run: the map array runs run --part, the reduce selects once, the
+# apply is a shard array and a commit; the scripts run as they are without Slurm (one task at a
+# time, in any order): one run's bytes.
+"$NLSR" slurm split --dir jobs --map run --base base --aligned aligned --finetuned finetuned \
+    --out "$T/sl" --parts 3 --apply-tasks 4 --prepare-opts '--seed 7' >/dev/null ||
+    fail "slurm split --map run"
+[ -e jobs/prepare.sbatch ] && fail "--map run wrote a prepare array"
+grep -q -- " run --base '$T/base' --aligned '$T/aligned' --finetuned '$T/finetuned'" jobs/run.sbatch ||
+    fail "run.sbatch: $(cat jobs/run.sbatch)"
+grep -q -- '--part "$SLURM_ARRAY_TASK_ID/3"' jobs/run.sbatch || fail "run.sbatch's task index"
+grep -q -- '--seed 7' jobs/run.sbatch || fail "the map options are not the run's"
+[ "$(sed -n 's/^j0=.*--parsable \([a-z]*.sbatch\))$/\1/p' jobs/submit.sh)" = run.sbatch ] ||
+    fail "submit.sh does not start with run.sbatch: $(cat jobs/submit.sh)"
+[ "$(grep -c 'dependency=afterok' jobs/submit.sh)" = 3 ] || fail "submit.sh: $(cat jobs/submit.sh)"
+for i in 2 0 1; do SLURM_ARRAY_TASK_ID=$i bash jobs/run.sbatch 2>/dev/null || fail "run task $i"; done
+bash jobs/reduce.sbatch 2>/dev/null || fail reduce.sbatch
+for i in 3 1 0 2; do
+    SLURM_ARRAY_TASK_ID=$i bash jobs/apply.sbatch >/dev/null 2>&1 || fail "apply task $i"
+done
+bash jobs/commit.sbatch >/dev/null 2>&1 || fail commit.sbatch
+cmpdir one7 sl || fail "the --map run scripts' output differs from run --seed 7"
+expect 2 '--map takes prepare or run' "$NLSR" slurm split --dir j --map reduce
+expect 2 'apply-tasks is split.s, and so is --map' "$NLSR" slurm sweep --dir sj \
+    --patches R3.nlsrp --out-root x --map run finetuned
+
 expect 2 'run --part writes a part file' "$NLSR" run --base base --aligned aligned \
     --finetuned finetuned --part 0/3 --in-place
 echo "split run: all checks passed"

@@ -44,7 +44,8 @@ const cli_command cli_commands[] = {
      "apply to a store, task I of N; verified outputs are skipped (docs/SCALE.md)"},
     {"slurm", K_SLURM, 0, 1, -1,
      "sweep|split --dir DIR [--submit] [options] (sweep: --patches --out-root|--in-place DIR...;"
-     " split: --base --aligned|--reference --finetuned --out --parts N [--apply-tasks M])",
+     " split: --base --aligned|--reference --finetuned --out --parts N [--map run] "
+     "[--apply-tasks M])",
      "write (and --submit) the sbatch scripts of a sweep or a split job"},
     {"bench", K_BENCH, 0, 0, 0,
      "--synth PRESET [--layers N] | --base B --aligned A --finetuned T [options]",
@@ -129,6 +130,10 @@ const cli_opt cli_opts[] = {
     {"submit", 0, NULL, K_SLURM, O_SUBMIT, "submit the scripts (sbatch) and print the job ids"},
     {"concurrency", 0, "K", K_SLURM, O_CONCURRENCY, "array tasks running at once (%K)"},
     {"parts", 0, "N", K_SLURM, O_PARTS, "split: prepare parts (the map array)"},
+    {"map", 0, "prepare|run", K_SLURM, O_MAP,
+     "split: the map array's tasks: prepare --part (any fine-tune; each apply computes the "
+     "selection) or run --part (this fine-tune; the reduce selects once and apply tasks read "
+     "only their shards) (prepare)"},
     {"apply-tasks", 0, "M", K_SLURM, O_APPLY_TASKS,
      "split: the apply as M apply --shard tasks and a commit (one apply if absent)"},
     {"mem-budget", 0, "SIZE", K_SLURM, O_MEM,
@@ -137,7 +142,9 @@ const cli_opt cli_opts[] = {
     {"time", 0, "T", K_SLURM, O_TIME, "each job's time limit (sbatch --time)"},
     {"partition", 0, "P", K_SLURM, O_PARTITION, "the Slurm partition"},
     {"account", 0, "A", K_SLURM, O_ACCOUNT, "the Slurm account"},
-    {"prepare-opts", 0, "STR", K_SLURM, O_PREPARE_OPTS, "split: options added to each prepare"},
+    {"prepare-opts", 0, "STR", K_SLURM, O_PREPARE_OPTS,
+     "split: options added to each map task (prepare, or run with --map run: the selection "
+     "options go there)"},
     {"apply-opts", 0, "STR", K_SLURM, O_APPLY_OPTS,
      "options added to the apply (split) or each sweep task, e.g. '--seed 7'"},
     {"nlsr", 0, "PATH", K_SLURM, O_NLSR, "the nlsr the scripts run (this one)"},
