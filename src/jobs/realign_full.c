@@ -1205,7 +1205,8 @@ static int recorded_fn(apply_ctx *A, size_t mi, size_t bi, const unsigned char *
         nlsr_full_fp_tensor_head(&A->fth, t);
     }
     nlsr_xxh64_update(&A->fth, raw, (size_t)blk.count * tsz);
-    if (A->cache) memcpy(A->cache + A->cache_off[mi] + blk.first * tsz, raw, (size_t)blk.count * tsz);
+    if (A->cache)
+        memcpy(A->cache + A->cache_off[mi] + blk.first * tsz, raw, (size_t)blk.count * tsz);
     if (bi + 1 == pt->nblocks) {
         uint64_t got = nlsr_xxh64_digest(&A->fth);
         if (got != A->rec->fp[mi]) return recorded_mismatch(A, mi, got);
