@@ -443,7 +443,9 @@ int nlsr_prepare_part(nlsr_ctx *ctx, const char *base, const char *aligned, cons
  * modules, the similarity nlsr_apply computes against `finetuned` (the same double) and the
  * fine-tune's module content hash, and the selection options of p (docs/SCALE.md). nlsr_reduce
  * of such parts makes the selection once; nlsr_apply (whole, --shard, --commit, in place) then
- * uses it after checking the fine-tune's modules it reads against those hashes. */
+ * uses it after checking the fine-tune's modules it reads against those hashes. A complete part
+ * of this job already at out_file (blocks verifying, the same fine-tune folder and selection
+ * options) is kept: a requeued map does nothing twice. */
 int nlsr_run_part(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
                   const char *finetuned, const char *out_file, const nlsr_realign_params *p,
                   unsigned index, unsigned count);

@@ -100,6 +100,18 @@ cmp -s P.nlsrp Q.nlsrp || fail "a reduce of prepare parts is no longer prepare's
 map_reduce 3 R3b.nlsrp
 expect 0 'part 1/3 is already there and verifies; kept' "$NLSR" run --base base \
     --aligned aligned --finetuned finetuned --part 1/3 --out part-1.nlsrp
+cmp -s R3.nlsrp R3b.nlsrp || fail "two reduces of one job's run parts differ"
+# A prepare part, or a run part of other selection options, at the path is not taken for it.
+cp q1.nlsrp part-1.nlsrp
+"$NLSR" run -q --base base --aligned aligned --finetuned finetuned --part 1/3 \
+    --out part-1.nlsrp --force || fail "run --part over a prepare part"
+"$NLSR" reduce -q --out R3d.nlsrp part-*.nlsrp || fail "reduce after the redone part"
+cmp -s R3.nlsrp R3d.nlsrp || fail "the redone run part differs"
+"$NLSR" run --base base --aligned aligned --finetuned finetuned --part 1/3 \
+    --out part-1.nlsrp --force --seed 3 2>err.txt || fail "run --part --seed 3 over a part"
+grep -q 'kept' err.txt && fail "a part of other selection options was kept: $(cat err.txt)"
+"$NLSR" reduce -q --out R3e.nlsrp part-0.nlsrp part-1.nlsrp part-2.nlsrp 2>err.txt &&
+    fail "a reduce took a part of other selection options"
 
 # 2. A fine-tune changed after the reduce: one byte of a patched module. The shard task that
 # writes that module refuses, naming it; a task whose shards hold no changed module does not

@@ -27,20 +27,12 @@ static int run_job(unsigned cmd, cli_args *a)
         nlsr_ctx_free(ctx);
         return status;
     }
-    if (cmd == K_RUN && a->part_count) {
-        /* As prepare --part: a requeued or repeated part finds its finished file and leaves it. */
-        rc = nlsr_patches_verify(ctx, a->out, (int)a->part_index, a->part_count);
-        if (rc == 1) {
-            if (!a->quiet)
-                fprintf(stderr, "nlsr: %s: part %u/%u is already there and verifies; kept\n",
-                        a->out, a->part_index, a->part_count);
-            nlsr_ctx_free(ctx);
-            return 0;
-        }
-        if (rc == 0)
-            rc = nlsr_run_part(ctx, a->base, a->aligned, a->reference, a->finetuned, a->out,
-                               &a->p, a->part_index, a->part_count);
-    } else if (cmd == K_RUN)
+    if (cmd == K_RUN && a->part_count)
+        /* A requeued or repeated part that finds its finished file leaves it (nlsr_run_part
+         * checks that it is this job's run part). */
+        rc = nlsr_run_part(ctx, a->base, a->aligned, a->reference, a->finetuned, a->out,
+                           &a->p, a->part_index, a->part_count);
+    else if (cmd == K_RUN)
         rc = nlsr_run(ctx, a->base, a->aligned, a->reference, a->finetuned, a->out, &a->p);
     else if (cmd == K_PREPARE && a->part_count) {
         /* A requeued or repeated part finds its finished file and leaves it. */

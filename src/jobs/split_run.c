@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -76,6 +77,40 @@ static int write_part(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *T,
     return rc;
 }
 
+/* 1 when out_file is already this part of this job: complete, every block verifying, the part
+ * index/count's, a run part (a prepare part at the path is not one) of this fine-tune's folder
+ * and of these selection options. A requeued or repeated map keeps it. */
+static int part_done(nlsr_ctx *ctx, const char *out_file, unsigned index, unsigned count,
+                     const nlsr_ckpt *T, const nlsr_realign_params *p)
+{
+    int v = nlsr_patches_verify(ctx, out_file, (int)index, count);
+    if (v != 1) return v;
+    nlsr_ctx *c = nlsr_ctx_create(); /* a file that is not this part is redone, no error */
+    if (!c) return nlsr_fail(&ctx->err, -ENOMEM, "out of memory");
+    nlsr_pf_reader *r = NULL;
+    int done = 0;
+    if (nlsr_pf_open(c, out_file, &r) == 0) {
+        const cJSON *ft = cJSON_GetObjectItemCaseSensitive(r->header, "finetuned");
+        const cJSON *path = cJSON_GetObjectItemCaseSensitive(ft, "path");
+        char *abs = realpath(T->path, NULL);
+        nlsr_split_sel s;
+        done = cJSON_IsString(path) && abs && strcmp(path->valuestring, abs) == 0 &&
+               nlsr_split_sel_read(c, r, &s) == 1;
+        if (done) {
+            done = !s.has_selection && s.sp.mode == p->select.mode &&
+                   s.sp.semantics == p->select.semantics &&
+                   s.sp.prune_rate == p->select.prune_rate &&
+                   s.sp.epsilon == p->select.epsilon && s.sp.tau == p->select.tau &&
+                   s.sp.seed == p->select.seed;
+            nlsr_split_sel_free(&s);
+        }
+        free(abs);
+    }
+    nlsr_pf_close(r);
+    nlsr_ctx_free(c);
+    return done;
+}
+
 static int run_part_job(nlsr_ctx *ctx, const char *base, const char *aligned,
                         const char *reference, const char *finetuned, const char *out_file,
                         const nlsr_realign_params *p, unsigned index, unsigned count)
@@ -116,6 +151,13 @@ static int run_part_job(nlsr_ctx *ctx, const char *base, const char *aligned,
                            "checkpoints (an adapter is small: run it whole)", kinds[i]);
     if (rc == 0) rc = nlsr_full_check_sources(ctx, B, S, is_ref, p);
     if (rc == 0) rc = nlsr_full_check_finetuned(ctx, S, T, p);
+    int kept = rc == 0 ? part_done(ctx, out_file, index, count, T, p) : 0;
+    if (kept < 0) rc = kept;
+    if (kept == 1) {
+        nlsr_log(ctx, NLSR_LOG_NOTICE, "%s: part %u/%u is already there and verifies; kept",
+                 out_file, index, count);
+        goto done;
+    }
     const char *in[5] = {base, srcp, finetuned, p->scorer.activations, p->mask_path};
     if (rc == 0) rc = nlsr_outputs_check(ctx, out_file, NLSR_OUT_FILE, p, in, 5);
     /* The staging file: prepare --part's own file, under a temporary name beside the output
