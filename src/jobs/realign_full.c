@@ -1190,8 +1190,9 @@ static int recorded_mismatch(apply_ctx *A, size_t mi, uint64_t got)
 
 /* With a recorded selection, pass 1 reads only the modules this job writes: each is hashed as
  * run --part hashed it and must match the record before anything is written (in place: before
- * the journal starts). Their values were checked by run --part on these very bytes (the hash
- * says so) against the same patch blocks (their checksums hold). */
+ * the journal starts). The fine-tune's values were checked by run --part on these very bytes
+ * (the hash says so); the patch values are checked again as the similarity pass checks them
+ * (checksums prove bytes, not finite values), for the modules written only. */
 static int recorded_fn(apply_ctx *A, size_t mi, size_t bi, const unsigned char *raw, void *arg)
 {
     (void)arg;
@@ -1205,6 +1206,11 @@ static int recorded_fn(apply_ctx *A, size_t mi, size_t bi, const unsigned char *
         nlsr_full_fp_tensor_head(&A->fth, t);
     }
     nlsr_xxh64_update(&A->fth, raw, (size_t)blk.count * tsz);
+    nlsr_pf_view v;
+    NLSR_FORWARD(nlsr_pf_read_block(A->pf, pt, bi, &v));
+    nlsr_to_f32(pt->ref_dtype, v.ref, A->em, v.m);
+    nlsr_to_f32(pt->base_dtype, v.base, A->bm, v.m);
+    NLSR_FORWARD(check_patch_values(A, mi, pt, &v, t));
     if (A->cache)
         memcpy(A->cache + A->cache_off[mi] + blk.first * tsz, raw, (size_t)blk.count * tsz);
     if (bi + 1 == pt->nblocks) {
