@@ -1470,7 +1470,8 @@ static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
     } else {
         if (rc == 0) rc = apply_similarity(&A, rep);
         for (size_t i = 0; ft_hash && rc == 0 && i < pf->nmodules; i++)
-            if (pf->modules[i].t[0].nblocks == 0) ft_hash[i] = empty_module_hash(ft->t[A.ti[i]].t);
+            if (pf->modules[i].t[0].nblocks == 0)
+                ft_hash[i] = empty_module_hash(ft->t[A.ti[i]].t);
         if (rc == 0 && !ft_hash) rc = nlsr_report_select(rep, ctx, &p->select);
     }
     if (rc == 0 && !ft_hash) rc = apply_write(&A, rep, out_dir);
