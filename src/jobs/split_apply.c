@@ -13,9 +13,8 @@
  * against the recorded hashes), writes its shards into a temporary folder of its own inside
  * the shared one (.nlsr-task.nlsr-tmp-XXXXXX, owner-marked), then per shard: XXH64 of the
  * bytes written, rename to its final name, and a record ".nlsr-shard.<name>.xxh64" holding
- * that hash. A shard
- * whose record is there and whose file reads back to it is verified and skipped: a requeued
- * task redoes only what is not. Every task also writes the selection it computed
+ * that hash. A shard whose record is there and whose file reads back to it is verified and
+ * skipped: a requeued task redoes only what is not. Every task also writes the selection it computed
  * (.nlsr-selection.json) or, when one is there, checks that it computed the same one.
  *
  * The commit checks that no task is at work (dead tasks' folders are swept), that every shard
