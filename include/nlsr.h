@@ -439,9 +439,21 @@ int nlsr_prepare(nlsr_ctx *ctx, const char *base, const char *aligned, const cha
 int nlsr_prepare_part(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
                       const char *out_file, const nlsr_realign_params *p, unsigned index,
                       unsigned count);
+/* One part of a run-based split job: the part nlsr_prepare_part writes, plus, for each of its
+ * modules, the similarity nlsr_apply computes against `finetuned` (the same double) and the
+ * fine-tune's module content hash, and the selection options of p (docs/SCALE.md). nlsr_reduce
+ * of such parts makes the selection once; nlsr_apply (whole, --shard, --commit, in place) then
+ * uses it after checking the fine-tune's modules it reads against those hashes. A complete part
+ * of this job already at out_file (blocks verifying, the same fine-tune folder and selection
+ * options) is kept: a requeued map does nothing twice. */
+int nlsr_run_part(nlsr_ctx *ctx, const char *base, const char *aligned, const char *reference,
+                  const char *finetuned, const char *out_file, const nlsr_realign_params *p,
+                  unsigned index, unsigned count);
 /* Checks that the part files cover every module exactly once, with one set of parameters and
- * the same inputs, and merges them into out_file: the bytes nlsr_prepare writes. force: an
- * existing regular file at out_file is replaced. */
+ * the same inputs, and merges them into out_file: the bytes nlsr_prepare writes. Parts of
+ * nlsr_run_part (all of one kind, one fine-tune and selection options) also get every module's
+ * similarity and the selection made once over all of them, recorded in out_file's header.
+ * force: an existing regular file at out_file is replaced. */
 int nlsr_reduce(nlsr_ctx *ctx, const char *const *parts, size_t nparts, const char *out_file,
                 int force);
 /* 1 if `path` is a complete patch file whose every block verifies (and, with part_index >= 0,
@@ -456,7 +468,9 @@ int nlsr_output_verify(nlsr_ctx *ctx, const char *out_dir, const char *report);
  * [S*index/count, S*(index+1)/count) (S shards in name order; none when count > S) written into
  * the job's shared folder beside out_dir, "<out_dir>.nlsr-split-<tag>" (made by the first
  * task). Every task computes all similarities and the selection (it reads every target tensor
- * of the fine-tune). A shard already there that verifies (XXH64) is skipped. Writes no report
+ * of the fine-tune), unless the patch file holds a selection recorded by nlsr_reduce of
+ * nlsr_run_part maps: then it reads only the patched modules of its shards, checked against the
+ * recorded hashes. A shard already there that verifies (XXH64) is skipped. Writes no report
  * (the commit's). A full-weight patch file only. */
 int nlsr_apply_shard(nlsr_ctx *ctx, const char *patches, const char *finetuned,
                      const char *out_dir, const nlsr_realign_params *p, unsigned index,

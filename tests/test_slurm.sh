@@ -9,7 +9,9 @@
 #     dependencies, bit-identical to one `nlsr run`, while one part is stopped mid-way, sent
 #     SIGTERM by Slurm (scontrol requeue) and run again;
 #  3. a synthetic model of 10 shards split into 3 prepare parts + reduce + an array of 4
-#     `apply --shard` tasks + the commit (slurm split --apply-tasks), bit-identical to one run.
+#     `apply --shard` tasks + the commit (slurm split --apply-tasks), bit-identical to one run;
+#  4. the same model as 3 `run --part` maps + the reduce that selects once + 4 shard tasks +
+#     the commit (slurm split --map run), bit-identical to one run.
 # Exit 77 (skipped) only where Slurm is not installed and cannot be, or will not start here.
 # Usage: test_slurm.sh NLSR DATA_DIR [HOOKS]   (HOOKS=ON: nlsr has test points, so part 2 can
 # be stopped mid-way; without them the requeue step is left out)
@@ -233,8 +235,22 @@ grep -q -- '--commit' jobs/shards/commit.sbatch || fail "no commit: $(cat jobs/s
 scontrol show job "$A2" | grep -q "Dependency=afterok:${R2}" || fail "apply tasks are not afterok the reduce"
 scontrol show job "$C2" | grep -q "Dependency=afterok:${A2}" || fail "the commit is not afterok the apply tasks"
 
-wait_jobs "$S1" "$S2" "$S3" "$S4" "$M" "$R" "$A" "$P2" "$R2" "$A2" "$C2"
-for j in "$S1" "$S3" "$M" "$R" "$A" "$P2" "$R2" "$A2" "$C2"; do all_completed "$j"; done
+# ---- 4. the run-based pipeline: run --part maps, the reduce selects once, shard tasks, commit --
+"$NLSR" slurm split --dir jobs/runmap --map run --base sh/base --aligned sh/aligned \
+    --finetuned sh/finetuned --out run_out --parts 3 --apply-tasks 4 --concurrency 4 --cpus 1 \
+    --mem-budget 256M --submit >run.ids || fail "slurm split --map run --submit"
+P3=$(awk '$1 == "run.sbatch" {print $2}' run.ids)
+R3=$(awk '$1 == "reduce.sbatch" {print $2}' run.ids)
+A3=$(awk '$1 == "apply.sbatch" {print $2}' run.ids)
+C3=$(awk '$1 == "commit.sbatch" {print $2}' run.ids)
+[ -n "$P3" ] && [ -n "$R3" ] && [ -n "$A3" ] && [ -n "$C3" ] || fail "job ids: $(cat run.ids)"
+scontrol show job "$R3" | grep -q "Dependency=afterok:${P3}" || fail "the reduce is not afterok the run parts"
+scontrol show job "$C3" | grep -q "Dependency=afterok:${A3}" || fail "the commit is not afterok the apply tasks"
+
+wait_jobs "$S1" "$S2" "$S3" "$S4" "$M" "$R" "$A" "$P2" "$R2" "$A2" "$C2" "$P3" "$R3" "$A3" "$C3"
+for j in "$S1" "$S3" "$M" "$R" "$A" "$P2" "$R2" "$A2" "$C2" "$P3" "$R3" "$A3" "$C3"; do
+    all_completed "$j"
+done
 
 # The sweep: the same bytes as the sequential applies, and a summary naming each state.
 for d in finetuned finetuned_f16 finetuned_f32; do
@@ -277,8 +293,15 @@ for f in shsingle/*; do
     cmp "$f" "shard_out/$(basename "$f")" || fail "apply --shard output $(basename "$f") differs"
 done
 ls -d shard_out.nlsr-* 2>/dev/null && fail "the commit left $(ls -d shard_out.nlsr-*)"
+# The run-based pipeline: the same folder, byte for byte.
+[ "$(cd shsingle && ls)" = "$(cd run_out && ls)" ] || fail "run_out lists other files than one run"
+for f in shsingle/*; do
+    cmp "$f" "run_out/$(basename "$f")" || fail "--map run output $(basename "$f") differs"
+done
+ls -d run_out.nlsr-* 2>/dev/null && fail "the --map run commit left $(ls -d run_out.nlsr-*)"
 
 # A repeated task finds its finished output and leaves it.
 "$NLSR" sweep --patches fixture.nlsrp --out-root swept --task 1/3 store/* 2>&1 | grep -q 'verified' ||
     fail "a repeated sweep task did not skip its verified output"
-echo "ok: sweep of 6, split of 1 into 4, and 3 parts + 4 apply tasks + commit through Slurm, bit-identical, with a requeue"
+echo "ok: sweep of 6, split of 1 into 4, 3 parts + 4 apply tasks + commit, and 3 run parts +"\
+     "4 apply tasks + commit through Slurm, bit-identical, with a requeue"

@@ -136,6 +136,11 @@ static int set_opt(const source *s, const cli_opt *o, const char *v)
     case O_PREPARE_OPTS: a->split.prepare_opts = v; break;
     case O_APPLY_OPTS: a->split.apply_opts = v; break;
     case O_NLSR: a->split.nlsr = v; break;
+    case O_MAP:
+        if (strcmp(v, "run") != 0 && strcmp(v, "prepare") != 0)
+            return bad(s, "--%s takes prepare or run, not '%s'", n, v);
+        a->split.map_run = strcmp(v, "run") == 0;
+        break;
     case O_STATUS: return flag_value(s, n, v, &a->split.status);
     case O_SUBMIT: return flag_value(s, n, v, &a->split.submit);
     case O_CONCURRENCY:

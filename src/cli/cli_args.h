@@ -27,6 +27,7 @@ enum cli_opt_id {
     /* sweep, slurm */
     O_OUT_ROOT, O_STATUS, O_SUMMARY, O_DIR, O_SUBMIT, O_CONCURRENCY, O_PARTS, O_APPLY_TASKS,
     O_CPUS, O_TIME, O_PARTITION, O_ACCOUNT, O_PREPARE_OPTS, O_APPLY_OPTS, O_NLSR,
+    O_MAP,
     /* bench */
     O_BENCH_SYNTH, O_SCRATCH, O_BUDGETS, O_BENCH_IO, O_JOBS, O_REPS, O_WARM, O_DROP_CACHES,
     O_CSV, O_BENCH_JSON, O_PLOT, O_AFTER_EACH
@@ -95,6 +96,7 @@ typedef struct cli_args {
         const char *out_root, *summary, *dir, *time, *partition, *account, *prepare_opts,
             *apply_opts, *nlsr;
         int status, submit;
+        int map_run; /* slurm split --map run: run --part maps (0: prepare --part) */
         unsigned concurrency, parts, apply_tasks, cpus;
     } split;
     /* bench: its lists and output files as given (nlsr_bench checks them); inputs, --layers,

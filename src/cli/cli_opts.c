@@ -16,7 +16,8 @@ const cli_command cli_commands[] = {
     {"dump", K_DUMP, 0, 2, 2, "PATH TENSOR", "print a tensor's values, one per line"},
     {"rewrite", K_REWRITE, 0, 2, 2, "PATH OUT [options]", "rewrite a checkpoint with nlsr's writer"},
     {"run", K_RUN, NLSR_JOB_RUN, 0, 0,
-     "--base B --aligned A|--reference R --finetuned T --out DIR|--in-place [options]",
+     "--base B --aligned A|--reference R --finetuned T --out DIR|--in-place [--part I/N] "
+     "[options]",
      "realign T: all three steps, streamed (--in-place: into T itself, journaled)"},
     {"prepare", K_PREPARE, NLSR_JOB_PREPARE, 0, 0,
      "--base B --aligned A|--reference R --out FILE.nlsrp [options]",
@@ -36,13 +37,15 @@ const cli_command cli_commands[] = {
     {"synth", K_SYNTH, 0, 0, 0, "--role base|aligned|finetuned --out DIR [options]",
      "write a synthetic checkpoint"},
     {"reduce", K_REDUCE, 0, 1, -1, "--out FILE.nlsrp [--force] [-q] PART...",
-     "check the parts of a split prepare (prepare --part I/N) and merge them: one prepare's bytes"},
+     "check the parts of a split prepare or run (--part I/N) and merge them: one prepare's bytes "
+     "(run parts: and the selection, made once)"},
     {"sweep", K_SWEEP, NLSR_JOB_APPLY, 1, -1,
      "--patches FILE --out-root DIR|--in-place [--task I/N] [--status] [options] DIR...",
      "apply to a store, task I of N; verified outputs are skipped (docs/SCALE.md)"},
     {"slurm", K_SLURM, 0, 1, -1,
      "sweep|split --dir DIR [--submit] [options] (sweep: --patches --out-root|--in-place DIR...;"
-     " split: --base --aligned|--reference --finetuned --out --parts N [--apply-tasks M])",
+     " split: --base --aligned|--reference --finetuned --out --parts N [--map run] "
+     "[--apply-tasks M])",
      "write (and --submit) the sbatch scripts of a sweep or a split job"},
     {"bench", K_BENCH, 0, 0, 0,
      "--synth PRESET [--layers N] | --base B --aligned A --finetuned T [options]",
@@ -104,6 +107,11 @@ const cli_opt cli_opts[] = {
     {"part", 0, "I/N", K_PREPARE, O_PART,
      "prepare part I of N (from 0) of a split job: its share of the modules (docs/SCALE.md)"},
     {"task", 0, "I/N", K_PREPARE, O_PART, "the same as --part"},
+    {"part", 0, "I/N", K_RUN, O_PART,
+     "run part I of N (from 0) of a split job: prepare's part plus its modules' similarities "
+     "against --finetuned, into --out FILE.nlsrp; nlsr reduce then selects once "
+     "(docs/SCALE.md)"},
+    {"task", 0, "I/N", K_RUN, O_PART, "the same as --part"},
     {"shard", 0, "I/N", K_APPLY, O_PART,
      "apply task I of N (from 0) of a split apply: its share of the output shards, into the "
      "job's shared folder beside --out; --commit ends the job (docs/SCALE.md)"},
@@ -122,6 +130,10 @@ const cli_opt cli_opts[] = {
     {"submit", 0, NULL, K_SLURM, O_SUBMIT, "submit the scripts (sbatch) and print the job ids"},
     {"concurrency", 0, "K", K_SLURM, O_CONCURRENCY, "array tasks running at once (%K)"},
     {"parts", 0, "N", K_SLURM, O_PARTS, "split: prepare parts (the map array)"},
+    {"map", 0, "prepare|run", K_SLURM, O_MAP,
+     "split: the map array's tasks: prepare --part (any fine-tune; each apply computes the "
+     "selection) or run --part (this fine-tune; the reduce selects once and apply tasks read "
+     "only their shards) (prepare)"},
     {"apply-tasks", 0, "M", K_SLURM, O_APPLY_TASKS,
      "split: the apply as M apply --shard tasks and a commit (one apply if absent)"},
     {"mem-budget", 0, "SIZE", K_SLURM, O_MEM,
@@ -130,7 +142,9 @@ const cli_opt cli_opts[] = {
     {"time", 0, "T", K_SLURM, O_TIME, "each job's time limit (sbatch --time)"},
     {"partition", 0, "P", K_SLURM, O_PARTITION, "the Slurm partition"},
     {"account", 0, "A", K_SLURM, O_ACCOUNT, "the Slurm account"},
-    {"prepare-opts", 0, "STR", K_SLURM, O_PREPARE_OPTS, "split: options added to each prepare"},
+    {"prepare-opts", 0, "STR", K_SLURM, O_PREPARE_OPTS,
+     "split: options added to each map task (prepare, or run with --map run: the selection "
+     "options go there)"},
     {"apply-opts", 0, "STR", K_SLURM, O_APPLY_OPTS,
      "options added to the apply (split) or each sweep task, e.g. '--seed 7'"},
     {"nlsr", 0, "PATH", K_SLURM, O_NLSR, "the nlsr the scripts run (this one)"},

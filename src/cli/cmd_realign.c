@@ -27,7 +27,12 @@ static int run_job(unsigned cmd, cli_args *a)
         nlsr_ctx_free(ctx);
         return status;
     }
-    if (cmd == K_RUN)
+    if (cmd == K_RUN && a->part_count)
+        /* A requeued or repeated part that finds its finished file leaves it (nlsr_run_part
+         * checks that it is this job's run part). */
+        rc = nlsr_run_part(ctx, a->base, a->aligned, a->reference, a->finetuned, a->out,
+                           &a->p, a->part_index, a->part_count);
+    else if (cmd == K_RUN)
         rc = nlsr_run(ctx, a->base, a->aligned, a->reference, a->finetuned, a->out, &a->p);
     else if (cmd == K_PREPARE && a->part_count) {
         /* A requeued or repeated part finds its finished file and leaves it. */
@@ -125,6 +130,9 @@ int cmd_run(int argc, char **argv)
     if (rc == 0) rc = cli_check_scorer(&a);
     if (rc == 0 && (!a.aligned == !a.reference))
         rc = cli_usage_error("run needs exactly one of --aligned and --reference");
+    if (rc == 0 && a.part_count && a.in_place)
+        rc = cli_usage_error("run --part writes a part file (--out FILE.nlsrp): not with "
+                             "--in-place");
     if (rc == 0 && a.in_place) return finish(&a, inplace_job(K_RUN, &a));
     if (rc == 0) rc = inplace_only(&a);
     if (rc == 0 && (!a.finetuned || !a.out))

@@ -342,6 +342,7 @@ typedef struct slurm_args {
     int ndirs, in_place, submit;
     unsigned parts, concurrency, cpus;
     unsigned apply_tasks; /* split: 0 = one apply; M = an apply --shard array and a commit */
+    int map_run;          /* split: run --part maps (the reduce selects once), not prepare's */
     uint64_t mem_budget;
 } slurm_args;
 
@@ -414,6 +415,7 @@ static int parse_slurm(int argc, char **argv, slurm_args *a)
     a->submit = g->split.submit;
     a->parts = g->split.parts;
     a->apply_tasks = g->split.apply_tasks;
+    a->map_run = g->split.map_run;
     a->concurrency = g->split.concurrency;
     a->cpus = g->split.cpus ? g->split.cpus : 2;
     a->mem_budget = g->have_mem ? g->mem : 1ull << 30;
@@ -426,9 +428,9 @@ static int parse_slurm(int argc, char **argv, slurm_args *a)
         if (!a->patches || a->ndirs == 0 || !a->out_root == !a->in_place)
             return cli_usage_error("slurm sweep needs --patches FILE, --out-root DIR or --in-place, "
                                    "and the fine-tuned folders");
-        if (a->apply_tasks)
-            return cli_usage_error("slurm sweep: --apply-tasks is split's (a sweep's tasks are "
-                                   "its fine-tunes)");
+        if (a->apply_tasks || a->map_run)
+            return cli_usage_error("slurm sweep: --apply-tasks is split's, and so is --map (a "
+                                   "sweep's tasks are its fine-tunes)");
     } else {
         if (!a->base || !a->aligned == !a->reference || !a->finetuned || !a->out || !a->parts)
             return cli_usage_error("slurm split needs --base, --aligned or --reference, "
@@ -618,16 +620,24 @@ int cmd_slurm(int argc, char **argv)
         char *parts = join(dir, "parts", NULL), *patches = join(dir, "patches.nlsrp", NULL);
         const char *srcopt = a.aligned ? "--aligned" : "--reference";
         if (!base || !src || !ft || !out || !parts || !patches) status = 1;
-        /* Map: one part of the prepare per task. */
-        if (status == 0 && (f = open_script(dir, "prepare.sbatch", &path))) {
-            sbatch_head(f, &a, "prepare", logs, 1);
+        /* Map: one part of the prepare per task, or of the run (--map run: with the fine-tune,
+         * its modules' similarities, so that the reduce selects once). */
+        const char *map = a.map_run ? "run" : "prepare";
+        char mapname[32];
+        snprintf(mapname, sizeof mapname, "%s.sbatch", map);
+        if (status == 0 && (f = open_script(dir, mapname, &path))) {
+            sbatch_head(f, &a, map, logs, 1);
             array_line(f, &a, a.parts);
             fprintf(f, "set -u\nexec ");
             shq(f, nlsr);
-            fprintf(f, " prepare --base ");
+            fprintf(f, " %s --base ", map);
             shq(f, base);
             fprintf(f, " %s ", srcopt);
             shq(f, src);
+            if (a.map_run) {
+                fprintf(f, " --finetuned ");
+                shq(f, ft);
+            }
             mem_opt(f, &a);
             fprintf(f, " --part \"$SLURM_ARRAY_TASK_ID/%u\" --out ", a.parts);
             shq(f, parts);
@@ -692,7 +702,7 @@ int cmd_slurm(int argc, char **argv)
         free(out);
         free(parts);
         free(patches);
-        scripts[0] = "prepare.sbatch";
+        scripts[0] = a.map_run ? "run.sbatch" : "prepare.sbatch";
         scripts[1] = "reduce.sbatch";
         scripts[2] = "apply.sbatch";
         scripts[3] = "commit.sbatch";

@@ -36,6 +36,7 @@
 #include "scorer.h"
 #include "../io/stream.h"
 #include "../plan/targets.h"
+#include "split.h"
 
 #define STREAM_DEPTH 2u
 /* Blocks per apply stream batch: a 32nd of the budget's room in units of 160 bytes (the unit
@@ -285,6 +286,32 @@ int nlsr_full_patch_params(nlsr_ctx *ctx, const nlsr_pf_reader *pf, nlsr_realign
             return nlsr_fail(e, NLSR_E_USAGE,
                              "%s was prepared for other targets; leave --targets out", pf->path);
         }
+    }
+    /* A recorded selection (nlsr reduce of run --part maps) was made with the options the
+     * maps were given: apply takes them from the file, as it takes beta, and refuses others
+     * given explicitly (an option left at its default takes the file's). */
+    nlsr_select_params rs;
+    int rec = nlsr_split_sel_select(ctx, pf, &rs);
+    if (rec < 0) {
+        free(v);
+        return rec;
+    }
+    if (rec == 1) {
+        nlsr_select_params d = NLSR_SELECT_PARAMS_DEFAULT, *g = &p->select;
+        int same = (g->mode == rs.mode || g->mode == d.mode) &&
+                       (g->semantics == rs.semantics || g->semantics == d.semantics) &&
+                       (g->prune_rate == rs.prune_rate || g->prune_rate == d.prune_rate) &&
+                       (g->epsilon == rs.epsilon || g->epsilon == d.epsilon) &&
+                       (g->tau == rs.tau || g->tau == d.tau) &&
+                       (g->seed == rs.seed || g->seed == d.seed);
+        if (!same) {
+            free(v);
+            return nlsr_fail(e, NLSR_E_USAGE,
+                             "%s holds the selection nlsr reduce made (seed %" PRIu64 "): leave "
+                             "the selection options out (--select, --semantics, --prune-rate, "
+                             "--epsilon, --tau, --seed)", pf->path, rs.seed);
+        }
+        *g = rs;
     }
     p->beta = beta->valuedouble;
     p->sparsity = sp->valuedouble;
@@ -715,7 +742,7 @@ static int prep_alloc_scratch(prep *P)
     return 0;
 }
 
-static cJSON *source_json(const nlsr_ckpt *ck, const nlsr_xxh64_state *fp)
+cJSON *nlsr_full_source_json(const nlsr_ckpt *ck, const nlsr_xxh64_state *fp)
 {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
@@ -773,7 +800,8 @@ static cJSON *header_extra(const prep *P, uint64_t *model_bytes)
     if (!scp) goto oom;
     cJSON_AddItemToObject(par, "scorer", scp);
     if (!(src = cJSON_AddObjectToObject(x, "sources"))) goto oom;
-    cJSON *b = source_json(P->base, &P->fp_base), *s = source_json(P->src, &P->fp_src);
+    cJSON *b = nlsr_full_source_json(P->base, &P->fp_base),
+          *s = nlsr_full_source_json(P->src, &P->fp_src);
     if (!b || !s) {
         cJSON_Delete(b);
         cJSON_Delete(s);
@@ -969,6 +997,14 @@ typedef struct apply_ctx {
     /* One task of a split apply (docs/SCALE.md): only the shards k with write_shard[k] are
      * written, and no side file (the commit copies them). NULL: every shard. */
     const unsigned char *write_shard;
+    /* run --part (nlsr_full_similarities): each module's fine-tune content hash, computed in
+     * the similarity pass over the bytes it reads; NULL otherwise. */
+    uint64_t *ft_hash;
+    nlsr_xxh64_state fth;  /* the module being hashed (ft_hash, or the recorded check) */
+    /* A recorded selection (the patch header's "finetuned" record, docs/SCALE.md): the
+     * similarity pass is replaced by the check of the modules to be written against the
+     * fine-tune hashes it holds. */
+    const nlsr_split_sel *rec;
 } apply_ctx;
 
 /* Fills A->units with the next blocks, at most A->batch, of the modules `only` selects
@@ -1079,6 +1115,14 @@ static int similarity_block(apply_ctx *A, size_t mi, size_t bi, const unsigned c
     if (bad < cnt)
         return nonfinite_fail(A->ctx, shard_path(A->ft, A->ti[mi]), t->name, first + bad,
                               A->tf[bad], " in finetuned");
+    if (A->ft_hash) {
+        if (bi == 0) {
+            nlsr_xxh64_init(&A->fth, 0);
+            nlsr_full_fp_tensor_head(&A->fth, t);
+        }
+        nlsr_xxh64_update(&A->fth, raw, cnt * nlsr_dtype_size(t->dtype));
+        if (bi + 1 == pt->nblocks) A->ft_hash[mi] = nlsr_xxh64_digest(&A->fth);
+    }
     nlsr_pf_view v;
     NLSR_FORWARD(nlsr_pf_read_block(pf, pt, bi, &v));
     for (size_t j = 0; j < v.m; j++) A->tm[j] = A->tf[v.idx[j] - first];
@@ -1123,6 +1167,89 @@ static int apply_similarity(apply_ctx *A, nlsr_report *rep)
         if (rc == 0) rep->m[idx].similarity = nlsr_cosine(sums[i].dot, sums[i].nx, sums[i].ny);
     }
     free(sums);
+    return rc;
+}
+
+/* A module's content hash when it has no block (an empty tensor): its head alone. */
+static uint64_t empty_module_hash(const st_tensor *t)
+{
+    nlsr_xxh64_state h;
+    nlsr_xxh64_init(&h, 0);
+    nlsr_full_fp_tensor_head(&h, t);
+    return nlsr_xxh64_digest(&h);
+}
+
+static int recorded_mismatch(apply_ctx *A, size_t mi, uint64_t got)
+{
+    return nlsr_fail(&A->ctx->err, NLSR_E_MISMATCH,
+                     "finetuned %s: module '%.200s' is not the one whose similarity %s records "
+                     "(content hash %016" PRIx64 ", recorded %016" PRIx64 "): the selection was "
+                     "made for another fine-tune (run its run --part tasks and reduce again)",
+                     A->ft->path, A->pf->modules[mi].name, A->pf->path, got, A->rec->fp[mi]);
+}
+
+/* With a recorded selection, pass 1 reads only the modules this job writes: each is hashed as
+ * run --part hashed it and must match the record before anything is written (in place: before
+ * the journal starts). The fine-tune's values were checked by run --part on these very bytes
+ * (the hash says so); the patch values are checked again as the similarity pass checks them
+ * (checksums prove bytes, not finite values), for the modules written only. */
+static int recorded_fn(apply_ctx *A, size_t mi, size_t bi, const unsigned char *raw, void *arg)
+{
+    (void)arg;
+    const nlsr_pf_tensor *pt = &A->pf->modules[mi].t[0];
+    const st_tensor *t = A->ft->t[A->ti[mi]].t;
+    nlsr_pf_block blk;
+    NLSR_FORWARD(nlsr_pf_block_get(A->pf, pt, bi, &blk));
+    size_t tsz = nlsr_dtype_size(t->dtype);
+    if (bi == 0) {
+        nlsr_xxh64_init(&A->fth, 0);
+        nlsr_full_fp_tensor_head(&A->fth, t);
+    }
+    nlsr_xxh64_update(&A->fth, raw, (size_t)blk.count * tsz);
+    nlsr_pf_view v;
+    NLSR_FORWARD(nlsr_pf_read_block(A->pf, pt, bi, &v));
+    nlsr_to_f32(pt->ref_dtype, v.ref, A->em, v.m);
+    nlsr_to_f32(pt->base_dtype, v.base, A->bm, v.m);
+    NLSR_FORWARD(check_patch_values(A, mi, pt, &v, t));
+    if (A->cache)
+        memcpy(A->cache + A->cache_off[mi] + blk.first * tsz, raw, (size_t)blk.count * tsz);
+    if (bi + 1 == pt->nblocks) {
+        uint64_t got = nlsr_xxh64_digest(&A->fth);
+        if (got != A->rec->fp[mi]) return recorded_mismatch(A, mi, got);
+        nlsr_phase_units(A->ctx, 1);
+    }
+    return 0;
+}
+
+static int apply_recorded(apply_ctx *A, const int *need, nlsr_report *rep)
+{
+    nlsr_ctx *ctx = A->ctx;
+    nlsr_pf_reader *pf = A->pf;
+    int rc = 0;
+    for (size_t i = 0; i < pf->nmodules && rc == 0; i++) {
+        const nlsr_pf_tensor *pt = &pf->modules[i].t[0];
+        size_t idx;
+        rc = nlsr_report_add(rep, ctx, pf->modules[i].name, pt->numel, pt->mask_count, &idx);
+        if (rc < 0) break;
+        rep->m[idx].similarity = A->rec->sim[i];
+        rep->m[idx].probability = A->rec->prob[i];
+        rep->m[idx].draw = A->rec->draw[i];
+        rep->m[idx].patched = A->rec->patched[i];
+        uint64_t h;
+        if (need[i] && pt->nblocks == 0 &&
+            (h = empty_module_hash(A->ft->t[A->ti[i]].t)) != A->rec->fp[i])
+            rc = recorded_mismatch(A, i, h);
+    }
+    uint64_t bytes = 0, units = 0;
+    for (size_t i = 0; i < pf->nmodules; i++)
+        if (need[i]) {
+            bytes += A->ft->t[A->ti[i]].t->end - A->ft->t[A->ti[i]].t->begin;
+            units++;
+        }
+    if (rc < 0) return rc;
+    nlsr_phase_begin(ctx, "fine-tune check", NLSR_PHASE_READ, bytes, units);
+    rc = apply_stream(A, need, recorded_fn, NULL);
+    if (rc == 0) nlsr_phase_end(ctx);
     return rc;
 }
 
@@ -1263,7 +1390,7 @@ done:
 /* Step 3 into out_dir (jn NULL) or in place through the journal jn (out_dir NULL). */
 static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, const char *out_dir,
                     nlsr_journal *jn, const nlsr_realign_params *p, const nlsr_full_tuning *tune,
-                    const unsigned char *write_shard, nlsr_report *rep)
+                    const unsigned char *write_shard, nlsr_report *rep, uint64_t *ft_hash)
 {
     nlsr_err *e = &ctx->err;
     nlsr_budget *b = &ctx->budget;
@@ -1277,11 +1404,26 @@ static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
     A.jn_mod = SIZE_MAX;
     A.drop = p->drop_other_weights;
     A.write_shard = write_shard;
+    A.ft_hash = ft_hash;
+    /* A selection recorded by nlsr reduce (run --part maps) is used as it is: only the modules
+     * this job writes are read (run --part computes no selection: ft_hash). */
+    nlsr_split_sel sel;
+    memset(&sel, 0, sizeof sel);
+    if (!ft_hash) {
+        rc = nlsr_split_sel_read(ctx, pf, &sel);
+        if (rc < 0) return rc;
+        if (rc == 1 && !sel.has_selection) nlsr_split_sel_free(&sel);
+        if (sel.has_selection) A.rec = &sel;
+        rc = 0;
+    }
     A.ti = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *A.ti);
     A.cache_off = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *A.cache_off);
-    if (!A.ti || !A.cache_off) {
+    int *need = calloc(pf->nmodules ? pf->nmodules : 1, sizeof *need);
+    if (!A.ti || !A.cache_off || !need) {
         free(A.ti);
         free(A.cache_off);
+        free(need);
+        nlsr_split_sel_free(&sel);
         return nlsr_fail(e, -ENOMEM, "out of memory");
     }
     for (size_t i = 0; i < pf->nmodules && rc == 0; i++) {
@@ -1292,6 +1434,10 @@ static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
         }
         const nlsr_pf_tensor *t = &pf->modules[i].t[0];
         if (t->max_count > A.blk) A.blk = t->max_count;
+        /* With a recorded selection only the modules written are read and cached. */
+        need[i] = !A.rec || (sel.patched[i] &&
+                             (!write_shard || write_shard[ft->t[A.ti[i]].shard]));
+        if (!need[i]) continue;
         A.cache_off[i] = A.cache_bytes;
         A.cache_bytes += ft->t[A.ti[i]].t->end - ft->t[A.ti[i]].t->begin;
     }
@@ -1315,40 +1461,55 @@ static int apply_to(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, cons
     for (size_t i = 0; i < sizeof a / sizeof a[0] && rc == 0; i++)
         rc = nlsr_budget_alloc(b, a[i].bytes, "apply scratch", a[i].p, e);
     /* The stream and the patch reader need a few block buffers beside the cache. */
-    int may_cache = !(tune && tune->apply_no_cache);
+    int may_cache = !(tune && tune->apply_no_cache) && !ft_hash;
     if (rc == 0 && may_cache && A.cache_bytes <= nlsr_budget_room(&ctx->budget) / 2)
         rc = nlsr_budget_alloc(b, (size_t)(A.cache_bytes ? A.cache_bytes : 1),
                                "fine-tuned target cache", (void **)&A.cache, e);
-    if (rc == 0) rc = apply_similarity(&A, rep);
-    if (rc == 0) rc = nlsr_report_select(rep, ctx, &p->select);
-    if (rc == 0) rc = apply_write(&A, rep, out_dir);
+    if (A.rec) {
+        if (rc == 0) rc = apply_recorded(&A, need, rep);
+    } else {
+        if (rc == 0) rc = apply_similarity(&A, rep);
+        for (size_t i = 0; ft_hash && rc == 0 && i < pf->nmodules; i++)
+            if (pf->modules[i].t[0].nblocks == 0)
+                ft_hash[i] = empty_module_hash(ft->t[A.ti[i]].t);
+        if (rc == 0 && !ft_hash) rc = nlsr_report_select(rep, ctx, &p->select);
+    }
+    if (rc == 0 && !ft_hash) rc = apply_write(&A, rep, out_dir);
     if (A.cache) nlsr_budget_free(b, A.cache, (size_t)(A.cache_bytes ? A.cache_bytes : 1));
     for (size_t i = 0; i < sizeof a / sizeof a[0]; i++)
         nlsr_budget_free(b, *a[i].p, a[i].bytes);
     free(A.ti);
     free(A.cache_off);
+    free(need);
+    nlsr_split_sel_free(&sel);
     return rc;
+}
+
+int nlsr_full_similarities(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft,
+                           const nlsr_realign_params *p, nlsr_report *rep, uint64_t *ft_hash)
+{
+    return apply_to(ctx, pf, ft, NULL, NULL, p, NULL, NULL, rep, ft_hash);
 }
 
 int nlsr_full_apply(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, const char *out_dir,
                     const nlsr_realign_params *p, const nlsr_full_tuning *tune,
                     nlsr_report *rep)
 {
-    return apply_to(ctx, pf, ft, out_dir, NULL, p, tune, NULL, rep);
+    return apply_to(ctx, pf, ft, out_dir, NULL, p, tune, NULL, rep, NULL);
 }
 
 int nlsr_full_apply_shards(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft,
                            const char *out_dir, const nlsr_realign_params *p,
                            const unsigned char *write_shard, nlsr_report *rep)
 {
-    return apply_to(ctx, pf, ft, out_dir, NULL, p, NULL, write_shard, rep);
+    return apply_to(ctx, pf, ft, out_dir, NULL, p, NULL, write_shard, rep, NULL);
 }
 
 int nlsr_full_apply_journal(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft,
                             nlsr_journal *jn, const nlsr_realign_params *p,
                             const nlsr_full_tuning *tune, nlsr_report *rep)
 {
-    return apply_to(ctx, pf, ft, NULL, jn, p, tune, NULL, rep);
+    return apply_to(ctx, pf, ft, NULL, jn, p, tune, NULL, rep, NULL);
 }
 
 /* ---- output folders ---------------------------------------------------------------------- */

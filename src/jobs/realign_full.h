@@ -109,6 +109,16 @@ int nlsr_full_prepare_part(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt
 int nlsr_full_patch_params(nlsr_ctx *ctx, const nlsr_pf_reader *pf, nlsr_realign_params *p,
                            const char ***names);
 
+/* run --part (split_run.c): every module's similarity of pf against ft into rep (apply's pass
+ * 1, the same arithmetic in the same order) and each module's content hash of ft in
+ * ft_hash[module] (as sources.*.fingerprint hashes a module); no selection, nothing written. */
+int nlsr_full_similarities(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft,
+                           const nlsr_realign_params *p, nlsr_report *rep, uint64_t *ft_hash);
+
+/* A checkpoint as the patch header's sources record it: path (and snapshot), tensors, bytes,
+ * and the fingerprint fp holds. NULL on out-of-memory. */
+cJSON *nlsr_full_source_json(const nlsr_ckpt *ck, const nlsr_xxh64_state *fp);
+
 /* Step 3 into `out_dir`, an existing empty folder (the job's temporary output). Assumes
  * nlsr_full_check_patch passed. rep gets every module with similarity and selection. */
 int nlsr_full_apply(nlsr_ctx *ctx, nlsr_pf_reader *pf, const nlsr_ckpt *ft, const char *out_dir,

@@ -8,11 +8,13 @@
  * nlsr's marker naming the tag), the others take it. Task I owns the fine-tune's shards
  * [S I/N, S (I+1)/N) in shard-name order. It computes every module's similarity and the
  * selection as apply does (the whole fine-tune's target tensors are read: the selection ranks
- * them all), writes its shards into a temporary folder of its own inside the shared one
- * (.nlsr-task.nlsr-tmp-XXXXXX, owner-marked), then per shard: XXH64 of the bytes written,
- * rename to its final name, and a record ".nlsr-shard.<name>.xxh64" holding that hash. A shard
- * whose record is there and whose file reads back to it is verified and skipped: a requeued
- * task redoes only what is not. Every task also writes the selection it computed
+ * them all), or, from a patch file holding the selection nlsr reduce made of run --part maps,
+ * takes that one and reads only the patched modules of its shards (realign_full.c checks them
+ * against the recorded hashes), writes its shards into a temporary folder of its own inside
+ * the shared one (.nlsr-task.nlsr-tmp-XXXXXX, owner-marked), then per shard: XXH64 of the
+ * bytes written, rename to its final name, and a record ".nlsr-shard.<name>.xxh64" holding
+ * that hash. A shard whose record is there and whose file reads back to it is verified and
+ * skipped: a requeued task redoes only what is not. Every task also writes the selection it computed
  * (.nlsr-selection.json) or, when one is there, checks that it computed the same one.
  *
  * The commit checks that no task is at work (dead tasks' folders are swept), that every shard

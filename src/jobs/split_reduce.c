@@ -20,8 +20,10 @@
 #include "../common/err.h"
 #include "../common/json.h"
 #include "../io/outpath.h"
+#include "../compute/selection.h"
 #include "../io/patchfile.h"
 #include "realign_full.h"
+#include "split.h"
 
 static const cJSON *get(const cJSON *o, const char *k)
 {
@@ -33,6 +35,7 @@ typedef struct part_info {
     uint64_t index, count, total, first, n;
     const cJSON *fp_base, *fp_src; /* arrays of hex strings, one per module */
     const char *src_role;          /* "aligned" or "reference" */
+    const cJSON *ft;               /* a run part's "finetuned" record, NULL for prepare's */
 } part_info;
 
 static int read_part(nlsr_err *e, const nlsr_pf_reader *r, part_info *pi)
@@ -50,6 +53,7 @@ static int read_part(nlsr_err *e, const nlsr_pf_reader *r, part_info *pi)
         pi->index >= pi->count || !cJSON_IsObject(fps = get(pt, "module_fingerprints")))
         return nlsr_fail(e, NLSR_E_FORMAT, "%s: malformed \"part\" record", r->path);
     pi->n = r->nmodules;
+    pi->ft = get(r->header, "finetuned");
     pi->fp_base = get(fps, "base");
     pi->src_role = get(fps, "aligned") ? "aligned" : "reference";
     pi->fp_src = get(fps, pi->src_role);
@@ -82,6 +86,28 @@ static int same_sources(const cJSON *a, const cJSON *b)
     return same;
 }
 
+/* What differs between two run parts' "finetuned" records beyond their modules' own entries:
+ * the fine-tune (path, snapshot, tensor count and bytes) or the selection options; NULL when
+ * they agree. */
+static const char *other_finetune(const cJSON *a, const cJSON *b)
+{
+    if (!cJSON_Compare(get(a, "select"), get(b, "select"), 1)) return "selection options";
+    cJSON *x = cJSON_Duplicate(a, 1), *y = cJSON_Duplicate(b, 1);
+    const char *what = "fine-tune (path, snapshot, tensors or bytes)";
+    if (x && y) {
+        static const char *const own[] = {"fingerprint", "module_fingerprints", "similarities",
+                                          "select", "selection"};
+        for (size_t k = 0; k < sizeof own / sizeof own[0]; k++) {
+            cJSON_DeleteItemFromObjectCaseSensitive(x, own[k]);
+            cJSON_DeleteItemFromObjectCaseSensitive(y, own[k]);
+        }
+        if (cJSON_Compare(x, y, 1)) what = NULL;
+    }
+    cJSON_Delete(x);
+    cJSON_Delete(y);
+    return what;
+}
+
 /* Numbers that are not integers were written by nlsr_json_number (shortest exact decimal);
  * cJSON's own printing may differ from it, so they are made raw again the same way. */
 static int renumber(cJSON *o)
@@ -102,6 +128,16 @@ static int renumber(cJSON *o)
         }
     }
     return 0;
+}
+
+cJSON *nlsr_split_header_dup(const cJSON *item)
+{
+    cJSON *d = cJSON_Duplicate(item, 1);
+    if (d && renumber(d) < 0) {
+        cJSON_Delete(d);
+        d = NULL;
+    }
+    return d;
 }
 
 static int hex_u64(const cJSON *s, uint64_t *v)
@@ -159,7 +195,7 @@ static cJSON *merged_extra(nlsr_err *e, nlsr_pf_reader *const *r, const part_inf
     return x;
 }
 
-static int copy_module(nlsr_pf_writer *w, nlsr_pf_reader *r, const nlsr_pf_module *m)
+int nlsr_split_copy_module(nlsr_pf_writer *w, nlsr_pf_reader *r, const nlsr_pf_module *m)
 {
     NLSR_FORWARD(nlsr_pf_writer_begin_module(w, m->name));
     for (size_t t = 0; t < m->ntensors; t++) {
@@ -178,6 +214,61 @@ static int copy_module(nlsr_pf_writer *w, nlsr_pf_reader *r, const nlsr_pf_modul
         NLSR_FORWARD(nlsr_pf_writer_end_tensor(w));
     }
     return nlsr_pf_writer_end_module(w);
+}
+
+/* Run parts: every module's similarity and the fine-tune's module hashes gathered in module
+ * order, METHOD.md step 3's selection made once over all of them (the code apply runs, with
+ * the options the parts were given), and the merged "finetuned" record added to extra. */
+static int select_once(nlsr_ctx *ctx, nlsr_pf_reader *const *r, size_t n, cJSON *extra)
+{
+    nlsr_err *e = &ctx->err;
+    size_t total = 0;
+    for (size_t k = 0; k < n; k++) total += r[k]->nmodules;
+    nlsr_split_sel all, one;
+    NLSR_FAIL_IF(nlsr_split_sel_alloc(&all, total) < 0, e, -ENOMEM, "out of memory");
+    int rc = 0;
+    size_t at = 0;
+    nlsr_xxh64_state fp;
+    nlsr_xxh64_init(&fp, 0);
+    for (size_t k = 0; k < n && rc == 0; k++) {
+        rc = nlsr_split_sel_read(ctx, r[k], &one);
+        if (rc == 0) rc = nlsr_fail(e, NLSR_E_FORMAT, "%s: no \"finetuned\" record", r[k]->path);
+        if (rc < 0) break;
+        rc = 0;
+        if (one.has_selection)
+            rc = nlsr_fail(e, NLSR_E_FORMAT, "%s: a part that holds a selection (only a reduce "
+                           "makes one)", r[k]->path);
+        all.sp = one.sp;
+        for (size_t m = 0; m < one.n && rc == 0; m++, at++) {
+            all.fp[at] = one.fp[m];
+            all.sim[at] = one.sim[m];
+            nlsr_full_fp_add_module(&fp, one.fp[m]);
+        }
+        nlsr_split_sel_free(&one);
+    }
+    if (rc == 0 && nlsr_select_modules(&all.sp, all.sim, total, all.prob, all.draw,
+                                       all.patched) < 0)
+        rc = nlsr_fail(e, -ENOMEM, "out of memory selecting modules");
+    all.has_selection = 1;
+    cJSON *ft = NULL;
+    if (rc == 0) {
+        ft = cJSON_Duplicate(get(r[0]->header, "finetuned"), 1);
+        static const char *const own[] = {"fingerprint", "module_fingerprints", "similarities",
+                                          "select", "selection"};
+        for (size_t k = 0; ft && k < sizeof own / sizeof own[0]; k++)
+            cJSON_DeleteItemFromObjectCaseSensitive(ft, own[k]);
+        char hex[32];
+        snprintf(hex, sizeof hex, "xxh64:%016" PRIx64, nlsr_xxh64_digest(&fp));
+        if (!ft || !cJSON_AddStringToObject(ft, "fingerprint", hex) ||
+            nlsr_split_sel_json(ft, &all) < 0 || renumber(ft) < 0) {
+            cJSON_Delete(ft);
+            rc = nlsr_fail(e, -ENOMEM, "out of memory building the merged header");
+        } else {
+            cJSON_AddItemToObject(extra, "finetuned", ft);
+        }
+    }
+    nlsr_split_sel_free(&all);
+    return rc;
 }
 
 int nlsr_reduce(nlsr_ctx *ctx, const char *const *parts, size_t nparts, const char *out_file,
@@ -217,6 +308,19 @@ int nlsr_reduce(nlsr_ctx *ctx, const char *const *parts, size_t nparts, const ch
                                ? "model"
                                : NULL;
         if (what) {
+            rc = nlsr_fail(e, NLSR_E_MISMATCH, "%s and %s are parts of different jobs: they differ "
+                           "in their %s", parts[0], parts[i], what);
+            goto done;
+        }
+        if (!pi[i].ft != !pi[0].ft) {
+            size_t rp = pi[i].ft ? i : 0, pp = pi[i].ft ? 0 : i;
+            rc = nlsr_fail(e, NLSR_E_MISMATCH,
+                           "%s is a part of run --part (it holds a fine-tune's similarities) but "
+                           "%s a part of prepare --part: a job's parts are all of one kind",
+                           parts[rp], parts[pp]);
+            goto done;
+        }
+        if (pi[0].ft && (what = other_finetune(pi[0].ft, pi[i].ft))) {
             rc = nlsr_fail(e, NLSR_E_MISMATCH, "%s and %s are parts of different jobs: they differ "
                            "in their %s", parts[0], parts[i], what);
             goto done;
@@ -264,10 +368,11 @@ int nlsr_reduce(nlsr_ctx *ctx, const char *const *parts, size_t nparts, const ch
         rc = e->code ? e->code : -ENOMEM;
         goto done;
     }
-    rc = nlsr_pf_writer_open(ctx, out_file, "full", &w);
+    if (pbyidx[0].ft) rc = select_once(ctx, byidx, nparts, extra);
+    if (rc == 0) rc = nlsr_pf_writer_open(ctx, out_file, "full", &w);
     for (size_t k = 0; k < nparts && rc == 0; k++)
         for (size_t m = 0; m < byidx[k]->nmodules && rc == 0; m++)
-            rc = copy_module(w, byidx[k], &byidx[k]->modules[m]);
+            rc = nlsr_split_copy_module(w, byidx[k], &byidx[k]->modules[m]);
     if (rc == 0) {
         rc = nlsr_pf_writer_commit(w, extra, NULL);
         w = NULL;
