@@ -5,26 +5,12 @@
 # in; what a requeued, repeated or stopped task and the commit do. No scheduler needed.
 # Usage: test_split_apply_cli.sh NLSR [DATA_DIR] [HOOKS]
 set -uo pipefail
+. "$(dirname "$(realpath "$0")")/split_lib.sh"
 NLSR=$(realpath "$1")
 HOOKS=${NLSR_HOOKS:-${3:-OFF}}
 T=$(mktemp -d "${TMPDIR:-/tmp}/nlsr-split-apply.XXXXXX")
 trap 'rm -rf "$T"' EXIT
 cd "$T"
-fail() { echo "FAIL: $*"; exit 1; }
-# Two output folders hold the same files with the same bytes (the marker file aside).
-cmpdir() {
-    [ "$(cd "$1" && ls)" = "$(cd "$2" && ls)" ] || return 1
-    for f in "$1"/*; do cmp -s "$f" "$2/$(basename "$f")" || return 1; done
-}
-# expect STATUS PATTERN CMD...: the exit status and a pattern of its stderr.
-expect() {
-    local want=$1 pat=$2
-    shift 2
-    "$@" >out.txt 2>err.txt
-    local got=$?
-    [ "$got" = "$want" ] || fail "$* exited $got, not $want: $(cat err.txt)"
-    grep -qE -- "$pat" err.txt || fail "$*: stderr lacks '$pat': $(cat err.txt)"
-}
 
 # A synthetic triple whose fine-tune has 10 shards (tiny preset, 4 layers, 100 KiB shards).
 for r in base aligned finetuned; do

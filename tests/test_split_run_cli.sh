@@ -8,23 +8,11 @@
 # fine-tune or of another kind are refused by name. No scheduler needed.
 # Usage: test_split_run_cli.sh NLSR [DATA_DIR]
 set -uo pipefail
+. "$(dirname "$(realpath "$0")")/split_lib.sh"
 NLSR=$(realpath "$1")
 T=$(mktemp -d "${TMPDIR:-/tmp}/nlsr-split-run.XXXXXX")
 trap 'rm -rf "$T"' EXIT
 cd "$T"
-fail() { echo "FAIL: $*"; exit 1; }
-cmpdir() {
-    [ "$(cd "$1" && ls)" = "$(cd "$2" && ls)" ] || return 1
-    for f in "$1"/*; do cmp -s "$f" "$2/$(basename "$f")" || return 1; done
-}
-expect() {
-    local want=$1 pat=$2
-    shift 2
-    "$@" >out.txt 2>err.txt
-    local got=$?
-    [ "$got" = "$want" ] || fail "$* exited $got, not $want: $(cat err.txt)"
-    grep -qE -- "$pat" err.txt || fail "$*: stderr lacks '$pat': $(cat err.txt)"
-}
 # The selection of a report: every module's name, similarity, probability, draw and decision.
 selection() {
     python3 -c 'import json,sys
