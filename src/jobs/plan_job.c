@@ -129,23 +129,10 @@ static int print_with_prediction(const nlsr_plan *plan, double rbw, double wbw, 
         if (rc == 0) nlsr_timing_print(t, out);
         return rc;
     }
-    char *txt = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&txt, &len);
-    if (!m) return -ENOMEM;
-    int rc = nlsr_plan_print_to(plan, rbw, wbw, src, 1, m);
-    fclose(m);
-    cJSON *o = rc == 0 ? cJSON_Parse(txt) : NULL;
-    free(txt);
-    if (rc < 0) return rc;
+    cJSON *o = nlsr_plan_json(plan, rbw, wbw, src);
     if (!o) return -ENOMEM;
     nlsr_timing_json(o, t);
-    char *s = cJSON_Print(o);
-    cJSON_Delete(o);
-    if (!s) return -ENOMEM;
-    fprintf(out, "%s\n", s);
-    free(s);
-    return 0;
+    return nlsr_plan_print_json(o, out);
 }
 
 static int plan_print(nlsr_ctx *ctx, const char *base, const char *aligned, const char *finetuned,

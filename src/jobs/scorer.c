@@ -876,8 +876,6 @@ int nlsr_scorer_plan_print(nlsr_ctx *ctx, const nlsr_plan *plan, const nlsr_ckpt
     size_t ng = 0;
     uint64_t rd = 0, rd_mag = 0, acts_rd = 0, peak = 0;
     int passes_max = 0;
-    char *buf = NULL;
-    size_t blen = 0;
     cJSON *root = NULL;
     int rc = nlsr_params_validate(p, e);
     if (rc == 0) rc = nlsr_scorer_check_params(ctx, &p->scorer);
@@ -925,26 +923,18 @@ int nlsr_scorer_plan_print(nlsr_ctx *ctx, const nlsr_plan *plan, const nlsr_ckpt
             plan_text(p, g, ng, rd, rd_mag, acts_rd, peak, passes_max, budget, read_bw, out);
     } else if (rc == 0) {
         /* The plan's own JSON object gets a "scorer" member. */
-        FILE *ms = open_memstream(&buf, &blen);
-        if (!ms) rc = nlsr_fail(e, -errno, "plan: cannot print: %s", strerror(errno));
-        if (rc == 0) {
-            rc = nlsr_plan_print_to(plan, read_bw, write_bw, bw_source, 1, ms);
-            fclose(ms);
-        }
         cJSON *sj = NULL;
-        if (rc == 0 && (!(root = cJSON_ParseWithLength(buf, blen)) ||
-                        !(sj = plan_json(p, g, ng, rd, rd_mag, acts_rd, peak, passes_max, budget))))
+        if (!(root = nlsr_plan_json(plan, read_bw, write_bw, bw_source)) ||
+            !(sj = plan_json(p, g, ng, rd, rd_mag, acts_rd, peak, passes_max, budget)))
             rc = nlsr_fail(e, -ENOMEM, "plan: out of memory");
         if (rc == 0) {
             cJSON_AddItemToObject(root, "scorer", sj);
-            char *txt = cJSON_Print(root);
-            if (!txt) rc = nlsr_fail(e, -ENOMEM, "plan: out of memory");
-            else fprintf(out, "%s\n", txt);
-            free(txt);
+            rc = nlsr_plan_print_json(root, out);
+            root = NULL; /* printed and freed */
+            if (rc < 0) rc = nlsr_fail(e, rc, "plan: out of memory");
         }
     }
     cJSON_Delete(root);
-    free(buf);
     free(g);
     nlsr_acts_free(acts);
     return rc;

@@ -709,10 +709,10 @@ static void run_plan_json(cJSON *o, const nlsr_run_plan *rp)
     cJSON_AddNumberToObject(r, "bytes_written", (double)rp->written);
 }
 
-static int print_json(const nlsr_plan *p, double rbw, double wbw, const char *src, FILE *out)
+cJSON *nlsr_plan_json(const nlsr_plan *p, double rbw, double wbw, const char *src)
 {
     cJSON *o = cJSON_CreateObject();
-    if (!o) return -ENOMEM;
+    if (!o) return NULL;
     const nlsr_job_desc *j = &p->job;
     cJSON_AddStringToObject(o, "job", j->name);
     cJSON *ins = cJSON_AddArrayToObject(o, "inputs");
@@ -782,7 +782,12 @@ static int print_json(const nlsr_plan *p, double rbw, double wbw, const char *sr
         cJSON_AddItemToArray(rs, x);
     }
     if (p->has_run) run_plan_json(o, &p->run);
-    char *txt = cJSON_Print(o);
+    return o;
+}
+
+int nlsr_plan_print_json(cJSON *o, FILE *out)
+{
+    char *txt = o ? cJSON_Print(o) : NULL;
     cJSON_Delete(o);
     if (!txt) return -ENOMEM;
     fprintf(out, "%s\n", txt);
@@ -793,7 +798,7 @@ static int print_json(const nlsr_plan *p, double rbw, double wbw, const char *sr
 int nlsr_plan_print_to(const nlsr_plan *p, double rbw, double wbw, const char *src, int json,
                        FILE *out)
 {
-    if (json) return print_json(p, rbw, wbw, src, out);
+    if (json) return nlsr_plan_print_json(nlsr_plan_json(p, rbw, wbw, src), out);
     const nlsr_job_desc *j = &p->job;
     char a[32], b[32], c[32], d[32], f[32];
     fprintf(out, "plan: %s\n", j->name);

@@ -153,6 +153,14 @@ int nlsr_plan_probe(nlsr_ctx *ctx, const nlsr_ckpt *ck, const char *write_dir, d
 int nlsr_plan_print_to(const nlsr_plan *p, double read_bw, double write_bw, const char *bw_source,
                        int json, FILE *out);
 
+/* The JSON object nlsr_plan_print_to prints (NULL: out of memory), for a job that adds its own
+ * members before printing it with nlsr_plan_print_json, which prints and frees it (a NULL
+ * object: -ENOMEM). */
+struct cJSON;
+struct cJSON *nlsr_plan_json(const nlsr_plan *p, double read_bw, double write_bw,
+                             const char *bw_source);
+int nlsr_plan_print_json(struct cJSON *o, FILE *out);
+
 /* The plan of `nlsr amplify` (layout aligned, targets from base and aligned, one pass). */
 int nlsr_plan_amplify(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *aligned,
                       const nlsr_realign_params *p, nlsr_plan *out);
