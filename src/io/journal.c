@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@
 #include <zstd.h>
 
 #include "file.h"
+#include "jpayload.h"
 #include "outpath.h"
 #include "../common/testhook.h"
 #include "patchfile.h" /* XXH64 */
@@ -221,180 +223,6 @@ int nlsr_durable_unlink(nlsr_ctx *ctx, const char *dir, const char *name)
     return rc < 0 ? rc : d_fsync_dir(e, dir);
 }
 
-/* ---- byte planes -------------------------------------------------------------------------- */
-
-/* Byte j of element i goes to j*m + i: sign/exponent bytes are repetitive and mantissa bytes
- * noise; kept apart, zstd compresses the former well (as in the patch file). */
-static void to_planes(const unsigned char *src, unsigned char *dst, size_t len, size_t w)
-{
-    size_t m = len / w, i = 0;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    if (w == 2) {
-        /* BF16/F16, most of what is journaled: four elements per 64-bit word, the low and the
-         * high bytes gathered with masks and shifts (the byte loop below is several times
-         * slower, and the journal has to keep up with the disk). */
-        unsigned char *lo = dst, *hi = dst + m;
-        const uint64_t k8 = 0x00FF00FF00FF00FFull, k16 = 0x0000FFFF0000FFFFull;
-        for (; i + 4 <= m; i += 4) {
-            uint64_t x;
-            memcpy(&x, src + 2 * i, 8);
-            uint64_t a = x & k8, b = (x >> 8) & k8;
-            a = (a | a >> 8) & k16;
-            b = (b | b >> 8) & k16;
-            uint32_t la = (uint32_t)(a | a >> 16), lb = (uint32_t)(b | b >> 16);
-            memcpy(lo + i, &la, 4);
-            memcpy(hi + i, &lb, 4);
-        }
-    }
-#endif
-    for (; i < m; i++)
-        for (size_t b = 0; b < w; b++) dst[b * m + i] = src[i * w + b];
-}
-
-static void from_planes(const unsigned char *src, unsigned char *dst, size_t len, size_t w)
-{
-    size_t m = len / w;
-    for (size_t i = 0; i < m; i++)
-        for (size_t b = 0; b < w; b++) dst[i * w + b] = src[b * m + i];
-}
-
-/* ---- version 2 payloads: only the elements that change --------------------------------- */
-
-/* Element i of width w differs between a and b. */
-static int elem_differs(const unsigned char *a, const unsigned char *b, size_t i, size_t w)
-{
-    switch (w) {
-    case 2: {
-        uint16_t x, y;
-        memcpy(&x, a + 2 * i, 2);
-        memcpy(&y, b + 2 * i, 2);
-        return x != y;
-    }
-    case 4: {
-        uint32_t x, y;
-        memcpy(&x, a + 4 * i, 4);
-        memcpy(&y, b + 4 * i, 4);
-        return x != y;
-    }
-    case 8: {
-        uint64_t x, y;
-        memcpy(&x, a + 8 * i, 8);
-        memcpy(&y, b + 8 * i, 8);
-        return x != y;
-    }
-    }
-    return a[i] != b[i];
-}
-
-/* Set bits of x, without the library call a build for generic x86-64 makes of the builtin. */
-static unsigned popcount64(uint64_t x)
-{
-    x = x - ((x >> 1) & 0x5555555555555555ull);
-    x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
-    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Full;
-    return (unsigned)((x * 0x0101010101010101ull) >> 56);
-}
-
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-/* Bit k (k < 4) set when 16-bit lane k of a ^ b is not zero: four BF16/F16 elements compared
- * at once, the common case (the element loop is several times slower). */
-static unsigned differ4x16(uint64_t a, uint64_t b)
-{
-    const uint64_t lo = 0x7FFF7FFF7FFF7FFFull;
-    uint64_t x = a ^ b;
-    uint64_t t = (((x & lo) + lo) | x) & ~lo; /* the top bit of each non-zero lane */
-    t >>= 15;
-    return (unsigned)((t | t >> 15 | t >> 30 | t >> 45) & 0xF);
-}
-#endif
-
-/* Bytes of the bitmap of m elements. */
-static size_t bitmap_bytes(size_t m)
-{
-    return (m + 7) / 8;
-}
-
-/* A version 2 range payload in dst: the bitmap of the elements whose new bytes differ from the
- * original ones (bit i%8 of byte i/8 for element i), then the c changed elements' original
- * bytes as byte planes (byte j of the k-th changed element at j*c + k). Returns its length.
- * Only about a fifth of a realigned tensor's elements change, while whole 4 KiB grains are
- * rewritten: the rest of a grain's original bytes are its new bytes, which rollback reads
- * from the file. */
-static size_t sparse_payload(const unsigned char *orig, const unsigned char *neu, size_t len,
-                             size_t w, unsigned char *dst)
-{
-    size_t m = len / w, nb = bitmap_bytes(m), c = 0;
-    memset(dst, 0, nb);
-    for (size_t i0 = 0; i0 < m; i0 += 64) {
-        size_t n = m - i0 < 64 ? m - i0 : 64;
-        uint64_t bits = 0;
-        size_t i = 0;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        if (w == 2) { /* lane k of a word is element i + k */
-            const unsigned char *a = orig + 2 * i0, *b = neu + 2 * i0;
-            for (; i + 4 <= n; i += 4) {
-                uint64_t x, y;
-                memcpy(&x, a + 2 * i, 8);
-                memcpy(&y, b + 2 * i, 8);
-                bits |= (uint64_t)differ4x16(x, y) << i;
-            }
-        }
-#endif
-        {
-            for (; i < n; i++) bits |= (uint64_t)elem_differs(orig, neu, i0 + i, w) << i;
-        }
-        for (size_t k = 0; k < (n + 7) / 8; k++) dst[i0 / 8 + k] = (unsigned char)(bits >> (8 * k));
-        c += popcount64(bits);
-    }
-    unsigned char *pl = dst + nb;
-    size_t k = 0;
-    for (size_t i0 = 0; i0 < m; i0 += 64) {
-        size_t n = m - i0 < 64 ? m - i0 : 64;
-        uint64_t bits = 0;
-        for (size_t b = 0; b < (n + 7) / 8; b++) bits |= (uint64_t)dst[i0 / 8 + b] << (8 * b);
-        while (bits) {
-            size_t i = i0 + (size_t)__builtin_ctzll(bits);
-            bits &= bits - 1;
-            if (w == 2) {
-                pl[k] = orig[2 * i];
-                pl[c + k] = orig[2 * i + 1];
-            } else {
-                for (size_t b = 0; b < w; b++) pl[b * c + k] = orig[i * w + b];
-            }
-            k++;
-        }
-    }
-    return nb + c * w;
-}
-
-/* Rebuilds a version 2 range's original bytes in out from its decoded payload (pay, plen
- * bytes) and the range's current bytes `cur`: changed elements from the payload, the others
- * from the file (their original bytes were never changed). 0, or 1 when plen does not match
- * the bitmap. */
-static int sparse_restore(const unsigned char *pay, size_t plen, const unsigned char *cur,
-                          size_t len, size_t w, unsigned char *out)
-{
-    size_t m = len / w, nb = bitmap_bytes(m), c = 0;
-    if (plen < nb) return 1;
-    for (size_t k = 0; k < nb; k++) c += popcount64(pay[k]);
-    /* Bits past the last element are zero in a payload the writer made. */
-    if (m % 8 && (pay[nb - 1] >> (m % 8))) return 1;
-    if (plen != nb + c * w) return 1;
-    memcpy(out, cur, len);
-    const unsigned char *pl = pay + nb;
-    size_t k = 0;
-    for (size_t i0 = 0; i0 < m; i0 += 8) {
-        unsigned bits = pay[i0 / 8];
-        while (bits) {
-            size_t i = i0 + (size_t)__builtin_ctz(bits);
-            bits &= bits - 1;
-            for (size_t b = 0; b < w; b++) out[i * w + b] = pl[b * c + k];
-            k++;
-        }
-    }
-    return 0;
-}
-
 static int plain_name(const char *s, size_t n)
 {
     if (n == 0 || n > MAX_NAME || memchr(s, '\0', n) || memchr(s, '/', n)) return 0;
@@ -409,6 +237,34 @@ typedef struct jfile {
     uint64_t size;
     int dirty;
 } jfile;
+
+/* One record being built: what it holds, its buffers (charged) and the outcome. Building is
+ * pure computation (payload, zstd, checksums, header) and may run on the builder thread;
+ * appending it to the file stays on the caller's, in record order. */
+typedef struct jbuild {
+    uint32_t type;
+    const jfile *f;
+    uint64_t index, off;
+    const unsigned char *src, *neu;
+    size_t len, width;
+    unsigned char *plane, *cbuf;
+    size_t plane_cap, cbuf_cap;
+    ZSTD_CCtx *cctx;
+    unsigned char *copy_to; /* the worker copies the new bytes here too (the batch), or NULL */
+    size_t total;       /* record bytes in cbuf */
+    uint64_t h_new;     /* XXH64 of the new bytes (ranges) */
+    size_t zerr;        /* a zstd error code, 0 if none */
+} jbuild;
+
+/* The second core: a thread that builds one record while the caller builds the one before it
+ * (nlsr_journal_stage). Started on the first range of two records or more. */
+typedef struct jworker {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int started, quit, busy;
+    jbuild *job;
+} jworker;
 
 typedef struct staged {
     uint32_t file;
@@ -428,11 +284,13 @@ struct nlsr_journal {
     jfile *files;
     size_t rec_cap;     /* original bytes per record */
     uint32_t version;   /* 2; 1 only in tests of old journals (NLSR_TEST_JOURNAL_VERSION) */
-    unsigned char *batch, *plane, *cbuf;
-    size_t batch_cap, batch_used, cbuf_cap, plane_cap, charged;
+    unsigned char *batch;
+    size_t batch_cap, batch_used;
+    jbuild bld[2];      /* [0] on the caller's thread, [1] on the worker's (if it has buffers) */
+    int nbld;
+    jworker wk;
     staged *st;
     size_t nst, st_cap;
-    ZSTD_CCtx *cctx;
     nlsr_xxh64_state result;
     uint64_t data_bytes, journal_bytes, ranges;
 };
@@ -452,6 +310,25 @@ static uint64_t new_id(void)
         id = nlsr_xxh64(&ts, sizeof ts, (uint64_t)getpid());
     }
     return id ? id : 1;
+}
+
+/* Version 2's payload before compression: a bitmap of the changed elements (one bit per
+ * element, at most rec/8 bytes for width 1) and the changed elements' original bytes; and the
+ * record with its compressed payload. */
+static size_t plane_bytes(size_t rec)
+{
+    return rec + rec / 8 + 8;
+}
+
+static size_t cbuf_bytes(size_t rec)
+{
+    return REC_HDR + MAX_NAME + ZSTD_compressBound(plane_bytes(rec));
+}
+
+uint64_t nlsr_journal_buffer_bytes(uint64_t record_bytes, uint64_t batch_bytes, int builders)
+{
+    size_t rec = (size_t)record_bytes;
+    return batch_bytes + (uint64_t)(builders >= 2 ? 2 : 1) * (plane_bytes(rec) + cbuf_bytes(rec));
 }
 
 int nlsr_journal_begin(nlsr_ctx *ctx, const char *dir, const nlsr_journal_opts *o,
@@ -483,10 +360,7 @@ int nlsr_journal_begin(nlsr_ctx *ctx, const char *dir, const nlsr_journal_opts *
     if (!(o && o->batch_bytes) && batch > room / 8) batch = room / 8;
     if (batch < rec) batch = rec;
     j->batch_cap = (size_t)batch;
-    /* Version 2's payload before compression: a bitmap of the changed elements (one bit per
-     * element, at most rec_cap/8 bytes for width 1) and the changed elements' original bytes. */
-    j->plane_cap = j->rec_cap + j->rec_cap / 8 + 8;
-    j->cbuf_cap = REC_HDR + MAX_NAME + ZSTD_compressBound(j->plane_cap);
+    size_t plane_cap = plane_bytes(j->rec_cap), cbuf_cap = cbuf_bytes(j->rec_cap);
     j->version = NLSR_JOURNAL_VERSION;
     if (env_u64("NLSR_TEST_JOURNAL_VERSION") == 1) j->version = 1;
     nlsr_xxh64_init(&j->result, 0);
@@ -494,20 +368,30 @@ int nlsr_journal_begin(nlsr_ctx *ctx, const char *dir, const nlsr_journal_opts *
     if (!j->dir || !j->path) rc = nlsr_fail(e, -ENOMEM, "out of memory");
     if (rc == 0)
         rc = nlsr_budget_alloc(&ctx->budget, j->batch_cap, "journal batch", (void **)&j->batch, e);
-    if (rc == 0)
-        rc = nlsr_budget_alloc(&ctx->budget, j->plane_cap, "journal planes", (void **)&j->plane,
-                               e);
-    if (rc == 0)
-        rc = nlsr_budget_alloc(&ctx->budget, j->cbuf_cap, "journal record", (void **)&j->cbuf, e);
-    if (rc == 0 && !(j->cctx = ZSTD_createCCtx())) rc = nlsr_fail(e, -ENOMEM, "out of memory");
-    if (rc == 0) {
-        ZSTD_CCtx_setParameter(j->cctx, ZSTD_c_compressionLevel, ZLEVEL);
-        ZSTD_CCtx_setParameter(j->cctx, ZSTD_c_checksumFlag, 1);
-        /* Compression is most of the journal's CPU: with a second core, zstd splits each
-         * record in two jobs (one frame all the same). A libzstd without threads refuses the
-         * parameter, and one thread does it all. */
-        if (sysconf(_SC_NPROCESSORS_ONLN) >= 2)
-            (void)ZSTD_CCtx_setParameter(j->cctx, ZSTD_c_nbWorkers, 2);
+    /* A second builder where asked for and the machine has a second core. */
+    int cores = sysconf(_SC_NPROCESSORS_ONLN) >= 2;
+    for (int k = 0; k < 2 && rc == 0; k++) {
+        jbuild *bd = &j->bld[k];
+        if (k == 1 && !(cores && o && o->builders >= 2)) break;
+        rc = nlsr_budget_alloc(&ctx->budget, plane_cap, "journal planes", (void **)&bd->plane, e);
+        if (rc == 0) bd->plane_cap = plane_cap;
+        if (rc == 0)
+            rc = nlsr_budget_alloc(&ctx->budget, cbuf_cap, "journal record", (void **)&bd->cbuf, e);
+        if (rc == 0) bd->cbuf_cap = cbuf_cap;
+        if (rc == 0 && !(bd->cctx = ZSTD_createCCtx())) rc = nlsr_fail(e, -ENOMEM, "out of memory");
+        if (rc == 0) j->nbld = k + 1;
+    }
+    for (int k = 0; k < j->nbld; k++) {
+        ZSTD_CCtx *cc = j->bld[k].cctx;
+        ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, ZLEVEL);
+        ZSTD_CCtx_setParameter(cc, ZSTD_c_checksumFlag, 1);
+        /* With a second core zstd compresses in its multi-threaded mode: its frames are the same
+         * bytes for any number of workers (but not for none), so the journal's bytes do not
+         * depend on whether the records are built on one thread or two. One worker each with
+         * two builders, two with one (a payload past zstd's job size is then split over both
+         * cores). A libzstd without threads refuses the parameter, and one thread does it
+         * all. */
+        if (cores) (void)ZSTD_CCtx_setParameter(cc, ZSTD_c_nbWorkers, j->nbld == 2 ? 1 : 2);
     }
     if (rc < 0) {
         nlsr_journal_close(j);
@@ -666,59 +550,196 @@ static int create(nlsr_journal *j)
     return rc;
 }
 
-/* Builds one record in buf (header, name, zstd frame of the payload) and appends it. The
- * payload is `src` as byte planes (version 1, and the end record), or for a range of version 2
- * sparse_payload's bitmap and changed elements (`neu`: the new bytes). */
-static int append(nlsr_journal *j, unsigned char *buf, size_t cap, uint32_t type, const jfile *f,
-                  uint64_t off, const unsigned char *src, const unsigned char *neu, size_t len,
-                  size_t width, uint64_t h_new)
+/* Builds b's record in b->cbuf (header, name, zstd frame of the payload): no I/O and nothing
+ * shared but read-only fields, so it runs on either thread. The payload is `src` as byte
+ * planes (version 1, and the end record), or for a range of version 2 the sparse payload's
+ * bitmap and changed elements (`neu`: the new bytes). */
+static void build_record(uint32_t version, jbuild *b)
 {
-    nlsr_err *e = &j->ctx->err;
-    size_t nlen = f ? strlen(f->name) : 0;
-    const unsigned char *in = src;
-    size_t in_len = len;
-    if (type == REC_RANGE && j->version >= 2) {
-        in_len = sparse_payload(src, neu, len, width, j->plane);
-        in = j->plane;
-    } else if (width > 1) {
-        to_planes(src, j->plane, len, width);
-        in = j->plane;
+    size_t nlen = b->f ? strlen(b->f->name) : 0;
+    const unsigned char *in = b->src;
+    size_t in_len = b->len;
+    b->zerr = 0;
+    b->h_new = b->type == REC_RANGE ? nlsr_xxh64(b->neu, b->len, 0) : 0;
+    if (b->type == REC_RANGE && version >= 2) {
+        in_len = nlsr_jp_sparse(b->src, b->neu, b->len, b->width, b->plane);
+        in = b->plane;
+    } else if (b->width > 1) {
+        nlsr_jp_to_planes(b->src, b->plane, b->len, b->width);
+        in = b->plane;
     }
-    unsigned char *pay = buf + REC_HDR + nlen;
-    size_t cs = ZSTD_compress2(j->cctx, pay, cap - REC_HDR - nlen, in, in_len);
-    NLSR_FAIL_IF(ZSTD_isError(cs), e, NLSR_E_FORMAT, "%s: zstd: %s", j->path, ZSTD_getErrorName(cs));
-    unsigned char *h = buf;
+    unsigned char *h = b->cbuf, *pay = h + REC_HDR + nlen;
+    size_t cs = ZSTD_compress2(b->cctx, pay, b->cbuf_cap - REC_HDR - nlen, in, in_len);
+    if (ZSTD_isError(cs)) {
+        b->zerr = cs;
+        return;
+    }
     memset(h, 0, REC_HDR);
     memcpy(h, REC_MAGIC, 8);
-    put32(h + 8, type);
+    put32(h + 8, b->type);
     put32(h + 12, (uint32_t)nlen);
-    put64(h + 16, j->nrec);
-    put64(h + 24, f ? f->size : 0);
-    put64(h + 32, off);
-    put64(h + 40, len);
+    put64(h + 16, b->index);
+    put64(h + 24, b->f ? b->f->size : 0);
+    put64(h + 32, b->off);
+    put64(h + 40, b->len);
     put64(h + 48, cs);
-    put32(h + 56, (uint32_t)width);
-    put64(h + 64, nlsr_xxh64(src, len, 0));
-    put64(h + 72, h_new);
+    put32(h + 56, (uint32_t)b->width);
+    put64(h + 64, nlsr_xxh64(b->src, b->len, 0));
+    put64(h + 72, b->h_new);
     put64(h + 80, nlsr_xxh64(pay, cs, 0));
-    if (nlen) memcpy(h + REC_HDR, f->name, nlen);
+    if (nlen) memcpy(h + REC_HDR, b->f->name, nlen);
     nlsr_xxh64_state hs;
     nlsr_xxh64_init(&hs, 0);
     nlsr_xxh64_update(&hs, h, 88);
     nlsr_xxh64_update(&hs, h + REC_HDR, nlen);
     put64(h + 88, nlsr_xxh64_digest(&hs));
-    size_t total = REC_HDR + nlen + cs;
-    NLSR_FORWARD(d_pwrite(e, j->fd, buf, total, j->end, j->path));
-    start_writeback(j->fd, j->end, total);
+    b->total = REC_HDR + nlen + cs;
+}
+
+/* Appends a built record at the journal's end (the caller's thread, in record order). */
+static int append_built(nlsr_journal *j, const jbuild *b)
+{
+    nlsr_err *e = &j->ctx->err;
+    NLSR_FAIL_IF(b->zerr, e, NLSR_E_FORMAT, "%s: zstd: %s", j->path, ZSTD_getErrorName(b->zerr));
+    assert(b->index == j->nrec);
+    NLSR_FORWARD(d_pwrite(e, j->fd, b->cbuf, b->total, j->end, j->path));
+    start_writeback(j->fd, j->end, b->total);
     j->last = j->end;
-    j->end += total;
+    j->end += b->total;
     j->nrec++;
-    j->journal_bytes += total;
-    j->ctx->bytes_written += total;
+    j->journal_bytes += b->total;
+    j->ctx->bytes_written += b->total;
     nlsr_phase_tick(j->ctx);
     return 0;
 }
 
+/* ---- the builder thread ------------------------------------------------------------------- */
+
+static void *worker_main(void *arg)
+{
+    nlsr_journal *j = arg;
+    jworker *w = &j->wk;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->job && !w->quit) pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->job) break;
+        jbuild *b = w->job;
+        pthread_mutex_unlock(&w->mu);
+        build_record(j->version, b);
+        if (b->copy_to) memcpy(b->copy_to, b->neu, b->len);
+        pthread_mutex_lock(&w->mu);
+        w->job = NULL;
+        w->busy = 0;
+        pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+/* 1 when the worker runs (started now if need be); 0: build on this thread. A thread that
+ * cannot be started costs only the speed. */
+static int worker_ready(nlsr_journal *j)
+{
+    jworker *w = &j->wk;
+    if (j->nbld < 2) return 0;
+    if (w->started) return 1;
+    if (pthread_mutex_init(&w->mu, NULL) != 0) {
+        j->nbld = 1;
+        return 0;
+    }
+    if (pthread_cond_init(&w->cv, NULL) != 0) {
+        pthread_mutex_destroy(&w->mu);
+        j->nbld = 1;
+        return 0;
+    }
+    if (pthread_create(&w->th, NULL, worker_main, j) != 0) {
+        pthread_cond_destroy(&w->cv);
+        pthread_mutex_destroy(&w->mu);
+        j->nbld = 1;
+        return 0;
+    }
+    w->started = 1;
+    return 1;
+}
+
+static void worker_post(jworker *w, jbuild *b)
+{
+    pthread_mutex_lock(&w->mu);
+    w->job = b;
+    w->busy = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void worker_wait(jworker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    while (w->busy) pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void worker_stop(jworker *w)
+{
+    if (!w->started) return;
+    pthread_mutex_lock(&w->mu);
+    w->quit = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->th, NULL);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    w->started = 0;
+}
+
+/* ---- staging ------------------------------------------------------------------------------ */
+
+static void set_piece(jbuild *b, uint64_t index, const jfile *f, uint64_t off,
+                      const unsigned char *o, const unsigned char *n, size_t len, size_t width)
+{
+    b->type = REC_RANGE;
+    b->index = index;
+    b->f = f;
+    b->off = off;
+    b->src = o;
+    b->neu = n;
+    b->len = len;
+    b->width = width;
+    b->copy_to = NULL;
+}
+
+/* After its record is appended: a piece's new bytes into the batch, its entry and its part of
+ * the result fingerprint. */
+static int keep_piece(nlsr_journal *j, uint32_t id, const jbuild *b)
+{
+    assert(!b->copy_to || b->copy_to == j->batch + j->batch_used);
+    nlsr_err *e = &j->ctx->err;
+    if (j->nst == j->st_cap) {
+        size_t cap = j->st_cap ? 2 * j->st_cap : 64;
+        staged *ns = realloc(j->st, cap * sizeof *ns);
+        NLSR_FAIL_IF(!ns, e, -ENOMEM, "out of memory");
+        j->st = ns;
+        j->st_cap = cap;
+    }
+    if (!b->copy_to) memcpy(j->batch + j->batch_used, b->neu, b->len);
+    j->st[j->nst++] = (staged){id, b->off, b->len, j->batch_used};
+    j->batch_used += b->len;
+    /* The result fingerprint takes the new bytes' checksum rather than the bytes: one pass
+     * over the data fewer, the same identity. */
+    unsigned char le[24];
+    put64(le, b->off);
+    put64(le + 8, b->len);
+    put64(le + 16, b->h_new);
+    nlsr_xxh64_update(&j->result, b->f->name, strlen(b->f->name) + 1);
+    nlsr_xxh64_update(&j->result, le, sizeof le);
+    j->ranges++;
+    return 0;
+}
+
+/* The range is cut into pieces of at most a record; each piece is, in this order: the batch
+ * armed and written when its new bytes do not fit (nlsr_journal_flush), the journal created
+ * before the first record, its record appended, its new bytes kept. With the worker, pieces go
+ * two at a time: the second is built there while the first is built here, and the file sees
+ * exactly the same calls in the same order as with one thread (the worker does no I/O). */
 int nlsr_journal_stage(nlsr_journal *j, uint32_t id, uint64_t off, const void *orig,
                        const void *neu, size_t len, size_t width)
 {
@@ -733,36 +754,36 @@ int nlsr_journal_stage(nlsr_journal *j, uint32_t id, uint64_t off, const void *o
                  f->path, off, len, f->size);
     const unsigned char *o = orig, *n = neu;
     size_t piece_max = j->rec_cap / width * width;
+    jbuild *b0 = &j->bld[0], *b1 = &j->bld[1];
     while (len > 0) {
-        size_t k = len < piece_max ? len : piece_max;
-        if (j->batch_used + k > j->batch_cap) NLSR_FORWARD(nlsr_journal_flush(j));
+        size_t k0 = len < piece_max ? len : piece_max;
+        size_t rest = len - k0, k1 = rest < piece_max ? rest : piece_max;
+        if (k1 && !worker_ready(j)) k1 = 0;
+        if (j->batch_used + k0 > j->batch_cap) NLSR_FORWARD(nlsr_journal_flush(j));
         if (j->fd < 0) NLSR_FORWARD(jfail(j, create(j)));
-        if (j->nst == j->st_cap) {
-            size_t cap = j->st_cap ? 2 * j->st_cap : 64;
-            staged *ns = realloc(j->st, cap * sizeof *ns);
-            NLSR_FAIL_IF(!ns, e, jfail(j, -ENOMEM), "out of memory");
-            j->st = ns;
-            j->st_cap = cap;
+        if (k1) {
+            set_piece(b1, j->nrec + 1, f, off + k0, o + k0, n + k0, k1, width);
+            /* When both pieces fit the batch, the worker also puts the second's new bytes
+             * where they go (else the batch is written out between the two, and it waits). */
+            if (j->batch_used + k0 + k1 <= j->batch_cap)
+                b1->copy_to = j->batch + j->batch_used + k0;
+            worker_post(&j->wk, b1);
         }
-        uint64_t h_new = nlsr_xxh64(n, k, 0);
-        NLSR_FORWARD(jfail(j, append(j, j->cbuf, j->cbuf_cap, REC_RANGE, f, off, o, n, k,
-                                     width, h_new)));
-        memcpy(j->batch + j->batch_used, n, k);
-        j->st[j->nst++] = (staged){id, off, k, j->batch_used};
-        j->batch_used += k;
-        /* The result fingerprint takes the new bytes' checksum rather than the bytes: one
-         * pass over the data fewer, the same identity. */
-        unsigned char le[24];
-        put64(le, off);
-        put64(le + 8, k);
-        put64(le + 16, h_new);
-        nlsr_xxh64_update(&j->result, f->name, strlen(f->name) + 1);
-        nlsr_xxh64_update(&j->result, le, sizeof le);
-        j->ranges++;
-        o += k;
-        n += k;
-        off += k;
-        len -= k;
+        set_piece(b0, j->nrec, f, off, o, n, k0, width);
+        build_record(j->version, b0);
+        int rc = append_built(j, b0);
+        if (rc == 0) rc = keep_piece(j, id, b0);
+        /* The second piece's batch room is made while the worker still builds its record;
+         * the worker is waited for whatever happens (it reads the caller's buffers). */
+        if (rc == 0 && k1 && j->batch_used + k1 > j->batch_cap) rc = nlsr_journal_flush(j);
+        if (k1) worker_wait(&j->wk);
+        if (rc == 0 && k1) rc = append_built(j, b1);
+        if (rc == 0 && k1) rc = keep_piece(j, id, b1);
+        NLSR_FORWARD(jfail(j, rc));
+        o += k0 + k1;
+        n += k0 + k1;
+        off += k0 + k1;
+        len -= k0 + k1;
     }
     return 0;
 }
@@ -842,7 +863,19 @@ int nlsr_journal_complete(nlsr_journal *j, const char *json)
     size_t cap = REC_HDR + ZSTD_compressBound(len);
     unsigned char *buf = malloc(cap);
     NLSR_FAIL_IF(!buf, e, jfail(j, -ENOMEM), "out of memory");
-    int rc = append(j, buf, cap, REC_END, NULL, 0, (const unsigned char *)json, NULL, len, 1, 0);
+    jbuild b = j->bld[0]; /* its compression context, the record in buf */
+    b.type = REC_END;
+    b.index = j->nrec;
+    b.f = NULL;
+    b.off = 0;
+    b.src = (const unsigned char *)json;
+    b.neu = NULL;
+    b.len = len;
+    b.width = 1;
+    b.cbuf = buf;
+    b.cbuf_cap = cap;
+    build_record(j->version, &b);
+    int rc = append_built(j, &b);
     free(buf);
     if (rc == 0) rc = d_fsync(e, j->fd, j->path);
     if (rc == 0) rc = write_slot(j, NLSR_JOURNAL_COMPLETE);
@@ -883,9 +916,12 @@ void nlsr_journal_close(nlsr_journal *j)
     if (!j) return;
     nlsr_budget *b = &j->ctx->budget;
     nlsr_budget_free(b, j->batch, j->batch_cap);
-    nlsr_budget_free(b, j->plane, j->plane_cap);
-    nlsr_budget_free(b, j->cbuf, j->cbuf_cap);
-    ZSTD_freeCCtx(j->cctx);
+    worker_stop(&j->wk);
+    for (int k = 0; k < 2; k++) {
+        nlsr_budget_free(b, j->bld[k].plane, j->bld[k].plane_cap);
+        nlsr_budget_free(b, j->bld[k].cbuf, j->bld[k].cbuf_cap);
+        ZSTD_freeCCtx(j->bld[k].cctx);
+    }
     for (size_t i = 0; i < j->nfiles; i++) {
         close(j->files[i].fd);
         free(j->files[i].name);
@@ -1079,7 +1115,7 @@ static int read_payload(nlsr_ctx *ctx, int fd, const char *path, const rec *r, u
     size_t len = (size_t)r->len;
     int sparse = version >= 2 && r->type == REC_RANGE;
     /* Version 2: the bitmap and at most every element; one byte more shows an overlong frame. */
-    size_t pcap = sparse ? len + bitmap_bytes(len / r->width) : len;
+    size_t pcap = sparse ? len + nlsr_jp_bitmap_bytes(len / r->width) : len;
     NLSR_FORWARD(rbuf_need(ctx, cb, (size_t)r->csize + 1, "journal payload"));
     NLSR_FORWARD(rbuf_need(ctx, pb, pcap + 1, "journal planes"));
     NLSR_FORWARD(rbuf_need(ctx, out, len + 1, "journal original bytes"));
@@ -1092,7 +1128,7 @@ static int read_payload(nlsr_ctx *ctx, int fd, const char *path, const rec *r, u
     size_t d = ZSTD_decompressDCtx(dctx, pb->p, pcap + 1, cb->p, (size_t)r->csize);
     if (sparse) {
         if (ZSTD_isError(d) || d > pcap ||
-            sparse_restore(pb->p, d, cur, len, r->width, out->p) != 0) {
+            nlsr_jp_sparse_restore(pb->p, d, cur, len, r->width, out->p) != 0) {
             *why = "its payload does not decompress to a bitmap and the elements it names";
             return 1;
         }
@@ -1107,7 +1143,7 @@ static int read_payload(nlsr_ctx *ctx, int fd, const char *path, const rec *r, u
         *why = "its payload does not decompress to the recorded length";
         return 1;
     }
-    if (r->width > 1) from_planes(pb->p, out->p, len, r->width);
+    if (r->width > 1) nlsr_jp_from_planes(pb->p, out->p, len, r->width);
     else memcpy(out->p, pb->p, len);
     if (nlsr_xxh64(out->p, len, 0) != r->h_orig) {
         *why = "its original bytes fail their checksum";

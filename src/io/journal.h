@@ -91,7 +91,14 @@ typedef struct nlsr_journal_opts {
     uint64_t batch_bytes;  /* new bytes staged before a batch is armed and written; 0: up to
                               64 MiB, less when the budget is tight */
     int follow_links;      /* open files through symbolic and hard links */
+    int builders;          /* 2: records are built on two threads where the machine has two
+                              cores (the second thread's buffers charged too: see
+                              nlsr_journal_buffer_bytes); 0 or 1: on the caller's */
 } nlsr_journal_opts;
+
+/* Bytes the writer's buffers take with these record and batch sizes (as given in the options)
+ * and 1 or 2 builders: for a caller that keeps memory aside for the journal. */
+uint64_t nlsr_journal_buffer_bytes(uint64_t record_bytes, uint64_t batch_bytes, int builders);
 
 /* Starts a journal for the folder `dir`. Nothing is created on disk until the first record
  * (or nlsr_journal_complete). The caller holds the folder's lock and has checked that no

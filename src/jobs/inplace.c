@@ -670,7 +670,7 @@ static cJSON *state_json(ip_job *J, const nlsr_ckpt *T, const char *kind, nlsr_j
  * read-only files and the like are refused here, before anything is read or written. */
 static int open_journal_files(ip_job *J, const nlsr_ckpt *T, nlsr_journal **jn)
 {
-    nlsr_journal_opts o = {0, J->ip->dry_run ? 1 : 0, J->ip->follow_links};
+    nlsr_journal_opts o = {0, J->ip->dry_run ? 1 : 0, J->ip->follow_links, 1};
     NLSR_FORWARD(nlsr_journal_begin(J->ctx, J->dir, &o, jn));
     for (size_t k = 0; k < T->nshards; k++) {
         uint32_t id;
@@ -1120,7 +1120,10 @@ static int run_single(ip_job *J, const nlsr_ckpt *B, const nlsr_ckpt *S, int is_
     if (!rec) rec = reserve / 8 < (4u << 20) ? reserve / 8 : (4u << 20);
     /* The kill tests' small records come with small batches: many armings to kill between. */
     else batch = 4 * rec;
-    nlsr_journal_opts o = {rec, batch, J->ip->follow_links};
+    /* Records built on two threads when the second one's buffers fit the reserve too (with
+     * 4 MiB records, from a reserve of about 36 MiB, a budget of about 290 MiB, on). */
+    nlsr_journal_opts o = {rec, batch, J->ip->follow_links, 2};
+    if (nlsr_journal_buffer_bytes(rec, batch, 2) > reserve) o.builders = 1;
     rc = nlsr_journal_begin(ctx, J->dir, &o, &jn);
     for (size_t k = 0; k < T->nshards && rc == 0; k++) {
         uint32_t fid;
