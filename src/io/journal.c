@@ -251,6 +251,9 @@ typedef struct jbuild {
     size_t plane_cap, cbuf_cap;
     ZSTD_CCtx *cctx;
     unsigned char *copy_to; /* the worker copies the new bytes here too (the batch), or NULL */
+    unsigned char *prev_to; /* and the piece before's (prev_len bytes from prev_src), or NULL */
+    const unsigned char *prev_src;
+    size_t prev_len;
     size_t total;       /* record bytes in cbuf */
     uint64_t h_new;     /* XXH64 of the new bytes (ranges) */
     size_t zerr;        /* a zstd error code, 0 if none */
@@ -265,6 +268,17 @@ typedef struct jworker {
     int started, quit, busy;
     jbuild *job;
 } jworker;
+
+/* A piece of a range staged by the current call: one record's worth at most. `checks`: the
+ * first piece of a range of stage_changed, which makes that range's checks (range_len bytes). */
+typedef struct jpiece {
+    uint64_t off;
+    const unsigned char *o, *n;
+    size_t len;
+    int checks;
+    size_t range_len;
+    int copied; /* the worker puts its new bytes in the batch */
+} jpiece;
 
 typedef struct staged {
     uint32_t file;
@@ -291,6 +305,8 @@ struct nlsr_journal {
     jworker wk;
     staged *st;
     size_t nst, st_cap;
+    jpiece *pc;         /* the pieces of the current stage call */
+    size_t npc, pc_cap;
     nlsr_xxh64_state result;
     uint64_t data_bytes, journal_bytes, ranges;
 };
@@ -626,6 +642,7 @@ static void *worker_main(void *arg)
         jbuild *b = w->job;
         pthread_mutex_unlock(&w->mu);
         build_record(j->version, b);
+        if (b->prev_to) memcpy(b->prev_to, b->prev_src, b->prev_len);
         if (b->copy_to) memcpy(b->copy_to, b->neu, b->len);
         pthread_mutex_lock(&w->mu);
         w->job = NULL;
@@ -705,11 +722,12 @@ static void set_piece(jbuild *b, uint64_t index, const jfile *f, uint64_t off,
     b->len = len;
     b->width = width;
     b->copy_to = NULL;
+    b->prev_to = NULL;
 }
 
 /* After its record is appended: a piece's new bytes into the batch, its entry and its part of
  * the result fingerprint. */
-static int keep_piece(nlsr_journal *j, uint32_t id, const jbuild *b)
+static int keep_piece(nlsr_journal *j, uint32_t id, const jbuild *b, int copied)
 {
     assert(!b->copy_to || b->copy_to == j->batch + j->batch_used);
     nlsr_err *e = &j->ctx->err;
@@ -720,7 +738,7 @@ static int keep_piece(nlsr_journal *j, uint32_t id, const jbuild *b)
         j->st = ns;
         j->st_cap = cap;
     }
-    if (!b->copy_to) memcpy(j->batch + j->batch_used, b->neu, b->len);
+    if (!b->copy_to && !copied) memcpy(j->batch + j->batch_used, b->neu, b->len);
     j->st[j->nst++] = (staged){id, b->off, b->len, j->batch_used};
     j->batch_used += b->len;
     /* The result fingerprint takes the new bytes' checksum rather than the bytes: one pass
@@ -735,67 +753,134 @@ static int keep_piece(nlsr_journal *j, uint32_t id, const jbuild *b)
     return 0;
 }
 
-/* The range is cut into pieces of at most a record; each piece is, in this order: the batch
- * armed and written when its new bytes do not fit (nlsr_journal_flush), the journal created
- * before the first record, its record appended, its new bytes kept. With the worker, pieces go
- * two at a time: the second is built there while the first is built here, and the file sees
- * exactly the same calls in the same order as with one thread (the worker does no I/O). */
+/* A staged range's checks, made when its first piece comes up (as each range's own call did
+ * before ranges were built ahead): a safe point, and the range within its file. */
+static int range_checks(nlsr_journal *j, const jfile *f, uint64_t off, size_t len)
+{
+    nlsr_err *e = &j->ctx->err;
+    NLSR_FORWARD(nlsr_ctx_check_cancel(j->ctx));
+    NLSR_FAIL_IF(off > f->size || len > f->size - off, e, NLSR_E_USAGE,
+                 "%s: range at %" PRIu64 " of %zu bytes lies outside the file (%" PRIu64 " bytes)",
+                 f->path, off, len, f->size);
+    return 0;
+}
+
+/* Adds [off, off + len) to the pieces of this call, cut at record size (one record each). */
+static int add_range(nlsr_journal *j, uint64_t off, const unsigned char *o, const unsigned char *n,
+                     size_t len, size_t width, int checks)
+{
+    size_t piece_max = j->rec_cap / width * width;
+    int first = 1;
+    while (len > 0) {
+        if (j->npc == j->pc_cap) {
+            size_t cap = j->pc_cap ? 2 * j->pc_cap : 64;
+            jpiece *np = realloc(j->pc, cap * sizeof *np);
+            NLSR_FAIL_IF(!np, &j->ctx->err, -ENOMEM, "out of memory");
+            j->pc = np;
+            j->pc_cap = cap;
+        }
+        size_t k = len < piece_max ? len : piece_max;
+        j->pc[j->npc++] = (jpiece){off, o, n, k, first && checks, len, 0};
+        first = 0;
+        o += k;
+        n += k;
+        off += k;
+        len -= k;
+    }
+    return 0;
+}
+
+/* Gives piece i to the worker. When it and the piece before it (not kept yet) fit the batch,
+ * the worker also puts both pieces' new bytes where they go: the batch is written out only
+ * after the worker is waited for. Otherwise a batch is written out between or before them,
+ * and this thread copies. */
+static void post_piece(nlsr_journal *j, size_t i, const jfile *f, uint64_t first_index,
+                       size_t width)
+{
+    const jpiece *p = &j->pc[i];
+    jbuild *b = &j->bld[1];
+    set_piece(b, first_index + i, f, p->off, p->o, p->n, p->len, width);
+    size_t before = j->pc[i - 1].len;
+    if (j->batch_used + before + p->len <= j->batch_cap) {
+        b->copy_to = j->batch + j->batch_used + before;
+        b->prev_to = j->batch + j->batch_used;
+        b->prev_src = j->pc[i - 1].n;
+        b->prev_len = before;
+        j->pc[i - 1].copied = 1;
+    }
+    worker_post(&j->wk, b);
+}
+
+/* Journals the pieces gathered by this call, in order; each is: its range's checks (first
+ * piece), the batch armed and written when its new bytes do not fit (nlsr_journal_flush), the
+ * journal created before the first record, its record appended, its new bytes kept. With the
+ * worker, the odd pieces' records are built there while this thread builds the even ones (and
+ * writes out batches): the worker does no I/O, so the files see exactly the calls, in the
+ * order, that one thread makes. The caller's buffers stay valid for the whole call, which is
+ * what lets a piece be built ahead. */
+static int run_pieces(nlsr_journal *j, uint32_t id, size_t width)
+{
+    const jfile *f = &j->files[id];
+    size_t n = j->npc;
+    int two = n > 1 && worker_ready(j), posted = 0, rc = 0;
+    uint64_t first_index = j->nrec; /* flushes and the creation append no record */
+    if (two) {
+        post_piece(j, 1, f, first_index, width);
+        posted = 1;
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const jpiece *p = &j->pc[i];
+        if (p->checks) rc = range_checks(j, f, p->off, p->range_len);
+        if (rc == 0 && j->batch_used + p->len > j->batch_cap) rc = nlsr_journal_flush(j);
+        if (rc == 0 && j->fd < 0) rc = create(j);
+        if (rc < 0) break;
+        jbuild *b = &j->bld[0];
+        if (two && i % 2 == 1) {
+            worker_wait(&j->wk);
+            posted = 0;
+            b = &j->bld[1];
+        } else {
+            set_piece(b, first_index + i, f, p->off, p->o, p->n, p->len, width);
+            build_record(j->version, b);
+        }
+        rc = append_built(j, b);
+        if (rc == 0) rc = keep_piece(j, id, b, p->copied);
+        if (rc == 0 && two && i % 2 == 1 && i + 2 < n) {
+            post_piece(j, i + 2, f, first_index, width);
+            posted = 1;
+        }
+    }
+    /* The worker reads the caller's buffers: it is done before they are handed back. */
+    if (posted) worker_wait(&j->wk);
+    j->npc = 0;
+    return jfail(j, rc);
+}
+
 int nlsr_journal_stage(nlsr_journal *j, uint32_t id, uint64_t off, const void *orig,
                        const void *neu, size_t len, size_t width)
 {
-    nlsr_err *e = &j->ctx->err;
     if (j->failed) return j->failed;
-    NLSR_FORWARD(jfail(j, nlsr_ctx_check_cancel(j->ctx)));
     assert(id < j->nfiles);
     assert((width == 1 || width == 2 || width == 4 || width == 8) && len % width == 0);
-    const jfile *f = &j->files[id];
-    NLSR_FAIL_IF(off > f->size || len > f->size - off, e, jfail(j, NLSR_E_USAGE),
-                 "%s: range at %" PRIu64 " of %zu bytes lies outside the file (%" PRIu64 " bytes)",
-                 f->path, off, len, f->size);
-    const unsigned char *o = orig, *n = neu;
-    size_t piece_max = j->rec_cap / width * width;
-    jbuild *b0 = &j->bld[0], *b1 = &j->bld[1];
-    while (len > 0) {
-        size_t k0 = len < piece_max ? len : piece_max;
-        size_t rest = len - k0, k1 = rest < piece_max ? rest : piece_max;
-        if (k1 && !worker_ready(j)) k1 = 0;
-        if (j->batch_used + k0 > j->batch_cap) NLSR_FORWARD(nlsr_journal_flush(j));
-        if (j->fd < 0) NLSR_FORWARD(jfail(j, create(j)));
-        if (k1) {
-            set_piece(b1, j->nrec + 1, f, off + k0, o + k0, n + k0, k1, width);
-            /* When both pieces fit the batch, the worker also puts the second's new bytes
-             * where they go (else the batch is written out between the two, and it waits). */
-            if (j->batch_used + k0 + k1 <= j->batch_cap)
-                b1->copy_to = j->batch + j->batch_used + k0;
-            worker_post(&j->wk, b1);
-        }
-        set_piece(b0, j->nrec, f, off, o, n, k0, width);
-        build_record(j->version, b0);
-        int rc = append_built(j, b0);
-        if (rc == 0) rc = keep_piece(j, id, b0);
-        /* The second piece's batch room is made while the worker still builds its record;
-         * the worker is waited for whatever happens (it reads the caller's buffers). */
-        if (rc == 0 && k1 && j->batch_used + k1 > j->batch_cap) rc = nlsr_journal_flush(j);
-        if (k1) worker_wait(&j->wk);
-        if (rc == 0 && k1) rc = append_built(j, b1);
-        if (rc == 0 && k1) rc = keep_piece(j, id, b1);
-        NLSR_FORWARD(jfail(j, rc));
-        o += k0 + k1;
-        n += k0 + k1;
-        off += k0 + k1;
-        len -= k0 + k1;
-    }
-    return 0;
+    NLSR_FORWARD(jfail(j, range_checks(j, &j->files[id], off, len)));
+    j->npc = 0;
+    NLSR_FORWARD(jfail(j, add_range(j, off, orig, neu, len, width, 0)));
+    return run_pieces(j, id, width);
 }
 
 int nlsr_journal_stage_changed(nlsr_journal *j, uint32_t id, uint64_t off, const void *orig,
                                const void *neu, size_t len, size_t width)
 {
+    if (j->failed) return j->failed;
+    assert(id < j->nfiles);
+    assert((width == 1 || width == 2 || width == 4 || width == 8) && len % width == 0);
     const unsigned char *o = orig, *n = neu;
     /* Grain edges at file offsets that are multiples of the grain, when that keeps every
-     * edge on an element (the range starts on one); relative to the range otherwise. */
+     * edge on an element (the range starts on one); relative to the range otherwise. All the
+     * runs of changed grains are gathered first, then journaled (two records at a time). */
     uint64_t base = off % width == 0 ? 0 : off % NLSR_JOURNAL_GRAIN;
     size_t pos = 0, run = SIZE_MAX;
+    j->npc = 0;
     while (pos < len) {
         uint64_t at = off + pos;
         size_t step = (size_t)(NLSR_JOURNAL_GRAIN - (at - base) % NLSR_JOURNAL_GRAIN);
@@ -803,15 +888,15 @@ int nlsr_journal_stage_changed(nlsr_journal *j, uint32_t id, uint64_t off, const
         int changed = memcmp(o + pos, n + pos, step) != 0;
         if (changed && run == SIZE_MAX) run = pos;
         if (!changed && run != SIZE_MAX) {
-            NLSR_FORWARD(nlsr_journal_stage(j, id, off + run, o + run, n + run, pos - run, width));
+            NLSR_FORWARD(jfail(j, add_range(j, off + run, o + run, n + run, pos - run, width, 1)));
             run = SIZE_MAX;
         }
         pos += step;
     }
     if (run != SIZE_MAX)
-        NLSR_FORWARD(nlsr_journal_stage(j, id, off + run, o + run, n + run, len - run, width));
+        NLSR_FORWARD(jfail(j, add_range(j, off + run, o + run, n + run, len - run, width, 1)));
+    NLSR_FORWARD(run_pieces(j, id, width));
     /* A range with nothing to change still passes a safe point. */
-    if (j->failed) return j->failed;
     return jfail(j, nlsr_ctx_check_cancel(j->ctx));
 }
 
@@ -929,6 +1014,7 @@ void nlsr_journal_close(nlsr_journal *j)
     }
     free(j->files);
     free(j->st);
+    free(j->pc);
     if (j->fd >= 0) close(j->fd);
     free(j->dir);
     free(j->path);
