@@ -34,10 +34,6 @@
 #include "../io/stream.h"
 #include "../plan/targets.h"
 
-/* DEV knobs */
-static double mask_split_at = 0.5;
-static int mask_hash_lane1 = 3;
-
 /* Elements computed at a time: the f32 staging of a chunk stays in the L2 cache. */
 #define CH 4096u
 /* Chunks between two polls of the read stream (about 50 us of compute): the next module's
@@ -94,6 +90,7 @@ typedef struct runner {
     struct lanes *lanes;         /* the second compute thread, NULL if none */
     unsigned char *side;         /* pass 3's second lane: its pairs and values (mask_split) */
     size_t side_bytes;
+    double mask_at;              /* pass 3: the first lane's share of a module (mask_split) */
     unsigned char *arena;        /* stored masks and values */
     uint64_t arena_bytes;
     /* In place: the content fingerprints of base and source (XXH64 of their target tensors'
@@ -212,7 +209,8 @@ typedef struct lane {
     uint64_t cap;
     float *xy;                   /* pass 5: room for cap pairs and (kept) cap values */
     unsigned char *vals;
-    int hash;                    /* pass 5: then hash the module's source (1), base (2) */
+    int hash;                    /* pass 5: then hash the module (in place: the fingerprints) */
+    double secs;                 /* pass 5: the lane's seconds */
     /* results */
     int bad;                     /* a value not finite (pass 1), more candidates than cap, or
                                   * (pass 5) more masked elements than cap or a value that the
@@ -243,28 +241,17 @@ _Static_assert((size_t)CH * (5 * 4 + 4 + 8 + 2) + CH / 8 <= NLSR_KTH_BUCKETS * 8
 
 /* The fingerprints take each module's own hash of its source and base bytes, in module order
  * (docs/FORMAT.md "sources"), as prepare's patch header does. */
-static void hash_src(runner *R, const rmod *M, const unsigned char *a)
+static void hash_module(runner *R, const rmod *M, const unsigned char *a, const unsigned char *b)
 {
     nlsr_xxh64_state h;
     nlsr_xxh64_init(&h, 0);
     nlsr_full_fp_tensor_head(&h, M->ts);
     if (M->n) nlsr_xxh64_update(&h, a, M->n * M->asz);
     nlsr_full_fp_add_module(&R->fp_src, nlsr_xxh64_digest(&h));
-}
-
-static void hash_base(runner *R, const rmod *M, const unsigned char *b)
-{
-    nlsr_xxh64_state h;
     nlsr_xxh64_init(&h, 0);
     nlsr_full_fp_tensor_head(&h, M->tb);
     if (M->n) nlsr_xxh64_update(&h, b, M->n * M->bsz);
     nlsr_full_fp_add_module(&R->fp_base, nlsr_xxh64_digest(&h));
-}
-
-static void hash_module(runner *R, const rmod *M, const unsigned char *a, const unsigned char *b)
-{
-    hash_src(R, M, a);
-    hash_base(R, M, b);
 }
 
 /* A module read in row blocks is hashed block by block: hash_begin, hash_block for each in
@@ -304,9 +291,10 @@ static void lane_run(runner *R, lane *L, int main_thread)
         return;
     }
     if (L->pass == 5) {
+        double w0 = nlsr_now();
         mask_half(R, L);
-        if (L->hash & 1) hash_src(R, M, L->a);
-        if (L->hash & 2) hash_base(R, M, L->b);
+        if (L->hash) hash_module(R, M, L->a, L->b);
+        L->secs = nlsr_now() - w0;
         return;
     }
     if (L->pass == 4) { /* a row block's bytes into the module's hashes */
@@ -374,8 +362,7 @@ static void lanes_start(runner *R)
     nlsr_ctx *ctx = R->ctx;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     if (cpus < 2 || getenv("NLSR_RUN_ONE_THREAD")) return;
-    if (getenv("NLSR_DEV_SPLIT")) mask_split_at = atof(getenv("NLSR_DEV_SPLIT"));
-    if (getenv("NLSR_DEV_HASH")) mask_hash_lane1 = atoi(getenv("NLSR_DEV_HASH"));
+    R->mask_at = 0.5;
     struct lanes *W = calloc(1, sizeof *W);
     if (!W) return;
     W->R = R;
@@ -696,11 +683,26 @@ static void mask_half(runner *R, lane *L)
     }
 }
 
+/* The first lane's share of pass 3 moves within these bounds (mask_split). */
+#define MASK_AT_MIN 0.375
+#define MASK_AT_MAX 0.625
+
+/* The first element of the second lane's part of pass 3 for share `at`: on a chunk boundary,
+ * both parts at least a chunk. */
+static uint64_t mask_cut(uint64_t n, double at)
+{
+    uint64_t h = (uint64_t)((double)n * at) / CH * CH;
+    if (h < CH) h = CH;
+    if (h > n - CH) h = (n - CH) / CH * CH;
+    return h;
+}
+
 /* Pass 3 split in two lanes, and the fingerprints; returns 1 when done here (the result in
- * *rc), 0 when the caller must do both on one thread. The second half's masked elements are
- * at most those of its pass-1 histogram (the second lane's half there) in the threshold's
- * bucket or above, plus the elements this split gives it beyond that half, and at most n - k:
- * the side buffers' room, taken from the budget (none left: one thread). */
+ * *rc), 0 when the caller must do both on one thread. The second part's masked elements are
+ * at most those of the second lane's pass-1 histogram (elements [h1, n)) in the threshold's
+ * bucket or above, plus the elements the earliest cut gives it before h1, and at most n - k:
+ * the side buffers' room, taken from the budget (none left: one thread). The room does not
+ * depend on where this module is cut, so neither does the budget's peak. */
 static int mask_split(runner *R, rmod *M, const unsigned char *a, const unsigned char *b,
                       const unsigned char *t, int *rc)
 {
@@ -708,14 +710,13 @@ static int mask_split(runner *R, rmod *M, const unsigned char *a, const unsigned
     if (!lanes_usable(R, M, 0, M->n) || nlsr_test_env("NLSR_RUN_MASK_ONE_THREAD")) return 0;
     lane *L = R->lanes->L;
     uint64_t n = M->n, h1 = n / 2 / CH * CH; /* pass 1's split (lanes_set) */
-    uint64_t h = (uint64_t)((double)n * mask_split_at) / CH * CH;
-    if (h < CH) h = CH;
-    if (h > n - CH) h = (n - CH) / CH * CH;
+    uint64_t hmin = mask_cut(n, MASK_AT_MIN), h = mask_cut(n, R->mask_at);
+    if (h < hmin) h = hmin;
     uint64_t cap = 0;
     for (uint32_t i = nlsr_kth_bucket_of(M->thr); i < NLSR_KTH_BUCKETS; i++) cap += L[1].hist[i];
-    if (h < h1) cap += h1 - h;
+    if (hmin < h1) cap += h1 - hmin;
     if (cap > M->n - M->k) cap = M->n - M->k;
-    if (cap > n - h) cap = n - h;
+    if (cap > n - hmin) cap = n - hmin;
     size_t per = 8 + (M->store ? M->tsz : 0);
     uint64_t bytes = cap * per;
     if (bytes > R->side_bytes) {
@@ -735,14 +736,22 @@ static int mask_split(runner *R, rmod *M, const unsigned char *a, const unsigned
     L[1].cap = cap;
     L[1].xy = (float *)(void *)R->side;
     L[1].vals = R->side + cap * 8;
-    L[1].hash = R->hash ? mask_hash_lane1 : 0;
+    L[1].hash = R->hash;
     nlsr_cos_sums sums0 = M->sums;
     uint64_t count0 = M->mask_count;
     lanes_post(R);
+    double w0 = nlsr_now();
     *rc = pass_mask(R, M, a, b, t, 0, h);
-    if (R->hash && !(mask_hash_lane1 & 1)) hash_src(R, M, a);
-    if (R->hash && !(mask_hash_lane1 & 2)) hash_base(R, M, b);
+    double w1 = nlsr_now() - w0;
     lanes_wait(R);
+    /* The next module's split where both lanes would have ended together (each lane's seconds
+     * per share of the module, smoothed): the first lane also polls the stream, and the
+     * second may hash; the split changes no result. */
+    double f = (double)h / (double)n, c0s = w1 / f, c1s = L[1].secs / (1 - f);
+    if (c0s > 0 && c1s > 0) {
+        double at = 0.5 * R->mask_at + 0.5 * (c1s / (c0s + c1s));
+        R->mask_at = at < MASK_AT_MIN ? MASK_AT_MIN : at > MASK_AT_MAX ? MASK_AT_MAX : at;
+    }
     if (*rc < 0) return 1; /* the first bad element is in the first half */
     if (L[1].bad || (M->store && M->mask_count + L[1].got > M->n - M->k)) {
         M->sums = sums0;
@@ -773,7 +782,8 @@ static int module_compute(runner *R, rmod *M, const unsigned char *const *data)
         /* k >= n: the empty mask, similarity 0, nothing to transplant */
         return M->k < M->n ? pass_mask(R, M, a, b, t, 0, M->n) : 0;
     }
-    /* Pass 3 runs on one thread: the second lane hashes the module meanwhile. */
+    /* Pass 3 on one thread (the module too small to split, or no room for the side buffers):
+     * the second lane hashes the module meanwhile. */
     lane *L = &R->lanes->L[1];
     L->pass = 3;
     L->M = M;
@@ -1328,10 +1338,14 @@ static int phase_a(runner *R, const nlsr_unit *u, nlsr_report *rep)
             if (rc == 0) nlsr_phase_units(ctx, 1);
         }
         if (R->rows) {
-            /* The next module's stream gets the room the candidates took. */
+            /* The next module's stream gets the room the candidates and pass 3's side buffers
+             * took. */
             nlsr_budget_free(&ctx->budget, R->cands, R->cand_cap * sizeof(float));
             R->cands = NULL;
             R->cand_cap = 0;
+            nlsr_budget_free(&ctx->budget, R->side, R->side_bytes);
+            R->side = NULL;
+            R->side_bytes = 0;
         }
     }
     lanes_stop(R);
