@@ -17,7 +17,9 @@
  *  - first_nonfinite: each kind of NaN / infinity at every position of a buffer spanning
  *    several chunks, with a later one too, none at all, unaligned starts;
  *  - reference / score: random and special values, lengths around the vector widths, and the
- *    aliasing the headers allow (e == a, e == b, s == e, s == b).
+ *    aliasing the headers allow (e == a, e == b, s == e, s == b);
+ *  - the masked cosine's sums in two steps (pairs, then sums) equal the one-step sums, split
+ *    anywhere.
  *
  * Built three times by tests/CMakeLists.txt: against the library (the F16C path and the
  * load-time clones this CPU picks), and with the two kernel files compiled in with
@@ -467,6 +469,47 @@ static void test_reference_score(void)
     free(s);
 }
 
+/* The masked cosine's sums in two steps (nlsr_cos_xy's f32 pairs, then nlsr_cos_add_xy), the
+ * elements split at any point and the second part's pairs added to the first part's sums (as
+ * run's second lane hands them over), give nlsr_cos_add_masked's bits over all of them. */
+static void test_cos_pairs(void)
+{
+    enum { M = 777 };
+    float *t = xmalloc(M * 4), *e = xmalloc(M * 4), *b = xmalloc(M * 4), *xy = xmalloc(2 * M * 4);
+    int bad = 0;
+    for (int round = 0; round < 4; round++) {
+        for (size_t i = 0; i < M; i++) {
+            /* finite values of mixed scales, so that the order of the sums shows */
+            t[i] = ldexpf((float)(int32_t)rnd32() * 0x1p-31f, (int)(rnd32() % 24) - 12);
+            e[i] = ldexpf((float)(int32_t)rnd32() * 0x1p-31f, (int)(rnd32() % 24) - 12);
+            b[i] = ldexpf((float)(int32_t)rnd32() * 0x1p-31f, (int)(rnd32() % 24) - 12);
+        }
+        nlsr_cos_sums start = {round * 0.1, round * 0.3, round * 0.7}, whole = start;
+        nlsr_cos_add_masked(&whole, t, e, b, M);
+        for (size_t cut = 0; cut <= M; cut++) {
+            nlsr_cos_sums s = start;
+            nlsr_cos_add_masked(&s, t, e, b, cut);
+            nlsr_cos_xy(t + cut, e + cut, b + cut, xy, M - cut);
+            nlsr_cos_add_xy(&s, xy, M - cut);
+            bad += memcmp(&s, &whole, sizeof s) != 0;
+        }
+        /* All pairs at once, and the pairs are the f32 differences. */
+        nlsr_cos_sums s = start;
+        nlsr_cos_xy(t, e, b, xy, M);
+        nlsr_cos_add_xy(&s, xy, M);
+        bad += memcmp(&s, &whole, sizeof s) != 0;
+        for (size_t i = 0; i < M; i++) {
+            float x = t[i] - b[i], y = e[i] - b[i];
+            bad += f32_bits(xy[2 * i]) != f32_bits(x) || f32_bits(xy[2 * i + 1]) != f32_bits(y);
+        }
+    }
+    ASSERT_EQ_I(bad, 0);
+    free(t);
+    free(e);
+    free(b);
+    free(xy);
+}
+
 int main(void)
 {
     test_rng_seed(0x9E3779B97F4A7C15ull);
@@ -479,5 +522,6 @@ int main(void)
     RUN_TEST(test_narrow_exhaustive_optin);
     RUN_TEST(test_first_nonfinite);
     RUN_TEST(test_reference_score);
+    RUN_TEST(test_cos_pairs);
     return test_finish();
 }

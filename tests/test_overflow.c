@@ -359,15 +359,15 @@ static int job(int kind, const char *base, const char *aligned, const char *ft,
 }
 
 /* The value the message must name: e_s = a + beta (a - b) in f32, stored as BF16 (the aligned
- * dtype), computed here from the inputs' bits. */
-static double expected_es(void)
+ * dtype), computed here from the inputs' bits, a = BIG_BF16 at element el of tensor. */
+static double es_at(const char *tensor, uint64_t el)
 {
     nlsr_ckpt *b = open_ck(SFT);
     nlsr_dtype dt;
-    unsigned char *rb = tensor_bytes(b, TQ, &dt, NULL);
+    unsigned char *rb = tensor_bytes(b, tensor, &dt, NULL);
     float fb, fa;
     uint16_t ha = BIG_BF16;
-    nlsr_to_f32(dt, rb + EL * nlsr_dtype_size(dt), &fb, 1);
+    nlsr_to_f32(dt, rb + el * nlsr_dtype_size(dt), &fb, 1);
     nlsr_to_f32(NLSR_DTYPE_BF16, &ha, &fa, 1);
     float d = fa - fb, m = 0.9f * d, e = fa + m;
     uint16_t he = nlsr_f32_to_bf16(e);
@@ -377,6 +377,11 @@ static double expected_es(void)
     /* The premise: finite in BF16, Inf in F16. */
     ASSERT_TRUE(isfinite(es) && isinf(nlsr_f16_to_f32(nlsr_f32_to_f16(es))));
     return es;
+}
+
+static double expected_es(void)
+{
+    return es_at(TQ, EL);
 }
 
 static void expect_value_msg(const char *msg, const char *file, const char *tensor,
@@ -393,16 +398,22 @@ static void expect_value_msg(const char *msg, const char *file, const char *tens
 
 static char *big, *fxp, *bigp;
 
-/* The shard of checkpoint dir holding TQ. */
-static char *shard_of(const char *dir)
+/* The shard of checkpoint dir holding tensor. */
+static char *shard_of_tensor(const char *dir, const char *tensor)
 {
     nlsr_ckpt *ck = open_ck(dir);
     size_t i;
-    if (nlsr_ckpt_find(ck, TQ, &i) != 0) abort();
+    if (nlsr_ckpt_find(ck, tensor, &i) != 0) abort();
     char *p = strdup(ck->shards[ck->t[i].shard]->path);
     nlsr_ckpt_free(ck);
     return p;
 }
+
+static char *shard_of(const char *dir)
+{
+    return shard_of_tensor(dir, TQ);
+}
+
 static snap s_big, s_ft16, s_sft;
 
 static void check_inputs(void)
@@ -492,6 +503,61 @@ static void test_inplace_overflow(void)
     check_inputs();
     snap_free(&before);
     free(ft_file);
+    free(ip);
+}
+
+/* An MLP module (22272 elements) is masked in two lanes by run's single pass, the second from
+ * element 8192 (realign_run.c mask_split): a value the F16 fine-tune cannot hold there is named
+ * as one thread names it, and with one in each half the first is named; out and in place. */
+#define MLP "model.layers.1.mlp.up_proj.weight"
+static const uint64_t *mlp_els;
+
+static void make_big_mlp(const char *name, nlsr_dtype *dt, unsigned char **raw, uint64_t n)
+{
+    if (strcmp(name, MLP) != 0) return;
+    if (*dt != NLSR_DTYPE_BF16 || n <= 20000) abort();
+    uint16_t h = BIG_BF16;
+    for (int i = 0; i < 2; i++)
+        if (mlp_els[i] != UINT64_MAX) memcpy(*raw + mlp_els[i] * 2, &h, 2);
+}
+
+static void test_lanes_overflow(void)
+{
+    static const uint64_t els[][2] = {{20000, UINT64_MAX}, {300, 20000}, {12000, 21000}};
+    char *al = wpath("aligned_big_mlp"), *out = wpath("out_mlp"), *ip = wpath("ip_mlp");
+    char *ft_file = shard_of_tensor(FT16, MLP), msg[1100], msg2[1100], val[64];
+    for (size_t v = 0; v < sizeof els / sizeof els[0]; v++) {
+        mlp_els = els[v];
+        (void)nlsr_tree_remove(al);
+        write_edited(ALIGNED, al, "model.safetensors", make_big_mlp);
+        snprintf(val, sizeof val, "%.9g", es_at(MLP, els[v][0]));
+        for (int one = 0; one < 2; one++) {
+            if (one) setenv("NLSR_RUN_ONE_THREAD", "1", 1);
+            int rc = job(RUN, SFT, al, FT16, NULL, out, NLSR_SELECT_ALL, one ? msg2 : msg,
+                         sizeof msg);
+            unsetenv("NLSR_RUN_ONE_THREAD");
+            ASSERT_EQ_I(rc, NLSR_E_VALUE);
+            ASSERT_TRUE(!nlsr_exists(out));
+        }
+        expect_value_msg(msg, ft_file, MLP, els[v][0], val);
+        ASSERT_STR_EQ(msg, msg2);
+        copy_dir(FT16, ip);
+        snap before;
+        snap_take(ip, &before);
+        char *ip_file = shard_of_tensor(ip, MLP);
+        ASSERT_EQ_I(job(RUN_IP, SFT, al, ip, NULL, NULL, NLSR_SELECT_ALL, msg, sizeof msg),
+                    NLSR_E_VALUE);
+        expect_value_msg(msg, ip_file, MLP, els[v][0], val);
+        ASSERT_TRUE(snap_same(ip, &before, ".nlsr.lock"));
+        snap_free(&before);
+        free(ip_file);
+        (void)nlsr_tree_remove(ip);
+        check_inputs();
+    }
+    (void)nlsr_tree_remove(al);
+    free(ft_file);
+    free(al);
+    free(out);
     free(ip);
 }
 
@@ -633,6 +699,7 @@ int main(void)
     setup();
     RUN_TEST(test_full_overflow);
     RUN_TEST(test_inplace_overflow);
+    RUN_TEST(test_lanes_overflow);
     RUN_TEST(test_poisoned_patch);
     RUN_TEST(test_lora);
     RUN_TEST(test_cli);

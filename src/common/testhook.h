@@ -34,7 +34,8 @@ static inline void nlsr_test_trace(const char *op, const char *path, uint64_t of
 
 /* The environment variables that change what the library does, for tests only (README
  * "Progress and logs", docs/DESIGN.md "Test hooks"): NLSR_IO_FAULT, NLSR_RUN_PLAN,
- * NLSR_TEST_KILL_AFTER_WRITES, NLSR_TEST_KILL_TORN, NLSR_TEST_JOURNAL_RECORD. getenv(name) in
+ * NLSR_RUN_MASK_ONE_THREAD, NLSR_TEST_KILL_AFTER_WRITES, NLSR_TEST_KILL_TORN,
+ * NLSR_TEST_JOURNAL_RECORD. getenv(name) in
  * a test build; NULL in a release build, so that a shipped library cannot be made to fail, to
  * kill itself or to take another plan by its environment. */
 #ifdef NLSR_TEST_HOOKS

@@ -44,6 +44,29 @@ void nlsr_cos_add_masked(nlsr_cos_sums *acc, const float *t, const float *e, con
     acc->ny = ny;
 }
 
+NLSR_HOT void nlsr_cos_xy(const float *t, const float *e, const float *b, float *xy, size_t m)
+{
+    for (size_t i = 0; i < m; i++) {
+        xy[2 * i] = t[i] - b[i];
+        xy[2 * i + 1] = e[i] - b[i];
+    }
+}
+
+void nlsr_cos_add_xy(nlsr_cos_sums *acc, const float *xy, size_t m)
+{
+    double dot = acc->dot, nx = acc->nx, ny = acc->ny;
+    for (size_t i = 0; i < m; i++) {
+        double x = (double)xy[2 * i];
+        double y = (double)xy[2 * i + 1];
+        dot += x * y;
+        nx += x * x;
+        ny += y * y;
+    }
+    acc->dot = dot;
+    acc->nx = nx;
+    acc->ny = ny;
+}
+
 /* Elements per chunk of the first-nonfinite scan. */
 #define SCAN_CHUNK 256u
 

@@ -23,6 +23,14 @@ typedef struct nlsr_cos_sums {
 void nlsr_cos_add_masked(nlsr_cos_sums *acc, const float *t, const float *e, const float *b,
                          size_t m);
 
+/* The same sums in two steps, for a caller that computes the pairs on one thread and adds
+ * them on another: nlsr_cos_xy stores each masked element's f32 pair (x, y) = (t - b, e - b)
+ * into xy[2i], xy[2i + 1]; nlsr_cos_add_xy adds m such pairs to acc in order, with the
+ * arithmetic of nlsr_cos_add_masked. Masked elements split anywhere and added in order, part
+ * by the one and part by the other, give the same bits as nlsr_cos_add_masked over all. */
+void nlsr_cos_xy(const float *t, const float *e, const float *b, float *xy, size_t m);
+void nlsr_cos_add_xy(nlsr_cos_sums *acc, const float *xy, size_t m);
+
 /* Index of the first element that is NaN or infinite, or n if all are finite. */
 size_t nlsr_first_nonfinite_f32(const float *x, size_t n);
 

@@ -88,6 +88,9 @@ typedef struct runner {
     float *cands;
     uint64_t cand_cap;
     struct lanes *lanes;         /* the second compute thread, NULL if none */
+    unsigned char *side;         /* pass 3's second lane: its pairs and values (mask_split) */
+    size_t side_bytes;
+    double mask_at;              /* pass 3: the first lane's share of a module (mask_split) */
     unsigned char *arena;        /* stored masks and values */
     uint64_t arena_bytes;
     /* In place: the content fingerprints of base and source (XXH64 of their target tensors'
@@ -181,21 +184,37 @@ static int pass_hist_serial(runner *R, rmod *M, const unsigned char *a, const un
 
 /* The second half runs on a worker thread with its own scratch. The halves' histograms add
  * up to the whole's and each half's candidates go to their own range of the array, so the
- * results are those of one thread. Pass 3 stays on one thread: the cosine's sums must be
- * accumulated in element order. */
+ * results are those of one thread. Pass 3 of a whole module too (mask_split): the second
+ * lane writes its words of the bitmap in place, and its values and each masked element's f32
+ * pair (t - b, e - b) to side buffers, which the first lane appends after its own half (the
+ * values copied, the pairs added to the cosine's sums in element order), so that the sums are
+ * those of one thread. */
 typedef struct lane {
     float *fs;                   /* CH scores */
     uint64_t *hist, *hist2;
+    /* pass 3's scratch, CH elements each, over hist2 (the first lane uses the runner's) */
+    float *fe, *fb, *em, *bm, *tm;
+    uint16_t *es;
+    unsigned char *conv;
+    uint32_t *idx;
+    uint64_t *words;
     /* the job */
-    int pass;                    /* 1: histogram, 2: candidates, 3: the fingerprints */
+    int pass;                    /* 1: histogram, 2: candidates, 3: the fingerprints, 4: a row
+                                  * block's fingerprints, 5: pass 3's second half */
     const rmod *M;
     const unsigned char *a, *b, *t; /* element `off` of the module */
     uint64_t off, lo, hi;
     uint32_t bucket;
     float *cands;                /* pass 2 in memory: this lane's range of the array */
     uint64_t cap;
+    float *xy;                   /* pass 5: room for cap pairs and (kept) cap values */
+    unsigned char *vals;
+    int hash;                    /* pass 5: then hash the module (in place: the fingerprints) */
+    double secs;                 /* pass 5: the lane's seconds */
     /* results */
-    int bad;                     /* a value not finite (pass 1), or more candidates than cap */
+    int bad;                     /* a value not finite (pass 1), more candidates than cap, or
+                                  * (pass 5) more masked elements than cap or a value that the
+                                  * fine-tune's dtype cannot hold */
     uint64_t got;
 } lane;
 
@@ -214,6 +233,11 @@ static size_t lane_mem(void)
 {
     return (size_t)CH * 4 + 2 * NLSR_KTH_BUCKETS * 8;
 }
+
+/* Pass 3's scratch (5 f32 arrays, the bitmap words, positions, converted values of 8 bytes at
+ * most, e_s's BF16 bits) lies over hist2, which only pass 2 uses: no memory more. */
+_Static_assert((size_t)CH * (5 * 4 + 4 + 8 + 2) + CH / 8 <= NLSR_KTH_BUCKETS * 8,
+               "pass 3's scratch fits in a lane's second histogram");
 
 /* The fingerprints take each module's own hash of its source and base bytes, in module order
  * (docs/FORMAT.md "sources"), as prepare's patch header does. */
@@ -254,6 +278,8 @@ static void hash_end(runner *R)
     nlsr_full_fp_add_module(&R->fp_base, nlsr_xxh64_digest(&R->hs_base));
 }
 
+static void mask_half(runner *R, lane *L);
+
 static void lane_run(runner *R, lane *L, int main_thread)
 {
     const rmod *M = L->M;
@@ -262,6 +288,13 @@ static void lane_run(runner *R, lane *L, int main_thread)
     L->got = 0;
     if (L->pass == 3) {
         hash_module(R, M, L->a, L->b);
+        return;
+    }
+    if (L->pass == 5) {
+        double w0 = nlsr_now();
+        mask_half(R, L);
+        if (L->hash) hash_module(R, M, L->a, L->b);
+        L->secs = nlsr_now() - w0;
         return;
     }
     if (L->pass == 4) { /* a row block's bytes into the module's hashes */
@@ -329,6 +362,7 @@ static void lanes_start(runner *R)
     nlsr_ctx *ctx = R->ctx;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     if (cpus < 2 || getenv("NLSR_RUN_ONE_THREAD")) return;
+    R->mask_at = 0.5;
     struct lanes *W = calloc(1, sizeof *W);
     if (!W) return;
     W->R = R;
@@ -342,9 +376,20 @@ static void lanes_start(runner *R)
     }
     for (int i = 0; i < 2; i++) {
         unsigned char *p = W->mem + (size_t)i * lane_mem();
-        W->L[i].fs = (float *)(void *)p;
-        W->L[i].hist = (uint64_t *)(void *)(p + (size_t)CH * 4);
-        W->L[i].hist2 = W->L[i].hist + NLSR_KTH_BUCKETS;
+        lane *L = &W->L[i];
+        L->fs = (float *)(void *)p;
+        L->hist = (uint64_t *)(void *)(p + (size_t)CH * 4);
+        L->hist2 = L->hist + NLSR_KTH_BUCKETS;
+        float *f = (float *)(void *)L->hist2;
+        L->fe = f;
+        L->fb = f + CH;
+        L->em = f + 2 * CH;
+        L->bm = f + 3 * CH;
+        L->tm = f + 4 * CH;
+        L->words = (uint64_t *)(void *)(f + 5 * CH);
+        L->idx = (uint32_t *)(void *)(L->words + CH / 64);
+        L->conv = (unsigned char *)(L->idx + CH);
+        L->es = (uint16_t *)(void *)(L->conv + (size_t)CH * 8);
     }
     pthread_mutex_init(&W->mu, NULL);
     pthread_cond_init(&W->cv, NULL);
@@ -597,6 +642,129 @@ static int pass_mask(runner *R, rmod *M, const unsigned char *a, const unsigned 
     return 0;
 }
 
+/* Pass 3 over the second lane's elements [L->lo, L->hi) of a whole BF16 module (L->a, b, t:
+ * its element 0), pass_mask's arithmetic: the bitmap's words in place when kept, the values
+ * (kept) and the cosine's pairs to the side buffers. Anything pass_mask would fail on, or more
+ * masked elements than the room (a file changed under us), sets L->bad and stops: the caller
+ * then runs pass 3 on one thread, which names the first bad element. */
+static void mask_half(runner *R, lane *L)
+{
+    const rmod *M = L->M;
+    size_t tsz = M->tsz;
+    float beta = (float)R->p->beta;
+    int narrow = M->tdt != M->adt && M->tdt != NLSR_DTYPE_F32 && M->tdt != NLSR_DTYPE_F64;
+    for (uint64_t at = L->lo; at < L->hi; at += CH) {
+        size_t cnt = (size_t)(L->hi - at < CH ? L->hi - at : CH);
+        nlsr_step1_bf16(L->a + at * 2, L->b + at * 2, beta, L->fs, L->fe, L->fb, L->es, cnt);
+        uint64_t *words = M->store ? M->bits + at / 64 : L->words;
+        size_t m = mask_positions(L->fs, cnt, M->thr, words, L->idx);
+        if (m > L->cap - L->got) {
+            L->bad = 1;
+            return;
+        }
+        const unsigned char *tc = L->t + at * tsz;
+        for (size_t i = 0; i < m; i++) {
+            uint32_t j = L->idx[i];
+            memcpy(L->conv + i * tsz, tc + (size_t)j * tsz, tsz);
+            L->em[i] = L->fe[j];
+            L->bm[i] = L->fb[j];
+        }
+        nlsr_to_f32(M->tdt, L->conv, L->tm, m);
+        nlsr_cos_xy(L->tm, L->em, L->bm, L->xy + 2 * L->got, m);
+        if (M->store || (m && narrow)) {
+            unsigned char *v = M->store ? L->vals + L->got * tsz : L->conv;
+            nlsr_from_f32(M->tdt, L->em, v, m);
+            if (narrow && nlsr_any_nonfinite_raw(M->tdt, v, m)) {
+                L->bad = 1;
+                return;
+            }
+        }
+        L->got += m;
+    }
+}
+
+/* The first lane's share of pass 3 moves within these bounds (mask_split). */
+#define MASK_AT_MIN 0.375
+#define MASK_AT_MAX 0.625
+
+/* The first element of the second lane's part of pass 3 for share `at`: on a chunk boundary,
+ * both parts at least a chunk. */
+static uint64_t mask_cut(uint64_t n, double at)
+{
+    uint64_t h = (uint64_t)((double)n * at) / CH * CH;
+    if (h < CH) h = CH;
+    if (h > n - CH) h = (n - CH) / CH * CH;
+    return h;
+}
+
+/* Pass 3 split in two lanes, and the fingerprints; returns 1 when done here (the result in
+ * *rc), 0 when the caller must do both on one thread. The second part's masked elements are
+ * at most those of the second lane's pass-1 histogram (elements [h1, n)) in the threshold's
+ * bucket or above, plus the elements the earliest cut gives it before h1, and at most n - k:
+ * the side buffers' room, taken from the budget (none left: one thread). The room does not
+ * depend on where this module is cut, so neither does the budget's peak. */
+static int mask_split(runner *R, rmod *M, const unsigned char *a, const unsigned char *b,
+                      const unsigned char *t, int *rc)
+{
+    nlsr_ctx *ctx = R->ctx;
+    if (!lanes_usable(R, M, 0, M->n) || nlsr_test_env("NLSR_RUN_MASK_ONE_THREAD")) return 0;
+    lane *L = R->lanes->L;
+    uint64_t n = M->n, h1 = n / 2 / CH * CH; /* pass 1's split (lanes_set) */
+    uint64_t hmin = mask_cut(n, MASK_AT_MIN), h = mask_cut(n, R->mask_at);
+    if (h < hmin) h = hmin;
+    uint64_t cap = 0;
+    for (uint32_t i = nlsr_kth_bucket_of(M->thr); i < NLSR_KTH_BUCKETS; i++) cap += L[1].hist[i];
+    if (hmin < h1) cap += h1 - hmin;
+    if (cap > M->n - M->k) cap = M->n - M->k;
+    if (cap > n - hmin) cap = n - hmin;
+    size_t per = 8 + (M->store ? M->tsz : 0);
+    uint64_t bytes = cap * per;
+    if (bytes > R->side_bytes) {
+        nlsr_budget_free(&ctx->budget, R->side, R->side_bytes);
+        R->side = NULL;
+        R->side_bytes = 0;
+        nlsr_err ignored; /* no room: one thread */
+        memset(&ignored, 0, sizeof ignored);
+        if (bytes > nlsr_budget_room(&ctx->budget) / 2 ||
+            nlsr_budget_alloc(&ctx->budget, (size_t)bytes, "pass 3's second lane",
+                              (void **)&R->side, &ignored) < 0)
+            return 0;
+        R->side_bytes = (size_t)bytes;
+    }
+    lanes_set(R, 5, M, a, b, t, 0, n);
+    L[1].lo = h;
+    L[1].cap = cap;
+    L[1].xy = (float *)(void *)R->side;
+    L[1].vals = R->side + cap * 8;
+    L[1].hash = R->hash;
+    nlsr_cos_sums sums0 = M->sums;
+    uint64_t count0 = M->mask_count;
+    lanes_post(R);
+    double w0 = nlsr_now();
+    *rc = pass_mask(R, M, a, b, t, 0, h);
+    double w1 = nlsr_now() - w0;
+    lanes_wait(R);
+    /* The next module's split where both lanes would have ended together (each lane's seconds
+     * per share of the module, smoothed): the first lane also polls the stream, and the
+     * second may hash; the split changes no result. */
+    double f = (double)h / (double)n, c0s = w1 / f, c1s = L[1].secs / (1 - f);
+    if (c0s > 0 && c1s > 0) {
+        double at = 0.5 * R->mask_at + 0.5 * (c1s / (c0s + c1s));
+        R->mask_at = at < MASK_AT_MIN ? MASK_AT_MIN : at > MASK_AT_MAX ? MASK_AT_MAX : at;
+    }
+    if (*rc < 0) return 1; /* the first bad element is in the first half */
+    if (L[1].bad || (M->store && M->mask_count + L[1].got > M->n - M->k)) {
+        M->sums = sums0;
+        M->mask_count = count0;
+        *rc = pass_mask(R, M, a, b, t, 0, n);
+        return 1;
+    }
+    if (M->store) memcpy(M->vals + M->mask_count * M->tsz, L[1].vals, L[1].got * M->tsz);
+    nlsr_cos_add_xy(&M->sums, L[1].xy, L[1].got);
+    M->mask_count += L[1].got;
+    return 1;
+}
+
 static int module_compute(runner *R, rmod *M, const unsigned char *const *data)
 {
     const unsigned char *a = data[0], *b = data[1], *t = data[2];
@@ -607,19 +775,22 @@ static int module_compute(runner *R, rmod *M, const unsigned char *const *data)
     memset(R->hist, 0, NLSR_KTH_BUCKETS * sizeof *R->hist);
     NLSR_FORWARD(pass_hist(R, M, a, b, t, 0, M->n));
     if (M->k < M->n) NLSR_FORWARD(pass_threshold(R, M, a, b));
+    int rc = 0;
+    if (M->k < M->n && mask_split(R, M, a, b, t, &rc)) return rc;
     if (!R->hash || !R->lanes) {
         if (R->hash) hash_module(R, M, a, b);
         /* k >= n: the empty mask, similarity 0, nothing to transplant */
         return M->k < M->n ? pass_mask(R, M, a, b, t, 0, M->n) : 0;
     }
-    /* Pass 3 runs on one thread: the second lane hashes the module meanwhile. */
+    /* Pass 3 on one thread (the module too small to split, or no room for the side buffers):
+     * the second lane hashes the module meanwhile. */
     lane *L = &R->lanes->L[1];
     L->pass = 3;
     L->M = M;
     L->a = a;
     L->b = b;
     lanes_post(R);
-    int rc = M->k < M->n ? pass_mask(R, M, a, b, t, 0, M->n) : 0;
+    rc = M->k < M->n ? pass_mask(R, M, a, b, t, 0, M->n) : 0;
     lanes_wait(R);
     return rc;
 }
@@ -1167,13 +1338,20 @@ static int phase_a(runner *R, const nlsr_unit *u, nlsr_report *rep)
             if (rc == 0) nlsr_phase_units(ctx, 1);
         }
         if (R->rows) {
-            /* The next module's stream gets the room the candidates took. */
+            /* The next module's stream gets the room the candidates and pass 3's side buffers
+             * took. */
             nlsr_budget_free(&ctx->budget, R->cands, R->cand_cap * sizeof(float));
             R->cands = NULL;
             R->cand_cap = 0;
+            nlsr_budget_free(&ctx->budget, R->side, R->side_bytes);
+            R->side = NULL;
+            R->side_bytes = 0;
         }
     }
     lanes_stop(R);
+    nlsr_budget_free(&ctx->budget, R->side, R->side_bytes);
+    R->side = NULL;
+    R->side_bytes = 0;
     for (size_t i = 0; i < R->nm && rc == 0; i++) {
         rmod *M = &R->m[i];
         size_t idx;
