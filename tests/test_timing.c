@@ -74,6 +74,28 @@ static void test_module_compute(void)
     ASSERT_NEAR(nlsr_timing_module_compute(&m, &k, 1), 180, 1e-9);
     nlsr_timing_mod z = {0, 0, 2, 2, 2, 1, 0, 0};
     ASSERT_NEAR(nlsr_timing_module_compute(&z, &k, 1), 0, 0);
+
+    /* run's pass 3 split between the lanes (p3 = 800, the add-up at 1000 elements/s for the
+     * second lane's share): no hash, halves: 400 + 10000/1000. */
+    m.k = 16000;
+    k.addxy = 1000;
+    ASSERT_NEAR(nlsr_timing_module_compute(&m, &k, NLSR_TIMING_SPLIT3), 100 + 200 + 400 + 10, 1e-9);
+    /* The hash (80) after the second lane's part: balanced at (800 + 80) / 2 = 440, the first
+     * lane's share 0.55, the add-up 9000 / 1000. */
+    ASSERT_NEAR(nlsr_timing_module_compute(&m, &k, NLSR_TIMING_SPLIT3 | NLSR_TIMING_HASH),
+                100 + 200 + 440 + 9, 1e-9);
+    /* A hash too long to balance (1600): the first lane's share stops at 5/8, the second
+     * takes 3/8 of pass 3 and the hash: 300 + 1600, the add-up 7500 / 1000. */
+    k.xxh_bps = 50;
+    ASSERT_NEAR(nlsr_timing_module_compute(&m, &k, NLSR_TIMING_SPLIT3 | NLSR_TIMING_HASH),
+                100 + 200 + 1900 + 7.5, 1e-9);
+    /* Row blocks do not split pass 3; nor does one lane. */
+    m.blocked = 1;
+    ASSERT_NEAR(nlsr_timing_module_compute(&m, &k, NLSR_TIMING_SPLIT3 | NLSR_TIMING_HASH),
+                100 + 200 + 1600, 1e-9);
+    m.blocked = 0;
+    k.lanes = 1;
+    ASSERT_NEAR(nlsr_timing_module_compute(&m, &k, NLSR_TIMING_SPLIT3), 1400, 1e-9);
 }
 
 static void check_sums(const nlsr_timing_pred *t);
@@ -147,17 +169,21 @@ static void test_single(void)
     /* In place: the hash (80 s a module) hides under pass 3. Phase B journals the 40000
      * patched bytes: XXH64 40 s + two passes at the merge rate (compare and copy; bitmap and
      * gather) 200 s + zstd (200 B/s) of the changed elements' old bytes, 0.5 x 4000 x 2 x 2 =
-     * 8000 bytes, 40 s, beside the merge's 450 s, all of it against the reads' 80 s: 730 s;
-     * then the new bytes, 40000, and the journal: the 8000 old bytes and the bitmap, 0.5 x
-     * 20000 / 8 x 2 = 2500 bytes, compressed to half: 45250 bytes at 500 B/s, 90.5 s. */
+     * 8000 bytes, 40 s: 280 s, on two threads (the journal's two builders) 140 s, beside the
+     * merge's 450 s: 590 s, against the reads: the patched fine-tune bytes from the page cache
+     * at the merge rate (40000 / 400 = 100 s) and base and aligned of the patch not kept from
+     * the disk (40000 at 1000 B/s, 40 s): 140 s; then the new bytes, 40000, and the journal:
+     * the 8000 old bytes and the bitmap, 0.5 x 20000 / 8 x 2 = 2500 bytes, compressed to
+     * half: 45250 bytes at 500 B/s, 90.5 s. */
     k.zstd_bps = 200;
     k.zstd_ratio = 0.5;
     nlsr_timing_single(m, 2, 1, 0, 100000, 100000, 0.5, &k, 1000, 500, &t);
     ASSERT_NEAR(t.ph[0].seconds, 2320, 1e-9);
     ASSERT_NEAR(t.ph[1].write_bytes, 45250, 0);
-    ASSERT_NEAR(t.ph[1].compute_s, 730, 1e-9);
-    ASSERT_NEAR(t.ph[1].seconds, 820.5, 1e-9);
-    ASSERT_NEAR(t.seconds, 3140.5, 1e-9);
+    ASSERT_NEAR(t.ph[1].read_s, 140, 1e-9);
+    ASSERT_NEAR(t.ph[1].compute_s, 590, 1e-9);
+    ASSERT_NEAR(t.ph[1].seconds, 680.5, 1e-9);
+    ASSERT_NEAR(t.seconds, 3000.5, 1e-9);
     check_sums(&t);
     /* With a report (the audit): every streamed byte hashed on the computing thread (phase A:
      * 120000 bytes a module at 1000 B/s, 120 s more compute each: C0 = 120 + 1220, C1 = 1340 +

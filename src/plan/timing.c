@@ -128,7 +128,8 @@ static void fill_bf16(unsigned char *p, uint64_t n, uint64_t seed, const unsigne
 }
 
 /* The journal's compression (src/io/journal.c): records of up to 4 MiB, byte planes (low
- * bytes, then high bytes), zstd level 1 with a checksum, two workers with a second CPU. The
+ * bytes, then high bytes), zstd level 1 with a checksum, one worker per builder with a second
+ * CPU (and two builders: nlsr_timing_single halves the journal's compute). The
  * planes are made outside the timing (the journal's word-wise version costs little). */
 static void time_zstd(const unsigned char *src, unsigned char *planes, unsigned char *dst,
                       size_t len, nlsr_kernel_rates *out)
@@ -142,7 +143,7 @@ static void time_zstd(const unsigned char *src, unsigned char *planes, unsigned 
     if (!c) return;
     ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, 1);
     ZSTD_CCtx_setParameter(c, ZSTD_c_checksumFlag, 1);
-    if (sysconf(_SC_NPROCESSORS_ONLN) >= 2) (void)ZSTD_CCtx_setParameter(c, ZSTD_c_nbWorkers, 2);
+    if (sysconf(_SC_NPROCESSORS_ONLN) >= 2) (void)ZSTD_CCtx_setParameter(c, ZSTD_c_nbWorkers, 1);
     const size_t rec = 4u << 20;
     double tz = 1e30;
     size_t packed = 0;
@@ -273,6 +274,42 @@ int nlsr_timing_calibrate(nlsr_ctx *ctx, uint64_t elems, nlsr_kernel_rates *out)
     }
     out->mask = (double)n / t3;
 
+    /* run's pass 3 in two lanes (realign_run.c mask_split): the first lane then adds the
+     * second's pairs to the sums in order and copies its values after its own. The pairs are
+     * made outside the timing, as the second lane makes them, into the merge's output area
+     * (room for n / 4 of them; the merge below overwrites it), and the values are copied over
+     * the aligned model's bytes (only hashed below). */
+    float *xy = (float *)(void *)outb;
+    size_t np = 0;
+    for (uint64_t at = 0; at < n && np + CH <= n / 4; at += CH) {
+        size_t cnt = (size_t)(n - at < CH ? n - at : CH);
+        (void)nlsr_step1_bf16(a + at * 2, b + at * 2, 0.9f, fs, fe, fb, (uint16_t *)(void *)es,
+                              cnt);
+        nlsr_mask_words(fs, cnt, thr, bits + at / 64);
+        size_t m = nlsr_mask_indices(bits + at / 64, cnt, idx);
+        for (size_t i = 0; i < m; i++) {
+            memcpy(conv + i * 2, t + (at + idx[i]) * 2, 2);
+            em[i] = fe[idx[i]];
+            bm[i] = fb[idx[i]];
+        }
+        nlsr_to_f32(NLSR_DTYPE_BF16, conv, tm, m);
+        nlsr_cos_xy(tm, em, bm, xy + 2 * np, m);
+        np += m;
+        /* per element of the module: how far the pairs reach */
+        out->addxy = (double)(at + cnt);
+    }
+    double ta = 1e30;
+    for (int rep = 0; rep < REPS && np; rep++) {
+        nlsr_cos_sums sums = {0, 0, 0};
+        t0 = nlsr_now();
+        nlsr_cos_add_xy(&sums, xy, np);
+        memcpy(a, vals, np * 2);
+        ta = best(ta, nlsr_now() - t0);
+        volatile double keep = sums.dot;
+        (void)keep;
+    }
+    out->addxy = np ? out->addxy / ta : 0;
+
     /* XXH64 of base and aligned (in place: the fingerprints), then phase B's merge from the
      * kept patch (realign_run.c merge_unit). */
     double tx = 1e30, tm2 = 1e30;
@@ -328,18 +365,27 @@ static double per(double amount, double rate)
     return rate > 0 ? amount / rate : 0;
 }
 
-double nlsr_timing_module_compute(const nlsr_timing_mod *m, const nlsr_kernel_rates *k, int hash)
+double nlsr_timing_module_compute(const nlsr_timing_mod *m, const nlsr_kernel_rates *k, int flags)
 {
     if (m->n == 0) return 0;
     double n = (double)m->n;
     int l = m->fast && k->lanes == 2 && m->n >= LANE_MIN && k->hist[1] > 0 && k->cands[1] > 0;
     double c = per(n, k->hist[l]);
-    double h = hash ? per(n * (m->asz + m->bsz), k->xxh_bps) : 0;
+    double h = (flags & NLSR_TIMING_HASH) ? per(n * (m->asz + m->bsz), k->xxh_bps) : 0;
     if (m->k < m->n) {
         c += per(n, k->cands[l]);
         double p3 = per(n, k->mask);
-        /* The fingerprints: on the second lane during pass 3 (max), else after it (sum). */
-        c += l ? (p3 > h ? p3 : h) : p3 + h;
+        if (l && (flags & NLSR_TIMING_SPLIT3) && !m->blocked && k->addxy > 0) {
+            /* realign_run.c mask_split: the first lane takes a share f of pass 3 (f within
+             * 3/8 .. 5/8, balanced from the lanes' times), the second the rest and then the
+             * hash; after both, the first adds the second's pairs and values (its share). */
+            double t = p3 + h > 1.25 * p3 ? 0.375 * p3 + h : (p3 + h) / 2;
+            double f = t / p3 < 0.625 ? t / p3 : 0.625;
+            c += t + per(n * (1 - f), k->addxy);
+        } else {
+            /* The fingerprints: on the second lane during pass 3 (max), else after it (sum). */
+            c += l ? (p3 > h ? p3 : h) : p3 + h;
+        }
     } else {
         c += h;
     }
@@ -369,7 +415,7 @@ static void finish(nlsr_timing_pred *t, const nlsr_kernel_rates *k, double rbw, 
 
 /* Phase A (and prepare's reads): the depth-2 pipeline over the modules. `with_ft`: the
  * fine-tune's bytes are read too. */
-static int phase_pipeline(const nlsr_timing_mod *m, size_t nm, int with_ft, int hash, int audit,
+static int phase_pipeline(const nlsr_timing_mod *m, size_t nm, int with_ft, int flags, int audit,
                           const nlsr_kernel_rates *k, double rbw, nlsr_timing_phase *ph,
                           const char *name)
 {
@@ -379,7 +425,7 @@ static int phase_pipeline(const nlsr_timing_mod *m, size_t nm, int with_ft, int 
     for (size_t i = 0; i < nm; i++) {
         double bytes = (double)m[i].n * (m[i].asz + m[i].bsz + (with_ft ? m[i].tsz : 0));
         /* The report's audit hashes every byte the stream delivers, on the same thread. */
-        c[i] = nlsr_timing_module_compute(&m[i], k, hash) + (audit ? per(bytes, k->xxh_bps) : 0);
+        c[i] = nlsr_timing_module_compute(&m[i], k, flags) + (audit ? per(bytes, k->xxh_bps) : 0);
         /* Row blocks: pass 2 reads base and aligned again, pass 3 all three, from the disk:
          * the stream reads files that were not cached when it opened them with O_DIRECT, so
          * pass 1 left nothing in the page cache (measured: llama-8b, 8 layers, 512M). */
@@ -406,7 +452,8 @@ void nlsr_timing_single(const nlsr_timing_mod *m, size_t nm, int inplace, int au
     t->plan = rows ? (inplace ? "row blocks in place" : "row blocks")
                    : (inplace ? "single pass in place" : "single pass");
     t->patched_fraction = f;
-    if (phase_pipeline(m, nm, 1, inplace, audit, k, rbw, &t->ph[0], "similarities") == 0)
+    int fl = NLSR_TIMING_SPLIT3 | (inplace ? NLSR_TIMING_HASH : 0);
+    if (phase_pipeline(m, nm, 1, fl, audit, k, rbw, &t->ph[0], "similarities") == 0)
         t->nphases = 1;
     /* Phase B's patched modules, weighted by the expected share patched. */
     double pft = 0, pread = 0, merge = 0, pchg = 0, pbits = 0;
@@ -428,6 +475,13 @@ void nlsr_timing_single(const nlsr_timing_mod *m, size_t nm, int inplace, int au
          * changed elements alone compressed into the journal (docs/JOURNAL.md version 2), with
          * the bitmap beside them. */
         double jc = per(pft, k->xxh_bps) + per(pchg, k->zstd_bps) + 2 * per(pft, k->merge_bps);
+        /* With two CPUs the journal builds its records two at a time (journal.c builders):
+         * half of that on each thread. */
+        if (k->lanes == 2) jc /= 2;
+        /* Phase A read the fine-tune through the page cache (inplace.c: read_cached), so the
+         * patched tensors' second read is a copy from memory (taken at the merge's rate) where
+         * the machine has the memory; base and aligned of patches not kept come from the disk. */
+        pr = per(pft, k->merge_bps) + per(pread - pft, rbw);
         double wb = pft + (pchg + pbits) * k->zstd_ratio, w = per(wb, wbw);
         over = pr > merge + jc ? pr : merge + jc;
         phase_set(ph, "patch in place", pread, wb, pr, merge + jc, w, over + w,
@@ -463,7 +517,7 @@ void nlsr_timing_patchfile(const nlsr_timing_mod *m, size_t nm, uint64_t ft_byte
     double patch = 0;
     for (size_t i = 0; i < nm; i++)
         if (m[i].k < m[i].n) patch += (double)((m[i].n + 63) / 64 * 8 + (m[i].n - m[i].k) * m[i].tsz);
-    if (phase_pipeline(m, nm, 0, 1, 0, k, rbw, &t->ph[0], "prepare") == 0) {
+    if (phase_pipeline(m, nm, 0, NLSR_TIMING_HASH, 0, k, rbw, &t->ph[0], "prepare") == 0) {
         nlsr_timing_phase *ph = &t->ph[0];
         ph->write_bytes = patch;
         ph->write_s = per(patch, wbw);
@@ -558,11 +612,11 @@ void nlsr_timing_print(const nlsr_timing_pred *t, FILE *out)
     const nlsr_kernel_rates *k = &t->k;
     fprintf(out,
             "  kernels (calibrated now, %.0f ms on %llu BF16 elements, %d lane%s): pass 1 %.0f M "
-            "el/s (1 thread) %.0f (2), pass 2 %.0f / %.0f, pass 3 %.0f, XXH64 %s/s, merge %s/s, "
+            "el/s (1 thread) %.0f (2), pass 2 %.0f / %.0f, pass 3 %.0f (its add-up %.0f), XXH64 %s/s, merge %s/s, "
             "zstd %s/s (to %.0f%%)\n",
             k->seconds * 1e3, (unsigned long long)k->elems, k->lanes, k->lanes == 1 ? "" : "s",
             k->hist[0] / 1e6, k->hist[1] / 1e6, k->cands[0] / 1e6, k->cands[1] / 1e6,
-            k->mask / 1e6, nlsr_fmt_bytes(k->xxh_bps, a, sizeof a),
+            k->mask / 1e6, k->addxy / 1e6, nlsr_fmt_bytes(k->xxh_bps, a, sizeof a),
             nlsr_fmt_bytes(k->merge_bps, b, sizeof b), nlsr_fmt_bytes(k->zstd_bps, c, sizeof c),
             k->zstd_ratio * 100);
     if (t->patched_fraction < 1)
@@ -622,6 +676,7 @@ void nlsr_timing_json(void *obj, const nlsr_timing_pred *t)
     cJSON_AddItemToObject(kr, "pass1_elems_per_s", pair(k->hist[0], k->hist[1]));
     cJSON_AddItemToObject(kr, "pass2_elems_per_s", pair(k->cands[0], k->cands[1]));
     cJSON_AddNumberToObject(kr, "pass3_elems_per_s", k->mask);
+    cJSON_AddNumberToObject(kr, "pass3_addup_elems_per_s", k->addxy);
     cJSON_AddNumberToObject(kr, "xxh64_bps", k->xxh_bps);
     cJSON_AddNumberToObject(kr, "merge_bps", k->merge_bps);
     cJSON_AddNumberToObject(kr, "zstd_bps", k->zstd_bps);

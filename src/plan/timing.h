@@ -23,6 +23,9 @@ typedef struct nlsr_kernel_rates {
     double hist[2];     /* pass 1: fused score, histogram, finite check of the fine-tune */
     double cands[2];    /* pass 2: fused score, the k-th bucket's candidates */
     double mask;        /* pass 3 (one thread): reference + score, mask, gather, cosine sums */
+    double addxy;       /* run's pass 3 in two lanes: the first lane adding the second's pairs
+                           to the sums and copying its values, in elements of the module per
+                           second (for all of them; a lane's part takes its share) */
     double xxh_bps;     /* XXH64 of base and aligned bytes (in place: the fingerprints) */
     double merge_bps;   /* phase B from a kept patch: copy + scatter of the values */
     double zstd_bps;    /* in place: the journal's zstd (level 1, 4 MiB records of byte
@@ -79,7 +82,12 @@ double nlsr_timing_pipeline(const double *read_s, const double *compute_s, size_
 
 /* Seconds of one module's phase-A compute at these rates (passes 1-3, the fingerprint hash when
  * `hash`, on the lanes the engine would use). */
-double nlsr_timing_module_compute(const nlsr_timing_mod *m, const nlsr_kernel_rates *k, int hash);
+/* Flags of nlsr_timing_module_compute: the fingerprint hash of base and aligned is taken
+ * (prepare, run in place); pass 3 is split between the lanes (run's single pass; prepare keeps
+ * it on one thread). */
+#define NLSR_TIMING_HASH 1
+#define NLSR_TIMING_SPLIT3 2
+double nlsr_timing_module_compute(const nlsr_timing_mod *m, const nlsr_kernel_rates *k, int flags);
 
 /* The single pass (run --out, or in place when `inplace`) over these modules:
  *   phase A: nlsr_timing_pipeline of (module bytes / read_bps, module compute);
