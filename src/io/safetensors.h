@@ -44,10 +44,6 @@ typedef struct st_file {
     int fd;
     uint64_t file_size;
     uint64_t data_start; /* 8 + N */
-    /* Read through the page cache even where O_DIRECT is possible: set by a job that reads
-     * these bytes again soon (run in place reads the fine-tune's patched tensors a second
-     * time), so that the second read finds them in memory instead of on the disk. */
-    int read_cached;
     st_header h;
 } st_file;
 

@@ -442,7 +442,7 @@ int nlsr_stream_open_in(nlsr_ctx *ctx, const nlsr_unit *units, size_t nunits, un
             }
             /* Warm files are read buffered: O_DIRECT would fetch from the disk what the page
              * cache already holds. */
-            int d = f->read_cached && direct != 2 ? 0 : direct;
+            int d = direct;
             if (d == 1 &&
                 nlsr_io_cached_fraction(f->fd, f->data_start, f->file_size - f->data_start) >= 0.5)
                 d = 0;

@@ -1075,10 +1075,6 @@ static int run_single(ip_job *J, const nlsr_ckpt *B, const nlsr_ckpt *S, int is_
     nlsr_journal_close(jn);
     jn = NULL;
     uint64_t reserve = nlsr_inplace_single_reserve(ctx);
-    /* Phase B reads the patched tensors of the fine-tune again, just after phase A read them:
-     * through the page cache, that second read is a copy from memory where the machine has it
-     * (the bytes are overwritten in place anyway, so caching them costs nothing extra). */
-    for (size_t k = 0; k < T->nshards; k++) T->shards[k]->read_cached = 1;
     if (rc == 0)
         rc = nlsr_full_pass_begin(ctx, B, S, is_ref, T, J->p, flags, reserve, &rep, &P);
     if (rc < 0) goto done;

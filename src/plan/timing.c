@@ -478,10 +478,6 @@ void nlsr_timing_single(const nlsr_timing_mod *m, size_t nm, int inplace, int au
         /* With two CPUs the journal builds its records two at a time (journal.c builders):
          * half of that on each thread. */
         if (k->lanes == 2) jc /= 2;
-        /* Phase A read the fine-tune through the page cache (inplace.c: read_cached), so the
-         * patched tensors' second read is a copy from memory (taken at the merge's rate) where
-         * the machine has the memory; base and aligned of patches not kept come from the disk. */
-        pr = per(pft, k->merge_bps) + per(pread - pft, rbw);
         double wb = pft + (pchg + pbits) * k->zstd_ratio, w = per(wb, wbw);
         over = pr > merge + jc ? pr : merge + jc;
         phase_set(ph, "patch in place", pread, wb, pr, merge + jc, w, over + w,
