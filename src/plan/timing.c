@@ -127,6 +127,33 @@ static void fill_bf16(unsigned char *p, uint64_t n, uint64_t seed, const unsigne
     }
 }
 
+/* Pass 3's per-chunk work before the sums (realign_run.c pass_mask and its second lane): step
+ * 1, the mask's bitmap and positions, the gather of the masked elements' f32 values. */
+typedef struct cal_mask {
+    const unsigned char *a, *b, *t;
+    float thr;
+    float *fs, *fe, *fb, *tm, *em, *bm;
+    uint16_t *es;
+    unsigned char *conv;
+    uint32_t *idx;
+    uint64_t *bits;
+} cal_mask;
+
+/* Chunk [at, at + cnt): the masked elements' t, e and b in tm, em, bm; returns how many. */
+static size_t cal_mask_chunk(const cal_mask *c, uint64_t at, size_t cnt)
+{
+    (void)nlsr_step1_bf16(c->a + at * 2, c->b + at * 2, 0.9f, c->fs, c->fe, c->fb, c->es, cnt);
+    nlsr_mask_words(c->fs, cnt, c->thr, c->bits + at / 64);
+    size_t m = nlsr_mask_indices(c->bits + at / 64, cnt, c->idx);
+    for (size_t i = 0; i < m; i++) {
+        memcpy(c->conv + i * 2, c->t + (at + c->idx[i]) * 2, 2);
+        c->em[i] = c->fe[c->idx[i]];
+        c->bm[i] = c->fb[c->idx[i]];
+    }
+    nlsr_to_f32(NLSR_DTYPE_BF16, c->conv, c->tm, m);
+    return m;
+}
+
 /* The journal's compression (src/io/journal.c): records of up to 4 MiB, byte planes (low
  * bytes, then high bytes), zstd level 1 with a checksum, one worker per builder with a second
  * CPU (and two builders: nlsr_timing_single halves the journal's compute). The
@@ -248,22 +275,15 @@ int nlsr_timing_calibrate(nlsr_ctx *ctx, uint64_t elems, nlsr_kernel_rates *out)
     /* Pass 3 with the patch kept (realign_run.c pass_mask): the fused step 1, the mask's
      * bitmap and positions, the gather, the cosine sums, the values in the fine-tune's dtype. */
     double t3 = 1e30;
+    const cal_mask sc3 = {a, b, t, thr, fs, fe, fb, tm, em, bm, (uint16_t *)(void *)es, conv,
+                          idx, bits};
     for (int rep = 0; rep < REPS; rep++) {
         nlsr_cos_sums sums = {0, 0, 0};
         unsigned char *v = vals;
         t0 = nlsr_now();
         for (uint64_t at = 0; at < n; at += CH) {
             size_t cnt = (size_t)(n - at < CH ? n - at : CH);
-            (void)nlsr_step1_bf16(a + at * 2, b + at * 2, 0.9f, fs, fe, fb,
-                                  (uint16_t *)(void *)es, cnt);
-            nlsr_mask_words(fs, cnt, thr, bits + at / 64);
-            size_t m = nlsr_mask_indices(bits + at / 64, cnt, idx);
-            for (size_t i = 0; i < m; i++) {
-                memcpy(conv + i * 2, t + (at + idx[i]) * 2, 2);
-                em[i] = fe[idx[i]];
-                bm[i] = fb[idx[i]];
-            }
-            nlsr_to_f32(NLSR_DTYPE_BF16, conv, tm, m);
+            size_t m = cal_mask_chunk(&sc3, at, cnt);
             nlsr_cos_add_masked(&sums, tm, em, bm, m);
             nlsr_from_f32(NLSR_DTYPE_BF16, em, v, m);
             v += m * 2;
@@ -283,16 +303,7 @@ int nlsr_timing_calibrate(nlsr_ctx *ctx, uint64_t elems, nlsr_kernel_rates *out)
     size_t np = 0;
     for (uint64_t at = 0; at < n && np + CH <= n / 4; at += CH) {
         size_t cnt = (size_t)(n - at < CH ? n - at : CH);
-        (void)nlsr_step1_bf16(a + at * 2, b + at * 2, 0.9f, fs, fe, fb, (uint16_t *)(void *)es,
-                              cnt);
-        nlsr_mask_words(fs, cnt, thr, bits + at / 64);
-        size_t m = nlsr_mask_indices(bits + at / 64, cnt, idx);
-        for (size_t i = 0; i < m; i++) {
-            memcpy(conv + i * 2, t + (at + idx[i]) * 2, 2);
-            em[i] = fe[idx[i]];
-            bm[i] = fb[idx[i]];
-        }
-        nlsr_to_f32(NLSR_DTYPE_BF16, conv, tm, m);
+        size_t m = cal_mask_chunk(&sc3, at, cnt);
         nlsr_cos_xy(tm, em, bm, xy + 2 * np, m);
         np += m;
         /* per element of the module: how far the pairs reach */
