@@ -28,17 +28,20 @@ NLSR_HOT void nlsr_full_score_f32(const float *e, const float *b, float *s, size
     for (size_t i = 0; i < n; i++) s[i] = fabsf(e[i] - b[i]);
 }
 
+/* One masked element's terms, in the order both accumulators must share for equal bits. */
+static inline void cos_step(double *dot, double *nx, double *ny, double x, double y)
+{
+    *dot += x * y;
+    *nx += x * x;
+    *ny += y * y;
+}
+
 void nlsr_cos_add_masked(nlsr_cos_sums *acc, const float *t, const float *e, const float *b,
                          size_t m)
 {
     double dot = acc->dot, nx = acc->nx, ny = acc->ny;
-    for (size_t i = 0; i < m; i++) {
-        double x = (double)(t[i] - b[i]);
-        double y = (double)(e[i] - b[i]);
-        dot += x * y;
-        nx += x * x;
-        ny += y * y;
-    }
+    for (size_t i = 0; i < m; i++)
+        cos_step(&dot, &nx, &ny, (double)(t[i] - b[i]), (double)(e[i] - b[i]));
     acc->dot = dot;
     acc->nx = nx;
     acc->ny = ny;
@@ -55,13 +58,8 @@ NLSR_HOT void nlsr_cos_xy(const float *t, const float *e, const float *b, float 
 void nlsr_cos_add_xy(nlsr_cos_sums *acc, const float *xy, size_t m)
 {
     double dot = acc->dot, nx = acc->nx, ny = acc->ny;
-    for (size_t i = 0; i < m; i++) {
-        double x = (double)xy[2 * i];
-        double y = (double)xy[2 * i + 1];
-        dot += x * y;
-        nx += x * x;
-        ny += y * y;
-    }
+    for (size_t i = 0; i < m; i++)
+        cos_step(&dot, &nx, &ny, (double)xy[2 * i], (double)xy[2 * i + 1]);
     acc->dot = dot;
     acc->nx = nx;
     acc->ny = ny;

@@ -599,6 +599,22 @@ static int check_dest(runner *R, const rmod *M, uint64_t at, const unsigned char
                                    at + R->idx[i], R->em[i], M->tdt, M->s1.src_file);
 }
 
+/* Pass 3's gather for one chunk (both lanes): the m masked elements at idx, their fine-tune
+ * values (raw in conv, as f32 in tm), e_s (em) and b (bm) from the chunk's fe and fb. */
+static void gather_masked(const rmod *M, const uint32_t *idx, size_t m, const unsigned char *tc,
+                          const float *fe, const float *fb, unsigned char *conv, float *em,
+                          float *bm, float *tm)
+{
+    size_t tsz = M->tsz;
+    for (size_t i = 0; i < m; i++) {
+        uint32_t j = idx[i];
+        memcpy(conv + i * tsz, tc + (size_t)j * tsz, tsz);
+        em[i] = fe[j];
+        bm[i] = fb[j];
+    }
+    nlsr_to_f32(M->tdt, conv, tm, m);
+}
+
 /* The mask (strictly above the threshold), the masked cosine's sums in element order (as
  * apply accumulates them), and, when stored, the bitmap and the values in ft's dtype. */
 static int pass_mask(runner *R, rmod *M, const unsigned char *a, const unsigned char *b,
@@ -614,13 +630,7 @@ static int pass_mask(runner *R, rmod *M, const unsigned char *a, const unsigned 
         uint64_t *words = M->store ? M->bits + at / 64 : R->words;
         size_t m = mask_positions(R->fs, cnt, M->thr, words, R->idx);
         const unsigned char *tc = t + r * M->tsz;
-        for (size_t i = 0; i < m; i++) {
-            uint32_t j = R->idx[i];
-            memcpy(R->conv + i * M->tsz, tc + (size_t)j * M->tsz, M->tsz);
-            R->em[i] = R->fe[j];
-            R->bm[i] = R->fb[j];
-        }
-        nlsr_to_f32(M->tdt, R->conv, R->tm, m);
+        gather_masked(M, R->idx, m, tc, R->fe, R->fb, R->conv, R->em, R->bm, R->tm);
         nlsr_cos_add_masked(&M->sums, R->tm, R->em, R->bm, m);
         if (M->store && m) {
             /* At most n - k scores lie above the k-th smallest: the room reserved. */
@@ -663,13 +673,7 @@ static void mask_half(runner *R, lane *L)
             return;
         }
         const unsigned char *tc = L->t + at * tsz;
-        for (size_t i = 0; i < m; i++) {
-            uint32_t j = L->idx[i];
-            memcpy(L->conv + i * tsz, tc + (size_t)j * tsz, tsz);
-            L->em[i] = L->fe[j];
-            L->bm[i] = L->fb[j];
-        }
-        nlsr_to_f32(M->tdt, L->conv, L->tm, m);
+        gather_masked(M, L->idx, m, tc, L->fe, L->fb, L->conv, L->em, L->bm, L->tm);
         nlsr_cos_xy(L->tm, L->em, L->bm, L->xy + 2 * L->got, m);
         if (M->store || (m && narrow)) {
             unsigned char *v = M->store ? L->vals + L->got * tsz : L->conv;
