@@ -14,7 +14,9 @@ then:
 3. loads the realigned checkpoint with AutoModelForCausalLM.from_pretrained and the realigned
    adapter with PeftModel.from_pretrained over the sft base, and compares every tensor the
    models hold with the files as safetensors.safe_open reads them, exactly (same dtype, same
-   shape, same bits), then runs one forward pass.
+   shape, same bits), then runs one forward pass;
+4. realigns plain copies of the fine-tune (BF16, F16 and F32) with `nlsr run --in-place`,
+   checks that each holds exactly the tensors of the --out run, and loads it the same way.
 
 usage: load_realigned.py [--nlsr build/nlsr] [--data tests/data]
 Exit status: 0 pass, 1 fail, 77 skipped (torch, transformers, peft or safetensors missing:
@@ -154,6 +156,9 @@ def main():
     ap.add_argument("--nlsr", default=os.path.join(root, "build", "nlsr"))
     ap.add_argument("--data", default=os.path.join(root, "tests", "data"))
     a = ap.parse_args()
+    # everything is local: without this, transformers still asks the hub for files the
+    # cache lacks (adapter_config.json) and retries for half a minute on a machine offline
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     need_modules()
 
     from peft import PeftModel, get_peft_model_state_dict
@@ -193,7 +198,29 @@ def main():
         forward_ok("realigned", m)
         del m
 
-        # 3. the realigned adapter over the sft base
+        # 3. the same realignment in place, on a plain copy of the fine-tune (in place is
+        # refused on a hub cache), for each dtype of the fixture's fine-tune: the folder it
+        # leaves must load, and hold exactly the tensors of the --out run
+        for variant in ("finetuned", "finetuned_f16", "finetuned_f32"):
+            src = os.path.join(fx, variant)
+            ref = out_full
+            if variant != "finetuned":
+                ref = os.path.join(tmp, "realigned-" + variant)
+                nlsr(a.nlsr, "run", "--base", repos["sft"], "--aligned", repos["aligned"],
+                     "--finetuned", src, "--out", ref)
+            in_place = os.path.join(tmp, variant + "-in-place")
+            shutil.copytree(src, in_place)
+            nlsr(a.nlsr, "run", "--base", repos["sft"], "--aligned", repos["aligned"],
+                 "--finetuned", in_place, "--in-place")
+            compare(f"run --in-place against run --out ({variant})", file_tensors(in_place),
+                    file_tensors(ref))
+            m = AutoModelForCausalLM.from_pretrained(in_place, **dtype_kwargs())
+            compare(f"transformers AutoModelForCausalLM ({variant} realigned in place)",
+                    m.state_dict(), file_tensors(in_place))
+            forward_ok(f"{variant} realigned in place", m)
+            del m
+
+        # 4. the realigned adapter over the sft base
         base = AutoModelForCausalLM.from_pretrained(os.path.join(fx, "sft"), **dtype_kwargs())
         pm = PeftModel.from_pretrained(base, out_lora)
         # get_peft_model_state_dict gives the adapter's tensors under the names the file uses
