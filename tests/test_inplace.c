@@ -1220,6 +1220,35 @@ static void test_full_disk(void)
     free(mnt);
 }
 
+/* The journal's data writer (a thread that writes each armed batch while the next is staged)
+ * failing as an I/O error would, at the first batch and at a later one: the job fails with the
+ * write's message, and the checkpoint is rolled back from the journal, unchanged. */
+static void test_writer_failure(void)
+{
+#ifndef NLSR_TEST_HOOKS
+    TEST_SKIP("failing the data writer needs a build with -DNLSR_TEST_HOOKS=ON");
+#endif
+    char *d = wpath("writer_fail");
+    static const char *const at[] = {"1", "3"};
+    setenv("NLSR_TEST_JOURNAL_RECORD", "16384", 1); /* small batches: several of them */
+    for (size_t i = 0; i < 2; i++) {
+        copy_dir(FT, d);
+        setenv("NLSR_TEST_JOURNAL_WRITER_FAIL", at[i], 1);
+        nlsr_inplace_result r;
+        char msg[1024];
+        int rc = run_ip(d, "single", NLSR_SELECT_ADAPTIVE, 0, 0, &r, msg, sizeof msg);
+        unsetenv("NLSR_TEST_JOURNAL_WRITER_FAIL");
+        ASSERT_EQ_I(rc, -EIO);
+        ASSERT_CONTAINS(msg, ".safetensors: write of ");
+        ASSERT_CONTAINS(msg, "Input/output error");
+        ASSERT_CONTAINS(msg, "rolled back from the journal and is unchanged");
+        ASSERT_TRUE(folders_equal(d, FT));
+        ASSERT_TRUE(only_lock_left(d));
+    }
+    unsetenv("NLSR_TEST_JOURNAL_RECORD");
+    free(d);
+}
+
 static void test_read_only(void)
 {
     char *d = wpath("ro");
@@ -1423,6 +1452,7 @@ int main(int argc, char **argv)
     RUN_HOOK_TEST(test_kill_lora_and_run);
     RUN_HOOK_TEST(test_kill_rollback);
     RUN_HOOK_TEST(test_damaged_journal);
+    RUN_TEST(test_writer_failure);
     RUN_TEST(test_read_only);
     /* mount(2) may not be permitted here: CTest entries of their own, skipped (77) there. */
     RUN_TEST_ALONE(test_full_disk);

@@ -1330,7 +1330,7 @@ static int run_env(const char *b, const char *a, const char *t, const char *out,
 }
 
 /* Modules of 22272 elements (the tiny preset's MLP) are computed in two halves by two threads
- * (passes 1, 2 and 3); the attention modules (9216) by one. Every plan gives the patch-file plan's bytes and report,
+ * (passes 1, 2 and 3, and phase B's merge of a kept patch); the attention modules (9216) by one. Every plan gives the patch-file plan's bytes and report,
  * and a value that is not finite in the second half is named as one thread names it. */
 static void test_run_lanes(void)
 {

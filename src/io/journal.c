@@ -41,9 +41,7 @@
 #define MAX_END_JSON (16u << 20)
 #define DEFAULT_RECORD (4u << 20)
 #define DEFAULT_BATCH (64u << 20)
-/* Level 1: the journal is written once and read only on rollback, and compression must keep
- * up with the disk; the byte planes do most of the work on float data. */
-#define ZLEVEL 1
+#define ZLEVEL NLSR_JOURNAL_ZLEVEL
 
 /* ---- little-endian fields ---------------------------------------------------------------- */
 
@@ -111,7 +109,7 @@ void nlsr_fault_reset(void)
 
 uint64_t nlsr_fault_count(void)
 {
-    return fault.count;
+    return __atomic_load_n(&fault.count, __ATOMIC_RELAXED);
 }
 
 int nlsr_fault_armed(void)
@@ -126,8 +124,10 @@ uint64_t nlsr_fault_record_bytes(void)
 
 static void fault_after(void)
 {
-    fault.count++;
-    if (fault.kill_at && fault.count == fault.kill_at) raise(SIGKILL);
+    /* Atomic: the data writer's writes count too (never with a kill point armed: the writer
+     * is then not used, and the points keep one order). */
+    uint64_t c = __atomic_add_fetch(&fault.count, 1, __ATOMIC_RELAXED);
+    if (fault.kill_at && c == fault.kill_at) raise(SIGKILL);
 }
 
 /* Bytes a write at the next point really writes: half of them when that point is the torn
@@ -286,6 +286,23 @@ typedef struct staged {
     size_t len, pos; /* bytes and their place in the batch buffer */
 } staged;
 
+/* The data writer: a thread that writes an armed batch's new bytes into the checkpoint files
+ * (page-cache copies that were a fifth of phase B's time on the caller's thread) while the
+ * caller stages the next batch in the other half of the batch buffer. Started at the first
+ * armed batch when the journal has two builders (two cores) and no kill point is armed. */
+typedef struct jwriter {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int started, quit, busy;
+    uint64_t jobs;            /* batches taken so far */
+    const staged *st;         /* the job: the batch's entries, and the half they point into */
+    size_t nst;
+    const unsigned char *buf;
+    int rc;                   /* its first failure and message, until collected */
+    nlsr_err err;
+} jwriter;
+
 struct nlsr_journal {
     nlsr_ctx *ctx;
     char *dir, *path;
@@ -298,8 +315,13 @@ struct nlsr_journal {
     jfile *files;
     size_t rec_cap;     /* original bytes per record */
     uint32_t version;   /* 2; 1 only in tests of old journals (NLSR_TEST_JOURNAL_VERSION) */
-    unsigned char *batch;
-    size_t batch_cap, batch_used;
+    unsigned char *batch;        /* where new bytes are staged: batch_mem, or one half of it */
+    unsigned char *batch_mem;
+    size_t batch_alloc, batch_cap, batch_used;
+    int async;                   /* batches written by the data writer (halves of batch_mem) */
+    jwriter wr;
+    staged *st_w;                /* the entries the writer has (the other array) */
+    size_t st_w_cap;
     jbuild bld[2];      /* [0] on the caller's thread, [1] on the worker's (if it has buffers) */
     int nbld;
     jworker wk;
@@ -382,10 +404,17 @@ int nlsr_journal_begin(nlsr_ctx *ctx, const char *dir, const nlsr_journal_opts *
     nlsr_xxh64_init(&j->result, 0);
     int rc = 0;
     if (!j->dir || !j->path) rc = nlsr_fail(e, -ENOMEM, "out of memory");
-    if (rc == 0)
-        rc = nlsr_budget_alloc(&ctx->budget, j->batch_cap, "journal batch", (void **)&j->batch, e);
-    /* A second builder where asked for and the machine has a second core. */
+    /* A second builder where asked for and the machine has a second core; then the data
+     * writer too, the batch cut in two halves (the same memory), unless a kill point is armed
+     * or the halves would be smaller than a record. */
     int cores = sysconf(_SC_NPROCESSORS_ONLN) >= 2;
+    j->async = cores && o && o->builders >= 2 && !nlsr_fault_armed() && j->batch_cap / 2 >= rec;
+    j->batch_alloc = j->batch_cap;
+    if (j->async) j->batch_cap /= 2;
+    if (rc == 0)
+        rc = nlsr_budget_alloc(&ctx->budget, j->batch_alloc, "journal batch",
+                               (void **)&j->batch_mem, e);
+    j->batch = j->batch_mem;
     for (int k = 0; k < 2 && rc == 0; k++) {
         jbuild *bd = &j->bld[k];
         if (k == 1 && !(cores && o && o->builders >= 2)) break;
@@ -619,6 +648,9 @@ static int append_built(nlsr_journal *j, const jbuild *b)
     NLSR_FAIL_IF(b->zerr, e, NLSR_E_FORMAT, "%s: zstd: %s", j->path, ZSTD_getErrorName(b->zerr));
     assert(b->index == j->nrec);
     NLSR_FORWARD(d_pwrite(e, j->fd, b->cbuf, b->total, j->end, j->path));
+    /* The range the record protects, for the write-order test (it checks that every data
+     * write lies in records that are armed and durable). */
+    if (b->f) nlsr_test_trace("record", b->f->path, b->off, b->len);
     start_writeback(j->fd, j->end, b->total);
     j->last = j->end;
     j->end += b->total;
@@ -706,6 +738,126 @@ static void worker_stop(jworker *w)
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
     w->started = 0;
+}
+
+/* ---- the data writer ---------------------------------------------------------------------- */
+
+/* Writes one batch's entries (no shared state but the job and the files' fds and paths, which
+ * do not change once staging began; counters and progress stay on the caller's thread). */
+static int write_entries(const nlsr_journal *j, const staged *st, size_t n,
+                         const unsigned char *buf, nlsr_err *e)
+{
+    for (size_t i = 0; i < n; i++) {
+        const jfile *f = &j->files[st[i].file];
+        NLSR_FORWARD(d_pwrite(e, f->fd, buf + st[i].pos, st[i].len, st[i].off, f->path));
+        start_writeback(f->fd, st[i].off, st[i].len);
+    }
+    return 0;
+}
+
+static void *writer_main(void *arg)
+{
+    nlsr_journal *j = arg;
+    jwriter *w = &j->wr;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->busy && !w->quit) pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->busy) break;
+        pthread_mutex_unlock(&w->mu);
+        /* Tests: the writer late, so that a caller that does not wait for it shows in the
+         * write-order trace. */
+        if (nlsr_test_env("NLSR_TEST_JOURNAL_WRITER_DELAY")) usleep(20000);
+        nlsr_err e;
+        memset(&e, 0, sizeof e);
+        int rc = 0;
+        /* Tests: this batch's first write fails as an I/O error would. */
+        const char *fail_at = nlsr_test_env("NLSR_TEST_JOURNAL_WRITER_FAIL");
+        if (fail_at && ++w->jobs == strtoull(fail_at, NULL, 10) && w->nst)
+            rc = nlsr_fail(&e, -EIO, "%s: write of %zu bytes at offset %" PRIu64 " failed: %s",
+                           j->files[w->st[0].file].path, w->st[0].len, w->st[0].off,
+                           strerror(EIO));
+        if (rc == 0 && !w->rc) rc = write_entries(j, w->st, w->nst, w->buf, &e);
+        pthread_mutex_lock(&w->mu);
+        if (rc < 0) {
+            w->rc = rc;
+            w->err = e;
+        }
+        w->busy = 0;
+        pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+static int writer_start(nlsr_journal *j)
+{
+    jwriter *w = &j->wr;
+    if (w->started) return 1;
+    if (pthread_mutex_init(&w->mu, NULL) != 0) return 0;
+    if (pthread_cond_init(&w->cv, NULL) != 0) {
+        pthread_mutex_destroy(&w->mu);
+        return 0;
+    }
+    if (pthread_create(&w->th, NULL, writer_main, j) != 0) {
+        pthread_cond_destroy(&w->cv);
+        pthread_mutex_destroy(&w->mu);
+        return 0;
+    }
+    w->started = 1;
+    return 1;
+}
+
+/* Waits until the writer is idle; its failure (once) into the context's message. */
+static int writer_collect(nlsr_journal *j)
+{
+    jwriter *w = &j->wr;
+    if (!w->started) return 0;
+    pthread_mutex_lock(&w->mu);
+    while (w->busy) pthread_cond_wait(&w->cv, &w->mu);
+    int rc = w->rc;
+    if (rc < 0 && !j->failed) j->ctx->err = w->err;
+    pthread_mutex_unlock(&w->mu);
+    return jfail(j, rc);
+}
+
+static void writer_stop(jwriter *w)
+{
+    if (!w->started) return;
+    pthread_mutex_lock(&w->mu);
+    while (w->busy) pthread_cond_wait(&w->cv, &w->mu);
+    w->quit = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->th, NULL);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    w->started = 0;
+}
+
+/* Gives the armed batch to the writer (after its previous one is written) and stages the next
+ * one in the other half; 0 when the writer cannot run (the caller writes the batch itself). */
+static int writer_take(nlsr_journal *j, int *taken)
+{
+    *taken = 0;
+    if (!j->async || !writer_start(j)) return 0;
+    NLSR_FORWARD(writer_collect(j));
+    jwriter *w = &j->wr;
+    pthread_mutex_lock(&w->mu);
+    w->st = j->st;
+    w->nst = j->nst;
+    w->buf = j->batch;
+    w->busy = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    staged *t = j->st;
+    size_t tc = j->st_cap;
+    j->st = j->st_w;
+    j->st_cap = j->st_w_cap;
+    j->st_w = t;
+    j->st_w_cap = tc;
+    j->batch = j->batch == j->batch_mem ? j->batch_mem + j->batch_cap : j->batch_mem;
+    *taken = 1;
+    return 0;
 }
 
 /* ---- staging ------------------------------------------------------------------------------ */
@@ -910,16 +1062,18 @@ int nlsr_journal_flush(nlsr_journal *j)
     NLSR_FORWARD(jfail(j, write_slot(j, NLSR_JOURNAL_WRITING)));
     NLSR_FORWARD(jfail(j, d_fsync(e, j->fd, j->path)));
     nlsr_test_point("journal");
+    /* Counted when handed over: a write that fails fails the job, whose counts then do not
+     * matter. */
     for (size_t i = 0; i < j->nst; i++) {
         const staged *s = &j->st[i];
-        jfile *f = &j->files[s->file];
-        NLSR_FORWARD(jfail(j, d_pwrite(e, f->fd, j->batch + s->pos, s->len, s->off, f->path)));
-        start_writeback(f->fd, s->off, s->len);
-        f->dirty = 1;
+        j->files[s->file].dirty = 1;
         j->data_bytes += s->len;
         j->ctx->bytes_written += s->len;
-        nlsr_phase_tick(j->ctx);
     }
+    int taken = 0;
+    NLSR_FORWARD(writer_take(j, &taken));
+    if (!taken) NLSR_FORWARD(jfail(j, write_entries(j, j->st, j->nst, j->batch, e)));
+    nlsr_phase_tick(j->ctx);
     j->nst = 0;
     j->batch_used = 0;
     return 0;
@@ -928,6 +1082,7 @@ int nlsr_journal_flush(nlsr_journal *j)
 int nlsr_journal_sync(nlsr_journal *j)
 {
     NLSR_FORWARD(nlsr_journal_flush(j));
+    NLSR_FORWARD(writer_collect(j));
     for (size_t i = 0; i < j->nfiles; i++) {
         jfile *f = &j->files[i];
         if (!f->dirty) continue;
@@ -1000,7 +1155,9 @@ void nlsr_journal_close(nlsr_journal *j)
 {
     if (!j) return;
     nlsr_budget *b = &j->ctx->budget;
-    nlsr_budget_free(b, j->batch, j->batch_cap);
+    /* The writer first: a failed job's rollback must not race with its writes. */
+    writer_stop(&j->wr);
+    nlsr_budget_free(b, j->batch_mem, j->batch_alloc);
     worker_stop(&j->wk);
     for (int k = 0; k < 2; k++) {
         nlsr_budget_free(b, j->bld[k].plane, j->bld[k].plane_cap);
@@ -1014,6 +1171,7 @@ void nlsr_journal_close(nlsr_journal *j)
     }
     free(j->files);
     free(j->st);
+    free(j->st_w);
     free(j->pc);
     if (j->fd >= 0) close(j->fd);
     free(j->dir);

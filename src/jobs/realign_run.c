@@ -7,6 +7,7 @@
 #include "../common/params.h"
 #include "realign_run.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -200,7 +201,8 @@ typedef struct lane {
     uint64_t *words;
     /* the job */
     int pass;                    /* 1: histogram, 2: candidates, 3: the fingerprints, 4: a row
-                                  * block's fingerprints, 5: pass 3's second half */
+                                  * block's fingerprints, 5: pass 3's second half, 6: phase B's
+                                  * merge of a kept patch, second half */
     const rmod *M;
     const unsigned char *a, *b, *t; /* element `off` of the module */
     uint64_t off, lo, hi;
@@ -210,6 +212,8 @@ typedef struct lane {
     float *xy;                   /* pass 5: room for cap pairs and (kept) cap values */
     unsigned char *vals;
     int hash;                    /* pass 5: then hash the module (in place: the fingerprints) */
+    unsigned char *out;          /* pass 6: elements [lo, hi) merged here from t, using the */
+    uint64_t vpos;               /* kept values from this one on; then the values used so far */
     double secs;                 /* pass 5: the lane's seconds */
     /* results */
     int bad;                     /* a value not finite (pass 1), more candidates than cap, or
@@ -279,6 +283,8 @@ static void hash_end(runner *R)
 }
 
 static void mask_half(runner *R, lane *L);
+static uint64_t merge_kept_range(const rmod *M, uint64_t vpos, uint64_t first, size_t cnt,
+                                 const unsigned char *src, unsigned char *out);
 
 static void lane_run(runner *R, lane *L, int main_thread)
 {
@@ -295,6 +301,10 @@ static void lane_run(runner *R, lane *L, int main_thread)
         mask_half(R, L);
         if (L->hash) hash_module(R, M, L->a, L->b);
         L->secs = nlsr_now() - w0;
+        return;
+    }
+    if (L->pass == 6) {
+        L->vpos = merge_kept_range(M, L->vpos, L->lo, (size_t)(L->hi - L->lo), L->t, L->out);
         return;
     }
     if (L->pass == 4) { /* a row block's bytes into the module's hashes */
@@ -1367,12 +1377,15 @@ static int phase_a(runner *R, const nlsr_unit *u, nlsr_report *rep)
 
 /* ---- phase B: the output checkpoint ----------------------------------------------------- */
 
-/* The kept values of the unit's masked elements into out, in mask order. */
-static inline __attribute__((always_inline)) void merge_kept(rmod *M, uint64_t first, size_t cnt,
-                                                             unsigned char *out, size_t tsz)
+/* The kept values of elements [first, first + cnt) that are masked into out, in mask order
+ * from value vpos on (first a multiple of 64: a word of the bitmap); returns the values used
+ * so far. */
+static inline __attribute__((always_inline)) uint64_t merge_kept(const rmod *M, uint64_t vpos,
+                                                                 uint64_t first, size_t cnt,
+                                                                 unsigned char *out, size_t tsz)
 {
     uint64_t w0 = first / 64, w1 = (first + cnt + 63) / 64;
-    const unsigned char *v = M->vals + M->vpos * tsz;
+    const unsigned char *v = M->vals + vpos * tsz;
     for (uint64_t w = w0; w < w1; w++) {
         uint64_t bits = M->bits[w];
         while (bits) {
@@ -1382,23 +1395,56 @@ static inline __attribute__((always_inline)) void merge_kept(rmod *M, uint64_t f
             v += tsz;
         }
     }
-    M->vpos = (uint64_t)(v - M->vals) / tsz;
+    return (uint64_t)(v - M->vals) / tsz;
 }
+
+/* out = the fine-tune's elements [first, first + cnt) (src) with the kept values over the
+ * masked ones; returns the values used so far. A constant element size per call, so that
+ * each value's copy is a move, not a call (the common BF16/F16 case was most of the merge). */
+static uint64_t merge_kept_range(const rmod *M, uint64_t vpos, uint64_t first, size_t cnt,
+                                 const unsigned char *src, unsigned char *out)
+{
+    memcpy(out, src, cnt * M->tsz);
+    switch (M->tsz) {
+    case 2: return merge_kept(M, vpos, first, cnt, out, 2);
+    case 4: return merge_kept(M, vpos, first, cnt, out, 4);
+    default: return merge_kept(M, vpos, first, cnt, out, M->tsz);
+    }
+}
+
+/* A kept patch's unit in two halves when the second lane runs (phase B's main thread merges
+ * the first while the lane merges the second): the second half's first value is found by
+ * counting the first half's mask bits. Same bytes as one thread. From 16384 elements (phase B's
+ * units are 4 Mi elements; the tests' MLP modules, 22272, are split too). */
+#define MERGE_SPLIT_MIN (1u << 14)
 
 /* t' = M ? e_s : t for one unit of a patched module, into out (cnt elements of ft's dtype). */
 static int merge_unit(runner *R, rmod *M, uint64_t first, size_t cnt, const unsigned char *const *d,
                       unsigned char *out)
 {
     size_t tsz = M->tsz;
+    if (M->store && R->lanes && cnt >= MERGE_SPLIT_MIN) {
+        assert(first % 64 == 0);
+        size_t h = cnt / 2 / 64 * 64;
+        uint64_t vh = M->vpos;
+        for (uint64_t w = first / 64; w < (first + h) / 64; w++)
+            vh += (uint64_t)__builtin_popcountll(M->bits[w]);
+        lane *L = &R->lanes->L[1];
+        L->pass = 6;
+        L->M = M;
+        L->lo = first + h;
+        L->hi = first + cnt;
+        L->t = d[0] + h * tsz;
+        L->out = out + h * tsz;
+        L->vpos = vh;
+        lanes_post(R);
+        (void)merge_kept_range(M, M->vpos, first, h, d[0], out);
+        lanes_wait(R);
+        M->vpos = L->vpos;
+        return 0;
+    }
     if (M->store) {
-        memcpy(out, d[0], cnt * tsz);
-        /* A constant element size per call, so that each value's copy is a move, not a call
-         * (the common BF16/F16 case was most of the merge). */
-        switch (tsz) {
-        case 2: merge_kept(M, first, cnt, out, 2); break;
-        case 4: merge_kept(M, first, cnt, out, 4); break;
-        default: merge_kept(M, first, cnt, out, tsz); break;
-        }
+        M->vpos = merge_kept_range(M, M->vpos, first, cnt, d[0], out);
         return 0;
     }
     /* Recomputed from base and aligned with the threshold phase A found. */
@@ -1497,6 +1543,7 @@ static int phase_b(runner *R, nlsr_report *rep, const char *out_dir)
     rc = nlsr_budget_alloc(&ctx->budget, (size_t)maxel, "output buffer", (void **)&outbuf, e);
     if (rc == 0) rc = nlsr_budget_alloc(&ctx->budget, COPY_BUF, "copy buffer", (void **)&copybuf, e);
     if (rc == 0 && nu) rc = nlsr_stream_open(ctx, u, nu, OUT_DEPTH, &s);
+    if (rc == 0 && nu) lanes_start(R); /* merges in two halves (merge_unit) where it can */
     size_t next = 0; /* next patched module in `order` */
     for (size_t sh = 0; sh < ft->nshards && rc == 0; sh++) {
         const st_file *f = ft->shards[sh];
@@ -1559,6 +1606,7 @@ static int phase_b(runner *R, nlsr_report *rep, const char *out_dir)
         rc = nlsr_sidefiles_copy(ctx, ft, out_dir, R->p->drop_other_weights, &rep->files);
     if (out >= 0) close(out);
     free(dst);
+    lanes_stop(R);
     nlsr_stream_close(s);
     nlsr_budget_free(&ctx->budget, outbuf, (size_t)maxel);
     nlsr_budget_free(&ctx->budget, copybuf, COPY_BUF);
@@ -1590,6 +1638,7 @@ static int phase_b_inplace(runner *R, nlsr_report *rep, nlsr_journal *jn, uint64
     rc = nlsr_budget_alloc(&ctx->budget, (size_t)maxel, "output buffer", (void **)&outbuf,
                            &ctx->err);
     if (rc == 0 && nu) rc = nlsr_stream_open(ctx, u, nu, OUT_DEPTH, &s);
+    if (rc == 0 && nu) lanes_start(R); /* merges in two halves (merge_unit) where it can */
     for (size_t i = 0; i < np && rc == 0; i++) {
         rmod *M = &R->m[order[i]];
         uint32_t sh = ft->t[M->it].shard;
@@ -1610,6 +1659,7 @@ static int phase_b_inplace(runner *R, nlsr_report *rep, nlsr_journal *jn, uint64
         }
         *patched += M->tt->end - M->tt->begin;
     }
+    lanes_stop(R);
     nlsr_stream_close(s);
     nlsr_budget_free(&ctx->budget, outbuf, (size_t)maxel);
     free(u);

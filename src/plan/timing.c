@@ -19,6 +19,7 @@
 #include "../compute/reference.h"
 #include "../compute/similarity.h"
 #include "../io/checkpoint.h"
+#include "../io/journal.h"
 #include "../io/patchfile.h"
 #include "progress.h"
 #include "targets.h"
@@ -155,7 +156,7 @@ static size_t cal_mask_chunk(const cal_mask *c, uint64_t at, size_t cnt)
 }
 
 /* The journal's compression (src/io/journal.c): records of up to 4 MiB, byte planes (low
- * bytes, then high bytes), zstd level 1 with a checksum, one worker per builder with a second
+ * bytes, then high bytes), zstd at the journal's level (NLSR_JOURNAL_ZLEVEL) with a checksum, one worker per builder with a second
  * CPU (and two builders: nlsr_timing_single halves the journal's compute). The
  * planes are made outside the timing (the journal's word-wise version costs little). */
 static void time_zstd(const unsigned char *src, unsigned char *planes, unsigned char *dst,
@@ -168,7 +169,7 @@ static void time_zstd(const unsigned char *src, unsigned char *planes, unsigned 
     }
     ZSTD_CCtx *c = ZSTD_createCCtx();
     if (!c) return;
-    ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, 1);
+    ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, NLSR_JOURNAL_ZLEVEL);
     ZSTD_CCtx_setParameter(c, ZSTD_c_checksumFlag, 1);
     if (sysconf(_SC_NPROCESSORS_ONLN) >= 2) (void)ZSTD_CCtx_setParameter(c, ZSTD_c_nbWorkers, 1);
     const size_t rec = 4u << 20;
@@ -475,7 +476,10 @@ void nlsr_timing_single(const nlsr_timing_mod *m, size_t nm, int inplace, int au
         pchg += f * (double)(m[i].n - m[i].k) * m[i].tsz; /* the masked elements change */
         pbits += f * n / 8;
         pread += f * n * (m[i].kept ? m[i].tsz : m[i].asz + m[i].bsz + m[i].tsz);
-        merge += f * (m[i].kept ? per(n * m[i].tsz, k->merge_bps) : per(n, k->mask));
+        /* A kept patch's units are merged in two halves with two lanes (realign_run.c
+         * merge_unit). */
+        double km = per(n * m[i].tsz, k->merge_bps) / (k->lanes == 2 ? 2 : 1);
+        merge += f * (m[i].kept ? km : per(n, k->mask));
     }
     if (audit) merge += per(pread, k->xxh_bps);
     double pr = per(pread, rbw), over = pr > merge ? pr : merge;
