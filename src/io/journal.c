@@ -259,15 +259,18 @@ typedef struct jbuild {
     size_t zerr;        /* a zstd error code, 0 if none */
 } jbuild;
 
-/* The second core: a thread that builds one record while the caller builds the one before it
- * (nlsr_journal_stage). Started on the first range of two records or more. */
-typedef struct jworker {
+/* A thread that runs one job at a time for the caller: the builder (the second core builds one
+ * record while the caller builds the one before it, nlsr_journal_stage; started on the first
+ * range of two records or more) and the data writer (below). `run` does the posted job; what
+ * it writes, the caller reads after jthread_wait (the mutex orders both). */
+typedef struct jthread {
     pthread_t th;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int started, quit, busy;
-    jbuild *job;
-} jworker;
+    void (*run)(nlsr_journal *j);
+    nlsr_journal *j;
+} jthread;
 
 /* A piece of a range staged by the current call: one record's worth at most. `checks`: the
  * first piece of a range of stage_changed, which makes that range's checks (range_len bytes). */
@@ -291,10 +294,7 @@ typedef struct staged {
  * caller stages the next batch in the other half of the batch buffer. Started at the first
  * armed batch when the journal has two builders (two cores) and no kill point is armed. */
 typedef struct jwriter {
-    pthread_t th;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int started, quit, busy;
+    jthread t;
     uint64_t jobs;            /* batches taken so far */
     const staged *st;         /* the job: the batch's entries, and the half they point into */
     size_t nst;
@@ -324,7 +324,8 @@ struct nlsr_journal {
     size_t st_w_cap;
     jbuild bld[2];      /* [0] on the caller's thread, [1] on the worker's (if it has buffers) */
     int nbld;
-    jworker wk;
+    jthread wk;         /* the builder */
+    jbuild *wk_job;     /* its record */
     staged *st;
     size_t nst, st_cap;
     jpiece *pc;         /* the pieces of the current stage call */
@@ -661,83 +662,100 @@ static int append_built(nlsr_journal *j, const jbuild *b)
     return 0;
 }
 
-/* ---- the builder thread ------------------------------------------------------------------- */
+/* ---- the job threads ---------------------------------------------------------------------- */
 
-static void *worker_main(void *arg)
+static void *jthread_main(void *arg)
 {
-    nlsr_journal *j = arg;
-    jworker *w = &j->wk;
-    pthread_mutex_lock(&w->mu);
+    jthread *t = arg;
+    pthread_mutex_lock(&t->mu);
     for (;;) {
-        while (!w->job && !w->quit) pthread_cond_wait(&w->cv, &w->mu);
-        if (!w->job) break;
-        jbuild *b = w->job;
-        pthread_mutex_unlock(&w->mu);
-        build_record(j->version, b);
-        if (b->prev_to) memcpy(b->prev_to, b->prev_src, b->prev_len);
-        if (b->copy_to) memcpy(b->copy_to, b->neu, b->len);
-        pthread_mutex_lock(&w->mu);
-        w->job = NULL;
-        w->busy = 0;
-        pthread_cond_broadcast(&w->cv);
+        while (!t->busy && !t->quit) pthread_cond_wait(&t->cv, &t->mu);
+        if (!t->busy) break;
+        pthread_mutex_unlock(&t->mu);
+        t->run(t->j);
+        pthread_mutex_lock(&t->mu);
+        t->busy = 0;
+        pthread_cond_broadcast(&t->cv);
     }
-    pthread_mutex_unlock(&w->mu);
+    pthread_mutex_unlock(&t->mu);
     return NULL;
 }
 
-/* 1 when the worker runs (started now if need be); 0: build on this thread. A thread that
+/* 1 when the thread runs (started now if need be); 0: the caller does the work. A thread that
  * cannot be started costs only the speed. */
-static int worker_ready(nlsr_journal *j)
+static int jthread_start(jthread *t, nlsr_journal *j, void (*run)(nlsr_journal *))
 {
-    jworker *w = &j->wk;
-    if (j->nbld < 2) return 0;
-    if (w->started) return 1;
-    if (pthread_mutex_init(&w->mu, NULL) != 0) {
-        j->nbld = 1;
+    if (t->started) return 1;
+    t->run = run;
+    t->j = j;
+    if (pthread_mutex_init(&t->mu, NULL) != 0) return 0;
+    if (pthread_cond_init(&t->cv, NULL) != 0) {
+        pthread_mutex_destroy(&t->mu);
         return 0;
     }
-    if (pthread_cond_init(&w->cv, NULL) != 0) {
-        pthread_mutex_destroy(&w->mu);
-        j->nbld = 1;
+    if (pthread_create(&t->th, NULL, jthread_main, t) != 0) {
+        pthread_cond_destroy(&t->cv);
+        pthread_mutex_destroy(&t->mu);
         return 0;
     }
-    if (pthread_create(&w->th, NULL, worker_main, j) != 0) {
-        pthread_cond_destroy(&w->cv);
-        pthread_mutex_destroy(&w->mu);
-        j->nbld = 1;
-        return 0;
-    }
-    w->started = 1;
+    t->started = 1;
     return 1;
 }
 
-static void worker_post(jworker *w, jbuild *b)
+static void jthread_post(jthread *t)
 {
-    pthread_mutex_lock(&w->mu);
-    w->job = b;
-    w->busy = 1;
-    pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
+    pthread_mutex_lock(&t->mu);
+    t->busy = 1;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
 }
 
-static void worker_wait(jworker *w)
+static void jthread_wait(jthread *t)
 {
-    pthread_mutex_lock(&w->mu);
-    while (w->busy) pthread_cond_wait(&w->cv, &w->mu);
-    pthread_mutex_unlock(&w->mu);
+    if (!t->started) return;
+    pthread_mutex_lock(&t->mu);
+    while (t->busy) pthread_cond_wait(&t->cv, &t->mu);
+    pthread_mutex_unlock(&t->mu);
 }
 
-static void worker_stop(jworker *w)
+/* Waits for the job in hand, then ends the thread. */
+static void jthread_stop(jthread *t)
 {
-    if (!w->started) return;
-    pthread_mutex_lock(&w->mu);
-    w->quit = 1;
-    pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-    pthread_join(w->th, NULL);
-    pthread_cond_destroy(&w->cv);
-    pthread_mutex_destroy(&w->mu);
-    w->started = 0;
+    if (!t->started) return;
+    jthread_wait(t);
+    pthread_mutex_lock(&t->mu);
+    t->quit = 1;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    pthread_join(t->th, NULL);
+    pthread_cond_destroy(&t->cv);
+    pthread_mutex_destroy(&t->mu);
+    t->started = 0;
+}
+
+/* ---- the builder ---------------------------------------------------------------------------- */
+
+static void builder_run(nlsr_journal *j)
+{
+    jbuild *b = j->wk_job;
+    build_record(j->version, b);
+    if (b->prev_to) memcpy(b->prev_to, b->prev_src, b->prev_len);
+    if (b->copy_to) memcpy(b->copy_to, b->neu, b->len);
+}
+
+/* 1 when the builder runs; 0: build on this thread. */
+static int worker_ready(nlsr_journal *j)
+{
+    if (j->nbld < 2) return 0;
+    if (jthread_start(&j->wk, j, builder_run)) return 1;
+    j->nbld = 1;
+    return 0;
+}
+
+static void worker_post(nlsr_journal *j, jbuild *b)
+{
+    j->wk_job = b;
+    jthread_post(&j->wk);
 }
 
 /* ---- the data writer ---------------------------------------------------------------------- */
@@ -755,83 +773,35 @@ static int write_entries(const nlsr_journal *j, const staged *st, size_t n,
     return 0;
 }
 
-static void *writer_main(void *arg)
-{
-    nlsr_journal *j = arg;
-    jwriter *w = &j->wr;
-    pthread_mutex_lock(&w->mu);
-    for (;;) {
-        while (!w->busy && !w->quit) pthread_cond_wait(&w->cv, &w->mu);
-        if (!w->busy) break;
-        pthread_mutex_unlock(&w->mu);
-        /* Tests: the writer late, so that a caller that does not wait for it shows in the
-         * write-order trace. */
-        if (nlsr_test_env("NLSR_TEST_JOURNAL_WRITER_DELAY")) usleep(20000);
-        nlsr_err e;
-        memset(&e, 0, sizeof e);
-        int rc = 0;
-        /* Tests: this batch's first write fails as an I/O error would. */
-        const char *fail_at = nlsr_test_env("NLSR_TEST_JOURNAL_WRITER_FAIL");
-        if (fail_at && ++w->jobs == strtoull(fail_at, NULL, 10) && w->nst)
-            rc = nlsr_fail(&e, -EIO, "%s: write of %zu bytes at offset %" PRIu64 " failed: %s",
-                           j->files[w->st[0].file].path, w->st[0].len, w->st[0].off,
-                           strerror(EIO));
-        if (rc == 0 && !w->rc) rc = write_entries(j, w->st, w->nst, w->buf, &e);
-        pthread_mutex_lock(&w->mu);
-        if (rc < 0) {
-            w->rc = rc;
-            w->err = e;
-        }
-        w->busy = 0;
-        pthread_cond_broadcast(&w->cv);
-    }
-    pthread_mutex_unlock(&w->mu);
-    return NULL;
-}
-
-static int writer_start(nlsr_journal *j)
+static void writer_run(nlsr_journal *j)
 {
     jwriter *w = &j->wr;
-    if (w->started) return 1;
-    if (pthread_mutex_init(&w->mu, NULL) != 0) return 0;
-    if (pthread_cond_init(&w->cv, NULL) != 0) {
-        pthread_mutex_destroy(&w->mu);
-        return 0;
+    /* Tests: the writer late, so that a caller that does not wait for it shows in the
+     * write-order trace. */
+    if (nlsr_test_env("NLSR_TEST_JOURNAL_WRITER_DELAY")) usleep(20000);
+    nlsr_err e;
+    memset(&e, 0, sizeof e);
+    int rc = 0;
+    /* Tests: this batch's first write fails as an I/O error would. */
+    const char *fail_at = nlsr_test_env("NLSR_TEST_JOURNAL_WRITER_FAIL");
+    if (fail_at && ++w->jobs == strtoull(fail_at, NULL, 10) && w->nst)
+        rc = nlsr_fail(&e, -EIO, "%s: write of %zu bytes at offset %" PRIu64 " failed: %s",
+                       j->files[w->st[0].file].path, w->st[0].len, w->st[0].off,
+                       strerror(EIO));
+    if (rc == 0 && !w->rc) rc = write_entries(j, w->st, w->nst, w->buf, &e);
+    if (rc < 0) {
+        w->rc = rc;
+        w->err = e;
     }
-    if (pthread_create(&w->th, NULL, writer_main, j) != 0) {
-        pthread_cond_destroy(&w->cv);
-        pthread_mutex_destroy(&w->mu);
-        return 0;
-    }
-    w->started = 1;
-    return 1;
 }
 
 /* Waits until the writer is idle; its failure (once) into the context's message. */
 static int writer_collect(nlsr_journal *j)
 {
     jwriter *w = &j->wr;
-    if (!w->started) return 0;
-    pthread_mutex_lock(&w->mu);
-    while (w->busy) pthread_cond_wait(&w->cv, &w->mu);
-    int rc = w->rc;
-    if (rc < 0 && !j->failed) j->ctx->err = w->err;
-    pthread_mutex_unlock(&w->mu);
-    return jfail(j, rc);
-}
-
-static void writer_stop(jwriter *w)
-{
-    if (!w->started) return;
-    pthread_mutex_lock(&w->mu);
-    while (w->busy) pthread_cond_wait(&w->cv, &w->mu);
-    w->quit = 1;
-    pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-    pthread_join(w->th, NULL);
-    pthread_cond_destroy(&w->cv);
-    pthread_mutex_destroy(&w->mu);
-    w->started = 0;
+    jthread_wait(&w->t);
+    if (w->rc < 0 && !j->failed) j->ctx->err = w->err;
+    return jfail(j, w->rc);
 }
 
 /* Gives the armed batch to the writer (after its previous one is written) and stages the next
@@ -839,16 +809,13 @@ static void writer_stop(jwriter *w)
 static int writer_take(nlsr_journal *j, int *taken)
 {
     *taken = 0;
-    if (!j->async || !writer_start(j)) return 0;
+    if (!j->async || !jthread_start(&j->wr.t, j, writer_run)) return 0;
     NLSR_FORWARD(writer_collect(j));
     jwriter *w = &j->wr;
-    pthread_mutex_lock(&w->mu);
     w->st = j->st;
     w->nst = j->nst;
     w->buf = j->batch;
-    w->busy = 1;
-    pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
+    jthread_post(&w->t);
     staged *t = j->st;
     size_t tc = j->st_cap;
     j->st = j->st_w;
@@ -960,7 +927,7 @@ static void post_piece(nlsr_journal *j, size_t i, const jfile *f, uint64_t first
         b->prev_len = before;
         j->pc[i - 1].copied = 1;
     }
-    worker_post(&j->wk, b);
+    worker_post(j, b);
 }
 
 /* Journals the pieces gathered by this call, in order; each is: its range's checks (first
@@ -988,7 +955,7 @@ static int run_pieces(nlsr_journal *j, uint32_t id, size_t width)
         if (rc < 0) break;
         jbuild *b = &j->bld[0];
         if (two && i % 2 == 1) {
-            worker_wait(&j->wk);
+            jthread_wait(&j->wk);
             posted = 0;
             b = &j->bld[1];
         } else {
@@ -1003,7 +970,7 @@ static int run_pieces(nlsr_journal *j, uint32_t id, size_t width)
         }
     }
     /* The worker reads the caller's buffers: it is done before they are handed back. */
-    if (posted) worker_wait(&j->wk);
+    if (posted) jthread_wait(&j->wk);
     j->npc = 0;
     return jfail(j, rc);
 }
@@ -1156,9 +1123,9 @@ void nlsr_journal_close(nlsr_journal *j)
     if (!j) return;
     nlsr_budget *b = &j->ctx->budget;
     /* The writer first: a failed job's rollback must not race with its writes. */
-    writer_stop(&j->wr);
+    jthread_stop(&j->wr.t);
     nlsr_budget_free(b, j->batch_mem, j->batch_alloc);
-    worker_stop(&j->wk);
+    jthread_stop(&j->wk);
     for (int k = 0; k < 2; k++) {
         nlsr_budget_free(b, j->bld[k].plane, j->bld[k].plane_cap);
         nlsr_budget_free(b, j->bld[k].cbuf, j->bld[k].cbuf_cap);
