@@ -290,7 +290,7 @@ typedef struct staged {
 } staged;
 
 /* The data writer: a thread that writes an armed batch's new bytes into the checkpoint files
- * (page-cache copies that were a fifth of phase B's time on the caller's thread) while the
+ * (page-cache copies that took about a sixth of phase B on the caller's thread) while the
  * caller stages the next batch in the other half of the batch buffer. Started at the first
  * armed batch when the journal has two builders (two cores) and no kill point is armed. */
 typedef struct jwriter {
