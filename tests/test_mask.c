@@ -11,6 +11,9 @@
  *  - nlsr_bucket_collect: the scores whose bits >> 16 equal the bucket, in order, present /
  *    absent / dense / sparse / one match at every position, ±0 and denormal buckets, out NULL
  *    (count only), appending at out without touching what is before or after;
+ *  - nlsr_bucket_hist_low and nlsr_kth_hist_add: the histograms over scores that come in runs
+ *    of one bit pattern or one bucket (taken a block at a time) and spread ones, every length
+ *    0..300 and long runs, no entry touched that no score names;
  *  - nlsr_score_bf16 / nlsr_step1_bf16: f32 arithmetic from convert.h's scalar functions (no
  *    FMA: this file is built with -ffp-contract=off), random BF16 over every exponent, betas
  *    0.9, 0, -1, 1e30 and others, NaN / inf at every position of small buffers, overflow of e
@@ -29,6 +32,7 @@
 #include <string.h>
 
 #include "../src/compute/convert.h"
+#include "../src/compute/kth.h"
 #include "../src/compute/mask.h"
 #include "../src/compute/reference.h"
 #include "nlsr.h"
@@ -442,6 +446,114 @@ static void test_bucket_large(void)
     ASSERT_EQ_U(nlsr_bucket_collect(buf + 1, N - 1, 0x3F80u, NULL), 8);
     ASSERT_EQ_I(bad, 0);
     free(buf);
+}
+
+/* ---- histograms over runs: nlsr_bucket_hist_low, nlsr_kth_hist_add ------------------------- */
+
+/* Scores in runs of 1..80 equal bit patterns (a module that alignment left unchanged scores all
+ * zeros; real ones repeat values too) or of one bucket with varied low halves, mixed with
+ * spread scores, so that runs start, end and cross every position of the kernels' blocks. */
+static void fill_runs(float *s, size_t n, int kind)
+{
+    size_t j = 0;
+    while (j < n) {
+        size_t len = 1 + rnd32() % 80;
+        uint32_t r = rnd32(), u;
+        switch (kind) {
+        case 0: u = (r & 1u) ? 0u : 0x3F800000u | (rnd32() & 3u); break; /* zeros and few values */
+        case 1: u = 0x3F80u << 16 | (rnd32() & 0xFFFFu); break;           /* one bucket */
+        default: u = f32_bits(rnd_bucket_score((int)(r & 3u))); break;
+        }
+        for (size_t k = 0; k < len && j < n; k++, j++) {
+            uint32_t v = u;
+            if (kind == 1 && (r & 2u)) v = 0x3F80u << 16 | (rnd32() & 0xFFFFu); /* same bucket */
+            if (kind == 2 && (r & 4u) && k % 7 == 3) v = rnd32() & 0x7FFFFFFFu; /* a break */
+            s[j] = bits_f32(v);
+        }
+    }
+}
+
+/* got and want start equal; the kernel adds into got, the plain loop into want. Only the entries
+ * the scores name are compared and then reset in both, so an entry the kernel touched wrongly
+ * stays non-zero in got: hist_leftover finds it at the end. */
+static int hist_low_check(const float *s, size_t n, uint32_t bucket, uint64_t *got,
+                          uint64_t *want, int *printed)
+{
+    uint64_t cw = 0;
+    for (size_t j = 0; j < n; j++)
+        if (f32_bits(s[j]) >> 16 == bucket) want[f32_bits(s[j]) & 0xFFFFu]++, cw++;
+    uint64_t cg = nlsr_bucket_hist_low(s, n, bucket, got);
+    int bad = cg != cw;
+    for (size_t j = 0; j < n; j++) {
+        uint32_t lo = f32_bits(s[j]) & 0xFFFFu;
+        bad |= got[lo] != want[lo];
+    }
+    if (bad && (*printed)++ < 8)
+        FAILF("bucket_hist_low n %zu bucket 0x%x: count %llu, want %llu", n, (unsigned)bucket,
+              (unsigned long long)cg, (unsigned long long)cw);
+    for (size_t j = 0; j < n; j++) got[f32_bits(s[j]) & 0xFFFFu] = want[f32_bits(s[j]) & 0xFFFFu] = 0;
+    return bad;
+}
+
+static int hist_add_check(const float *s, size_t n, uint64_t *got, uint64_t *want, int *printed)
+{
+    for (size_t j = 0; j < n; j++) want[f32_bits(s[j]) >> 16]++;
+    nlsr_kth_hist_add(got, s, n);
+    int bad = 0;
+    for (size_t j = 0; j < n; j++) bad |= got[f32_bits(s[j]) >> 16] != want[f32_bits(s[j]) >> 16];
+    if (bad && (*printed)++ < 8) FAILF("kth_hist_add n %zu: counts differ", n);
+    for (size_t j = 0; j < n; j++) got[f32_bits(s[j]) >> 16] = want[f32_bits(s[j]) >> 16] = 0;
+    return bad;
+}
+
+static int hist_leftover(const uint64_t *got, const char *what)
+{
+    for (uint32_t i = 0; i < NLSR_KTH_BUCKETS; i++)
+        if (got[i]) {
+            FAILF("%s: entry 0x%x = %llu, no score names it", what, (unsigned)i,
+                  (unsigned long long)got[i]);
+            return 1;
+        }
+    return 0;
+}
+
+static void test_hist_runs(void)
+{
+    enum { N = 300, BIG = 100003 };
+    float *buf = xmalloc((BIG + 4) * 4);
+    uint64_t *got = calloc(NLSR_KTH_BUCKETS, 8), *want = calloc(NLSR_KTH_BUCKETS, 8);
+    uint64_t *kgot = calloc(NLSR_KTH_BUCKETS, 8), *kwant = calloc(NLSR_KTH_BUCKETS, 8);
+    ASSERT_TRUE(got && want && kgot && kwant);
+    int bad = 0, printed = 0;
+    for (int kind = 0; kind < 3; kind++)
+        for (size_t n = 0; n <= N; n++)
+            for (size_t off = 0; off < 4; off += 1 + (off == 1)) {
+                fill_runs(buf, N + 4, kind);
+                static const uint32_t fixed[] = {0x0000u, 0x3F80u, 0x3F81u, 0x8000u};
+                for (size_t i = 0; i < 4; i++)
+                    bad += hist_low_check(buf + off, n, fixed[i], got, want, &printed);
+                if (n) bad += hist_low_check(buf + off, n, f32_bits(buf[off + rnd32() % n]) >> 16,
+                                             got, want, &printed);
+                bad += hist_add_check(buf + off, n, kgot, kwant, &printed);
+            }
+    /* Long runs: a whole buffer of zeros, one of a single value in the bucket, then runs. */
+    for (int k = 0; k < 4; k++) {
+        for (size_t j = 0; j < BIG + 4; j++) buf[j] = k == 0 ? 0.0f : bits_f32(0x3F800001u);
+        if (k >= 2) fill_runs(buf, BIG + 4, k - 2);
+        for (size_t off = 0; off < 2; off++) {
+            bad += hist_low_check(buf + off, BIG, 0x0000u, got, want, &printed);
+            bad += hist_low_check(buf + off, BIG, 0x3F80u, got, want, &printed);
+            bad += hist_add_check(buf + off, BIG, kgot, kwant, &printed);
+        }
+    }
+    bad += hist_leftover(got, "bucket_hist_low") + hist_leftover(kgot, "kth_hist_add");
+    bad += hist_leftover(want, "plain hist_low") + hist_leftover(kwant, "plain hist_add");
+    ASSERT_EQ_I(bad, 0);
+    free(buf);
+    free(got);
+    free(want);
+    free(kgot);
+    free(kwant);
 }
 
 /* ---- step 1 on BF16 ------------------------------------------------------------------------ */
@@ -904,6 +1016,7 @@ int main(void)
     RUN_TEST(test_bucket_lengths);
     RUN_TEST(test_bucket_positions);
     RUN_TEST(test_bucket_large);
+    RUN_TEST(test_hist_runs);
     RUN_TEST(test_step1_anchors);
     RUN_TEST(test_step1_lengths);
     RUN_TEST(test_step1_large);

@@ -17,5 +17,9 @@ size_t nlsr_mask_indices(const uint64_t *w, size_t n, uint32_t *idx);
 /* The scores of s whose high 16 bits equal `bucket` (the radix selection's candidates), in
  * order, appended to out (when out is not NULL); returns how many there are. */
 size_t nlsr_bucket_collect(const float *s, size_t n, uint32_t bucket, float *out);
+/* The radix selection's second level when the candidates are too many to keep: for each score
+ * of s whose high 16 bits equal `bucket`, hist2[its low 16 bits] += 1; returns how many there
+ * are. */
+uint64_t nlsr_bucket_hist_low(const float *s, size_t n, uint32_t bucket, uint64_t *hist2);
 
 #endif

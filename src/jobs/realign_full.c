@@ -27,6 +27,7 @@
 #include "../common/testhook.h"
 #include "../compute/convert.h"
 #include "../compute/kth.h"
+#include "../compute/mask.h"
 #include "../compute/reference.h"
 #include "../compute/selection.h"
 #include "../compute/similarity.h"
@@ -505,17 +506,17 @@ static int block_pass(prep *P, pmod *M, uint64_t first, size_t cnt, const unsign
         return 0;
     }
     if (M->pass == PASS_CAND) {
-        for (size_t j = 0; j < cnt; j++) {
-            if (nlsr_kth_bucket_of(P->fs[j]) != M->bucket) continue;
-            if (M->cands) {
-                if (M->ncand < M->cand_cap) M->cands[M->ncand] = P->fs[j];
-                M->ncand++;
-            } else {
-                uint32_t u;
-                memcpy(&u, &P->fs[j], 4);
-                P->hist2[u & 0xffffu]++;
-            }
+        if (!M->cands) {
+            M->ncand += nlsr_bucket_hist_low(P->fs, cnt, M->bucket, P->hist2);
+            return 0;
         }
+        /* Past the pass-1 count (a file that changed while it was read) they are only counted:
+         * prep_module then fails. */
+        size_t c = M->ncand + cnt <= M->cand_cap ? cnt
+                                                 : nlsr_bucket_collect(P->fs, cnt, M->bucket, NULL);
+        if (M->ncand + c <= M->cand_cap)
+            c = nlsr_bucket_collect(P->fs, cnt, M->bucket, M->cands + M->ncand);
+        M->ncand += c;
         return 0;
     }
     /* Pass 3: the mask (strictly above the threshold) and the values under it. */
@@ -659,13 +660,12 @@ static int prep_module(prep *P, pmod *M, nlsr_report *rep)
         }
         rc = module_pass(P, M, PASS_CAND);
         if (rc < 0) goto done;
+        if (M->ncand != nc) {
+            rc = nlsr_fail(e, NLSR_E_FORMAT, "%s: tensor '%.200s' changed while it was read",
+                           P->src->path, M->ts->name);
+            goto done;
+        }
         if (M->cands) {
-            if (M->ncand != nc) {
-                rc = nlsr_fail(e, NLSR_E_FORMAT,
-                               "%s: tensor '%.200s' changed while it was read", P->src->path,
-                               M->ts->name);
-                goto done;
-            }
             M->thr = nlsr_kth_inplace(M->cands, (size_t)nc, M->k - M->below);
         } else {
             uint32_t lo;

@@ -334,13 +334,7 @@ static void lane_run(runner *R, lane *L, int main_thread)
                 L->got += nlsr_bucket_collect(L->fs, cnt, L->bucket, L->cands + L->got);
             }
         } else {
-            for (size_t j = 0; j < cnt; j++) {
-                if (nlsr_kth_bucket_of(L->fs[j]) != L->bucket) continue;
-                uint32_t u;
-                memcpy(&u, &L->fs[j], 4);
-                L->hist2[u & 0xffffu]++;
-                L->got++;
-            }
+            L->got += nlsr_bucket_hist_low(L->fs, cnt, L->bucket, L->hist2);
         }
         /* Only the thread that owns the stream may poll it; the poll's errors surface at the
          * next nlsr_stream_next. */
@@ -567,13 +561,7 @@ static int pass_threshold(runner *R, rmod *M, const unsigned char *a, const unsi
             }
             got += c;
         } else {
-            for (size_t j = 0; j < cnt; j++) {
-                if (nlsr_kth_bucket_of(R->fs[j]) != bucket) continue;
-                uint32_t u;
-                memcpy(&u, &R->fs[j], 4);
-                R->hist2[u & 0xffffu]++;
-                got++;
-            }
+            got += nlsr_bucket_hist_low(R->fs, cnt, bucket, R->hist2);
         }
         NLSR_FORWARD(poll_stream(R));
     }
@@ -1217,13 +1205,7 @@ static int cands_block(runner *R, rmod *M, const unsigned char *a, const unsigne
     for (uint64_t at = lo; at < hi; at += CH) {
         size_t cnt = (size_t)(hi - at < CH ? hi - at : CH);
         NLSR_FORWARD(scores(R, M, at, cnt, a + (at - lo) * M->asz, b + (at - lo) * M->bsz, 0));
-        for (size_t j = 0; j < cnt; j++) {
-            if (nlsr_kth_bucket_of(R->fs[j]) != M->bucket) continue;
-            uint32_t u;
-            memcpy(&u, &R->fs[j], 4);
-            R->hist2[u & 0xffffu]++;
-            M->got++;
-        }
+        M->got += nlsr_bucket_hist_low(R->fs, cnt, M->bucket, R->hist2);
         NLSR_FORWARD(poll_stream(R));
     }
     return 0;
