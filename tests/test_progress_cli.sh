@@ -61,6 +61,21 @@ if [ "${NLSR_HOOKS:-ON}" = ON ]; then
     check pf_output_done test "$(count '^nlsr: run: output done: ' "$T/e2")" -eq 1
 fi
 
+# In place, the single pass (whole modules, then row blocks at 3M): the same two phases, the
+# output counting the patched tensors' bytes merged through the journal (10 tensors).
+for b in auto 3M; do
+    rm -rf "$T/ip$b" && cp -r "$FX/finetuned" "$T/ip$b"
+    "$NLSR" run --base "$FX/sft" --aligned "$FX/aligned" --finetuned "$T/ip$b" --in-place \
+        --mem-budget $b --progress-interval 0 >/dev/null 2>"$T/eip$b"
+    check "ip_${b}_exit" test $? -eq 0
+    check "ip_${b}_similarities" test "$(count "^nlsr: run: similarities $SIZE of $SIZE \\([0-9]+%, [0-9]+ of 21 units\\)" "$T/eip$b")" -ge 5
+    check "ip_${b}_output" test "$(count "^nlsr: run: output $SIZE of $SIZE \\([0-9]+%, [0-9]+ of 10 units\\)" "$T/eip$b")" -ge 3
+    check "ip_${b}_done" test "$(count '^nlsr: run: (similarities|output) done: ' "$T/eip$b")" -eq 2
+    s_done=$(line_of '^nlsr: run: similarities done' "$T/eip$b")
+    o_first=$(line_of '^nlsr: run: output ' "$T/eip$b")
+    check "ip_${b}_order" test "${s_done:-0}" -gt 0 -a "${s_done:-0}" -lt "${o_first:-0}"
+done
+
 # The default interval (10 s) on a job shorter than that: the phases' "done" lines only.
 "$NLSR" run $RUN --out "$T/o3" 2>"$T/e3"
 check default_exit test $? -eq 0

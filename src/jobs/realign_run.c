@@ -1621,6 +1621,11 @@ static int phase_b_inplace(runner *R, nlsr_report *rep, nlsr_journal *jn, uint64
                            &ctx->err);
     if (rc == 0 && nu) rc = nlsr_stream_open(ctx, u, nu, OUT_DEPTH, &s);
     if (rc == 0 && nu) lanes_start(R); /* merges in two halves (merge_unit) where it can */
+    /* Progress: the patched tensors' bytes merged and handed to the journal (what reaches the
+     * disk is less: only the elements that change, and their journal records). */
+    uint64_t total = 0;
+    for (size_t i = 0; i < np; i++) total += R->m[order[i]].tt->end - R->m[order[i]].tt->begin;
+    if (rc == 0) nlsr_phase_begin(ctx, "output", NLSR_PHASE_OWN, total, np);
     for (size_t i = 0; i < np && rc == 0; i++) {
         rmod *M = &R->m[order[i]];
         uint32_t sh = ft->t[M->it].shard;
@@ -1638,9 +1643,12 @@ static int phase_b_inplace(runner *R, nlsr_report *rep, nlsr_journal *jn, uint64
             if (rc == 0)
                 rc = nlsr_journal_stage_changed(jn, sh, start + first * M->tsz, orig, outbuf,
                                                 cnt * M->tsz, M->tsz);
+            if (rc == 0) nlsr_phase_add(ctx, cnt * M->tsz);
         }
         *patched += M->tt->end - M->tt->begin;
+        if (rc == 0) nlsr_phase_units(ctx, 1);
     }
+    if (rc == 0) nlsr_phase_end(ctx);
     lanes_stop(R);
     nlsr_stream_close(s);
     nlsr_budget_free(&ctx->budget, outbuf, (size_t)maxel);
@@ -1684,7 +1692,12 @@ int nlsr_full_pass_begin(nlsr_ctx *ctx, const nlsr_ckpt *base, const nlsr_ckpt *
     nlsr_xxh64_init(&R->fp_src, 0);
     if (rc == 0) rc = runner_setup(R, u, flags);
     double t0 = nlsr_now();
-    if (rc == 0) rc = phase_a(R, u, rep);
+    if (rc == 0) {
+        /* The same phase as run --out's: on a 405B model it lasts hours. */
+        nlsr_phase_begin(ctx, "similarities", NLSR_PHASE_READ, phase_a_bytes(R), R->nm);
+        rc = phase_a(R, u, rep);
+        if (rc == 0) nlsr_phase_end(ctx);
+    }
     P->seconds_a = nlsr_now() - t0;
     free(u);
     nlsr_budget_free(&ctx->budget, R->cands, R->cand_cap * sizeof(float));
