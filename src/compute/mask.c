@@ -54,7 +54,7 @@ static uint64_t hist_low_scalar(const float *s, size_t n, uint32_t bucket, uint6
 
 /* Blocks of RUN scores with one bit pattern are one add: a module that alignment left
  * unchanged scores all zeros, and counting them one by one increments the same counter, each
- * increment waiting for the last (5x slower than counting spread scores). */
+ * increment waiting for the last (a sparse 405B layer's prepare took 1.7x as long). */
 #define RUN 32
 
 static uint64_t bucket_hist_low_c(const float *s, size_t n, uint32_t bucket, uint64_t *h)
