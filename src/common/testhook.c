@@ -9,7 +9,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+/* Whether one of the stop signals is pending for the whole process (/proc/self/status
+ * ShdPnd, a hex mask: bit n-1 is signal n); unreadable counts as not pending. */
+static int stop_signal_pending(void)
+{
+    FILE *f = fopen("/proc/self/status", "re");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long mask = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "ShdPnd: %llx", &mask) == 1) break;
+    fclose(f);
+    unsigned long long stop = 1ull << (SIGINT - 1) | 1ull << (SIGTERM - 1) | 1ull << (SIGHUP - 1);
+    return (mask & stop) != 0;
+}
 
 void nlsr_test_point(const char *name)
 {
@@ -18,6 +34,15 @@ void nlsr_test_point(const char *name)
     if (done || !want || strcmp(want, name) != 0) return;
     done = 1;
     raise(SIGSTOP);
+    /* A test sends its signal while the process is stopped, then SIGCONT. The signal waits for
+     * the whole process, and on SIGCONT any thread may take it (an OpenBLAS thread, a lane):
+     * its handler then sets the cancel flag beside this thread, which would otherwise go on
+     * and could pass its next check first (seen once in CI: a stopped rewrite committed and
+     * exited 0). Wait until no thread has it left to take (at most 2 s), then 20 ms for the
+     * handler that took it. */
+    struct timespec tick = {0, 1000000}, settle = {0, 20000000};
+    for (int i = 0; i < 2000 && stop_signal_pending(); i++) nanosleep(&tick, NULL);
+    nanosleep(&settle, NULL);
 }
 
 void nlsr_test_trace(const char *op, const char *path, uint64_t off, uint64_t len)

@@ -4,7 +4,8 @@
  * test can deliver a signal at an exact moment of a job (tests/hostile/). Release builds have
  * no hook: the call compiles to nothing. Points: "outdir" (temporary output folder made),
  * "shard" (an output shard complete), "journal" (in place: a journal record durable, its range
- * not yet written), "commit" (the output about to be moved into place). */
+ * not yet written), "commit" (the output about to be moved into place). On SIGCONT the point
+ * returns once a stop signal sent while stopped has been handled, whichever thread took it. */
 #ifndef NLSR_COMMON_TESTHOOK_H
 #define NLSR_COMMON_TESTHOOK_H
 
